@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/sethvargo/go-envconfig"
+)
+
+// Config is everything the gateway reads from the environment. The
+// original app's names (ENVIRONMENT, IP_REDIS, PORT_REDIS, ALLOWED_HOSTS)
+// keep their meaning.
+type Config struct {
+	Environment  string        `env:"ENVIRONMENT, default=development" help:"development: embedded in-memory engine, text logs; production: Redis engine, JSON logs, Host check"`
+	Port         int           `env:"PORT, default=8000" help:"TCP port for WebSocket and HTTP"`
+	ListenHost   string        `env:"LISTEN_HOST" help:"address to bind; empty means all interfaces"`
+	AllowedHosts []string      `env:"ALLOWED_HOSTS" help:"comma-separated Host names accepted for upgrades in production; * accepts any"`
+	LogLevel     string        `env:"LOG_LEVEL, default=info" help:"debug, info, warn or error"`
+	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, time clients get to answer the 1001 close before the process exits"`
+	Conn         conn.Config
+}
+
+const (
+	envDevelopment = "development"
+	envProduction  = "production"
+)
+
+// loadConfig reads and checks the configuration. Errors name the variable
+// to fix.
+func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
+	var cfg Config
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &cfg, Lookuper: l}); err != nil {
+		return cfg, fmt.Errorf("bad environment: %w", err)
+	}
+	switch cfg.Environment {
+	case envDevelopment, envProduction:
+	default:
+		return cfg, fmt.Errorf("ENVIRONMENT is %q; want development or production", cfg.Environment)
+	}
+	if cfg.Port < 0 || cfg.Port > 65535 {
+		return cfg, fmt.Errorf("PORT is %d; want 0 to 65535", cfg.Port)
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		return cfg, err
+	}
+	if cfg.ShutdownWait <= 0 {
+		return cfg, fmt.Errorf("SHUTDOWN_TIMEOUT is %s; want a positive duration such as 10s", cfg.ShutdownWait)
+	}
+	if cfg.Environment == envProduction {
+		if len(cfg.AllowedHosts) == 0 {
+			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
+		}
+		cfg.Conn.AllowedHosts = cfg.AllowedHosts
+	}
+	return cfg, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("LOG_LEVEL is %q; want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// printHelp lists every variable of Config, with its default and meaning,
+// from the struct tags, so the list never drifts from the code.
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `gateway: WebSocket chat gateway, ws://HOST:PORT/ws/chat/<room>/
+
+Usage: gateway            run, configured from the environment
+       gateway -healthcheck  exit 0 if the local gateway answers /healthz
+       gateway -h            this help
+
+Environment:
+`)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
+	for _, v := range envVars(reflect.TypeFor[Config]()) {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.name, v.def, v.help)
+	}
+	tw.Flush()
+}
+
+type envVar struct{ name, def, help string }
+
+// envVars walks a config struct for env tags, descending into nested
+// structs.
+func envVars(t reflect.Type) []envVar {
+	var vars []envVar
+	for f := range t.Fields() {
+		tag, ok := f.Tag.Lookup("env")
+		if !ok {
+			if f.Type.Kind() == reflect.Struct {
+				vars = append(vars, envVars(f.Type)...)
+			}
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		v := envVar{name: name, def: "-", help: f.Tag.Get("help")}
+		for o := range strings.SplitSeq(opts, ",") {
+			if d, ok := strings.CutPrefix(strings.TrimSpace(o), "default="); ok {
+				v.def = d
+			}
+		}
+		vars = append(vars, v)
+	}
+	return vars
+}

@@ -1,0 +1,231 @@
+package conn
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one upgraded WebSocket connection. It holds no goroutine and no
+// read buffer while idle: its event loop reads it when the socket is
+// readable.
+//
+// Send, Close, ID, Key and Remote may be called from any goroutine. The
+// Handler's callbacks for one Conn are all made from its event loop, one
+// at a time.
+type Conn struct {
+	id     uint64
+	fd     int
+	loop   *loop
+	key    string
+	remote netip.AddrPort
+	slot   int // Handler's bookkeeping, see SetSlot
+
+	// Owned by the event loop.
+	state    connState
+	idx      int // position in loop.conns
+	rd       frameReader
+	lastRead int64 // loop clock (unix ns) of the last read
+	pingSent int64 // loop clock of the unanswered ping; 0 when none
+	deadline int64 // handshake or close deadline; 0 when none
+	cause    error // why the connection is closing
+
+	// Write side, guarded by mu.
+	mu       sync.Mutex
+	out      *queue // pending frames; nil when empty
+	outOff   int    // bytes of out.frames[0] already written
+	outBytes int    // bytes pending in out
+	ready    bool   // the 101 response is written; frames may follow
+	closing  bool   // no more frames but the close frame are queued
+	shutWR   bool   // close frame flushed and write side shut down
+	closed   bool   // fd released; nothing may touch it
+}
+
+type connState uint8
+
+const (
+	stateHandshake connState = iota
+	stateOpen
+	stateClosing // close frame queued; waiting for it to flush and for EOF
+	stateClosed
+)
+
+// ID returns the connection's ID, unique across gateway nodes (a random
+// per-process base plus a counter).
+func (c *Conn) ID() uint64 { return c.id }
+
+// Key returns what Handler.Accept returned for this connection's request,
+// such as the room it joined.
+func (c *Conn) Key() string { return c.key }
+
+// Remote returns the client's address.
+func (c *Conn) Remote() netip.AddrPort { return c.remote }
+
+// SetSlot stores an integer for the Handler's bookkeeping (such as the
+// connection's index in a member list). It must only be used from the
+// Handler's own synchronisation domain; conn never reads it.
+func (c *Conn) SetSlot(i int) { c.slot = i }
+
+// Slot returns the integer stored by SetSlot.
+func (c *Conn) Slot() int { return c.slot }
+
+// queue holds the frames waiting to be written to one connection. Queues
+// are pooled: an idle connection holds none.
+type queue struct{ frames []*Frame }
+
+var queuePool = sync.Pool{New: func() any { return &queue{frames: make([]*Frame, 0, 8)} }}
+
+// Send queues f for the connection and writes as much as the socket takes
+// without blocking. It never blocks on the client: when the queue passes
+// Config.MaxQueueBytes the connection is closed with 1008 "slow consumer".
+// Frames sent to a closing or closed connection are dropped. Send takes its
+// own reference to f; the caller keeps its own.
+func (c *Conn) Send(f *Frame) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	if c.outBytes+len(f.buf) > c.loop.srv.cfg.MaxQueueBytes {
+		c.mu.Unlock()
+		c.Close(ErrSlowConsumer)
+		return
+	}
+	c.enqueueLocked(f)
+	c.mu.Unlock()
+}
+
+// enqueueLocked appends f and, when nothing was waiting for the socket to
+// drain, writes at once.
+func (c *Conn) enqueueLocked(f *Frame) {
+	f.retain()
+	if c.out == nil {
+		c.out = queuePool.Get().(*queue)
+	}
+	c.out.frames = append(c.out.frames, f)
+	c.outBytes += len(f.buf)
+	if len(c.out.frames) == 1 {
+		c.flushLocked()
+	}
+	// Otherwise a flush is waiting for EPOLLOUT, or for the 101 response.
+}
+
+// Close starts the closing handshake: the close frame that closeFor maps
+// cause to is queued (after pending frames, except for a slow consumer,
+// whose queue is dropped), and the event loop releases the socket once the
+// client answers or Config.CloseTimeout passes. It may be called from any
+// goroutine; calls after the first do nothing.
+func (c *Conn) Close(cause error) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	if errors.Is(cause, ErrSlowConsumer) {
+		c.dropQueueLocked()
+	}
+	if ce := closeFor(cause); ce != nil && !c.closed {
+		f := closeFrame(ce)
+		c.enqueueLocked(f)
+		f.Release()
+	}
+	c.shutdownIfFlushedLocked()
+	c.mu.Unlock()
+	c.loop.post(c, cause)
+}
+
+// flushLocked writes the queue with one writev per round until it is empty
+// or the socket would block; the loop calls it again on EPOLLOUT.
+func (c *Conn) flushLocked() {
+	if c.closed || c.shutWR || !c.ready {
+		return
+	}
+	for c.out != nil {
+		var iov [64]unix.Iovec
+		frames := c.out.frames
+		n := min(len(frames), len(iov))
+		for i := range n {
+			b := frames[i].buf
+			if i == 0 {
+				b = b[c.outOff:]
+			}
+			iov[i].Base = unsafe.SliceData(b)
+			iov[i].SetLen(len(b))
+		}
+		w, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return // EPOLLOUT (edge-triggered) resumes the flush
+		default:
+			c.dropQueueLocked()
+			c.closing = true
+			c.shutWR = true
+			c.loop.post(c, errno) // the loop releases the socket
+			return
+		}
+		c.advanceLocked(int(w))
+	}
+	c.shutdownIfFlushedLocked()
+}
+
+// advanceLocked drops the first n written bytes from the queue.
+func (c *Conn) advanceLocked(n int) {
+	c.outBytes -= n
+	frames := c.out.frames
+	i := 0
+	for ; i < len(frames) && n > 0; i++ {
+		rest := len(frames[i].buf) - c.outOff
+		if n < rest {
+			c.outOff += n
+			break
+		}
+		n -= rest
+		c.outOff = 0
+		frames[i].Release()
+		frames[i] = nil
+	}
+	if i == len(frames) {
+		c.releaseQueueLocked()
+		return
+	}
+	if i > 0 {
+		k := copy(frames, frames[i:])
+		clear(frames[k:])
+		c.out.frames = frames[:k]
+	}
+}
+
+// shutdownIfFlushedLocked half-closes the socket once a closing
+// connection's close frame has been written, so the client sees it followed
+// by FIN.
+func (c *Conn) shutdownIfFlushedLocked() {
+	if c.closing && c.out == nil && !c.shutWR && !c.closed && c.ready {
+		c.shutWR = true
+		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+}
+
+func (c *Conn) dropQueueLocked() {
+	if c.out == nil {
+		return
+	}
+	for i, f := range c.out.frames {
+		f.Release()
+		c.out.frames[i] = nil
+	}
+	c.releaseQueueLocked()
+}
+
+func (c *Conn) releaseQueueLocked() {
+	c.out.frames = c.out.frames[:0]
+	queuePool.Put(c.out)
+	c.out = nil
+	c.outOff, c.outBytes = 0, 0
+}

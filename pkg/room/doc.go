@@ -1,0 +1,13 @@
+// Package room is the chat application between the WebSocket server
+// (package conn) and the message engine (package stream).
+//
+// Hub implements conn.Handler: a connection to /ws/chat/<room>/ joins that
+// room; each text message it sends is checked (a JSON object with
+// "username" and "message", else an error frame to the sender alone),
+// re-encoded as {"username":…,"message":…} and published to the engine with
+// the sender's connection ID. Hub.Deliver is the engine's Handler: it
+// encodes each message into one frame and queues it on every local member
+// of the room except the sender.
+//
+// It is the only package that imports both conn and stream.
+package room

@@ -1,0 +1,276 @@
+package room
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/stream"
+	"github.com/gobwas/ws"
+)
+
+// PathPrefix is where chat rooms live: ws://HOST/ws/chat/<room>/.
+const PathPrefix = "/ws/chat/"
+
+// MaxRoomName is the longest room name accepted, in bytes.
+const MaxRoomName = 100
+
+var (
+	_ conn.Handler   = (*Hub)(nil)
+	_ stream.Handler = (*Hub)(nil).Deliver
+)
+
+// Hub maps rooms to the connections of this node, publishes what members
+// send to the stream.Engine and delivers what the engine hands back to
+// every member except the sender. It is the conn.Handler of the gateway.
+type Hub struct {
+	engine stream.Engine
+	log    *slog.Logger
+	ctx    context.Context // Publish context; canceled by Close
+
+	cancel context.CancelFunc
+	mu     sync.RWMutex
+	rooms  map[string]*room
+	stats  counters
+}
+
+// room holds the local members of one room.
+type room struct {
+	mu         sync.RWMutex // Lock: join, leave, (un)subscribe; RLock: deliver
+	members    []*conn.Conn
+	subscribed bool
+	refs       int // members and joins in progress; guarded by Hub.mu
+}
+
+type counters struct {
+	published, delivered, rejected, unavailable atomic.Int64
+}
+
+// Stats are the Hub's counters.
+type Stats struct {
+	Rooms       int   `json:"rooms"`       // rooms with members on this node
+	Published   int64 `json:"published"`   // messages accepted by the engine
+	Delivered   int64 `json:"delivered"`   // frames handed to member connections
+	Rejected    int64 `json:"rejected"`    // messages refused for bad JSON or missing fields
+	Unavailable int64 `json:"unavailable"` // messages the engine did not accept
+}
+
+// NewHub returns a Hub. Its Deliver method must be the engine's Handler;
+// SetEngine connects the two, as each needs the other at construction.
+func NewHub(logger *slog.Logger) *Hub {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Hub{log: logger, rooms: make(map[string]*room), ctx: ctx, cancel: cancel}
+}
+
+// SetEngine sets the engine messages are published to. It must be called
+// before the server starts.
+func (h *Hub) SetEngine(e stream.Engine) { h.engine = e }
+
+// Close cancels Publish calls in progress.
+func (h *Hub) Close() { h.cancel() }
+
+// Stats returns the Hub's counters.
+func (h *Hub) Stats() Stats {
+	h.mu.RLock()
+	n := len(h.rooms)
+	h.mu.RUnlock()
+	return Stats{
+		Rooms:       n,
+		Published:   h.stats.published.Load(),
+		Delivered:   h.stats.delivered.Load(),
+		Rejected:    h.stats.rejected.Load(),
+		Unavailable: h.stats.unavailable.Load(),
+	}
+}
+
+// Accept maps a request URI to its room: /ws/chat/<room>/ (extra segments
+// after the room are ignored, as in the original app). Unknown paths get
+// 404, bad room names 400.
+func (h *Hub) Accept(uri []byte) (string, error) {
+	path, _, _ := strings.Cut(string(uri), "?")
+	rest, ok := strings.CutPrefix(path, PathPrefix)
+	if !ok {
+		return "", &conn.HandshakeError{Status: http.StatusNotFound,
+			Reason: fmt.Sprintf("no WebSocket endpoint at %q; rooms are at %s<room>/", path, PathPrefix)}
+	}
+	name, _, _ := strings.Cut(rest, "/")
+	if strings.Contains(name, "%") {
+		dec, err := url.PathUnescape(name)
+		if err != nil {
+			return "", &conn.HandshakeError{Status: http.StatusBadRequest, Reason: "room name has a bad %-escape"}
+		}
+		name = dec
+	}
+	if err := ValidRoomName(name); err != nil {
+		return "", &conn.HandshakeError{Status: http.StatusBadRequest, Reason: err.Error()}
+	}
+	return name, nil
+}
+
+// ValidRoomName checks a room name: 1 to 100 bytes of ASCII letters,
+// digits, '_', '-' and '.'.
+func ValidRoomName(name string) error {
+	if name == "" {
+		return errors.New("room name is empty; use /ws/chat/<room>/")
+	}
+	if len(name) > MaxRoomName {
+		return fmt.Errorf("room name is %d bytes; the limit is %d", len(name), MaxRoomName)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return fmt.Errorf("room name has %q at byte %d; use ASCII letters, digits, '_', '-' and '.'", c, i)
+		}
+	}
+	return nil
+}
+
+// OnOpen joins the connection to its room, subscribing the room on the
+// engine when it is the room's first member on this node.
+func (h *Hub) OnOpen(c *conn.Conn) error {
+	name := c.Key()
+	h.mu.Lock()
+	r := h.rooms[name]
+	if r == nil {
+		r = &room{}
+		h.rooms[name] = r
+	}
+	r.refs++
+	h.mu.Unlock()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.subscribed {
+		if err := h.engine.Subscribe(name); err != nil {
+			h.unref(name, r)
+			h.log.Warn("cannot subscribe room", "room", name, "err", err)
+			return &conn.HandshakeError{Status: http.StatusServiceUnavailable,
+				Reason: "the message store is unavailable; retry later"}
+		}
+		r.subscribed = true
+	}
+	c.SetSlot(len(r.members))
+	r.members = append(r.members, c)
+	return nil
+}
+
+// OnClose removes the connection from its room, unsubscribing the room
+// when its last local member leaves.
+func (h *Hub) OnClose(c *conn.Conn, _ error) {
+	name := c.Key()
+	h.mu.RLock()
+	r := h.rooms[name]
+	h.mu.RUnlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	if i := c.Slot(); i >= 0 && i < len(r.members) && r.members[i] == c {
+		last := len(r.members) - 1
+		r.members[i] = r.members[last]
+		r.members[i].SetSlot(i)
+		r.members[last] = nil
+		r.members = r.members[:last]
+		c.SetSlot(-1)
+		if last == 0 && r.subscribed {
+			if err := h.engine.Unsubscribe(name); err != nil && !errors.Is(err, stream.ErrClosed) {
+				h.log.Warn("cannot unsubscribe room", "room", name, "err", err)
+			}
+			r.subscribed = false
+		}
+	}
+	r.mu.Unlock()
+	h.unref(name, r)
+}
+
+// unref drops a reference to r and forgets it when none is left. A room is
+// only forgotten after its Unsubscribe, so a later Subscribe of the same
+// name never races with it.
+func (h *Hub) unref(name string, r *room) {
+	h.mu.Lock()
+	r.refs--
+	if r.refs == 0 && h.rooms[name] == r {
+		delete(h.rooms, name)
+	}
+	h.mu.Unlock()
+}
+
+// OnMessage decodes a client's message and publishes it to the room.
+// Invalid messages get an error frame, only to their sender; the
+// connection stays open.
+func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
+	username, message, derr := decodeMessage(msg)
+	if derr != nil {
+		h.stats.rejected.Add(1)
+		c.Send(errorFrames[derr])
+		return
+	}
+	bp := payloadPool.Get().(*[]byte)
+	payload := appendOutbound((*bp)[:0], username, message)
+	_, err := h.engine.Publish(h.ctx, c.Key(), stream.Message{Sender: c.ID(), Payload: payload})
+	*bp = payload
+	payloadPool.Put(bp)
+	if err != nil {
+		h.stats.unavailable.Add(1)
+		if h.log.Enabled(h.ctx, slog.LevelDebug) {
+			h.log.Debug("publish failed", "room", c.Key(), "conn_id", c.ID(), "err", err)
+		}
+		c.Send(unavailableFrame)
+		return
+	}
+	h.stats.published.Add(1)
+}
+
+var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// Deliver is the engine's Handler: it encodes m once and queues the frame
+// on every local member of the room except the sender.
+func (h *Hub) Deliver(name string, m stream.Message) {
+	h.mu.RLock()
+	r := h.rooms[name]
+	h.mu.RUnlock()
+	if r == nil {
+		return
+	}
+	f := conn.NewTextFrame(m.Payload)
+	n := 0
+	r.mu.RLock()
+	for _, c := range r.members {
+		if c.ID() != m.Sender {
+			c.Send(f)
+			n++
+		}
+	}
+	r.mu.RUnlock()
+	f.Release()
+	h.stats.delivered.Add(int64(n))
+}
+
+// errorFrames are the pre-encoded error frames, one per decode error.
+var errorFrames = map[*decodeError]*conn.Frame{}
+
+var unavailableFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
+	code: CodeUnavailable, detail: "the message was not accepted: the message store is unavailable; retry later",
+}))
+
+func init() {
+	for _, e := range []*decodeError{errInvalidJSON, errNotObject, errMissingUser, errMissingMessage} {
+		errorFrames[e] = conn.NewStaticFrame(ws.OpText, errorJSON(e))
+	}
+}
+
+// errorJSON encodes an error frame: {"error":code,"field":…,"detail":…}.
+func errorJSON(e *decodeError) []byte {
+	b := fmt.Appendf(nil, `{"error":%q`, e.code)
+	if e.field != "" {
+		b = fmt.Appendf(b, `,"field":%q`, e.field)
+	}
+	return fmt.Appendf(b, `,"detail":%q}`, e.detail)
+}

@@ -1,0 +1,113 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Errors returned by engines. Check them with errors.Is.
+var (
+	// ErrClosed is returned by every method of an engine after Close.
+	ErrClosed = errors.New("stream: engine closed")
+	// ErrUnavailable wraps failures to reach the backing store (Redis down,
+	// timeouts). The message was not accepted; the caller may retry later.
+	ErrUnavailable = errors.New("stream: backend unavailable")
+)
+
+// ID identifies an entry in a room's stream. It has the shape of a Redis
+// stream ID ("<ms>-<seq>") and orders entries within one room: every engine
+// gives the entries of a room strictly increasing IDs.
+type ID struct {
+	Ms  uint64 // milliseconds part
+	Seq uint64 // sequence within the millisecond
+}
+
+// Less reports whether id sorts before o.
+func (id ID) Less(o ID) bool {
+	return id.Ms < o.Ms || (id.Ms == o.Ms && id.Seq < o.Seq)
+}
+
+// IsZero reports whether id is the zero ID "0-0", which precedes every entry.
+func (id ID) IsZero() bool { return id.Ms == 0 && id.Seq == 0 }
+
+// String formats id the way Redis does: "<ms>-<seq>".
+func (id ID) String() string {
+	return string(id.AppendTo(make([]byte, 0, 41)))
+}
+
+// AppendTo appends the "<ms>-<seq>" form of id to b.
+func (id ID) AppendTo(b []byte) []byte {
+	b = strconv.AppendUint(b, id.Ms, 10)
+	b = append(b, '-')
+	return strconv.AppendUint(b, id.Seq, 10)
+}
+
+// ParseID parses the "<ms>-<seq>" form of an ID. A bare "<ms>" means
+// "<ms>-0", as in Redis.
+func ParseID(s string) (ID, error) {
+	ms, seq, found := strings.Cut(s, "-")
+	var id ID
+	var err error
+	if id.Ms, err = strconv.ParseUint(ms, 10, 64); err != nil {
+		return ID{}, fmt.Errorf("stream: bad ID %q: want <ms>-<seq>", s)
+	}
+	if found {
+		if id.Seq, err = strconv.ParseUint(seq, 10, 64); err != nil {
+			return ID{}, fmt.Errorf("stream: bad ID %q: want <ms>-<seq>", s)
+		}
+	}
+	return id, nil
+}
+
+// Message is one entry of a room's stream.
+type Message struct {
+	// ID is the entry's ID. It is assigned by the engine: Publish ignores it,
+	// handlers always see it set.
+	ID ID
+	// Sender is the connection ID of the sender, unique across gateway nodes.
+	// Deliverers skip the connection with this ID, so a sender never
+	// receives its own message.
+	Sender uint64
+	// Payload is the encoded message that members receive. Engines treat it
+	// as opaque bytes.
+	Payload []byte
+}
+
+// Handler receives the messages of subscribed rooms, in stream order per
+// room. Each engine documents the goroutine it calls Handler from; in every
+// engine calls for one room never overlap. The Payload is only valid during
+// the call: a handler that keeps it must copy it. A handler must not block:
+// it hands the message to sockets with non-blocking writes and returns.
+type Handler func(room string, m Message)
+
+// Engine carries the messages of rooms between the gateway's connections,
+// locally (Memory) or across gateway nodes (Redis). It knows rooms and
+// opaque payloads, never sockets.
+//
+// An engine delivers to its Handler every message published to a room
+// while that room is subscribed, including the messages this node
+// published itself (the caller skips the sender). Messages published while
+// a room is not subscribed are not delivered later.
+type Engine interface {
+	// Publish appends m to the room's stream and returns its ID. When
+	// Publish returns nil the message is accepted: it will be delivered to
+	// every node subscribed to the room. m.Payload may be reused by the
+	// caller once Publish returns.
+	Publish(ctx context.Context, room string, m Message) (ID, error)
+	// Subscribe starts delivery of room's messages to the Handler. Every
+	// message published after Subscribe returns is delivered. Subscribing a
+	// subscribed room does nothing.
+	Subscribe(room string) error
+	// Unsubscribe stops delivery of room's messages. Unsubscribing a room
+	// that is not subscribed does nothing.
+	Unsubscribe(room string) error
+	// Health returns nil while the engine can accept and deliver messages,
+	// and an error saying what is wrong otherwise.
+	Health() error
+	// Close stops delivery and releases the engine's resources; it waits
+	// for running handler calls to return, or for ctx to end.
+	Close(ctx context.Context) error
+}
