@@ -126,7 +126,7 @@ func (c *Conn) Close(cause error) {
 	}
 	c.closing = true
 	if errors.Is(cause, ErrSlowConsumer) {
-		c.dropQueueLocked()
+		c.dropUnsentLocked()
 	}
 	if ce := closeFor(cause); ce != nil && !c.closed {
 		f := closeFrame(ce)
@@ -210,6 +210,22 @@ func (c *Conn) shutdownIfFlushedLocked() {
 		c.shutWR = true
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 	}
+}
+
+// dropUnsentLocked drops the queued frames, except one already partly
+// written: its rest must go out before any other frame can.
+func (c *Conn) dropUnsentLocked() {
+	if c.out == nil || c.outOff == 0 {
+		c.dropQueueLocked()
+		return
+	}
+	frames := c.out.frames
+	for i := 1; i < len(frames); i++ {
+		c.outBytes -= len(frames[i].buf)
+		frames[i].Release()
+		frames[i] = nil
+	}
+	c.out.frames = frames[:1]
 }
 
 func (c *Conn) dropQueueLocked() {
