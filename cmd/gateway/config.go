@@ -24,6 +24,7 @@ type Config struct {
 	AllowedHosts []string      `env:"ALLOWED_HOSTS" help:"comma-separated Host names accepted for upgrades in production; * accepts any"`
 	LogLevel     string        `env:"LOG_LEVEL, default=info" help:"debug, info, warn or error"`
 	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, time clients get to answer the 1001 close before the process exits"`
+	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ on the HTTP port (keep it off on public ports)"`
 	Conn         conn.Config
 }
 

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -80,7 +81,14 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 
 	var shuttingDown atomic.Bool
 	var srv *conn.Server
-	cfg.Conn.HTTPHandler = httpRoutes(engine, hub, func() conn.Stats { return srv.Stats() }, &shuttingDown)
+	routes := httpRoutes(engine, hub, func() conn.Stats { return srv.Stats() }, &shuttingDown)
+	if cfg.Pprof {
+		routes.HandleFunc("/debug/pprof/", pprof.Index)
+		routes.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		routes.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		routes.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	cfg.Conn.HTTPHandler = routes
 	srv, err = conn.NewServer(cfg.Conn, hub, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
@@ -127,7 +135,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 }
 
 // httpRoutes serves the plain HTTP side of the port.
-func httpRoutes(engine stream.Engine, hub *room.Hub, connStats func() conn.Stats, shuttingDown *atomic.Bool) http.Handler {
+func httpRoutes(engine stream.Engine, hub *room.Hub, connStats func() conn.Stats, shuttingDown *atomic.Bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -78,8 +78,9 @@ type queue struct{ frames []*Frame }
 
 var queuePool = sync.Pool{New: func() any { return &queue{frames: make([]*Frame, 0, 8)} }}
 
-// Send queues f for the connection and writes as much as the socket takes
-// without blocking. It never blocks on the client: when the queue passes
+// Send queues f for the connection; its event loop writes the queue at the
+// end of its current round, so frames sent close together leave in one
+// writev. Send never blocks on the client: when the queue passes
 // Config.MaxQueueBytes the connection is closed with 1008 "slow consumer".
 // Frames sent to a closing or closed connection are dropped. Send takes its
 // own reference to f; the caller keeps its own.
@@ -94,23 +95,25 @@ func (c *Conn) Send(f *Frame) {
 		c.Close(ErrSlowConsumer)
 		return
 	}
-	c.enqueueLocked(f)
+	schedule := c.enqueueLocked(f)
 	c.mu.Unlock()
+	if schedule {
+		c.loop.flushLater(c)
+	}
 }
 
-// enqueueLocked appends f and, when nothing was waiting for the socket to
-// drain, writes at once.
-func (c *Conn) enqueueLocked(f *Frame) {
+// enqueueLocked appends f. It reports whether the queue was empty and may
+// be written, so the caller must ask the loop to flush it. Otherwise a
+// flush is already due: scheduled, waiting for EPOLLOUT, or waiting for
+// the 101 response.
+func (c *Conn) enqueueLocked(f *Frame) bool {
 	f.retain()
 	if c.out == nil {
 		c.out = queuePool.Get().(*queue)
 	}
 	c.out.frames = append(c.out.frames, f)
 	c.outBytes += len(f.buf)
-	if len(c.out.frames) == 1 {
-		c.flushLocked()
-	}
-	// Otherwise a flush is waiting for EPOLLOUT, or for the 101 response.
+	return len(c.out.frames) == 1 && c.ready && !c.shutWR && !c.closed
 }
 
 // Close starts the closing handshake: the close frame that closeFor maps
@@ -128,13 +131,17 @@ func (c *Conn) Close(cause error) {
 	if errors.Is(cause, ErrSlowConsumer) {
 		c.dropUnsentLocked()
 	}
+	schedule := false
 	if ce := closeFor(cause); ce != nil && !c.closed {
 		f := closeFrame(ce)
-		c.enqueueLocked(f)
+		schedule = c.enqueueLocked(f)
 		f.Release()
 	}
 	c.shutdownIfFlushedLocked()
 	c.mu.Unlock()
+	if schedule {
+		c.loop.flushLater(c)
+	}
 	c.loop.post(c, cause)
 }
 

@@ -58,10 +58,12 @@ type loop struct {
 	stopping bool // shutdown requested: new connections are refused
 	done     chan struct{}
 
-	mu     sync.Mutex
-	posts  []posted
-	spare  []posted
-	wakeup bool
+	mu         sync.Mutex
+	posts      []posted
+	spare      []posted
+	flushes    []*Conn // connections with frames to write
+	flushSpare []*Conn
+	wakeup     bool
 
 	// Handshake state, valid during one call of upgrade.
 	up     ws.Upgrader
@@ -99,6 +101,21 @@ func newLoop(s *Server) (*loop, error) {
 func (l *loop) post(c *Conn, cause error) {
 	l.mu.Lock()
 	l.posts = append(l.posts, posted{c, cause})
+	wake := !l.wakeup
+	l.wakeup = true
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(l.efd, one[:])
+	}
+}
+
+// flushLater asks the loop to write c's queue at the end of its round.
+// Frames queued for c until then leave in the same writev, which is what
+// keeps the cost of a delivery low under load.
+func (l *loop) flushLater(c *Conn) {
+	l.mu.Lock()
+	l.flushes = append(l.flushes, c)
 	wake := !l.wakeup
 	l.wakeup = true
 	l.mu.Unlock()
@@ -176,12 +193,20 @@ func (l *loop) servePosts() {
 	l.mu.Lock()
 	posts := l.posts
 	l.posts, l.spare = l.spare[:0], posts
+	flushes := l.flushes
+	l.flushes, l.flushSpare = l.flushSpare[:0], flushes
 	wake := l.wakeup
 	l.wakeup = false
 	l.mu.Unlock()
 	if wake {
 		var b [8]byte
 		_, _ = unix.Read(l.efd, b[:])
+	}
+	for i, c := range flushes {
+		c.mu.Lock()
+		c.flushLocked()
+		c.mu.Unlock()
+		flushes[i] = nil
 	}
 	for i, p := range posts {
 		posts[i] = posted{}
