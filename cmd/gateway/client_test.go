@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"bufio"
 	"context"
 	"encoding/binary"
@@ -92,9 +93,10 @@ func (g *gateway) url(path string) string { return "ws://" + g.addr + path }
 
 // client is a WebSocket test client.
 type client struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	t       testing.TB
+	conn    net.Conn
+	br      *bufio.Reader
+	timeout time.Duration // read deadline of next; zero means waitTimeout
 }
 
 // dial connects to room (or to the raw path when room starts with "/").
@@ -149,7 +151,7 @@ type frame struct {
 
 // next reads the next frame, answering nothing by itself.
 func (c *client) next() (frame, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = c.conn.SetReadDeadline(time.Now().Add(cmp.Or(c.timeout, waitTimeout)))
 	h, err := ws.ReadHeader(c.br)
 	if err != nil {
 		return frame{}, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/room"
+	"github.com/chatgw/gateway/pkg/stream"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -26,7 +29,12 @@ type Config struct {
 	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, time clients get to answer the 1001 close before the process exits"`
 	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ on the HTTP port (keep it off on public ports)"`
 	Conn         conn.Config
+	Room         room.Config
+	Redis        stream.RedisConfig
 }
+
+// defaultPublishWorkers is PUBLISH_WORKERS in production when unset.
+const defaultPublishWorkers = 64
 
 const (
 	envDevelopment = "development"
@@ -38,7 +46,7 @@ const (
 func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 	var cfg Config
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &cfg, Lookuper: l}); err != nil {
-		return cfg, fmt.Errorf("bad environment: %w", err)
+		return cfg, namedError(err, l)
 	}
 	switch cfg.Environment {
 	case envDevelopment, envProduction:
@@ -59,8 +67,36 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
 		}
 		cfg.Conn.AllowedHosts = cfg.AllowedHosts
+		if cfg.Room.PublishWorkers == 0 {
+			cfg.Room.PublishWorkers = defaultPublishWorkers
+		}
 	}
 	return cfg, nil
+}
+
+// namedError rewrites an envconfig error, which names the struct field
+// ("Conn: MaxMessageBytes: strconv.ParseInt: …"), so that it names the
+// environment variable and its value instead.
+func namedError(err error, l envconfig.Lookuper) error {
+	t := reflect.TypeFor[Config]()
+	rest := err.Error()
+	for {
+		name, tail, ok := strings.Cut(rest, ": ")
+		if !ok {
+			break
+		}
+		f, found := t.FieldByName(name)
+		if !found {
+			break
+		}
+		if tag, ok := f.Tag.Lookup("env"); ok {
+			key, _, _ := strings.Cut(tag, ",")
+			val, _ := l.Lookup(key)
+			return fmt.Errorf("%s=%q is invalid: %s", key, val, tail)
+		}
+		t, rest = f.Type, tail
+	}
+	return fmt.Errorf("bad environment: %w", err)
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -105,7 +141,7 @@ func envVars(t reflect.Type) []envVar {
 			continue
 		}
 		name, opts, _ := strings.Cut(tag, ",")
-		v := envVar{name: name, def: "-", help: f.Tag.Get("help")}
+		v := envVar{name: name, def: cmp.Or(f.Tag.Get("default"), "-"), help: f.Tag.Get("help")}
 		for o := range strings.SplitSeq(opts, ",") {
 			if d, ok := strings.CutPrefix(strings.TrimSpace(o), "default="); ok {
 				v.def = d

@@ -68,14 +68,26 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		logger.Warn("cannot raise the open-file limit; fewer connections fit", "err", err)
 	}
 
-	hub := room.NewHub(logger)
+	hub, err := room.NewHub(cfg.Room, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway: %v\n", err)
+		return 2
+	}
+	defer hub.Close()
 	var engine stream.Engine
 	switch cfg.Environment {
 	case envDevelopment:
 		engine = stream.NewMemory(hub.Deliver)
 	case envProduction:
-		fmt.Fprintln(stderr, "gateway: ENVIRONMENT=production needs the Redis Streams engine, which this build does not have yet; use ENVIRONMENT=development (embedded engine, one process)")
-		return 2
+		r, err := stream.NewRedis(cfg.Redis, hub.Deliver, logger)
+		if errors.Is(err, stream.ErrUnavailable) {
+			logger.Error("cannot reach Redis; is it running and are IP_REDIS/PORT_REDIS (or REDIS_ADDRS) right?", "err", err)
+			return 1
+		} else if err != nil {
+			fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
+			return 2
+		}
+		engine = r
 	}
 	hub.SetEngine(engine)
 
@@ -126,7 +138,6 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, conn.ErrServerClosed) {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
-	hub.Close()
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)
 	}

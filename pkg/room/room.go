@@ -1,6 +1,7 @@
 package room
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type Hub struct {
 	mu     sync.RWMutex
 	rooms  map[string]*room
 	stats  counters
+
+	workers     []chan publishJob // nil: publish inline
+	workersDone sync.WaitGroup
 }
 
 // room holds the local members of one room.
@@ -62,19 +66,61 @@ type Stats struct {
 	Unavailable int64 `json:"unavailable"` // messages the engine did not accept
 }
 
+// Config tunes the Hub. A zero field takes its default.
+type Config struct {
+	// PublishWorkers is the number of goroutines that publish messages to
+	// the engine. Zero publishes from the event loop itself, which suits an
+	// engine whose Publish never waits (Memory). With a networked engine
+	// (Redis), a loop must not wait for each round trip: workers publish
+	// concurrently, so round trips are pipelined, while each connection's
+	// messages stay in order (a connection always uses the same worker).
+	PublishWorkers int `env:"PUBLISH_WORKERS" help:"goroutines publishing to Redis in production (0 means 64); the embedded engine publishes inline" default:"64"`
+	// PublishQueue bounds the messages waiting for each worker; a message
+	// that finds its worker's queue full is refused with an "unavailable"
+	// error frame rather than buffered. Zero means 256.
+	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting per publish worker before senders get unavailable" default:"256"`
+}
+
 // NewHub returns a Hub. Its Deliver method must be the engine's Handler;
 // SetEngine connects the two, as each needs the other at construction.
-func NewHub(logger *slog.Logger) *Hub {
+func NewHub(cfg Config, logger *slog.Logger) (*Hub, error) {
+	if cfg.PublishWorkers < 0 || cfg.PublishQueue < 0 {
+		return nil, fmt.Errorf("room: PUBLISH_WORKERS (%d) and PUBLISH_QUEUE (%d) must not be negative", cfg.PublishWorkers, cfg.PublishQueue)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Hub{log: logger, rooms: make(map[string]*room), ctx: ctx, cancel: cancel}
+	h := &Hub{log: logger, rooms: make(map[string]*room), ctx: ctx, cancel: cancel}
+	if cfg.PublishWorkers > 0 {
+		depth := cmp.Or(cfg.PublishQueue, 256)
+		h.workers = make([]chan publishJob, cfg.PublishWorkers)
+		for i := range h.workers {
+			ch := make(chan publishJob, depth)
+			h.workers[i] = ch
+			h.workersDone.Add(1)
+			go h.publishLoop(ch)
+		}
+	}
+	return h, nil
 }
 
 // SetEngine sets the engine messages are published to. It must be called
 // before the server starts.
 func (h *Hub) SetEngine(e stream.Engine) { h.engine = e }
 
-// Close cancels Publish calls in progress.
-func (h *Hub) Close() { h.cancel() }
+// Close cancels Publish calls in progress and stops the publish workers.
+// Call it after the server has stopped calling the Hub.
+func (h *Hub) Close() {
+	h.cancel()
+	for _, ch := range h.workers {
+		close(ch)
+	}
+	h.workersDone.Wait()
+}
+
+// publishJob is one message waiting for a publish worker.
+type publishJob struct {
+	c       *conn.Conn
+	payload *[]byte // from payloadPool; the worker returns it
+}
 
 // Stats returns the Hub's counters.
 func (h *Hub) Stats() Stats {
@@ -213,10 +259,37 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 		return
 	}
 	bp := payloadPool.Get().(*[]byte)
-	payload := appendOutbound((*bp)[:0], username, message)
-	_, err := h.engine.Publish(h.ctx, c.Key(), stream.Message{Sender: c.ID(), Payload: payload})
-	*bp = payload
-	payloadPool.Put(bp)
+	*bp = appendOutbound((*bp)[:0], username, message)
+	if h.workers == nil {
+		h.publish(c, bp)
+		return
+	}
+	select {
+	case h.workers[c.ID()%uint64(len(h.workers))] <- publishJob{c, bp}:
+	default:
+		// The engine is not keeping up: refuse rather than queue without
+		// bound or stall the event loop.
+		payloadPool.Put(bp)
+		h.stats.unavailable.Add(1)
+		c.Send(overloadedFrame)
+	}
+}
+
+// publishLoop is one publish worker.
+func (h *Hub) publishLoop(jobs <-chan publishJob) {
+	defer h.workersDone.Done()
+	for j := range jobs {
+		h.publish(j.c, j.payload)
+	}
+}
+
+// publish hands one encoded message to the engine and tells the sender if
+// it was not accepted. It returns bp to the pool.
+func (h *Hub) publish(c *conn.Conn, bp *[]byte) {
+	_, err := h.engine.Publish(h.ctx, c.Key(), stream.Message{Sender: c.ID(), Payload: *bp})
+	if cap(*bp) <= 64<<10 {
+		payloadPool.Put(bp)
+	}
 	if err != nil {
 		h.stats.unavailable.Add(1)
 		if h.log.Enabled(h.ctx, slog.LevelDebug) {
@@ -256,9 +329,14 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 // errorFrames are the pre-encoded error frames, one per decode error.
 var errorFrames = map[*decodeError]*conn.Frame{}
 
-var unavailableFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
-	code: CodeUnavailable, detail: "the message was not accepted: the message store is unavailable; retry later",
-}))
+var (
+	unavailableFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
+		code: CodeUnavailable, detail: "the message was not accepted: the message store is unavailable; retry later",
+	}))
+	overloadedFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
+		code: CodeUnavailable, detail: "the message was not accepted: the gateway is overloaded; retry later",
+	}))
+)
 
 func init() {
 	for _, e := range []*decodeError{errInvalidJSON, errNotObject, errMissingUser, errMissingMessage} {

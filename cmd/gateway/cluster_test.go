@@ -1,0 +1,318 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/gobwas/ws"
+)
+
+// startNodes starts n gateway nodes in production mode on one Redis (or
+// whatever redisEnv points at).
+func startNodes(t *testing.T, n int, redisEnv map[string]string) []*gateway {
+	t.Helper()
+	nodes := make([]*gateway, n)
+	for i := range nodes {
+		env := map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BLOCK": "1s", "REDIS_TIMEOUT": "500ms"}
+		for k, v := range redisEnv {
+			env[k] = v
+		}
+		nodes[i] = startGateway(t, env)
+	}
+	return nodes
+}
+
+func redisEnvFor(srv *redistest.Server) map[string]string {
+	return map[string]string{"IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(srv.Port())}
+}
+
+func TestNodesShareRooms(t *testing.T) {
+	r := redistest.Start(t)
+	nodes := startNodes(t, 3, redisEnvFor(r))
+
+	t.Run("CrossNodeDeliveryWithoutEcho", func(t *testing.T) {
+		a := nodes[0].dial(t, "x-lobby")
+		b := nodes[1].dial(t, "x-lobby")
+		c := nodes[2].dial(t, "x-lobby")
+		a2 := nodes[0].dial(t, "x-lobby")
+		a.sendChat("alice", "hi all")
+		for i, peer := range []*client{b, c, a2} {
+			if got := peer.recv(); got != chat("alice", "hi all") {
+				t.Fatalf("peer %d got %s", i, got)
+			}
+		}
+		c.sendChat("carol", "reply")
+		if got := a.recv(); got != chat("carol", "reply") {
+			t.Fatalf("sender's next frame is %s: its own message came back", got)
+		}
+		if got := c.nextText(t, b); got != chat("carol", "reply") {
+			t.Fatalf("b got %s", got)
+		}
+	})
+
+	t.Run("FirstMessageAfterJoin", func(t *testing.T) {
+		// Rooms new to the receiving node: the message sent right after
+		// the upgrade completes must arrive.
+		for i := range 30 {
+			room := fmt.Sprintf("x-first-%d", i)
+			sender := nodes[i%3].dial(t, room)
+			joiner := nodes[(i+1)%3].dial(t, room)
+			sender.sendChat("s", "first")
+			if got := joiner.recv(); got != chat("s", "first") {
+				t.Fatalf("room %s: got %s", room, got)
+			}
+		}
+	})
+
+	t.Run("OneOrderOnEveryNode", func(t *testing.T) {
+		const senders, each = 6, 50
+		var members []*client
+		for i := range 6 {
+			members = append(members, nodes[i%3].dial(t, "x-order"))
+		}
+		sendersC := make([]*client, senders)
+		for i := range sendersC {
+			sendersC[i] = nodes[i%3].dial(t, "x-order")
+		}
+		// Senders receive each other's messages: drain them so nothing
+		// backs up.
+		for _, s := range sendersC {
+			go func() {
+				for {
+					if _, err := s.next(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		var wg sync.WaitGroup
+		for i, s := range sendersC {
+			wg.Go(func() {
+				for j := range each {
+					b, _ := json.Marshal(map[string]string{"username": fmt.Sprint("s", i), "message": fmt.Sprint(j)})
+					_, _ = s.conn.Write(rawFrame(finText, b, false))
+				}
+			})
+		}
+		wg.Wait()
+		var first []string
+		for mi, m := range members {
+			seq := make([]string, senders*each)
+			next := map[string]int{}
+			for k := range seq {
+				u, msg := m.recvChat()
+				if msg != fmt.Sprint(next[u]) {
+					t.Fatalf("member %d: from %s got %s, want %d", mi, u, msg, next[u])
+				}
+				next[u]++
+				seq[k] = u + ":" + msg
+			}
+			if mi == 0 {
+				first = seq
+				continue
+			}
+			for k := range seq {
+				if seq[k] != first[k] {
+					t.Fatalf("member %d (node %d) saw %s at position %d, member 0 saw %s: orders differ", mi, mi%3, seq[k], k, first[k])
+				}
+			}
+		}
+	})
+
+	t.Run("BurstAcrossNodesLosesNothing", func(t *testing.T) {
+		const senders, each = 10, 100
+		listeners := []*client{nodes[0].dial(t, "x-burst"), nodes[1].dial(t, "x-burst"), nodes[2].dial(t, "x-burst")}
+		cs := make([]*client, senders)
+		for i := range cs {
+			cs[i] = nodes[i%3].dial(t, "x-burst")
+			go func() {
+				for {
+					if _, err := cs[i].next(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		var wg sync.WaitGroup
+		for i, c := range cs {
+			wg.Go(func() {
+				for j := range each {
+					b, _ := json.Marshal(map[string]string{"username": fmt.Sprint("s", i), "message": fmt.Sprint(j)})
+					_, _ = c.conn.Write(rawFrame(finText, b, false))
+				}
+			})
+		}
+		wg.Wait()
+		for li, l := range listeners {
+			next := map[string]int{}
+			for range senders * each {
+				u, msg := l.recvChat()
+				if msg != fmt.Sprint(next[u]) {
+					t.Fatalf("listener %d: from %s got %s, want %d", li, u, msg, next[u])
+				}
+				next[u]++
+			}
+		}
+	})
+
+	t.Run("ReadyzReportsRedis", func(t *testing.T) {
+		if status, body := nodes[0].httpGet(t, "/readyz"); status != 200 {
+			t.Fatalf("/readyz = %d %q with Redis up", status, body)
+		}
+	})
+
+	t.Run("HostCheckInProduction", func(t *testing.T) {
+		g := startGateway(t, map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com",
+			"IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port())})
+		status, body := rawUpgrade(t, g.addr, "/ws/chat/room/")
+		if status != 400 || !strings.Contains(body, "ALLOWED_HOSTS") {
+			t.Fatalf("upgrade with a foreign Host: %d %q, want 400 naming ALLOWED_HOSTS", status, body)
+		}
+	})
+}
+
+// nextText returns the next text frame of peer (helper for readability).
+func (c *client) nextText(t *testing.T, peer *client) string {
+	t.Helper()
+	peer.t = t
+	return peer.recv()
+}
+
+// TestRedisRestartLosesNothingAccepted: Redis is killed and restarted
+// while a sender streams messages. Every message is either delivered, in
+// order and once, or refused to its sender with "unavailable"; readiness
+// follows Redis.
+func TestRedisRestartLosesNothingAccepted(t *testing.T) {
+	r := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	nodes := startNodes(t, 2, redisEnvFor(r))
+	sender := nodes[0].dial(t, "restart")
+	receiver := nodes[1].dial(t, "restart")
+	sender.timeout, receiver.timeout = time.Minute, time.Minute
+
+	// The sender's own socket carries the error frames; count them.
+	var errMu sync.Mutex
+	unavailable := 0
+	details := map[string]int{}
+	go func() {
+		for {
+			f, err := sender.next()
+			if err != nil {
+				return
+			}
+			var e struct{ Error, Detail string }
+			if f.op == ws.OpText && json.Unmarshal(f.payload, &e) == nil && e.Error == "unavailable" {
+				errMu.Lock()
+				unavailable++
+				details[e.Detail]++
+				errMu.Unlock()
+			}
+		}
+	}()
+	got := make(chan int, 10000)
+	go func() {
+		defer close(got)
+		for {
+			f, err := receiver.next()
+			if err != nil {
+				return
+			}
+			if f.op == ws.OpPing {
+				_, _ = receiver.conn.Write(rawFrame(finPong, f.payload, false))
+				continue
+			}
+			var m struct{ Message string }
+			_ = json.Unmarshal(f.payload, &m)
+			n, _ := strconv.Atoi(m.Message)
+			got <- n
+		}
+	}()
+
+	const total = 600
+	send := func(i int) {
+		b, _ := json.Marshal(map[string]string{"username": "s", "message": strconv.Itoa(i)})
+		sender.writeRaw(rawFrame(finText, b, false))
+	}
+	for i := range 200 {
+		send(i)
+	}
+	r.Kill()
+	redistest.WaitFor(t, waitTimeout, "readyz to fail while Redis is down", func() bool {
+		status, _ := nodes[1].httpGet(t, "/readyz")
+		return status == 503
+	})
+	for i := 200; i < 400; i++ {
+		send(i)
+	}
+	r.Restart()
+	redistest.WaitFor(t, waitTimeout, "readyz to recover", func() bool {
+		s0, _ := nodes[0].httpGet(t, "/readyz")
+		s1, _ := nodes[1].httpGet(t, "/readyz")
+		return s0 == 200 && s1 == 200
+	})
+	for i := 400; i < total; i++ {
+		send(i)
+	}
+	// One more, so that the last message is sent after recovery too.
+	send(total)
+	sent := total + 1
+
+	// Every message must end up delivered or refused: wait for that, and
+	// check order and duplicates on the way.
+	last, received := -1, 0
+	refusedNow := func() int {
+		errMu.Lock()
+		defer errMu.Unlock()
+		return unavailable
+	}
+	deadline := time.After(3 * waitTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for received+refusedNow() < sent {
+		select {
+		case n, ok := <-got:
+			if !ok {
+				t.Fatalf("receiver closed after %d messages", received)
+			}
+			if n <= last {
+				t.Fatalf("message %d after %d: duplicate or out of order", n, last)
+			}
+			last = n
+			received++
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("%d sent, %d delivered, %d refused: %d accepted messages lost", sent, received, refusedNow(), sent-received-refusedNow())
+		}
+	}
+	refused := refusedNow()
+	errMu.Lock()
+	t.Logf("%d sent, %d delivered, %d refused with unavailable: %v", sent, received, refused, details)
+	errMu.Unlock()
+	if refused == 0 {
+		t.Fatalf("no sender saw unavailable while Redis was down")
+	}
+}
+
+// TestNodesOnRedisCluster runs cross-node delivery on a 3-master Redis
+// Cluster: rooms hash to different slots and nodes.
+func TestNodesOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	nodes := startNodes(t, 2, map[string]string{"REDIS_ADDRS": strings.Join(cl.Addrs(), ",")})
+	for i := range 12 {
+		room := fmt.Sprintf("cl-%d", i)
+		a, b := nodes[0].dial(t, room), nodes[1].dial(t, room)
+		a.sendChat("a", room)
+		if got := b.recv(); got != chat("a", room) {
+			t.Fatalf("room %s: got %s", room, got)
+		}
+		b.sendChat("b", room)
+		if got := a.recv(); got != chat("b", room) {
+			t.Fatalf("room %s: got %s", room, got)
+		}
+	}
+}

@@ -1,0 +1,252 @@
+package stream
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of RedisConfig, used for zero fields.
+const (
+	// DefaultRedisPort is the default of RedisConfig.Port (PORT_REDIS).
+	DefaultRedisPort = 6379
+	// DefaultRedisPrefix is the default of RedisConfig.Prefix (REDIS_PREFIX).
+	DefaultRedisPrefix = "chat"
+	// DefaultRedisMaxLen is the default of RedisConfig.MaxLen (REDIS_MAXLEN).
+	DefaultRedisMaxLen = 1000
+	// DefaultRedisTTL is the default of RedisConfig.TTL (REDIS_TTL).
+	DefaultRedisTTL = 24 * time.Hour
+	// DefaultRedisReadShards is the default of RedisConfig.ReadShards
+	// (REDIS_READ_SHARDS).
+	DefaultRedisReadShards = 16
+	// DefaultRedisReadCount is the default of RedisConfig.ReadCount
+	// (REDIS_READ_COUNT).
+	DefaultRedisReadCount = 512
+	// DefaultRedisBlock is the default of RedisConfig.Block (REDIS_BLOCK).
+	DefaultRedisBlock = 5 * time.Second
+	// DefaultRedisTimeout is the default of RedisConfig.Timeout
+	// (REDIS_TIMEOUT).
+	DefaultRedisTimeout = 2 * time.Second
+	// DefaultRedisBackoffMin is the default of RedisConfig.BackoffMin
+	// (REDIS_BACKOFF_MIN).
+	DefaultRedisBackoffMin = 100 * time.Millisecond
+	// DefaultRedisBackoffMax is the default of RedisConfig.BackoffMax
+	// (REDIS_BACKOFF_MAX).
+	DefaultRedisBackoffMax = 5 * time.Second
+
+	// maxRedisReadShards caps REDIS_READ_SHARDS: each shard holds one
+	// blocking connection per node.
+	maxRedisReadShards = 1024
+)
+
+// RedisConfig configures the Redis engine. The zero value of every field
+// means its default; NewRedis rejects invalid values with an error naming
+// the environment variable to fix. The env tags are read by cmd/gateway
+// (github.com/sethvargo/go-envconfig); this package never reads the
+// environment.
+//
+// Every gateway node sharing rooms must use the same Prefix and
+// ReadShards: both are part of the stream keys.
+type RedisConfig struct {
+	// Host is the Redis host, the legacy way to name a single server or the
+	// seed node of a cluster. Used with Port when Addrs is empty. Zero
+	// means none: then Addrs must be set.
+	Host string `env:"IP_REDIS" help:"Redis host (production); or use REDIS_ADDRS" default:""`
+	// Port is the port of Host. Zero means 6379.
+	Port int `env:"PORT_REDIS" help:"port of IP_REDIS" default:"6379"`
+	// Addrs lists "host:port" addresses (comma-separated in the
+	// environment): the seed nodes of a Redis Cluster, or the sentinels
+	// when SentinelMaster is set. Zero means Host:Port. Setting both Addrs
+	// and Host is an error.
+	Addrs []string `env:"REDIS_ADDRS" help:"comma-separated host:port list: Redis Cluster seeds, or sentinels with REDIS_SENTINEL_MASTER" default:""`
+	// SentinelMaster is the master name monitored by the sentinels at
+	// Addrs (or Host:Port). Zero means no Sentinel: Addrs are Redis nodes.
+	SentinelMaster string `env:"REDIS_SENTINEL_MASTER" help:"Sentinel master name; REDIS_ADDRS (or IP_REDIS) are then the sentinels" default:""`
+	// SentinelUsername and SentinelPassword authenticate to the sentinels.
+	// Zero means no authentication.
+	SentinelUsername string `env:"REDIS_SENTINEL_USERNAME" help:"user for the sentinels" default:""`
+	// SentinelPassword: see SentinelUsername.
+	SentinelPassword string `env:"REDIS_SENTINEL_PASSWORD" help:"password for the sentinels" default:""`
+	// Username is the Redis ACL user. Zero means "default".
+	Username string `env:"REDIS_USERNAME" help:"Redis ACL user" default:""`
+	// Password authenticates Username. Zero means no AUTH.
+	Password string `env:"REDIS_PASSWORD" help:"Redis password" default:""`
+	// TLS connects with TLS, verifying the server against the system roots
+	// (or TLSCAFile) and the host name of each address. Zero means plain
+	// TCP.
+	TLS bool `env:"REDIS_TLS" help:"connect to Redis with TLS" default:""`
+	// TLSCAFile is a PEM file of CA certificates that replaces the system
+	// roots. Zero means the system roots. Needs TLS.
+	TLSCAFile string `env:"REDIS_TLS_CA_FILE" help:"PEM CA bundle for REDIS_TLS instead of the system roots" default:""`
+	// TLSInsecureSkipVerify disables certificate verification: for tests
+	// only. Zero means verify. Needs TLS.
+	TLSInsecureSkipVerify bool `env:"REDIS_TLS_INSECURE_SKIP_VERIFY" help:"skip certificate checks (tests only)" default:""`
+	// DB is the database number (SELECT). Zero means database 0, the only
+	// one a Redis Cluster has.
+	DB int `env:"REDIS_DB" help:"database number (not with Cluster)" default:"0"`
+	// Prefix starts every key: "<prefix>:{<shard>}:<room>". Zero means
+	// "chat". It must not contain '{' or '}'.
+	Prefix string `env:"REDIS_PREFIX" help:"key prefix: streams are <prefix>:{<shard>}:<room>; same on every node" default:"chat"`
+	// MaxLen caps each room's stream, approximately (XADD MAXLEN ~): older
+	// entries are trimmed. A node whose reader falls further behind loses
+	// messages and logs a warning. Zero means 1000.
+	MaxLen int64 `env:"REDIS_MAXLEN" help:"approximate entries kept per room stream (XADD MAXLEN ~)" default:"1000"`
+	// TTL is the expiry of a room's stream, refreshed by every publish, so
+	// rooms nobody writes to disappear. Zero means 24h.
+	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream, refreshed by each message" default:"24h"`
+	// ReadShards is the number of reader shards per node: rooms are spread
+	// over them by a hash of their name, and each shard has one goroutine
+	// and one blocking connection issuing XREAD for all its rooms. Zero
+	// means 16; at most 1024.
+	ReadShards int `env:"REDIS_READ_SHARDS" help:"XREAD readers per node (rooms hashed over them); same on every node" default:"16"`
+	// ReadCount is the XREAD COUNT: at most this many entries per room per
+	// read. Zero means 512.
+	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read" default:"512"`
+	// Block is the XREAD BLOCK: how long a reader waits for new entries
+	// before asking again. It also bounds how stale Health's view of a
+	// reader may be (Block + Timeout). Zero means 5s; at least 1ms.
+	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK; also bounds how stale reader health may be" default:"5s"`
+	// Timeout bounds each non-blocking round trip (Publish, Subscribe,
+	// Unsubscribe, Health), each connection attempt, and the time a
+	// blocking read may exceed Block. Zero means 2s.
+	Timeout time.Duration `env:"REDIS_TIMEOUT" help:"bound on each Redis round trip and connection attempt" default:"2s"`
+	// BackoffMin and BackoffMax bound a reader's exponential backoff, with
+	// jitter, after a failed read. Zero means 100ms and 5s.
+	BackoffMin time.Duration `env:"REDIS_BACKOFF_MIN" help:"first reader retry pause after a failure" default:"100ms"`
+	// BackoffMax: see BackoffMin.
+	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest reader retry pause" default:"5s"`
+}
+
+// withDefaults returns c with zero fields set to their defaults, or an
+// error naming the first invalid variable.
+func (c RedisConfig) withDefaults() (RedisConfig, error) {
+	switch {
+	case len(c.Addrs) > 0 && c.Host != "":
+		return c, errors.New("stream: both IP_REDIS and REDIS_ADDRS are set: set only one (REDIS_ADDRS for several addresses)")
+	case len(c.Addrs) == 0 && c.Host == "":
+		return c, errors.New("stream: no Redis address: set IP_REDIS (and PORT_REDIS) or REDIS_ADDRS")
+	case c.Port < 0 || c.Port > 65535:
+		return c, fmt.Errorf("stream: PORT_REDIS=%d is not a port: use 1-65535", c.Port)
+	}
+	if c.Port == 0 {
+		c.Port = DefaultRedisPort
+	}
+	if len(c.Addrs) == 0 {
+		c.Addrs = []string{net.JoinHostPort(c.Host, strconv.Itoa(c.Port))}
+	} else {
+		c.Addrs = append([]string(nil), c.Addrs...)
+		for i, a := range c.Addrs {
+			a = strings.TrimSpace(a)
+			host, port, err := net.SplitHostPort(a)
+			if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+				return c, fmt.Errorf("stream: REDIS_ADDRS entry %q is not host:port: use a comma-separated list such as redis-1:6379,redis-2:6379", a)
+			}
+			c.Addrs[i] = a
+		}
+	}
+	if (c.TLSCAFile != "" || c.TLSInsecureSkipVerify) && !c.TLS {
+		return c, errors.New("stream: REDIS_TLS_CA_FILE or REDIS_TLS_INSECURE_SKIP_VERIFY is set but REDIS_TLS is not: set REDIS_TLS=true")
+	}
+	if c.DB < 0 {
+		return c, fmt.Errorf("stream: REDIS_DB=%d is negative: use 0 or a database number", c.DB)
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultRedisPrefix
+	}
+	if strings.ContainsAny(c.Prefix, "{}") {
+		return c, fmt.Errorf("stream: REDIS_PREFIX=%q contains '{' or '}': the engine adds the hash tag itself, remove them", c.Prefix)
+	}
+	if err := defaultInt(&c.MaxLen, DefaultRedisMaxLen, "REDIS_MAXLEN"); err != nil {
+		return c, err
+	}
+	if err := defaultInt(&c.ReadShards, DefaultRedisReadShards, "REDIS_READ_SHARDS"); err != nil {
+		return c, err
+	}
+	if c.ReadShards > maxRedisReadShards {
+		return c, fmt.Errorf("stream: REDIS_READ_SHARDS=%d is too large: use at most %d", c.ReadShards, maxRedisReadShards)
+	}
+	if err := defaultInt(&c.ReadCount, DefaultRedisReadCount, "REDIS_READ_COUNT"); err != nil {
+		return c, err
+	}
+	for _, d := range []struct {
+		v    *time.Duration
+		def  time.Duration
+		name string
+	}{
+		{&c.TTL, DefaultRedisTTL, "REDIS_TTL"},
+		{&c.Block, DefaultRedisBlock, "REDIS_BLOCK"},
+		{&c.Timeout, DefaultRedisTimeout, "REDIS_TIMEOUT"},
+		{&c.BackoffMin, DefaultRedisBackoffMin, "REDIS_BACKOFF_MIN"},
+		{&c.BackoffMax, DefaultRedisBackoffMax, "REDIS_BACKOFF_MAX"},
+	} {
+		switch {
+		case *d.v == 0:
+			*d.v = d.def
+		case *d.v < time.Millisecond:
+			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, *d.v, d.def)
+		}
+	}
+	if c.BackoffMin > c.BackoffMax {
+		return c, fmt.Errorf("stream: REDIS_BACKOFF_MIN=%v exceeds REDIS_BACKOFF_MAX=%v: lower the minimum or raise the maximum", c.BackoffMin, c.BackoffMax)
+	}
+	return c, nil
+}
+
+// LogValue implements slog.LogValuer: c without its passwords, so that
+// the gateway may log its configuration.
+func (c RedisConfig) LogValue() slog.Value {
+	redact := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "REDACTED"
+	}
+	return slog.GroupValue(
+		slog.String("host", c.Host), slog.Int("port", c.Port), slog.Any("addrs", c.Addrs),
+		slog.String("sentinel_master", c.SentinelMaster), slog.String("sentinel_username", c.SentinelUsername),
+		slog.String("sentinel_password", redact(c.SentinelPassword)),
+		slog.String("username", c.Username), slog.String("password", redact(c.Password)),
+		slog.Bool("tls", c.TLS), slog.String("tls_ca_file", c.TLSCAFile), slog.Bool("tls_insecure_skip_verify", c.TLSInsecureSkipVerify),
+		slog.Int("db", c.DB), slog.String("prefix", c.Prefix), slog.Int64("maxlen", c.MaxLen), slog.Duration("ttl", c.TTL),
+		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block),
+		slog.Duration("timeout", c.Timeout), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
+	)
+}
+
+// defaultInt sets *v to def when zero and rejects negative values.
+func defaultInt[T int | int64](v *T, def T, name string) error {
+	if *v < 0 {
+		return fmt.Errorf("stream: %s=%d is negative: use a positive number, or unset it for the default %d", name, *v, def)
+	}
+	if *v == 0 {
+		*v = def
+	}
+	return nil
+}
+
+// tlsConfig returns the TLS configuration c asks for, nil without TLS.
+// The server name is left empty: the dialer takes it from each address.
+func (c RedisConfig) tlsConfig() (*tls.Config, error) {
+	if !c.TLS {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLSInsecureSkipVerify}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("stream: read REDIS_TLS_CA_FILE: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("stream: REDIS_TLS_CA_FILE=%q holds no PEM certificate: point it at the CA bundle", c.TLSCAFile)
+		}
+	}
+	return tc, nil
+}
