@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// client is one WebSocket connection. Its reader goroutine owns the
+// counters and trackers; its sender goroutine (if any) owns sent; both
+// write frames under wmu. The runner reads everything only after both
+// goroutines have finished.
+type client struct {
+	id        int
+	room      int
+	sender    int // global sender ID, or -1 if this connection only receives
+	nc        net.Conn
+	br        *bufio.Reader
+	wmu       sync.Mutex
+	peers     []seqTracker // one per sender of the room, by index in room
+	frag      []byte       // a fragmented message being reassembled
+	sent      uint32
+	dropped   bool // closed by the gateway or broken before the end
+	received  int64
+	dup       int64
+	late      int64
+	misrouted int64
+	echoed    int64
+	foreign   int64
+	unparsed  int64
+	errFrames int64
+}
+
+// readLoop reads and accounts for frames until the connection ends.
+func (c *client) readLoop(r *runner) {
+	defer r.readers.Done()
+	defer r.live.connected.Add(-1)
+	for {
+		f, err := readFrame(c.br)
+		if err != nil {
+			if !r.closing.Load() {
+				c.dropped = true
+				r.live.errs.add(readErrKind(err))
+			}
+			return
+		}
+		done := c.handle(r, f)
+		if f.discard > 0 {
+			_, _ = c.br.Discard(f.discard)
+		}
+		if done {
+			return
+		}
+	}
+}
+
+// readErrKind names a read error for the error counts.
+func readErrKind(err error) string {
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return "read_timeout"
+	}
+	if err == errFrameTooLarge {
+		return "read_frame_too_large"
+	}
+	return "read_eof" // connection ended without a close frame
+}
+
+// handle processes one frame and reports whether the connection is done.
+func (c *client) handle(r *runner, f frame) bool {
+	switch f.op {
+	case ws.OpText, ws.OpBinary:
+		if !f.fin {
+			c.frag = append(c.frag[:0], f.payload...)
+			return false
+		}
+		c.onMessage(r, f.payload)
+	case ws.OpContinuation:
+		c.frag = append(c.frag, f.payload...)
+		if f.fin {
+			c.onMessage(r, c.frag)
+			c.frag = nil
+		}
+	case ws.OpPing:
+		c.writeControl(r, ws.OpPong, f.payload)
+	case ws.OpClose:
+		code := ws.StatusNoStatusRcvd
+		if len(f.payload) >= 2 {
+			code = ws.StatusCode(binary.BigEndian.Uint16(f.payload))
+		}
+		if !r.closing.Load() {
+			c.dropped = true
+			r.live.errs.add("close_" + strconv.Itoa(int(code)))
+		}
+		var body [2]byte
+		binary.BigEndian.PutUint16(body[:], uint16(code))
+		if code == ws.StatusNoStatusRcvd {
+			c.writeControl(r, ws.OpClose, nil)
+		} else {
+			c.writeControl(r, ws.OpClose, body[:])
+		}
+		return true
+	}
+	return false
+}
+
+// onMessage accounts for one complete text message.
+func (c *client) onMessage(r *runner, p []byte) {
+	if sb, ok := findStamp(p); ok {
+		if st, ok := parseStamp(sb); ok {
+			c.onStamp(r, st)
+			return
+		}
+	}
+	if bytes.Contains(p, []byte(`"error"`)) {
+		c.errFrames++
+		r.live.errs.add("error_frame_" + errorKind(p))
+		return
+	}
+	c.unparsed++
+	r.live.errs.add("unparsed_frame")
+}
+
+// errorKind returns the "error" value of an error frame, shortened.
+func errorKind(p []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(p, &e) != nil || e.Error == "" {
+		return "unknown"
+	}
+	return e.Error[:min(len(e.Error), 40)]
+}
+
+// onStamp accounts for one received stamped message.
+func (c *client) onStamp(r *runner, st stamp) {
+	if st.run != r.run || int(st.sender) >= r.numSenders() {
+		c.foreign++
+		r.live.errs.add("foreign_message")
+		return
+	}
+	c.received++
+	r.live.received.Add(1)
+	r.live.latency.record(c.id, time.Duration(time.Now().UnixNano()-st.nanos))
+	switch {
+	case int(st.sender) == c.sender:
+		c.echoed++
+		r.live.errs.add("echoed_own_message")
+	case int(st.sender)/r.cfg.senders != c.room:
+		c.misrouted++
+		r.live.errs.add("misrouted_message")
+	default:
+		switch c.peers[int(st.sender)%r.cfg.senders].record(st.seq) {
+		case seqDuplicate:
+			c.dup++
+		case seqLate, seqTooOld:
+			c.late++
+		}
+	}
+}
+
+// writeControl writes a control frame, ignoring errors: the reader will
+// see the connection fail.
+func (c *client) writeControl(r *runner, op ws.OpCode, payload []byte) {
+	buf := appendClientFrame(make([]byte, 0, 14+len(payload)), op, payload, randomMask())
+	c.wmu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout))
+	_, _ = c.nc.Write(buf)
+	c.wmu.Unlock()
+}
+
+// randomMask returns a fresh masking key (RFC 6455 section 5.3).
+func randomMask() [4]byte {
+	var m [4]byte
+	binary.LittleEndian.PutUint32(m[:], rand.Uint32())
+	return m
+}
+
+// sendLoop sends stamped messages at the configured rate from start until
+// end. Messages due while a write blocked are sent in a burst, so the
+// average rate holds. It stops at the first write error.
+func (c *client) sendLoop(r *runner, start, end time.Time) {
+	defer r.senders.Done()
+	rate := r.cfg.rate
+	msg := make([]byte, 0, 96+r.cfg.pad)
+	buf := make([]byte, 0, 120+r.cfg.pad)
+	timer := time.NewTimer(time.Until(start))
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+		case <-r.stopSend:
+			return
+		}
+		now := time.Now()
+		if !now.Before(end) {
+			return
+		}
+		due := uint32(now.Sub(start).Seconds()*rate) + 1
+		for c.sent < due {
+			st := stamp{run: r.run, sender: uint32(c.sender), seq: c.sent, nanos: time.Now().UnixNano()}
+			msg = appendChatMessage(msg[:0], st, r.cfg.pad)
+			buf = appendClientFrame(buf[:0], ws.OpText, msg, randomMask())
+			if err := c.write(r, buf); err != nil {
+				r.live.errs.add("write")
+				return
+			}
+			c.sent++
+			r.live.sent.Add(1)
+		}
+		next := start.Add(time.Duration(float64(c.sent) / rate * float64(time.Second)))
+		timer.Reset(min(time.Until(next), time.Until(end)))
+	}
+}
+
+// write writes one data frame.
+func (c *client) write(r *runner, b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.nc.SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout)); err != nil {
+		return err
+	}
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// close sends a normal closure and closes the socket.
+func (c *client) close(r *runner) {
+	var body [2]byte
+	binary.BigEndian.PutUint16(body[:], uint16(ws.StatusNormalClosure))
+	c.wmu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = c.nc.Write(appendClientFrame(make([]byte, 0, 8), ws.OpClose, body[:], randomMask()))
+	c.wmu.Unlock()
+	_ = c.nc.Close()
+}

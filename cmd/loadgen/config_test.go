@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseSources(t *testing.T) {
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		in      string
+		want    []netip.Addr
+		wantErr string
+	}{
+		{"empty", "", nil, ""},
+		{"one", "127.0.0.2", addrs("127.0.0.2"), ""},
+		{"range", "127.0.0.2-127.0.0.4", addrs("127.0.0.2", "127.0.0.3", "127.0.0.4"), ""},
+		{"list and range", "127.0.0.9, 127.0.0.2-127.0.0.3", addrs("127.0.0.9", "127.0.0.2", "127.0.0.3"), ""},
+		{"across octet", "127.0.0.255-127.0.1.0", addrs("127.0.0.255", "127.0.1.0"), ""},
+		{"ipv6", "::1", addrs("::1"), ""},
+		{"mapped v4", "::ffff:127.0.0.2", addrs("127.0.0.2"), ""},
+		{"reversed", "127.0.0.4-127.0.0.2", nil, "first <= last"},
+		{"mixed family", "127.0.0.1-::1", nil, "one family"},
+		{"not loopback", "10.0.0.1", nil, "must be loopback"},
+		{"range end not loopback", "127.0.0.1-128.0.0.1", nil, "must be loopback"},
+		{"garbage", "foo", nil, "not an IP"},
+		{"too many", "127.0.0.0-127.255.255.255", nil, "more than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseSources(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseSources(%q) error %v, want one containing %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Fatalf("parseSources(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestCheckLoopback(t *testing.T) {
+	tests := []struct {
+		host string
+		ok   bool
+	}{
+		{"127.0.0.1", true},
+		{"127.1.2.3", true},
+		{"::1", true},
+		{"localhost", true},
+		{"LOCALHOST", true},
+		{"::ffff:127.0.0.1", true},
+		{"10.0.0.1", false},
+		{"0.0.0.0", false},
+		{"::", false},
+		{"example.com", false},
+		{"localhost.example.com", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			if err := checkLoopback(tt.host); (err == nil) != tt.ok {
+				t.Errorf("checkLoopback(%q) = %v, want ok=%v", tt.host, err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestParseURLs(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    []string
+		wantErr string
+	}{
+		{"default", "ws://127.0.0.1:8000", []string{"ws://127.0.0.1:8000"}, ""},
+		{"list, trailing slash", "ws://127.0.0.1:8000/, ws://[::1]:8001", []string{"ws://127.0.0.1:8000", "ws://[::1]:8001"}, ""},
+		{"remote", "ws://192.168.1.5:8000", nil, "not loopback"},
+		{"hostname", "ws://gateway:8000", nil, "not an IP literal"},
+		{"wss", "wss://127.0.0.1:8000", nil, "scheme must be ws"},
+		{"http", "http://127.0.0.1:8000", nil, "scheme must be ws"},
+		{"query", "ws://127.0.0.1:8000?x=1", nil, "only ws://host:port"},
+		{"none", " , ", nil, "at least one"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseURLs(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseURLs(%q) error %v, want one containing %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Fatalf("parseURLs(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // "" = valid
+	}{
+		{"defaults", nil, ""},
+		{"full", []string{"-conns", "1000", "-rooms", "10", "-senders", "5", "-rate", "20", "-src", "127.0.0.2-127.0.0.9", "-pid", "1,self"}, ""},
+		{"merge", []string{"-mode", "merge", "a.json", "b.json"}, ""},
+		{"merge without files", []string{"-mode", "merge"}, "needs the summary files"},
+		{"unknown mode", []string{"-mode", "x"}, "want run or merge"},
+		{"stray argument", []string{"x.json"}, "unexpected arguments"},
+		{"above max-conns", []string{"-conns", "20000"}, "above -max-conns"},
+		{"more rooms than conns", []string{"-conns", "5", "-rooms", "6"}, "every room needs a member"},
+		{"too many senders", []string{"-conns", "10", "-rooms", "5", "-senders", "3"}, "-senders must be"},
+		{"negative rate", []string{"-rate", "-1"}, "-rate must be"},
+		{"bad prefix", []string{"-room-prefix", "a/b"}, "room names may hold"},
+		{"remote url", []string{"-url", "ws://8.8.8.8:80"}, "not loopback"},
+		{"bad pid", []string{"-pid", "abc"}, "positive process ID"},
+		{"long drain", []string{"-drain", "1h"}, "-drain must be"},
+		{"unknown flag", []string{"-nope"}, "not defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("parseFlags(%q): %v", tt.args, err)
+				}
+				return
+			}
+			if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("parseFlags(%q) error %v, want errUsage containing %q", tt.args, err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"help", []string{"-h"}, exitOK},
+		{"bad flag", []string{"-conns", "0"}, exitUsage},
+		{"non-loopback target", []string{"-url", "ws://10.1.1.1:8000"}, exitUsage},
+		{"merge missing file", []string{"-mode", "merge", "/nonexistent/x.json"}, exitProblem},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := run(context.Background(), tt.args, io.Discard, io.Discard); got != tt.want {
+				t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
+			}
+		})
+	}
+}

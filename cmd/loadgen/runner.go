@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
+)
+
+// closeWait bounds how long the end of a run waits for reader goroutines.
+const closeWait = 10 * time.Second
+
+// runner carries one load test through its phases: connect, hold, send,
+// drain, close.
+type runner struct {
+	cfg      config
+	run      uint32 // random ID stamped into every message
+	prefix   string // room name prefix
+	live     *live
+	clients  []*client // by connection index; nil where the dial failed
+	closing  atomic.Bool
+	readers  sync.WaitGroup
+	senders  sync.WaitGroup
+	stopSend chan struct{}
+	stderr   io.Writer
+}
+
+// newRunner prepares a run of cfg; progress goes to stderr.
+func newRunner(cfg config, stderr io.Writer) *runner {
+	r := &runner{
+		cfg:      cfg,
+		run:      rand.Uint32(),
+		live:     &live{latency: newLatencyRecorder(4 * runtime.GOMAXPROCS(0))},
+		clients:  make([]*client, cfg.conns),
+		stopSend: make(chan struct{}),
+		stderr:   stderr,
+	}
+	r.prefix = cfg.roomPrefix
+	if r.prefix == "" {
+		r.prefix = "lg" + strconv.FormatUint(uint64(r.run), 36) + "-"
+	}
+	return r
+}
+
+// numSenders is the number of sender IDs in use: rooms × senders.
+func (r *runner) numSenders() int { return r.cfg.rooms * r.cfg.senders }
+
+// execute runs all phases and returns the summary. Cancelling ctx cuts the
+// current phase short; the summary is still built.
+func (r *runner) execute(ctx context.Context) (*Summary, error) {
+	samples := make([]ProcStats, len(r.cfg.pids))
+	sampleAll := func(set func(p *ProcStats, s procSample)) {
+		now := time.Now()
+		for i, pid := range r.cfg.pids {
+			samples[i].PID = pid
+			set(&samples[i], sampleProc(pid, now))
+		}
+	}
+	sampleAll(func(p *ProcStats, s procSample) { p.Start = s })
+
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	r.live.phase.Store("connect")
+	go func() {
+		defer close(progressDone)
+		if !r.cfg.quiet {
+			r.live.progress(r.stderr, stopProgress, time.Now())
+		}
+	}()
+
+	connStart := time.Now()
+	r.connectAll(ctx)
+	connSecs := time.Since(connStart).Seconds()
+
+	r.live.phase.Store("hold")
+	wait(ctx, r.cfg.hold)
+	sampleAll(func(p *ProcStats, s procSample) { p.Connected, p.SendStart = s, s })
+
+	r.live.phase.Store("send")
+	sendStart := time.Now()
+	r.sendAll(ctx, sendStart, sendStart.Add(r.cfg.duration))
+	sendSecs := time.Since(sendStart).Seconds()
+
+	r.live.phase.Store("drain")
+	wait(ctx, r.cfg.drain)
+	sampleAll(func(p *ProcStats, s procSample) { p.End = s })
+
+	r.live.phase.Store("close")
+	err := r.closeAll()
+	close(stopProgress)
+	<-progressDone
+
+	s, serr := r.summarize(connSecs, sendSecs)
+	if serr != nil {
+		return nil, serr
+	}
+	s.Procs = samples
+	s.derive()
+	return s, err
+}
+
+// wait sleeps for d or until ctx is done.
+func wait(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// connectAll opens the connections, paced by -connect-rate and bounded by
+// -dial-concurrency and -connect-timeout.
+func (r *runner) connectAll(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.connectTimeout)
+	defer cancel()
+	sem := make(chan struct{}, r.cfg.dialConc)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range r.cfg.conns {
+		if r.cfg.connectRate > 0 {
+			wait(ctx, time.Until(start.Add(time.Duration(float64(i)/r.cfg.connectRate*float64(time.Second)))))
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			n := int64(r.cfg.conns - i)
+			r.live.failed.Add(n)
+			r.live.errs.addN("not_dialed", n)
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r.dial(ctx, i)
+		}()
+	}
+	wg.Wait()
+}
+
+// dialError marks a failure of the TCP connect, as opposed to the handshake.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// dial opens connection i and starts its reader.
+func (r *runner) dial(ctx context.Context, i int) {
+	room := i % r.cfg.rooms
+	u := r.cfg.urls[i%len(r.cfg.urls)] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
+	var src netip.Addr
+	if len(r.cfg.src) > 0 {
+		src = r.cfg.src[i%len(r.cfg.src)]
+	}
+	d := ws.Dialer{
+		Timeout: r.cfg.dialTimeout,
+		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := netDialer(src).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return nc, nil
+		},
+	}
+	nc, br, _, err := d.Dial(ctx, u)
+	if err != nil {
+		r.live.failed.Add(1)
+		r.live.errs.add(dialErrKind(err))
+		return
+	}
+	if br == nil {
+		br = bufio.NewReaderSize(nc, r.cfg.readBuf)
+	}
+	c := &client{id: i, room: room, sender: -1, nc: nc, br: br, peers: make([]seqTracker, r.cfg.senders)}
+	if member := i / r.cfg.rooms; member < r.cfg.senders {
+		c.sender = room*r.cfg.senders + member
+	}
+	r.clients[i] = c
+	r.live.opened.Add(1)
+	r.live.connected.Add(1)
+	r.readers.Add(1)
+	go c.readLoop(r)
+}
+
+// netDialer returns a TCP dialer bound to src, if valid. The port is left
+// to connect() (IP_BIND_ADDRESS_NO_PORT), so each source address offers
+// the whole ephemeral port range to every gateway address.
+func netDialer(src netip.Addr) *net.Dialer {
+	d := &net.Dialer{}
+	if !src.IsValid() {
+		return d
+	}
+	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	d.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		})
+		return errors.Join(err, serr)
+	}
+	return d
+}
+
+// dialErrKind names a dial or handshake failure for the error counts.
+func dialErrKind(err error) string {
+	var se ws.StatusError
+	var de *dialError
+	var ne net.Error
+	switch {
+	case errors.As(err, &se):
+		return "handshake_" + strconv.Itoa(int(se))
+	case errors.As(err, &de):
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "dial_timeout"
+		}
+		return "dial"
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		return "handshake_timeout"
+	default:
+		return "handshake"
+	}
+}
+
+// sendAll runs every sender from start to end, or until ctx is done.
+func (r *runner) sendAll(ctx context.Context, start, end time.Time) {
+	if r.cfg.rate == 0 || r.cfg.senders == 0 || r.cfg.duration == 0 {
+		wait(ctx, r.cfg.duration)
+		return
+	}
+	period := time.Duration(float64(time.Second) / r.cfg.rate)
+	n := r.numSenders()
+	for _, c := range r.clients {
+		if c == nil || c.sender < 0 {
+			continue
+		}
+		// Spread senders over one period so they do not fire together.
+		offset := period * time.Duration(c.sender) / time.Duration(n)
+		r.senders.Add(1)
+		go c.sendLoop(r, start.Add(offset), end)
+	}
+	done := make(chan struct{})
+	go func() { r.senders.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		close(r.stopSend)
+		<-done
+	}
+}
+
+// closeAll closes every connection and waits for the readers to end.
+func (r *runner) closeAll() error {
+	r.closing.Store(true)
+	for _, c := range r.clients {
+		if c != nil {
+			c.close(r)
+		}
+	}
+	done := make(chan struct{})
+	go func() { r.readers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(closeWait):
+		return fmt.Errorf("reader goroutines still running %v after closing all connections; this is a loadgen bug", closeWait)
+	}
+}
+
+// summarize builds the summary from the clients once all goroutines ended.
+func (r *runner) summarize(connSecs, sendSecs float64) (*Summary, error) {
+	s := &Summary{
+		Version: summaryVersion, Processes: 1, Targets: r.cfg.urls,
+		Rooms: r.cfg.rooms, Senders: r.cfg.senders, Rate: r.cfg.rate,
+		Errors: r.live.errs.snapshot(),
+	}
+	if s.Errors == nil {
+		s.Errors = map[string]int64{}
+	}
+	s.Conns = ConnStats{
+		Target: int64(r.cfg.conns), Opened: r.live.opened.Load(), Failed: r.live.failed.Load(),
+		ConnectSeconds: connSecs,
+	}
+	if connSecs > 0 {
+		s.Conns.ConnectRate = float64(s.Conns.Opened) / connSecs
+	}
+	senders := make([][]*client, r.cfg.rooms)
+	for _, c := range r.clients {
+		if c != nil && c.sender >= 0 {
+			senders[c.room] = append(senders[c.room], c)
+		}
+	}
+	m := &s.Messages
+	m.SendSeconds = sendSecs
+	for _, c := range r.clients {
+		if c == nil {
+			continue
+		}
+		m.Sent += int64(c.sent)
+		m.Received += c.received
+		m.Duplicated += c.dup
+		m.OutOfOrder += c.late
+		m.Misrouted += c.misrouted
+		m.Echoed += c.echoed
+		m.Foreign += c.foreign
+		m.Unparsed += c.unparsed
+		m.ErrorFrames += c.errFrames
+		if c.dropped {
+			s.Conns.Dropped++
+			continue
+		}
+		for _, snd := range senders[c.room] {
+			if snd == c {
+				continue
+			}
+			t := &c.peers[snd.sender%r.cfg.senders]
+			m.Expected += int64(snd.sent)
+			m.Lost += int64(t.lost(snd.sent))
+			m.Delivered += int64(snd.sent - t.lost(snd.sent))
+		}
+	}
+	return s, s.setLatency(r.live.latency.totals())
+}
