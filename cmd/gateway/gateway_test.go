@@ -347,7 +347,7 @@ type statsDoc struct {
 		Open, Accepted, Upgraded int64
 	} `json:"connections"`
 	Hub struct {
-		Rooms                                     int
+		Rooms                                       int
 		Published, Delivered, Rejected, Unavailable int64
 	} `json:"rooms"`
 }
