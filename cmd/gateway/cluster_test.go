@@ -19,7 +19,7 @@ func startNodes(t *testing.T, n int, redisEnv map[string]string) []*gateway {
 	t.Helper()
 	nodes := make([]*gateway, n)
 	for i := range nodes {
-		env := map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BLOCK": "1s", "REDIS_TIMEOUT": "500ms"}
+		env := map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BLOCK": "1s"}
 		for k, v := range redisEnv {
 			env[k] = v
 		}

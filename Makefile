@@ -1,0 +1,53 @@
+# The gateway's build and test entry points. `make test` is what CI runs
+# (.ci/run): it installs what the tests need and then runs every test.
+
+GO       ?= go
+FUZZTIME ?= 20s
+BIN      := bin
+
+.PHONY: all build test deps check unit fuzz smoke bench run clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/gateway ./cmd/gateway
+	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+
+run:
+	$(GO) run ./cmd/gateway
+
+# test: everything CI checks, in order: tools, static checks, unit and
+# end-to-end tests under the race detector, short fuzz runs, and a small
+# load smoke run that asserts zero loss.
+test: deps check unit fuzz smoke
+
+# deps installs redis-server and redis-cli from Debian's packages when the
+# machine lacks them: the tests start their own servers on free ports.
+deps:
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+		echo "installing redis-server (Debian package) for the tests"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools; \
+	fi
+	@redis-server --version
+
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./pkg/conn
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime $(FUZZTIME) ./pkg/room
+
+smoke: build
+	scripts/smoke.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+// runOnce runs the gateway with env and args until it exits by itself and
+// returns its exit code and output.
+func runOnce(t *testing.T, env map[string]string, args ...string) (int, string) {
+	t.Helper()
+	var out bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	code := run(ctx, args, envconfig.MapLookuper(env), &out, &out, func(net.Addr) {
+		t.Errorf("gateway started listening; want it to exit at once")
+		cancel()
+	})
+	return code, out.String()
+}
+
+func TestBadConfigExits2NamingTheVariable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"port not a number", map[string]string{"PORT": "eighty"}, `PORT="eighty"`},
+		{"port out of range", map[string]string{"PORT": "70000"}, "PORT"},
+		{"bad duration", map[string]string{"PING_INTERVAL": "5"}, `PING_INTERVAL="5"`},
+		{"bad bool", map[string]string{"REUSE_PORT": "maybe"}, `REUSE_PORT="maybe"`},
+		{"unknown environment", map[string]string{"ENVIRONMENT": "staging"}, "ENVIRONMENT"},
+		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{"queue smaller than two messages", map[string]string{"MAX_QUEUE_BYTES": "1000"}, "MAX_QUEUE_BYTES"},
+		{"negative publish workers", map[string]string{"PUBLISH_WORKERS": "-1"}, "PUBLISH_WORKERS"},
+		{"production without hosts", map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "127.0.0.1"}, "ALLOWED_HOSTS"},
+		{"production without Redis", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*"}, "IP_REDIS"},
+		{"bad Redis port", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "h", "PORT_REDIS": "x"}, `PORT_REDIS="x"`},
+		{"bad Redis shards", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "h", "REDIS_READ_SHARDS": "-2"}, "REDIS_READ_SHARDS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := runOnce(t, tc.env)
+			if code != 2 || !strings.Contains(out, tc.want) {
+				t.Fatalf("exit %d, output %q; want exit 2 naming %s", code, out, tc.want)
+			}
+		})
+	}
+}
+
+func TestUnreachableRedisExits1(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close() // nothing listens there now
+	code, out := runOnce(t, map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*",
+		"IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(port), "REDIS_TIMEOUT": "300ms"})
+	if code != 1 || !strings.Contains(out, "cannot reach Redis") {
+		t.Fatalf("exit %d, output %q; want 1 and a message about Redis", code, out)
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	code, out := runOnce(t, nil, "-h")
+	if code != 0 {
+		t.Fatalf("gateway -h exit %d", code)
+	}
+	vars := envVars(reflect.TypeFor[Config]())
+	if len(vars) < 30 {
+		t.Fatalf("found only %d variables in Config", len(vars))
+	}
+	for _, v := range vars {
+		if v.help == "" {
+			t.Errorf("%s has no help text (add a help tag)", v.name)
+		}
+		if !strings.Contains(out, v.name) {
+			t.Errorf("gateway -h does not list %s", v.name)
+		}
+	}
+	for _, legacy := range []string{"ENVIRONMENT", "IP_REDIS", "PORT_REDIS", "ALLOWED_HOSTS"} {
+		if !strings.Contains(out, "\n  "+legacy+" ") {
+			t.Errorf("gateway -h does not list the original variable %s", legacy)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Environment != "development" || cfg.Port != 8000 || cfg.Conn.MaxMessageBytes != 64<<10 {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	if cfg.Conn.AllowedHosts != nil {
+		t.Fatalf("development must not check Host headers")
+	}
+	cfg, err = loadConfig(context.Background(), envconfig.MapLookuper(map[string]string{
+		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com,api.example.com"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.Conn.AllowedHosts, []string{"chat.example.com", "api.example.com"}) || cfg.Room.PublishWorkers != defaultPublishWorkers {
+		t.Fatalf("production config: hosts %v workers %d", cfg.Conn.AllowedHosts, cfg.Room.PublishWorkers)
+	}
+}
+
+func TestHealthcheckFlag(t *testing.T) {
+	g := startGateway(t, nil)
+	_, port, _ := net.SplitHostPort(g.addr)
+	if code, out := runOnce(t, map[string]string{"PORT": port}, "-healthcheck"); code != 0 {
+		t.Fatalf("-healthcheck against a running gateway: exit %d %q", code, out)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	_, free, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	if code, _ := runOnce(t, map[string]string{"PORT": free}, "-healthcheck"); code != 1 {
+		t.Fatalf("-healthcheck with no gateway: exit %d, want 1", code)
+	}
+}
