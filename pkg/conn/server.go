@@ -56,7 +56,8 @@ type Config struct {
 	// to HTTPHandler. Zero means "/ws/".
 	WSPrefix string
 	// AllowedHosts lists the Host header values (without port) accepted for
-	// upgrades; "*" accepts any. Empty means any.
+	// upgrades; "*" accepts any, ".example.com" example.com and its
+	// subdomains. Empty means any.
 	AllowedHosts []string
 	// HTTPHandler serves requests that are not under WSPrefix. Nil answers
 	// 404 to all of them.
@@ -365,7 +366,22 @@ func (s *Server) hostAllowed(host []byte) bool {
 	if hh, _, err := net.SplitHostPort(h); err == nil {
 		h = hh
 	}
-	return s.hosts[strings.Trim(h, "[]")]
+	h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+	if s.hosts[h] {
+		return true
+	}
+	// ".example.com" allows example.com and its subdomains, as Django's
+	// ALLOWED_HOSTS did.
+	for {
+		i := strings.IndexByte(h, '.')
+		if i < 0 {
+			return false
+		}
+		if s.hosts[h[i:]] || s.hosts["."+h] {
+			return true
+		}
+		h = h[i+1:]
+	}
 }
 
 // toHTTP hands a connection whose request is not an upgrade to the HTTP
