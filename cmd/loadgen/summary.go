@@ -30,6 +30,18 @@ type Summary struct {
 	Latency   LatencyStats     `json:"latency_us"`
 	Errors    map[string]int64 `json:"errors"`
 	Procs     []ProcStats      `json:"procs,omitempty"`
+	// ProcTotal adds up all -pid processes, for a run against several
+	// gateway processes: their RSS growth per connection and their CPU
+	// per delivery together. Set when there are two or more.
+	ProcTotal *ProcTotal `json:"proc_total,omitempty"`
+}
+
+// ProcTotal is the sum over the sampled processes.
+type ProcTotal struct {
+	RSSConnectedBytes    int64   `json:"rss_connected_bytes"` // sum of Connected RSS
+	CPUSendSeconds       float64 `json:"cpu_send_seconds"`
+	RSSPerConnBytes      float64 `json:"rss_per_conn_bytes"`
+	CPUMicrosPerDelivery float64 `json:"cpu_us_per_delivery"`
 }
 
 // ConnStats counts connections.
@@ -116,6 +128,24 @@ func (s *Summary) derive() {
 			p.CPUMicrosPerDelivery = p.CPUSendSeconds * 1e6 / float64(s.Messages.Received)
 		}
 	}
+	s.ProcTotal = nil
+	if len(s.Procs) < 2 {
+		return
+	}
+	t := &ProcTotal{}
+	var rssGrowth int64
+	for _, p := range s.Procs {
+		t.RSSConnectedBytes += p.Connected.RSSBytes
+		t.CPUSendSeconds += p.CPUSendSeconds
+		rssGrowth += p.Connected.RSSBytes - p.Start.RSSBytes
+	}
+	if s.Conns.Opened > 0 {
+		t.RSSPerConnBytes = float64(rssGrowth) / float64(s.Conns.Opened)
+	}
+	if s.Messages.Received > 0 {
+		t.CPUMicrosPerDelivery = t.CPUSendSeconds * 1e6 / float64(s.Messages.Received)
+	}
+	s.ProcTotal = t
 }
 
 // problems lists what makes the run a failure; empty means success.
@@ -279,6 +309,10 @@ func (s *Summary) writeText(w io.Writer) error {
 				fmt.Fprintf(&b, "    sample error: %s\n", e)
 			}
 		}
+	}
+	if t := s.ProcTotal; t != nil {
+		fmt.Fprintf(&b, "  all pids    RSS connected %s | CPU %.2fs in send phase | %.0f B RSS/conn, %.2f µs CPU/delivery\n",
+			fmtBytes(t.RSSConnectedBytes), t.CPUSendSeconds, t.RSSPerConnBytes, t.CPUMicrosPerDelivery)
 	}
 	if pr := s.problems(); len(pr) > 0 {
 		fmt.Fprintf(&b, "  verdict    FAIL: %s\n", strings.Join(pr, " "))

@@ -740,7 +740,9 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 	}
 	if key == s.wakeKey {
 		if n := len(entries); n > 0 {
-			if id, _, _, ok := decodeEntry(&entries[n-1]); ok {
+			// Wake entries carry no message: only their ID matters, so the
+			// next XREAD blocks instead of returning the same entry.
+			if id, ok := entryID(&entries[n-1]); ok {
 				s.wakeLast = id
 			}
 		}
@@ -782,24 +784,33 @@ func skipped(r *redisRoom, id ID) bool {
 	return len(r.skips) > 0 && r.skips[0].from.Less(id)
 }
 
-// decodeEntry decodes one stream entry, [id, [field, value, ...]], without
-// copying: payload points into m.
-func decodeEntry(m *rueidis.RedisMessage) (id ID, sender uint64, payload []byte, ok bool) {
+// entryID returns the ID of a stream entry, [id, [field, value, ...]].
+func entryID(m *rueidis.RedisMessage) (id ID, ok bool) {
 	kv, err := m.ToArray()
 	if err != nil || len(kv) != 2 {
-		return ID{}, 0, nil, false
+		return ID{}, false
 	}
 	raw, err := kv[0].ToString()
 	if err != nil {
-		return ID{}, 0, nil, false
+		return ID{}, false
 	}
 	ms, seq, found := strings.Cut(raw, "-")
 	if id.Ms, ok = parseUint(ms); !ok || !found {
-		return ID{}, 0, nil, false
+		return ID{}, false
 	}
 	if id.Seq, ok = parseUint(seq); !ok {
+		return ID{}, false
+	}
+	return id, true
+}
+
+// decodeEntry decodes one stream entry, [id, [field, value, ...]], without
+// copying: payload points into m.
+func decodeEntry(m *rueidis.RedisMessage) (id ID, sender uint64, payload []byte, ok bool) {
+	if id, ok = entryID(m); !ok {
 		return ID{}, 0, nil, false
 	}
+	kv, _ := m.ToArray()
 	fields, err := kv[1].ToArray()
 	if err != nil || len(fields)%2 != 0 {
 		return ID{}, 0, nil, false

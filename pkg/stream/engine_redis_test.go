@@ -821,3 +821,37 @@ func TestParseUint(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisIdleReadersBlock: with rooms subscribed and nothing published,
+// each reader must sit in its blocking XREAD, not spin. (A wake entry that
+// was never consumed once made every XREAD return at once.)
+func TestRedisIdleReadersBlock(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.ReadShards = 4
+	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	for i := range 20 {
+		if err := e.Subscribe(fmt.Sprintf("idle-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xreads := func() int {
+		out, err := srv.Do("INFO", "commandstats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, _ := strings.Cut(out, "cmdstat_xread:calls=")
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		return n
+	}
+	before := xreads()
+	if before == 0 {
+		t.Fatal("INFO commandstats shows no XREAD at all: the readers never ran, or the stats did not parse")
+	}
+	<-time.After(500 * time.Millisecond) // an observation window, not synchronisation
+	// Each shard may re-issue its XREAD once for the last wake; a spinning
+	// reader issues thousands.
+	if n := xreads() - before; n > 2*cfg.ReadShards {
+		t.Fatalf("%d XREADs in 500ms with nothing published: readers are spinning instead of blocking", n)
+	}
+}
