@@ -25,6 +25,20 @@ var _ Engine = (*Redis)(nil)
 const (
 	fieldSender  = "s" // the sender's connection ID, in decimal
 	fieldPayload = "p" // the opaque payload
+	fieldRoom    = "r" // in a signal entry: the room that got an entry
+)
+
+// Signal streams. Every publish also appends the room's name to its
+// shard's signal stream ("<prefix>:{<shard>}#signal"), which each node's
+// reader blocks on; the reader then reads just the signalled rooms. The
+// room streams stay the record: a signal is only a hint, and every room is
+// read again at least every Block (and after any failure), so a lost
+// signal delays a message at most that long.
+const (
+	signalMaxLen = "10000" // MAXLEN ~ of a signal stream
+	signalCount  = 4096    // signals read per round at most
+	// scanChunk bounds the rooms of one non-blocking room XREAD.
+	scanChunk = 512
 )
 
 // maxPooledBuf is the largest publish buffer kept for reuse.
@@ -96,6 +110,9 @@ type Redis struct {
 type redisShard struct {
 	idx     int
 	wakeKey string
+	sigKey  string // the shard's signal stream, shared by all nodes
+	keyPre  string // "<prefix>:{<shard>}:", the start of its rooms' keys
+	scratch []byte // for building keys in roomByName; guarded by mu
 
 	mu    sync.Mutex
 	rooms map[string]*redisRoom // by stream key
@@ -105,9 +122,18 @@ type redisShard struct {
 	// of changes costs one wake.
 	wakeQueued atomic.Bool
 
+	// dirty lists rooms to read in the next round: signalled, just
+	// subscribed or unsubscribed, or left with more entries than one read
+	// returned. Guarded by mu; a room is listed once (redisRoom.dirty).
+	dirty []*redisRoom
+
 	// Owned by the reader goroutine.
 	slow     bool // the last delivery took slowDelivery or more
 	wakeLast ID
+	sigLast  ID        // last signal read
+	sigInit  bool      // sigLast was set from the signal stream
+	sigFull  bool      // the last signal read returned a full batch
+	lastFull time.Time // when every room was last read
 	keys     []string
 	ids      []string
 	checks   []*redisRoom
@@ -145,6 +171,23 @@ type redisRoom struct {
 	// check asks the reader to look for trimmed entries before its next
 	// read: set after a full batch (the reader is behind) and after errors.
 	check bool
+	// dirty: the room is listed in its shard's dirty list.
+	dirty bool
+}
+
+// roomByName returns the subscribed or draining room of this shard named
+// name, or nil. s.mu must be held.
+func (s *redisShard) roomByName(name string) *redisRoom {
+	s.scratch = append(append(s.scratch[:0], s.keyPre...), name...)
+	return s.rooms[string(s.scratch)]
+}
+
+// markDirty lists r to be read in the next round. s.mu must be held.
+func (s *redisShard) markDirty(r *redisRoom) {
+	if !r.dirty {
+		r.dirty = true
+		s.dirty = append(s.dirty, r)
+	}
 }
 
 // idRange is the range of IDs (from, to].
@@ -160,7 +203,7 @@ type redisDelivery struct {
 // a pool once Redis has answered.
 type publishBuf struct {
 	b    []byte
-	cmds [2]rueidis.Completed
+	cmds [3]rueidis.Completed
 }
 
 // NewRedis validates cfg, connects to Redis and starts the readers. The
@@ -207,6 +250,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		Dialer:           dialer,
 		ClientName:       "chatgw-" + e.node,
 		ConnWriteTimeout: cfg.Timeout,
+		MaxFlushDelay:    cfg.FlushDelay,
 		// The engine has no use for client-side caching, and retries
 		// itself: readers back off and resume, a failed Publish is the
 		// caller's to retry (XADD is not idempotent).
@@ -237,6 +281,8 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		s := &redisShard{
 			idx:     i,
 			wakeKey: cfg.Prefix + ":{" + strconv.Itoa(i) + "}#wake:" + e.node,
+			sigKey:  cfg.Prefix + ":{" + strconv.Itoa(i) + "}#signal",
+			keyPre:  cfg.Prefix + ":{" + strconv.Itoa(i) + "}:",
 			rooms:   make(map[string]*redisRoom),
 			lastOK:  now,
 		}
@@ -286,6 +332,13 @@ func (e *Redis) Publish(ctx context.Context, room string, m Message) (ID, error)
 	if e.closed.Load() {
 		return ID{}, ErrClosed
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Bound the round trip even when the caller does not: a hung
+		// Redis must not hold a publisher longer than Timeout.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.Timeout)
+		defer cancel()
+	}
 	// One buffer holds the key, the sender and a copy of the payload; the
 	// commands refer to it without copying. It goes back to the pool only
 	// after Redis answered: after an error the client may still hold the
@@ -306,6 +359,10 @@ func (e *Redis) Publish(ctx context.Context, room string, m Message) (ID, error)
 	pb.cmds[0] = e.client.B().Xadd().Key(key).Maxlen().Almost().Threshold(e.maxLen).Id("*").
 		FieldValue().FieldValue(fieldSender, sender).FieldValue(fieldPayload, payload).Build()
 	pb.cmds[1] = e.client.B().Arbitrary("PEXPIRE").Keys(key).Args(e.ttlMs).Build()
+	// The signal tells every node's reader of the shard which room to read,
+	// so readers block on one key per shard instead of every room's.
+	pb.cmds[2] = e.client.B().Xadd().Key(e.shards[e.shardOf(room)].sigKey).Maxlen().Almost().Threshold(signalMaxLen).Id("*").
+		FieldValue().FieldValue(fieldRoom, room).Build()
 	res := e.client.DoMulti(ctx, pb.cmds[:]...)
 
 	raw, err := res[0].ToString()
@@ -441,8 +498,12 @@ func (e *Redis) Subscribe(room string) error {
 	}
 	switch r = s.rooms[key]; {
 	case r == nil:
-		s.rooms[key] = &redisRoom{name: room, key: key, last: last, subscribed: true,
+		r = &redisRoom{name: room, key: key, last: last, subscribed: true,
 			seq: in.added, seqKnown: in.hasAdded || in.missing}
+		s.rooms[key] = r
+		// Read it once from last: a message published between XINFO and
+		// now may have signalled before the room was listed.
+		s.markDirty(r)
 	case r.subscribed:
 		// A concurrent Subscribe won.
 	default:
@@ -452,6 +513,7 @@ func (e *Redis) Subscribe(room string) error {
 		if r.stop.Less(last) {
 			r.skips = append(r.skips, idRange{r.stop, last})
 		}
+		s.markDirty(r)
 	}
 	s.mu.Unlock()
 	e.wake(ctx, s)
@@ -488,6 +550,7 @@ func (e *Redis) Unsubscribe(room string) error {
 		delete(s.rooms, key)
 	} else {
 		r.subscribed, r.stop = false, stop
+		s.markDirty(r) // drain up to stop
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -629,46 +692,97 @@ func (e *Redis) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// readOnce runs one round: check rooms that may have lost entries (all
-// of them after a failure or a slow delivery), then one blocking XREAD,
-// then deliver.
+// readOnce runs one round. First it reads, without blocking, the rooms
+// that may have new entries: those signalled or marked since the last
+// round, or every room after a failure, a slow delivery, a full signal
+// batch, or Block since the last full read. Rooms whose read came back
+// full stay marked, and the round ends there. Otherwise it blocks on the
+// shard's signal stream and its own wake stream, and marks the rooms the
+// signals name for the next round.
 func (e *Redis) readOnce(ctx context.Context, s *redisShard, recovering bool) error {
-	checkAll := recovering || s.slow
+	if !s.sigInit {
+		// Start from the signal stream's end as it is before the first full
+		// read: later publishes signal after it, earlier ones are found by
+		// that read. (Never "$", which loses what comes in between.)
+		in, err := e.info(ctx, s.sigKey)
+		if err != nil {
+			return fmt.Errorf("XINFO STREAM %s: %w", s.sigKey, err)
+		}
+		s.sigLast, s.sigInit, s.lastFull = in.lastGen, true, time.Time{}
+	}
+	// After a failure, a slow delivery or a full signal batch the reader may
+	// have lost track: read every room and check each for trimmed entries.
+	// Every Block it reads every room anyway, in case a signal was lost.
+	verifyAll := recovering || s.slow || s.sigFull
+	full := verifyAll || time.Since(s.lastFull) >= e.cfg.Block
 	s.wakeQueued.Store(false)
 	s.mu.Lock()
 	s.keys, s.ids, s.checks = s.keys[:0], s.ids[:0], s.checks[:0]
-	for key, r := range s.rooms {
-		if !r.subscribed && !r.last.Less(r.stop) {
-			delete(s.rooms, key) // unsubscribed and drained
-			continue
-		}
+	add := func(r *redisRoom) {
 		if r.lastStrOf != r.last || r.lastStr == "" {
 			r.lastStr, r.lastStrOf = r.last.String(), r.last
 		}
-		s.keys = append(s.keys, key)
+		s.keys = append(s.keys, r.key)
 		s.ids = append(s.ids, r.lastStr)
-		if checkAll || r.check {
+		if verifyAll || r.check {
 			s.checks = append(s.checks, r)
 		}
 	}
+	for key, r := range s.rooms {
+		if !r.subscribed && !r.last.Less(r.stop) {
+			delete(s.rooms, key) // unsubscribed and drained
+		}
+	}
+	if full {
+		for _, r := range s.rooms {
+			add(r)
+		}
+	} else {
+		for _, r := range s.dirty {
+			if s.rooms[r.key] == r {
+				add(r)
+			}
+		}
+	}
+	for _, r := range s.dirty {
+		r.dirty = false
+	}
+	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 	s.mu.Unlock()
+	if full {
+		s.lastFull, s.sigFull = time.Now(), false
+	}
+
 	if len(s.checks) > 0 {
 		if err := e.verify(ctx, s); err != nil {
 			return err
 		}
 	}
-	s.keys = append(s.keys, s.wakeKey)
-	s.ids = append(s.ids, s.wakeLast.String())
+	for start := 0; start < len(s.keys); start += scanChunk {
+		end := min(start+scanChunk, len(s.keys))
+		cmd := e.client.B().Xread().Count(int64(e.cfg.ReadCount)).Streams().Key(s.keys[start:end]...).Id(s.ids[start:end]...).Build()
+		if err := e.readRooms(ctx, s, cmd); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	more := len(s.dirty) > 0
+	s.mu.Unlock()
+	if more || ctx.Err() != nil {
+		return nil // rooms left with entries: read them before blocking
+	}
 
-	// The first read after a failure does not block, so that Health sees
-	// the reader working again at once; the others block on a connection
-	// of their own, and give it back to Redis (CLIENT UNBLOCK) when Close
-	// cancels them.
+	// Block on the signals. The first read after a failure does not block,
+	// so that Health sees the reader working again at once; the others
+	// block on a connection of their own, and give it back to Redis (CLIENT
+	// UNBLOCK) when Close cancels them.
 	var cmd rueidis.Completed
+	sigLast, wakeLast := s.sigLast.String(), s.wakeLast.String()
 	if recovering {
-		cmd = e.client.B().Xread().Count(int64(e.cfg.ReadCount)).Streams().Key(s.keys...).Id(s.ids...).Build()
+		cmd = e.client.B().Xread().Count(signalCount).Streams().Key(s.sigKey, s.wakeKey).Id(sigLast, wakeLast).Build()
 	} else {
-		cmd = e.client.B().Xread().Count(int64(e.cfg.ReadCount)).Block(e.block).Streams().Key(s.keys...).Id(s.ids...).Build().UnblockOnCancel()
+		cmd = e.client.B().Xread().Count(signalCount).Block(e.block).Streams().Key(s.sigKey, s.wakeKey).Id(sigLast, wakeLast).Build().UnblockOnCancel()
 	}
 	rctx, cancel := context.WithTimeout(ctx, e.readDeadline)
 	res := e.client.Do(rctx, cmd)
@@ -677,6 +791,22 @@ func (e *Redis) readOnce(ctx context.Context, s *redisShard, recovering bool) er
 	if err != nil {
 		if rueidis.IsRedisNil(err) {
 			return nil // BLOCK expired without entries
+		}
+		return fmt.Errorf("XREAD signals: %w", err)
+	}
+	return s.collectSignals(reply)
+}
+
+// readRooms runs one non-blocking XREAD of rooms and delivers what it
+// returns.
+func (e *Redis) readRooms(ctx context.Context, s *redisShard, cmd rueidis.Completed) error {
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	res := e.client.Do(rctx, cmd)
+	cancel()
+	reply, err := res.ToMessage()
+	if err != nil {
+		if rueidis.IsRedisNil(err) {
+			return nil // nothing new
 		}
 		return fmt.Errorf("XREAD: %w", err)
 	}
@@ -694,6 +824,72 @@ func (e *Redis) readOnce(ctx context.Context, s *redisShard, recovering bool) er
 	s.slow = len(s.out) > 0 && time.Since(start) >= slowDelivery
 	clear(s.out)
 	s.out = s.out[:0]
+	return nil
+}
+
+// collectSignals marks the rooms named by the signal entries of an XREAD
+// reply, and notes the last signal and wake IDs.
+func (s *redisShard) collectSignals(reply rueidis.RedisMessage) error {
+	var streams map[string]rueidis.RedisMessage
+	if reply.IsMap() {
+		m, err := reply.AsMap()
+		if err != nil {
+			return fmt.Errorf("XREAD signals reply: %w", err)
+		}
+		streams = m
+	} else {
+		pairs, err := reply.ToArray()
+		if err != nil {
+			return fmt.Errorf("XREAD signals reply: %w", err)
+		}
+		streams = make(map[string]rueidis.RedisMessage, len(pairs))
+		for _, p := range pairs {
+			kv, err := p.ToArray()
+			if err != nil || len(kv) != 2 {
+				return errors.New("XREAD signals reply: malformed stream")
+			}
+			k, _ := kv[0].ToString()
+			streams[k] = kv[1]
+		}
+	}
+	if v, ok := streams[s.wakeKey]; ok {
+		if entries, err := v.ToArray(); err == nil && len(entries) > 0 {
+			if id, ok := entryID(&entries[len(entries)-1]); ok {
+				s.wakeLast = id
+			}
+		}
+	}
+	v, ok := streams[s.sigKey]
+	if !ok {
+		return nil
+	}
+	entries, err := v.ToArray()
+	if err != nil {
+		return fmt.Errorf("XREAD signals reply: %w", err)
+	}
+	s.sigFull = len(entries) >= signalCount
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range entries {
+		id, ok := entryID(&entries[i])
+		if !ok {
+			continue
+		}
+		s.sigLast = id
+		kv, _ := entries[i].ToArray()
+		fields, _ := kv[1].ToArray()
+		for j := 0; j+1 < len(fields); j += 2 {
+			if f, _ := fields[j].ToString(); f != fieldRoom {
+				continue
+			}
+			name, _ := fields[j+1].ToString()
+			// The key is built only for rooms of this shard, which all
+			// share the signal stream's hash tag.
+			if r := s.roomByName(name); r != nil {
+				s.markDirty(r)
+			}
+		}
+	}
 	return nil
 }
 
@@ -738,21 +934,14 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 	if err != nil {
 		return
 	}
-	if key == s.wakeKey {
-		if n := len(entries); n > 0 {
-			// Wake entries carry no message: only their ID matters, so the
-			// next XREAD blocks instead of returning the same entry.
-			if id, ok := entryID(&entries[n-1]); ok {
-				s.wakeLast = id
-			}
-		}
-		return
-	}
 	r := s.rooms[key]
 	if r == nil {
 		return // dropped since the read started
 	}
 	r.check = len(entries) >= readCount
+	if r.check {
+		s.markDirty(r) // more to read
+	}
 	for i := range entries {
 		id, sender, payload, ok := decodeEntry(&entries[i])
 		if !ok {

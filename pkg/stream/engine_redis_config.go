@@ -41,6 +41,10 @@ const (
 	// (REDIS_BACKOFF_MAX).
 	DefaultRedisBackoffMax = 5 * time.Second
 
+	// DefaultRedisFlushDelay is the default of RedisConfig.FlushDelay
+	// (REDIS_FLUSH_DELAY).
+	DefaultRedisFlushDelay = 20 * time.Microsecond
+
 	// maxRedisReadShards caps REDIS_READ_SHARDS: each shard holds one
 	// blocking connection per node.
 	maxRedisReadShards = 1024
@@ -120,6 +124,12 @@ type RedisConfig struct {
 	// BackoffMin and BackoffMax bound a reader's exponential backoff, with
 	// jitter, after a failed read. Zero means 100ms and 5s.
 	BackoffMin time.Duration `env:"REDIS_BACKOFF_MIN" help:"first reader retry pause after a failure" default:"100ms"`
+	// FlushDelay lets the shared connection wait up to this long after each
+	// write to gather more commands into the next one (rueidis
+	// MaxFlushDelay): fewer system calls for Redis and the gateway under
+	// load, for at most this much added latency. Zero means 20µs; a
+	// negative value disables it.
+	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables" default:"20us"`
 	// BackoffMax: see BackoffMin.
 	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest reader retry pause" default:"5s"`
 }
@@ -192,6 +202,14 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 		case *d.v < time.Millisecond:
 			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, *d.v, d.def)
 		}
+	}
+	switch {
+	case c.FlushDelay == 0:
+		c.FlushDelay = DefaultRedisFlushDelay
+	case c.FlushDelay < 0:
+		c.FlushDelay = 0
+	case c.FlushDelay > time.Second:
+		return c, fmt.Errorf("stream: REDIS_FLUSH_DELAY=%v is over 1s: use microseconds, such as 20us", c.FlushDelay)
 	}
 	if c.BackoffMin > c.BackoffMax {
 		return c, fmt.Errorf("stream: REDIS_BACKOFF_MIN=%v exceeds REDIS_BACKOFF_MAX=%v: lower the minimum or raise the maximum", c.BackoffMin, c.BackoffMax)
