@@ -111,6 +111,8 @@ func TestRedisConfig(t *testing.T) {
 		{"negative ttl", RedisConfig{Host: "redis", TTL: -time.Second}, "REDIS_TTL"},
 		{"negative timeout", RedisConfig{Host: "redis", Timeout: -time.Second}, "REDIS_TIMEOUT"},
 		{"backoff inverted", RedisConfig{Host: "redis", BackoffMin: time.Minute, BackoffMax: time.Second}, "REDIS_BACKOFF_MIN"},
+		{"flush delay disabled", RedisConfig{Host: "redis", FlushDelay: -1}, ""},
+		{"flush delay too long", RedisConfig{Host: "redis", FlushDelay: time.Minute}, "REDIS_FLUSH_DELAY"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.cfg.withDefaults()
@@ -135,6 +137,7 @@ func TestRedisConfig(t *testing.T) {
 			Host: "redis", Port: 6379, Addrs: []string{"redis:6379"}, Prefix: "chat",
 			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second,
 			Timeout: 2 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 5 * time.Second,
+			FlushDelay: 20 * time.Microsecond,
 		}
 		if fmt.Sprint(c) != fmt.Sprint(want) {
 			t.Fatalf("defaults\n got %+v\nwant %+v", c, want)
