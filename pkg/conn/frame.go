@@ -284,6 +284,9 @@ func closeFrame(ce *CloseError) *Frame {
 	reason := ce.Reason
 	if len(reason) > maxControlPayload-2 {
 		reason = reason[:maxControlPayload-2]
+		for !utf8.ValidString(reason) { // never cut a character in two
+			reason = reason[:len(reason)-1]
+		}
 	}
 	return newFrame(ws.OpClose, ws.NewCloseFrameBody(ce.Code, reason))
 }

@@ -56,6 +56,7 @@ type loop struct {
 	cur        *Conn // connection whose frames are being emitted
 
 	stopping bool // shutdown requested: new connections are refused
+	efdReady bool // epoll reported the eventfd in this round
 	done     chan struct{}
 
 	mu         sync.Mutex
@@ -144,7 +145,8 @@ func (l *loop) run() {
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.efd {
-				continue // posted requests are served below
+				l.efdReady = true // posted requests are served below
+				continue
 			}
 			c := l.lookup(int(ev.Fd))
 			if c == nil {
@@ -190,18 +192,21 @@ func (l *loop) lookup(fd int) *Conn {
 
 // servePosts runs the requests posted since the last round.
 func (l *loop) servePosts() {
+	// Drain the eventfd before taking the lists, never after: a request
+	// posted in between would find wakeup set, write nothing, and wait in
+	// the list with the eventfd already drained (a lost wakeup).
+	if l.efdReady {
+		l.efdReady = false
+		var b [8]byte
+		_, _ = unix.Read(l.efd, b[:])
+	}
 	l.mu.Lock()
 	posts := l.posts
 	l.posts, l.spare = l.spare[:0], posts
 	flushes := l.flushes
 	l.flushes, l.flushSpare = l.flushSpare[:0], flushes
-	wake := l.wakeup
 	l.wakeup = false
 	l.mu.Unlock()
-	if wake {
-		var b [8]byte
-		_, _ = unix.Read(l.efd, b[:])
-	}
 	for i, c := range flushes {
 		c.mu.Lock()
 		c.flushLocked()

@@ -186,7 +186,7 @@ func NewServer(cfg Config, h Handler, logger *slog.Logger) (*Server, error) {
 		if s.hosts == nil {
 			s.hosts = make(map[string]bool)
 		}
-		s.hosts[strings.ToLower(strings.TrimSpace(h))] = true
+		s.hosts[strings.Trim(strings.ToLower(strings.TrimSpace(h)), "[]")] = true
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])

@@ -1,0 +1,372 @@
+package conn
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// waitTimeout bounds every wait in these tests; nothing sleeps.
+const waitTimeout = 10 * time.Second
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestConfigDefaults(t *testing.T) {
+	var c Config
+	if err := c.setDefaults(); err != nil {
+		t.Fatalf("zero Config: %v", err)
+	}
+	want := Config{
+		MaxMessageBytes:  64 << 10,
+		MaxQueueBytes:    1 << 20,
+		PingInterval:     30 * time.Second,
+		PongTimeout:      30 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		CloseTimeout:     2 * time.Second,
+		EventLoops:       runtime.GOMAXPROCS(0),
+		WSPrefix:         "/ws/",
+	}
+	if c.MaxMessageBytes != want.MaxMessageBytes || c.MaxQueueBytes != want.MaxQueueBytes ||
+		c.PingInterval != want.PingInterval || c.PongTimeout != want.PongTimeout ||
+		c.HandshakeTimeout != want.HandshakeTimeout || c.CloseTimeout != want.CloseTimeout ||
+		c.EventLoops != want.EventLoops || c.WSPrefix != want.WSPrefix {
+		t.Fatalf("defaults %+v\nwant %+v", c, want)
+	}
+
+	set := Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, PingInterval: time.Second, PongTimeout: 2 * time.Second,
+		HandshakeTimeout: 3 * time.Second, CloseTimeout: 4 * time.Second, EventLoops: 3, WSPrefix: "/socket/"}
+	got := set
+	if err := got.setDefaults(); err != nil {
+		t.Fatalf("explicit Config: %v", err)
+	}
+	if got.MaxMessageBytes != set.MaxMessageBytes || got.MaxQueueBytes != set.MaxQueueBytes ||
+		got.PingInterval != set.PingInterval || got.PongTimeout != set.PongTimeout ||
+		got.HandshakeTimeout != set.HandshakeTimeout || got.CloseTimeout != set.CloseTimeout ||
+		got.EventLoops != set.EventLoops || got.WSPrefix != set.WSPrefix {
+		t.Fatalf("setDefaults changed set fields: %+v\nwant %+v", got, set)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "" means valid; otherwise a part of the error
+	}{
+		{"zero", Config{}, ""},
+		{"negative max message", Config{MaxMessageBytes: -1}, "MAX_MESSAGE_BYTES"},
+		{"queue under twice the message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 1999}, "MAX_QUEUE_BYTES"},
+		{"queue of exactly twice the message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000}, ""},
+		{"big message with the default queue", Config{MaxMessageBytes: 1 << 20}, "MAX_QUEUE_BYTES"},
+		{"big message with a big queue", Config{MaxMessageBytes: 1 << 20, MaxQueueBytes: 2 << 20}, ""},
+		{"small queue with the default message", Config{MaxQueueBytes: 100 << 10}, "MAX_QUEUE_BYTES"},
+		{"negative queue", Config{MaxQueueBytes: -1}, "MAX_QUEUE_BYTES"},
+		{"negative event loops", Config{EventLoops: -1}, "EVENT_LOOPS"},
+		{"1024 event loops", Config{EventLoops: 1024}, ""},
+		{"1025 event loops", Config{EventLoops: 1025}, "EVENT_LOOPS"},
+		{"negative ping interval", Config{PingInterval: -time.Second}, "PING_INTERVAL"},
+		{"negative pong timeout", Config{PongTimeout: -1}, "PONG_TIMEOUT"},
+		{"negative handshake timeout", Config{HandshakeTimeout: -1}, "HANDSHAKE_TIMEOUT"},
+		{"negative close timeout", Config{CloseTimeout: -1}, "CLOSE_TIMEOUT"},
+		{"prefix without slash", Config{WSPrefix: "ws/"}, "WSPrefix"},
+		{"root prefix", Config{WSPrefix: "/"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			err := cfg.setDefaults()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("setDefaults: %v, want no error", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("setDefaults: %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+	t.Run("NewServer refuses an invalid Config", func(t *testing.T) {
+		if _, err := NewServer(Config{MaxMessageBytes: -1}, &recorder{}, discardLogger()); err == nil {
+			t.Fatal("NewServer accepted MaxMessageBytes -1")
+		}
+	})
+	t.Run("NewServer needs a Handler and a logger", func(t *testing.T) {
+		if _, err := NewServer(Config{}, nil, discardLogger()); err == nil {
+			t.Fatal("NewServer accepted a nil Handler")
+		}
+		if _, err := NewServer(Config{}, &recorder{}, nil); err == nil {
+			t.Fatal("NewServer accepted a nil logger")
+		}
+	})
+}
+
+// newTestServer returns a server that is not listening, for tests of its
+// configuration; it is shut down at the end of the test.
+func newTestServer(t *testing.T, cfg Config, h Handler) *Server {
+	t.Helper()
+	if cfg.EventLoops == 0 {
+		cfg.EventLoops = 1
+	}
+	s, err := NewServer(cfg, h, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil && !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return s
+}
+
+func TestHostAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		allowed []string
+		yes, no []string
+	}{
+		{"empty list accepts any", nil,
+			[]string{"example.com", "example.com:8000", "[::1]:1", "", "anything"}, nil},
+		{"star accepts any", []string{"*"},
+			[]string{"example.com", "other.org:443", ""}, nil},
+		{"star among names accepts any", []string{"chat.example.com", "*"},
+			[]string{"other.org"}, nil},
+		{"name", []string{"chat.example.com"},
+			[]string{"chat.example.com", "chat.example.com:8000", "chat.example.com:", "CHAT.Example.COM", "Chat.Example.Com:443"},
+			[]string{"example.com", "chat.example.com.evil.org", "evil.org:chat.example.com", "xchat.example.com", "", ":8000", "chat.example.co"}},
+		{"names are trimmed and case-folded", []string{"  Chat.Example.COM "},
+			[]string{"chat.example.com", "CHAT.EXAMPLE.COM:1"}, []string{"example.com"}},
+		{"domain pattern, as in Django", []string{".example.com"},
+			[]string{"example.com", "a.example.com", "a.b.example.com:80", "Example.COM."}, []string{"badexample.com", "example.org", "com"}},
+		{"several names", []string{"a.example", "b.example"},
+			[]string{"a.example", "b.example:80"}, []string{"c.example"}},
+		{"IPv4", []string{"127.0.0.1"},
+			[]string{"127.0.0.1", "127.0.0.1:8000"}, []string{"127.0.0.2", "localhost"}},
+		{"IPv6 listed bare", []string{"::1"},
+			[]string{"[::1]", "[::1]:8000"}, []string{"[::2]:8000", "127.0.0.1"}},
+		{"IPv6 case", []string{"fe80::ABCD"},
+			[]string{"[FE80::abcd]:8000", "[fe80::abcd]"}, []string{"[fe80::abce]"}},
+		// Entries carry no port (the doc of AllowedHosts): one with a port
+		// never matches, as in the original Django app.
+		{"entry with a port matches nothing", []string{"chat.example.com:8000"},
+			nil, []string{"chat.example.com:8000", "chat.example.com"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newTestServer(t, Config{AllowedHosts: tc.allowed}, &recorder{})
+			for _, h := range tc.yes {
+				if !s.hostAllowed([]byte(h)) {
+					t.Errorf("Host %q refused with AllowedHosts %q", h, tc.allowed)
+				}
+			}
+			for _, h := range tc.no {
+				if s.hostAllowed([]byte(h)) {
+					t.Errorf("Host %q accepted with AllowedHosts %q", h, tc.allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestHostAllowedBracketedIPv6: the doc of AllowedHosts says it lists "Host
+// header values (without port)", and the Host header of an IPv6 address is
+// bracketed ("[::1]", RFC 9110 7.2 and RFC 3986 3.2.2). Such an entry must
+// match; hostAllowed strips the brackets from the header but NewServer
+// keeps them in the entry, so it never does.
+func TestHostAllowedBracketedIPv6(t *testing.T) {
+	s := newTestServer(t, Config{AllowedHosts: []string{"[::1]"}}, &recorder{})
+	for _, h := range []string{"[::1]", "[::1]:8000"} {
+		if !s.hostAllowed([]byte(h)) {
+			t.Errorf("Host %q refused with AllowedHosts [\"[::1]\"]", h)
+		}
+	}
+}
+
+// recorder is a Handler that accepts every upgrade and reports what the
+// server calls.
+type recorder struct {
+	opened chan *Conn
+	closed chan error
+	msgs   chan string
+}
+
+func newRecorder() *recorder {
+	return &recorder{opened: make(chan *Conn, 1000), closed: make(chan error, 1000), msgs: make(chan string, 1000)}
+}
+
+func (r *recorder) Accept(uri []byte) (string, error) { return string(uri), nil }
+func (r *recorder) OnOpen(c *Conn) error {
+	if r.opened != nil {
+		r.opened <- c
+	}
+	return nil
+}
+
+// OnMessage and OnClose never block the loop: what does not fit in the
+// channels is dropped.
+func (r *recorder) OnMessage(c *Conn, msg []byte) {
+	select {
+	case r.msgs <- string(msg):
+	default:
+	}
+}
+func (r *recorder) OnClose(c *Conn, cause error) {
+	select {
+	case r.closed <- cause:
+	default:
+	}
+}
+
+// startServer runs a server on 127.0.0.1:0 until the end of the test.
+func startServer(t *testing.T, cfg Config, h Handler) *Server {
+	t.Helper()
+	s := newTestServer(t, cfg, h)
+	if err := s.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	t.Cleanup(func() {
+		// Registered after newTestServer's cleanup, so it runs first.
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return s
+}
+
+// dialServer opens a WebSocket to s and returns the client side and the
+// server's Conn.
+func dialServer(t *testing.T, s *Server, rec *recorder) (net.Conn, *bufio.Reader, *Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	nc, br, _, err := ws.Dial(ctx, "ws://"+s.Addr().String()+"/ws/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	if br == nil {
+		br = bufio.NewReader(nc)
+	}
+	select {
+	case c := <-rec.opened:
+		return nc, br, c
+	case <-time.After(waitTimeout):
+		t.Fatal("OnOpen was not called")
+	}
+	return nil, nil, nil
+}
+
+// waitFor polls cond until it holds or waitTimeout passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestSendReferences: Send takes a reference to the frame and the loop
+// drops it once the frame is written; frames sent to a closed connection
+// are not retained.
+func TestSendReferences(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{}, rec)
+	type peer struct {
+		nc net.Conn
+		br *bufio.Reader
+		c  *Conn
+	}
+	var peers []peer
+	for range 3 {
+		nc, br, c := dialServer(t, s, rec)
+		peers = append(peers, peer{nc, br, c})
+	}
+	f := NewTextFrame([]byte("hello"))
+	for _, p := range peers {
+		p.c.Send(f)
+	}
+	for i, p := range peers {
+		_ = p.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+		wf, err := ws.ReadFrame(p.br)
+		if err != nil || wf.Header.OpCode != ws.OpText || string(wf.Payload) != "hello" {
+			t.Fatalf("client %d read %+v %q %v", i, wf.Header, wf.Payload, err)
+		}
+	}
+	waitFor(t, "the loop to release the written frame", func() bool { return f.refs.Load() == 1 })
+
+	// Close one connection; a frame sent to it afterwards is dropped.
+	peers[0].c.Close(ErrShutdown)
+	wf, err := ws.ReadFrame(peers[0].br)
+	if code, reason := ws.ParseCloseFrameData(wf.Payload); err != nil || wf.Header.OpCode != ws.OpClose || code != ws.StatusGoingAway || reason == "" {
+		t.Fatalf("closed client read %+v %d %q %v, want close 1001 with a reason", wf.Header, code, reason, err)
+	}
+	select {
+	case cause := <-rec.closed:
+		if !errors.Is(cause, ErrShutdown) {
+			t.Fatalf("OnClose cause %v, want ErrShutdown", cause)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("OnClose was not called")
+	}
+	peers[0].c.Send(f)
+	if got := f.refs.Load(); got != 1 {
+		t.Fatalf("Send to a closing connection left %d references, want 1", got)
+	}
+	f.Release()
+}
+
+// TestSlowConsumerReleasesFrames: a client that never reads is closed with
+// ErrSlowConsumer once its queue passes MaxQueueBytes, and every frame it
+// held is released.
+func TestSlowConsumerReleasesFrames(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{MaxMessageBytes: 1 << 10, MaxQueueBytes: 16 << 10, CloseTimeout: 100 * time.Millisecond}, rec)
+	_, _, c := dialServer(t, s, rec)
+	payload := []byte(strings.Repeat("x", 1000))
+	var frames []*Frame
+	closing := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.closing
+	}
+	// Loopback socket buffers hold megabytes; keep sending until they and
+	// the queue are full.
+	for i := 0; !closing(); i++ {
+		if i == 1_000_000 {
+			t.Fatal("1 GB sent to a client that does not read and it is still open")
+		}
+		f := NewTextFrame(payload)
+		c.Send(f)
+		frames = append(frames, f)
+	}
+	select {
+	case cause := <-rec.closed:
+		if !errors.Is(cause, ErrSlowConsumer) {
+			t.Fatalf("OnClose cause %v, want ErrSlowConsumer", cause)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("OnClose was not called")
+	}
+	waitFor(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
+	for i, f := range frames {
+		if got := f.refs.Load(); got != 1 {
+			t.Fatalf("frame %d of %d has %d references after the close, want 1 (ours)", i, len(frames), got)
+		}
+		f.Release()
+	}
+}
