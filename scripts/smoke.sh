@@ -27,7 +27,7 @@ free_port() {
 # wait_ready PORT waits until the gateway on PORT answers /readyz with 200.
 wait_ready() {
 	for _ in $(seq 100); do
-		if exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null; then
+		if { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null; then
 			printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
 			status=$(head -n 1 <&3)
 			exec 3<&-
