@@ -53,22 +53,25 @@ const slowDelivery = 50 * time.Millisecond
 // Redis Streams, one stream per room.
 //
 // Keys. A room lives in the stream "<prefix>:{<shard>}:<room>", where
-// shard = FNV-1a(room) mod ReadShards. The hash tag puts every room of a
-// shard in one Redis Cluster slot, so one XREAD covers them all. Each node
-// also owns one wake stream per shard, "<prefix>:{<shard>}#wake:<node>",
-// in the same slot.
+// shard = FNV-1a(room) mod ReadShards. Each shard also has a signal stream,
+// "<prefix>:{<shard>}#signal", shared by all nodes, and each node one wake
+// stream per shard, "<prefix>:{<shard>}#wake:<node>". The hash tag puts
+// them all in one Redis Cluster slot.
 //
 // Publish appends an entry (fields "s", the sender, and "p", the payload)
-// with XADD MAXLEN ~ and refreshes the key's TTL in the same round trip,
-// over the shared auto-pipelined connection.
+// with XADD MAXLEN ~, refreshes the key's TTL, and appends the room's name
+// to the shard's signal stream, in one round trip over the shared
+// auto-pipelined connection.
 //
-// Delivery. Each shard has a reader goroutine that loops on a blocking
-// XREAD over the shard's subscribed rooms and its wake stream, on a
-// connection of its own, always from the last ID it has read for each
-// room (never "$"). The Handler is called from that goroutine, in stream
-// order per room; rooms of one shard are delivered one at a time, so a
-// slow Handler delays its whole shard and makes Health fail. The Payload
-// points into the reply and is valid, read-only, during the call only.
+// Delivery. Each shard has a reader goroutine that blocks on XREAD over
+// its signal and wake streams, on a connection of its own, then reads the
+// signalled rooms without blocking, always from the last ID it has read
+// for each room (never "$"). Every Block it reads all its rooms anyway, so
+// a lost signal only delays a message. The Handler is called from that
+// goroutine, in stream order per room; rooms of one shard are delivered
+// one at a time, so a slow Handler delays its whole shard and makes Health
+// fail. The Payload points into the reply and is valid, read-only, during
+// the call only.
 //
 // Subscribe reads the room's last ID (XINFO STREAM's last-generated-id,
 // 0-0 when the key does not exist), adds the room to its shard from that
