@@ -38,7 +38,8 @@ fi
 
 pids=()
 cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	# Newest first: the gateways stop before the Redis they use.
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
