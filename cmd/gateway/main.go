@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
 		return 2
 	}
-	defer hub.Close()
+	defer hub.Close(context.Background()) // early returns; a no-op after the shutdown's Close
 	var engine stream.Engine
 	switch cfg.Environment {
 	case envDevelopment:
@@ -137,6 +137,9 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, conn.ErrServerClosed) {
 		logger.Warn("shutdown incomplete", "err", err)
+	}
+	if err := hub.Close(sctx); err != nil {
+		logger.Warn("shutdown", "err", err)
 	}
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)

@@ -106,14 +106,27 @@ func NewHub(cfg Config, logger *slog.Logger) (*Hub, error) {
 // before the server starts.
 func (h *Hub) SetEngine(e stream.Engine) { h.engine = e }
 
-// Close cancels Publish calls in progress and stops the publish workers.
-// Call it after the server has stopped calling the Hub.
-func (h *Hub) Close() {
-	h.cancel()
+// Close stops the publish workers once they have published the messages
+// already queued, or when ctx ends (then Publish calls in progress are
+// canceled and the rest is dropped; their senders are already gone). Call
+// it after the server has stopped calling the Hub, before closing the
+// engine. Calls after the first return nil at once.
+func (h *Hub) Close(ctx context.Context) error {
 	for _, ch := range h.workers {
 		close(ch)
 	}
-	h.workersDone.Wait()
+	h.workers = nil
+	done := make(chan struct{})
+	go func() { h.workersDone.Wait(); close(done) }()
+	defer h.cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		h.cancel()
+		<-done
+		return fmt.Errorf("room: publish queues not drained: %w", ctx.Err())
+	}
 }
 
 // publishJob is one message waiting for a publish worker.

@@ -1,6 +1,7 @@
 package room
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,7 +18,7 @@ func TestHubAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	defer h.Close(context.Background())
 	r100, r101 := strings.Repeat("r", 100), strings.Repeat("r", 101)
 	for _, tc := range []struct {
 		name   string
@@ -139,7 +140,7 @@ func TestNewHubConfig(t *testing.T) {
 				t.Fatalf("NewHub(%+v) error %v, want ok %v", tc.cfg, err, tc.ok)
 			}
 			if err == nil {
-				h.Close()
+				_ = h.Close(context.Background())
 			}
 		})
 	}
