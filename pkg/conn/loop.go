@@ -102,13 +102,7 @@ func newLoop(s *Server) (*loop, error) {
 func (l *loop) post(c *Conn, cause error) {
 	l.mu.Lock()
 	l.posts = append(l.posts, posted{c, cause})
-	wake := !l.wakeup
-	l.wakeup = true
-	l.mu.Unlock()
-	if wake {
-		var one = [8]byte{1}
-		_, _ = unix.Write(l.efd, one[:])
-	}
+	l.wakeLocked()
 }
 
 // flushLater asks the loop to write c's queue at the end of its round.
@@ -117,6 +111,12 @@ func (l *loop) post(c *Conn, cause error) {
 func (l *loop) flushLater(c *Conn) {
 	l.mu.Lock()
 	l.flushes = append(l.flushes, c)
+	l.wakeLocked()
+}
+
+// wakeLocked unlocks l.mu and, unless a wake-up is already pending, wakes
+// the loop through its eventfd.
+func (l *loop) wakeLocked() {
 	wake := !l.wakeup
 	l.wakeup = true
 	l.mu.Unlock()

@@ -833,92 +833,58 @@ func (e *Redis) readRooms(ctx context.Context, s *redisShard, cmd rueidis.Comple
 // collectSignals marks the rooms named by the signal entries of an XREAD
 // reply, and notes the last signal and wake IDs.
 func (s *redisShard) collectSignals(reply rueidis.RedisMessage) error {
-	var streams map[string]rueidis.RedisMessage
-	if reply.IsMap() {
-		m, err := reply.AsMap()
-		if err != nil {
-			return fmt.Errorf("XREAD signals reply: %w", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return forEachStream(reply, func(key string, v rueidis.RedisMessage) {
+		entries, err := v.ToArray()
+		if err != nil || len(entries) == 0 {
+			return
 		}
-		streams = m
-	} else {
-		pairs, err := reply.ToArray()
-		if err != nil {
-			return fmt.Errorf("XREAD signals reply: %w", err)
-		}
-		streams = make(map[string]rueidis.RedisMessage, len(pairs))
-		for _, p := range pairs {
-			kv, err := p.ToArray()
-			if err != nil || len(kv) != 2 {
-				return errors.New("XREAD signals reply: malformed stream")
-			}
-			k, _ := kv[0].ToString()
-			streams[k] = kv[1]
-		}
-	}
-	if v, ok := streams[s.wakeKey]; ok {
-		if entries, err := v.ToArray(); err == nil && len(entries) > 0 {
+		switch key {
+		case s.wakeKey:
 			if id, ok := entryID(&entries[len(entries)-1]); ok {
 				s.wakeLast = id
 			}
-		}
-	}
-	v, ok := streams[s.sigKey]
-	if !ok {
-		return nil
-	}
-	entries, err := v.ToArray()
-	if err != nil {
-		return fmt.Errorf("XREAD signals reply: %w", err)
-	}
-	s.sigFull = len(entries) >= signalCount
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i := range entries {
-		id, ok := entryID(&entries[i])
-		if !ok {
-			continue
-		}
-		s.sigLast = id
-		kv, _ := entries[i].ToArray()
-		fields, _ := kv[1].ToArray()
-		for j := 0; j+1 < len(fields); j += 2 {
-			if f, _ := fields[j].ToString(); f != fieldRoom {
-				continue
-			}
-			name, _ := fields[j+1].ToString()
-			// The key is built only for rooms of this shard, which all
-			// share the signal stream's hash tag.
-			if r := s.roomByName(name); r != nil {
-				s.markDirty(r)
+		case s.sigKey:
+			s.sigFull = len(entries) >= signalCount
+			for i := range entries {
+				id, ok := entryID(&entries[i])
+				if !ok {
+					continue
+				}
+				s.sigLast = id
+				kv, _ := entries[i].ToArray()
+				fields, _ := kv[1].ToArray()
+				for j := 0; j+1 < len(fields); j += 2 {
+					if f, _ := fields[j].ToString(); f != fieldRoom {
+						continue
+					}
+					name, _ := fields[j+1].ToString()
+					if r := s.roomByName(name); r != nil {
+						s.markDirty(r)
+					}
+				}
 			}
 		}
-	}
-	return nil
+	})
 }
 
-// collect decodes an XREAD reply and, under the shard lock, decides which
-// entries to deliver, appending them to s.out. Payloads point into reply.
-func (s *redisShard) collect(reply rueidis.RedisMessage, readCount int, log *slog.Logger) error {
-	// RESP3 answers a map of key to entries; RESP2 an array of [key, entries].
-	var streams map[string]rueidis.RedisMessage
-	var pairs []rueidis.RedisMessage
+// forEachStream calls fn with each stream of an XREAD reply: RESP3 answers
+// a map of key to entries, RESP2 an array of [key, entries].
+func forEachStream(reply rueidis.RedisMessage, fn func(key string, entries rueidis.RedisMessage)) error {
 	if reply.IsMap() {
 		m, err := reply.AsMap()
 		if err != nil {
 			return fmt.Errorf("XREAD reply: %w", err)
 		}
-		streams = m
-	} else {
-		a, err := reply.ToArray()
-		if err != nil {
-			return fmt.Errorf("XREAD reply: %w", err)
+		for k, v := range m {
+			fn(k, v)
 		}
-		pairs = a
+		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for key, entries := range streams {
-		s.collectStream(key, entries, readCount, log)
+	pairs, err := reply.ToArray()
+	if err != nil {
+		return fmt.Errorf("XREAD reply: %w", err)
 	}
 	for i := range pairs {
 		kv, err := pairs[i].ToArray()
@@ -926,9 +892,19 @@ func (s *redisShard) collect(reply rueidis.RedisMessage, readCount int, log *slo
 			return fmt.Errorf("XREAD reply: malformed stream %d", i)
 		}
 		key, _ := kv[0].ToString()
-		s.collectStream(key, kv[1], readCount, log)
+		fn(key, kv[1])
 	}
 	return nil
+}
+
+// collect decodes an XREAD reply and, under the shard lock, decides which
+// entries to deliver, appending them to s.out. Payloads point into reply.
+func (s *redisShard) collect(reply rueidis.RedisMessage, readCount int, log *slog.Logger) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return forEachStream(reply, func(key string, entries rueidis.RedisMessage) {
+		s.collectStream(key, entries, readCount, log)
+	})
 }
 
 // collectStream handles the entries of one stream of an XREAD reply.
