@@ -51,7 +51,7 @@ func TestNodesShareRooms(t *testing.T) {
 		if got := a.recv(); got != chat("carol", "reply") {
 			t.Fatalf("sender's next frame is %s: its own message came back", got)
 		}
-		if got := c.nextText(t, b); got != chat("carol", "reply") {
+		if got := b.recv(); got != chat("carol", "reply") {
 			t.Fatalf("b got %s", got)
 		}
 	})
@@ -175,13 +175,6 @@ func TestNodesShareRooms(t *testing.T) {
 			t.Fatalf("upgrade with a foreign Host: %d %q, want 400 naming ALLOWED_HOSTS", status, body)
 		}
 	})
-}
-
-// nextText returns the next text frame of peer (helper for readability).
-func (c *client) nextText(t *testing.T, peer *client) string {
-	t.Helper()
-	peer.t = t
-	return peer.recv()
 }
 
 // TestRedisRestartLosesNothingAccepted: Redis is killed and restarted
