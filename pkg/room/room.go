@@ -54,12 +54,13 @@ type room struct {
 }
 
 type counters struct {
-	published, delivered, rejected, unavailable atomic.Int64
+	received, published, delivered, rejected, unavailable atomic.Int64
 }
 
 // Stats are the Hub's counters.
 type Stats struct {
 	Rooms       int   `json:"rooms"`       // rooms with members on this node
+	Received    int64 `json:"received"`    // messages received from clients
 	Published   int64 `json:"published"`   // messages accepted by the engine
 	Delivered   int64 `json:"delivered"`   // frames handed to member connections
 	Rejected    int64 `json:"rejected"`    // messages refused for bad JSON or missing fields
@@ -142,6 +143,7 @@ func (h *Hub) Stats() Stats {
 	h.mu.RUnlock()
 	return Stats{
 		Rooms:       n,
+		Received:    h.stats.received.Load(),
 		Published:   h.stats.published.Load(),
 		Delivered:   h.stats.delivered.Load(),
 		Rejected:    h.stats.rejected.Load(),
@@ -265,6 +267,7 @@ func (h *Hub) unref(name string, r *room) {
 // Invalid messages get an error frame, only to their sender; the
 // connection stays open.
 func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
+	h.stats.received.Add(1)
 	username, message, derr := decodeMessage(msg)
 	if derr != nil {
 		h.stats.rejected.Add(1)
