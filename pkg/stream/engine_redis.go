@@ -104,6 +104,7 @@ type Redis struct {
 	bufs sync.Pool // *publishBuf
 
 	closed  atomic.Bool
+	failing atomic.Int32       // readers whose last round failed
 	cancel  context.CancelFunc // stops the readers
 	readers sync.WaitGroup
 }
@@ -473,7 +474,8 @@ func parseStreamInfo(rr rueidis.RedisResult) (streamInfo, error) {
 // Subscribe starts delivery of room's messages. It reads the room's last
 // ID, so every message published after it returns is delivered, and wakes
 // the room's reader so that delivery starts at once. When Redis cannot be
-// reached the error wraps ErrUnavailable and the room is not subscribed.
+// reached the error wraps ErrUnavailable and the room is not subscribed;
+// while a reader is failing it says so at once, without a round trip.
 func (e *Redis) Subscribe(room string) error {
 	if e.closed.Load() {
 		return ErrClosed
@@ -485,6 +487,11 @@ func (e *Redis) Subscribe(room string) error {
 	s.mu.Unlock()
 	if done {
 		return nil
+	}
+	if n := e.failing.Load(); n > 0 {
+		// Redis is known to be down: answer at once rather than make the
+		// caller (an event loop) wait for a timeout.
+		return fmt.Errorf("stream: subscribe to room %q: %w: %d readers cannot reach Redis", room, ErrUnavailable, n)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
@@ -537,6 +544,16 @@ func (e *Redis) Unsubscribe(room string) error {
 	active := r != nil && r.subscribed
 	s.mu.Unlock()
 	if !active {
+		return nil
+	}
+	if e.failing.Load() > 0 {
+		// Redis is known to be down: drop the room at once (what is not
+		// delivered yet is lost to this node anyway) instead of waiting.
+		s.mu.Lock()
+		if r = s.rooms[key]; r != nil && r.subscribed {
+			delete(s.rooms, key)
+		}
+		s.mu.Unlock()
 		return nil
 	}
 
@@ -665,12 +682,14 @@ func (e *Redis) read(ctx context.Context, s *redisShard) {
 		s.hmu.Unlock()
 		if err == nil {
 			if failures > 0 {
+				e.failing.Add(-1)
 				e.log.Info("stream: Redis reader recovered", "shard", s.idx, "failures", failures)
 			}
 			failures = 0
 			continue
 		}
 		if failures == 0 {
+			e.failing.Add(1)
 			e.log.Warn("stream: Redis reader failed; backing off", "shard", s.idx, "err", err)
 		}
 		failures++

@@ -858,3 +858,30 @@ func TestRedisIdleReadersBlock(t *testing.T) {
 		t.Fatalf("%d XREADs in 500ms with nothing published: readers are spinning instead of blocking", n)
 	}
 }
+
+// TestRedisDownFailsFast: once the readers have seen Redis go away,
+// Subscribe answers ErrUnavailable without waiting for a timeout (the
+// gateway calls it from an event loop) and Unsubscribe returns at once.
+func TestRedisDownFailsFast(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Timeout = 2 * time.Second
+	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	mustSubscribe(t, e, "kept")
+	srv.Kill()
+	redistest.WaitFor(t, 10*time.Second, "a reader to notice Redis is gone", func() bool { return e.failing.Load() > 0 })
+
+	start := time.Now()
+	err := e.Subscribe("new-room")
+	if took := time.Since(start); !errors.Is(err, ErrUnavailable) || took >= cfg.Timeout/2 {
+		t.Fatalf("Subscribe with Redis down: %v after %v; want ErrUnavailable well before the %v timeout", err, took, cfg.Timeout)
+	}
+	start = time.Now()
+	if err := e.Unsubscribe("kept"); err != nil || time.Since(start) >= cfg.Timeout/2 {
+		t.Fatalf("Unsubscribe with Redis down: %v after %v", err, time.Since(start))
+	}
+
+	srv.Restart()
+	redistest.WaitFor(t, 10*time.Second, "the readers to recover", func() bool { return e.failing.Load() == 0 })
+	mustSubscribe(t, e, "new-room")
+}
