@@ -62,6 +62,7 @@ type loop struct {
 	mu         sync.Mutex
 	posts      []posted
 	spare      []posted
+	inRound    bool    // between epoll_wait's return and servePosts taking the lists
 	flushes    []*Conn // connections with frames to write
 	flushSpare []*Conn
 	wakeup     bool
@@ -114,11 +115,14 @@ func (l *loop) flushLater(c *Conn) {
 	l.wakeLocked()
 }
 
-// wakeLocked unlocks l.mu and, unless a wake-up is already pending, wakes
+// wakeLocked unlocks l.mu and, unless a wake-up is already pending or the
+// loop is in a round (it serves its lists at the end of each round), wakes
 // the loop through its eventfd.
 func (l *loop) wakeLocked() {
-	wake := !l.wakeup
-	l.wakeup = true
+	wake := !l.wakeup && !l.inRound
+	if wake {
+		l.wakeup = true
+	}
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
@@ -142,6 +146,9 @@ func (l *loop) run() {
 			return
 		}
 		l.now = time.Now().UnixNano()
+		l.mu.Lock()
+		l.inRound = true // posts from now on are served at the end of this round
+		l.mu.Unlock()
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.efd {
@@ -205,7 +212,8 @@ func (l *loop) servePosts() {
 	l.posts, l.spare = l.spare[:0], posts
 	flushes := l.flushes
 	l.flushes, l.flushSpare = l.flushSpare[:0], flushes
-	l.wakeup = false
+	// From here on a post must wake the loop: it would miss this round.
+	l.wakeup, l.inRound = false, false
 	l.mu.Unlock()
 	for i, c := range flushes {
 		c.mu.Lock()
