@@ -309,3 +309,78 @@ func TestNodesOnRedisCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestHungRedisDoesNotStallTheLoop: with Redis hung (SIGSTOP), a join to
+// a room new to the node waits for its subscription off the event loop,
+// so the other connections of that loop are still served; the join
+// completes when Redis comes back.
+func TestHungRedisDoesNotStallTheLoop(t *testing.T) {
+	r := redistest.Start(t)
+	env := redisEnvFor(r)
+	env["EVENT_LOOPS"] = "1" // everyone on the same loop
+	env["REDIS_TIMEOUT"] = "5s"
+	g := startNodes(t, 1, env)[0]
+	old := g.dial(t, "hung-old")
+
+	r.Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			r.Resume()
+		}
+	}()
+	joined := make(chan error, 1)
+	go func() {
+		c, err := g.tryDial("hung-new")
+		if err == nil {
+			c.conn.Close()
+		}
+		joined <- err
+	}()
+	// The loop still answers the old connection's ping while the join waits.
+	for range 3 {
+		old.writeRaw(rawFrame(finPing, []byte("alive"), false))
+		f, err := old.next()
+		if err != nil || f.op != ws.OpPong || string(f.payload) != "alive" {
+			t.Fatalf("ping while a join waits on a hung Redis: %v %q %v", f.op, f.payload, err)
+		}
+	}
+	select {
+	case err := <-joined:
+		t.Fatalf("join finished (%v) while Redis was hung; want it to wait", err)
+	default:
+	}
+	r.Resume()
+	resumed = true
+	select {
+	case err := <-joined:
+		if err != nil {
+			t.Fatalf("join after Redis came back: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("join did not complete after Redis came back")
+	}
+}
+
+// TestJoinRefusedWhileRedisIsDown: a join to a room new to the node gets
+// 503 with a reason at once while Redis is down.
+func TestJoinRefusedWhileRedisIsDown(t *testing.T) {
+	r := redistest.Start(t)
+	g := startNodes(t, 1, redisEnvFor(r))[0]
+	g.dial(t, "down-old")
+	r.Kill()
+	redistest.WaitFor(t, waitTimeout, "readyz to fail", func() bool {
+		status, _ := g.httpGet(t, "/readyz")
+		return status == 503
+	})
+	status, body := rawUpgrade(t, g.addr, "/ws/chat/down-new/")
+	if status != 503 || !strings.Contains(body, "unavailable") {
+		t.Fatalf("join while Redis is down: %d %q, want 503 saying the store is unavailable", status, body)
+	}
+	r.Restart()
+	redistest.WaitFor(t, waitTimeout, "readyz to recover", func() bool {
+		status, _ := g.httpGet(t, "/readyz")
+		return status == 200
+	})
+	g.dial(t, "down-new")
+}

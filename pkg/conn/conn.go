@@ -28,10 +28,11 @@ type Conn struct {
 	state    connState
 	idx      int // position in loop.conns
 	rd       frameReader
-	lastRead int64 // loop clock (unix ns) of the last read
-	pingSent int64 // loop clock of the unanswered ping; 0 when none
-	deadline int64 // handshake or close deadline; 0 when none
-	cause    error // why the connection is closing
+	lastRead int64  // loop clock (unix ns) of the last read
+	pingSent int64  // loop clock of the unanswered ping; 0 when none
+	deadline int64  // handshake or close deadline; 0 when none
+	cause    error  // why the connection is closing
+	resp     []byte // the 101 response, held while joining
 
 	// Write side, guarded by mu.
 	mu       sync.Mutex
@@ -48,6 +49,7 @@ type connState uint8
 
 const (
 	stateHandshake connState = iota
+	stateJoining             // upgrade valid, waiting for Handler's Accept (ErrPending)
 	stateOpen
 	stateClosing // close frame queued; waiting for it to flush and for EOF
 	stateClosed
@@ -71,6 +73,19 @@ func (c *Conn) SetSlot(i int) { c.slot = i }
 
 // Slot returns the integer stored by SetSlot.
 func (c *Conn) Slot() int { return c.slot }
+
+// Accept completes an upgrade for which Handler.OnOpen returned
+// ErrPending. With a nil err the 101 response is written, frames sent to c
+// since OnOpen follow it, and the connection is open. Otherwise the client
+// gets an HTTP error response (the status of a *HandshakeError, else 503)
+// and the socket is closed, without OnClose. It may be called from any
+// goroutine, once; it does nothing for a connection that closed meanwhile
+// (OnClose was then called).
+func (c *Conn) Accept(err error) {
+	c.loop.mu.Lock()
+	c.loop.posts = append(c.loop.posts, posted{c: c, cause: err, accept: true})
+	c.loop.wakeLocked()
+}
 
 // queue holds the frames waiting to be written to one connection. Queues
 // are pooled: an idle connection holds none.

@@ -34,8 +34,9 @@ var (
 
 // posted is a request made to a loop from another goroutine.
 type posted struct {
-	c     *Conn // nil for requests about the whole loop
-	cause error
+	c      *Conn // nil for requests about the whole loop
+	cause  error
+	accept bool // Conn.Accept: cause is its argument
 }
 
 // loop is one epoll event loop. It owns a share of the connections: it
@@ -63,6 +64,7 @@ type loop struct {
 	posts      []posted
 	spare      []posted
 	inRound    bool    // between epoll_wait's return and servePosts taking the lists
+	dead       bool    // run has returned
 	flushes    []*Conn // connections with frames to write
 	flushSpare []*Conn
 	wakeup     bool
@@ -102,7 +104,7 @@ func newLoop(s *Server) (*loop, error) {
 // post hands a request to the loop and wakes it.
 func (l *loop) post(c *Conn, cause error) {
 	l.mu.Lock()
-	l.posts = append(l.posts, posted{c, cause})
+	l.posts = append(l.posts, posted{c: c, cause: cause})
 	l.wakeLocked()
 }
 
@@ -119,7 +121,7 @@ func (l *loop) flushLater(c *Conn) {
 // loop is in a round (it serves its lists at the end of each round), wakes
 // the loop through its eventfd.
 func (l *loop) wakeLocked() {
-	wake := !l.wakeup && !l.inRound
+	wake := !l.wakeup && !l.inRound && !l.dead
 	if wake {
 		l.wakeup = true
 	}
@@ -132,6 +134,11 @@ func (l *loop) wakeLocked() {
 
 func (l *loop) run() {
 	defer close(l.done)
+	defer func() {
+		l.mu.Lock()
+		l.dead = true // its eventfd is closed next: never write to it again
+		l.mu.Unlock()
+	}()
 	events := make([]unix.EpollEvent, 512)
 	tick := l.srv.tick
 	nextTick := time.Now().UnixNano() + int64(tick)
@@ -231,12 +238,14 @@ func (l *loop) servePosts() {
 		case p.c == nil: // shutdown
 			l.stopping = true
 			for _, c := range append([]*Conn(nil), l.conns...) {
-				if c.state == stateHandshake {
+				if c.state == stateHandshake || c.state == stateJoining {
 					l.release(c, ErrShutdown)
 				} else {
 					c.Close(ErrShutdown)
 				}
 			}
+		case p.accept:
+			l.finishJoin(p.c, p.cause)
 		case p.cause == errRegister:
 			l.register(p.c)
 		default:
@@ -275,7 +284,7 @@ func (l *loop) closing(c *Conn, cause error) {
 		return
 	}
 	var errno unix.Errno
-	if errors.As(cause, &errno) || c.state == stateHandshake {
+	if errors.As(cause, &errno) || c.state == stateHandshake || c.state == stateJoining {
 		l.release(c, cause)
 		return
 	}
@@ -313,8 +322,9 @@ func (l *loop) release(c *Conn, cause error) {
 	l.conns[len(l.conns)-1] = nil
 	l.conns = l.conns[:len(l.conns)-1]
 	c.rd.reset()
-	wasOpen := c.state == stateOpen
+	wasOpen := c.state == stateOpen || c.state == stateJoining
 	c.state = stateClosed
+	c.resp = nil
 	l.srv.stats.open.Add(-1)
 	if wasOpen {
 		l.srv.handler.OnClose(c, cause)
@@ -342,6 +352,15 @@ func (l *loop) read(c *Conn) {
 		switch c.state {
 		case stateHandshake:
 			l.handshake(c, data)
+		case stateJoining: // frames sent before the 101: keep for later
+			if c.rd.in == nil {
+				c.rd.in = getBuffer()
+			}
+			if len(c.rd.in.b)+len(data) > maxRequestBytes {
+				l.release(c, ErrTooLarge)
+				return
+			}
+			c.rd.in.b = append(c.rd.in.b, data...)
 		case stateOpen, stateClosing:
 			l.frames(c, data)
 		}
@@ -407,7 +426,7 @@ func (l *loop) scan() {
 	var expired []*Conn
 	for _, c := range l.conns {
 		switch c.state {
-		case stateHandshake, stateClosing:
+		case stateHandshake, stateJoining, stateClosing:
 			if l.now > c.deadline {
 				expired = append(expired, c)
 			}
@@ -422,7 +441,7 @@ func (l *loop) scan() {
 		}
 	}
 	for _, c := range expired {
-		if c.state == stateHandshake {
+		if c.state == stateHandshake || c.state == stateJoining {
 			l.release(c, errHSExpiry)
 		} else {
 			l.release(c, c.cause)
@@ -460,6 +479,16 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		io.Writer
 	}{bytes.NewReader(req[:end]), &l.hsResp})
 	l.cur = nil
+	if err == nil && c.state == stateJoining {
+		// The Handler answers later (Conn.Accept): hold the response, and
+		// any bytes sent behind the request.
+		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
+		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, req[end:])]
+		if len(c.rd.in.b) == 0 {
+			c.rd.releaseIn()
+		}
+		return
+	}
 
 	c.mu.Lock()
 	_, werr := unix.Write(c.fd, l.hsResp.Bytes())
@@ -485,6 +514,44 @@ func (l *loop) handshake(c *Conn, data []byte) {
 	// Frames sent right behind the request: parse them from a copy, as the
 	// reader reuses c.rd.in.
 	tmp := append(l.buf[:0:0], rest...)
+	c.rd.releaseIn()
+	l.frames(c, tmp)
+}
+
+// finishJoin completes a pending upgrade when the Handler calls Accept.
+func (l *loop) finishJoin(c *Conn, err error) {
+	if c.state != stateJoining || c.loop != l {
+		return // closed meanwhile
+	}
+	if err != nil {
+		status := http.StatusServiceUnavailable
+		var he *HandshakeError
+		if errors.As(err, &he) {
+			status = he.Status
+		}
+		c.state = stateHandshake // refused by the Handler: no OnClose
+		l.reject(c, status, err.Error())
+		return
+	}
+	c.mu.Lock()
+	_, werr := unix.Write(c.fd, c.resp)
+	if werr == nil {
+		c.ready = true
+		c.flushLocked() // frames sent since OnOpen
+		c.shutdownIfFlushedLocked()
+	}
+	c.mu.Unlock()
+	c.resp = nil
+	if werr != nil {
+		l.release(c, werr)
+		return
+	}
+	c.state, c.deadline = stateOpen, 0
+	l.srv.stats.upgraded.Add(1)
+	if c.rd.in == nil {
+		return
+	}
+	tmp := append(l.buf[:0:0], c.rd.in.b...)
 	c.rd.releaseIn()
 	l.frames(c, tmp)
 }
@@ -530,12 +597,16 @@ func (l *loop) onHost(host []byte) error {
 func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c := l.cur
 	c.key = l.hsKey
-	if err := l.srv.handler.OnOpen(c); err != nil {
+	// From here on OnClose must be called: mark the connection open (or
+	// joining) now, while Send still only queues (the 101 is not written).
+	switch err := l.srv.handler.OnOpen(c); {
+	case err == nil:
+		c.state = stateOpen
+	case errors.Is(err, ErrPending):
+		c.state = stateJoining
+	default:
 		return nil, rejection(err, http.StatusServiceUnavailable)
 	}
-	// From here on OnClose must be called: mark the connection open now,
-	// while Send still only queues (the 101 is not written yet).
-	c.state = stateOpen
 	return nil, nil
 }
 

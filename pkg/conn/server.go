@@ -24,6 +24,11 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("conn: server closed")
 
+// ErrPending, returned by Handler.OnOpen, defers the decision: the 101
+// response waits until the Handler calls Conn.Accept, so OnOpen never has
+// to block the event loop (for example on a Redis round trip).
+var ErrPending = errors.New("conn: open pending")
+
 // Config sets the limits of the WebSocket server. A zero field takes its
 // default; the env tags give the variables cmd/gateway reads them from.
 type Config struct {
@@ -112,7 +117,8 @@ type Handler interface {
 	// OnOpen is called once the request is valid, before the 101 response
 	// is written: frames sent to c from now on reach the client after the
 	// response. An error refuses the upgrade (503 unless it is a
-	// *HandshakeError).
+	// *HandshakeError). ErrPending defers the answer to Conn.Accept; from
+	// then on OnClose is called if the client goes away first.
 	OnOpen(c *Conn) error
 	// OnMessage is called with each complete text message, valid UTF-8 of
 	// at most Config.MaxMessageBytes. msg is only valid during the call.

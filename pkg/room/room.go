@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,11 +48,23 @@ type Hub struct {
 
 // room holds the local members of one room.
 type room struct {
-	mu         sync.RWMutex // Lock: join, leave, (un)subscribe; RLock: deliver
-	members    []*conn.Conn
-	subscribed bool
-	refs       int // members and joins in progress; guarded by Hub.mu
+	mu      sync.RWMutex // Lock: join, leave, state; RLock: deliver
+	members []*conn.Conn
+	pending []*conn.Conn // joined while the subscription is not ready
+	state   roomState
+	refs    int // members and pending joins; guarded by Hub.mu
 }
+
+// roomState is where a room's engine subscription stands. Only one
+// Subscribe or Unsubscribe runs per room at a time, off the event loops.
+type roomState uint8
+
+const (
+	roomIdle          roomState = iota // not subscribed
+	roomSubscribing                    // Subscribe running; joiners wait in pending
+	roomSubscribed                     // members receive messages
+	roomUnsubscribing                  // Unsubscribe running after the last member left
+)
 
 type counters struct {
 	received, published, delivered, rejected, unavailable atomic.Int64
@@ -193,8 +206,10 @@ func ValidRoomName(name string) error {
 	return nil
 }
 
-// OnOpen joins the connection to its room, subscribing the room on the
-// engine when it is the room's first member on this node.
+// OnOpen joins the connection to its room. In a subscribed room that is
+// immediate; otherwise the connection waits (conn.ErrPending) while the
+// room is subscribed on the engine, off the event loop, and its 101 is
+// written once every message published from then on will reach it.
 func (h *Hub) OnOpen(c *conn.Conn) error {
 	name := c.Key()
 	h.mu.Lock()
@@ -207,23 +222,83 @@ func (h *Hub) OnOpen(c *conn.Conn) error {
 	h.mu.Unlock()
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.subscribed {
-		if err := h.engine.Subscribe(name); err != nil {
-			h.unref(name, r)
-			h.log.Warn("cannot subscribe room", "room", name, "err", err)
-			return &conn.HandshakeError{Status: http.StatusServiceUnavailable,
-				Reason: "the message store is unavailable; retry later"}
-		}
-		r.subscribed = true
+	if r.state == roomSubscribed {
+		c.SetSlot(len(r.members))
+		r.members = append(r.members, c)
+		r.mu.Unlock()
+		return nil
 	}
-	c.SetSlot(len(r.members))
-	r.members = append(r.members, c)
-	return nil
+	r.pending = append(r.pending, c)
+	start := r.state == roomIdle
+	if start {
+		r.state = roomSubscribing
+	}
+	r.mu.Unlock()
+	if start {
+		go h.subscribe(name, r)
+	}
+	return conn.ErrPending
 }
 
-// OnClose removes the connection from its room, unsubscribing the room
-// when its last local member leaves.
+// subscribe subscribes the room on the engine and answers its pending
+// joins.
+func (h *Hub) subscribe(name string, r *room) {
+	err := h.engine.Subscribe(name)
+	r.mu.Lock()
+	pend := r.pending
+	r.pending = nil
+	if err != nil {
+		r.state = roomIdle
+		r.mu.Unlock()
+		h.log.Warn("cannot subscribe room", "room", name, "err", err)
+		refused := &conn.HandshakeError{Status: http.StatusServiceUnavailable, Reason: "the message store is unavailable; retry later"}
+		for _, c := range pend {
+			c.Accept(refused)
+		}
+		h.unref(name, r, len(pend))
+		return
+	}
+	r.state = roomSubscribed
+	for _, c := range pend {
+		c.SetSlot(len(r.members))
+		r.members = append(r.members, c)
+	}
+	empty := len(r.members) == 0
+	if empty {
+		r.state = roomUnsubscribing // every joiner left meanwhile
+	}
+	r.mu.Unlock()
+	for _, c := range pend {
+		c.Accept(nil)
+	}
+	if empty {
+		h.unsubscribe(name, r)
+	}
+}
+
+// unsubscribe unsubscribes a room whose last member left, then
+// subscribes it again if someone joined meanwhile.
+func (h *Hub) unsubscribe(name string, r *room) {
+	if err := h.engine.Unsubscribe(name); err != nil && !errors.Is(err, stream.ErrClosed) {
+		h.log.Warn("cannot unsubscribe room", "room", name, "err", err)
+	}
+	r.mu.Lock()
+	again := len(r.pending) > 0
+	if again {
+		r.state = roomSubscribing
+	} else {
+		r.state = roomIdle
+	}
+	r.mu.Unlock()
+	if again {
+		h.subscribe(name, r)
+		return
+	}
+	h.unref(name, r, 0)
+}
+
+// OnClose removes the connection from its room (or from its pending
+// joins), unsubscribing the room when its last local member leaves.
 func (h *Hub) OnClose(c *conn.Conn, _ error) {
 	name := c.Key()
 	h.mu.RLock()
@@ -233,6 +308,7 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) {
 		return
 	}
 	r.mu.Lock()
+	found := false
 	if i := c.Slot(); i >= 0 && i < len(r.members) && r.members[i] == c {
 		last := len(r.members) - 1
 		r.members[i] = r.members[last]
@@ -240,27 +316,41 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) {
 		r.members[last] = nil
 		r.members = r.members[:last]
 		c.SetSlot(-1)
-		if last == 0 && r.subscribed {
-			if err := h.engine.Unsubscribe(name); err != nil && !errors.Is(err, stream.ErrClosed) {
-				h.log.Warn("cannot unsubscribe room", "room", name, "err", err)
-			}
-			r.subscribed = false
-		}
+		found = true
+	} else if i := slices.Index(r.pending, c); i >= 0 {
+		r.pending = slices.Delete(r.pending, i, i+1)
+		found = true
+	}
+	leave := found && len(r.members) == 0 && len(r.pending) == 0 && r.state == roomSubscribed
+	if leave {
+		r.state = roomUnsubscribing
 	}
 	r.mu.Unlock()
-	h.unref(name, r)
+	if !found {
+		return
+	}
+	if leave {
+		go h.unsubscribe(name, r)
+	}
+	h.unref(name, r, 1)
 }
 
-// unref drops a reference to r and forgets it when none is left. A room is
-// only forgotten after its Unsubscribe, so a later Subscribe of the same
-// name never races with it.
-func (h *Hub) unref(name string, r *room) {
+// unref drops n references to r and forgets the room when none is left
+// and no subscription is running, so a later Subscribe of the same name
+// never races with an earlier Unsubscribe.
+func (h *Hub) unref(name string, r *room, n int) {
 	h.mu.Lock()
-	r.refs--
-	if r.refs == 0 && h.rooms[name] == r {
+	defer h.mu.Unlock()
+	r.refs -= n
+	if r.refs > 0 || h.rooms[name] != r {
+		return
+	}
+	r.mu.RLock()
+	idle := r.state == roomIdle
+	r.mu.RUnlock()
+	if idle {
 		delete(h.rooms, name)
 	}
-	h.mu.Unlock()
 }
 
 // OnMessage decodes a client's message and publishes it to the room.
