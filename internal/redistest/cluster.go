@@ -34,18 +34,11 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 	create := []string{"--cluster", "create"}
 	for range masters {
 		s := start(t, true, func(port int, dir string) []string {
-			return []string{
-				"--port", strconv.Itoa(port),
-				"--bind", "127.0.0.1",
-				"--dir", dir,
-				"--save", "",
-				"--appendonly", "no",
-				"--daemonize", "no",
-				"--protected-mode", "no",
+			return append(serverArgs(port, dir),
 				"--cluster-enabled", "yes",
 				"--cluster-config-file", "nodes.conf",
 				"--cluster-node-timeout", "2000",
-			}
+			)
 		})
 		c.Servers = append(c.Servers, s)
 		create = append(create, s.Addr())

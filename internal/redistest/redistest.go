@@ -61,16 +61,7 @@ type Server struct {
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	return start(t, false, func(port int, dir string) []string {
-		argv := []string{
-			"--port", strconv.Itoa(port),
-			"--bind", "127.0.0.1",
-			"--dir", dir,
-			"--save", "",
-			"--appendonly", "no",
-			"--daemonize", "no",
-			"--protected-mode", "no",
-		}
-		return append(argv, args...)
+		return append(serverArgs(port, dir), args...)
 	})
 }
 
@@ -347,5 +338,19 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("redistest: timed out after %v waiting for %s", timeout, what)
 		}
 		<-tick.C
+	}
+}
+
+// serverArgs are the arguments every test redis-server starts with: a
+// loopback port, its own directory, nothing saved to disk.
+func serverArgs(port int, dir string) []string {
+	return []string{
+		"--port", strconv.Itoa(port),
+		"--bind", "127.0.0.1",
+		"--dir", dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--daemonize", "no",
+		"--protected-mode", "no",
 	}
 }
