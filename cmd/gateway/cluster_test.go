@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -199,10 +200,15 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 				return
 			}
 			var e struct{ Error, Detail string }
-			if f.op == ws.OpText && json.Unmarshal(f.payload, &e) == nil && e.Error == "unavailable" {
+			if f.op == ws.OpText && json.Unmarshal(f.payload, &e) == nil {
 				errMu.Lock()
-				unavailable++
-				details[e.Detail]++
+				switch e.Error {
+				case "unavailable":
+					unavailable++
+					details[e.Detail]++
+				case "unconfirmed":
+					details["unconfirmed"]++
+				}
 				errMu.Unlock()
 			}
 		}
@@ -255,39 +261,77 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 	send(total)
 	sent := total + 1
 
-	// Every message must end up delivered or refused: wait for that, and
-	// check order and duplicates on the way.
-	last, received := -1, 0
-	refusedNow := func() int {
+	// Every message must end up answered (refused or unconfirmed) or
+	// stored; what the stream holds is what was accepted. Wait for the
+	// answers, then check the receiver got exactly the stored messages, in
+	// stream order, once each.
+	answered := func() (refused, unconfirmed int) {
 		errMu.Lock()
 		defer errMu.Unlock()
-		return unavailable
+		return unavailable, details["unconfirmed"]
 	}
+	var stored []int
+	storedNow := func() []int {
+		keys := strings.Fields(r.MustDo("KEYS", "*:restart"))
+		if len(keys) != 1 {
+			t.Fatalf("room stream keys: %q", keys)
+		}
+		var ns []int
+		for _, line := range strings.Split(r.MustDo("XRANGE", keys[0], "-", "+"), "\n") {
+			var m struct{ Message string }
+			if json.Unmarshal([]byte(line), &m) == nil && m.Message != "" {
+				n, _ := strconv.Atoi(m.Message)
+				ns = append(ns, n)
+			}
+		}
+		return ns
+	}
+	var delivered []int
 	deadline := time.After(3 * waitTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for received+refusedNow() < sent {
+	for {
+		refused, unconfirmed := answered()
+		if len(delivered) == len(stored) && len(stored)+refused+unconfirmed >= sent {
+			if stored = storedNow(); len(delivered) == len(stored) {
+				break
+			}
+		}
 		select {
 		case n, ok := <-got:
 			if !ok {
-				t.Fatalf("receiver closed after %d messages", received)
+				t.Fatalf("receiver closed after %d messages", len(delivered))
 			}
-			if n <= last {
-				t.Fatalf("message %d after %d: duplicate or out of order", n, last)
-			}
-			last = n
-			received++
+			delivered = append(delivered, n)
 		case <-tick.C:
+			stored = storedNow()
 		case <-deadline:
-			t.Fatalf("%d sent, %d delivered, %d refused: %d accepted messages lost", sent, received, refusedNow(), sent-received-refusedNow())
+			t.Fatalf("%d sent, %d stored, %d delivered, %d refused, %d unconfirmed: %d messages unaccounted for",
+				sent, len(stored), len(delivered), refused, unconfirmed, sent-len(stored)-refused)
 		}
 	}
-	refused := refusedNow()
+	refused, unconfirmed := answered()
+	if !slices.Equal(delivered, stored) {
+		t.Fatalf("delivered %v\nstored    %v\n(not the stored messages, in order, once each)", delivered, stored)
+	}
+	// A message refused as not stored must not be in the stream: stored
+	// and refused messages are distinct, so they add up to at most sent.
+	if len(stored)+refused > sent {
+		t.Fatalf("%d stored + %d refused > %d sent: a message answered \"unavailable\" was stored", len(stored), refused, sent)
+	}
+	for i := 1; i < len(stored); i++ {
+		if stored[i] <= stored[i-1] {
+			t.Fatalf("stream order %d after %d: the sender's order broke", stored[i], stored[i-1])
+		}
+	}
+	if len(stored) == 0 || stored[len(stored)-1] != total {
+		t.Fatalf("the message sent after recovery (%d) is not stored: %v", total, stored)
+	}
 	errMu.Lock()
-	t.Logf("%d sent, %d delivered, %d refused with unavailable: %v", sent, received, refused, details)
+	t.Logf("%d sent, %d stored and delivered, %d refused, %d unconfirmed: %v", sent, len(stored), refused, unconfirmed, details)
 	errMu.Unlock()
-	if refused == 0 {
-		t.Fatalf("no sender saw unavailable while Redis was down")
+	if refused+unconfirmed == 0 {
+		t.Fatalf("no sender saw unavailable or unconfirmed while Redis was down")
 	}
 }
 

@@ -33,9 +33,6 @@ type Config struct {
 	Redis        stream.RedisConfig
 }
 
-// defaultPublishWorkers is PUBLISH_WORKERS in production when unset.
-const defaultPublishWorkers = 64
-
 const (
 	envDevelopment = "development"
 	envProduction  = "production"
@@ -67,9 +64,6 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
 		}
 		cfg.Conn.AllowedHosts = cfg.AllowedHosts
-		if cfg.Room.PublishWorkers == 0 {
-			cfg.Room.PublishWorkers = defaultPublishWorkers
-		}
 	}
 	return cfg, nil
 }

@@ -39,7 +39,7 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 		{"unknown environment", map[string]string{"ENVIRONMENT": "staging"}, "ENVIRONMENT"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
 		{"queue smaller than two messages", map[string]string{"MAX_QUEUE_BYTES": "1000"}, "MAX_QUEUE_BYTES"},
-		{"negative publish workers", map[string]string{"PUBLISH_WORKERS": "-1"}, "PUBLISH_WORKERS"},
+		{"negative publish queue", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "h", "PUBLISH_QUEUE": "-1"}, "PUBLISH_QUEUE"},
 		{"production without hosts", map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "127.0.0.1"}, "ALLOWED_HOSTS"},
 		{"production without Redis", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*"}, "IP_REDIS"},
 		{"bad Redis port", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "h", "PORT_REDIS": "x"}, `PORT_REDIS="x"`},
@@ -108,8 +108,8 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(cfg.Conn.AllowedHosts, []string{"chat.example.com", "api.example.com"}) || cfg.Room.PublishWorkers != defaultPublishWorkers {
-		t.Fatalf("production config: hosts %v workers %d", cfg.Conn.AllowedHosts, cfg.Room.PublishWorkers)
+	if !reflect.DeepEqual(cfg.Conn.AllowedHosts, []string{"chat.example.com", "api.example.com"}) {
+		t.Fatalf("production config: hosts %v", cfg.Conn.AllowedHosts)
 	}
 }
 

@@ -73,7 +73,6 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
 		return 2
 	}
-	defer hub.Close(context.Background()) // early returns; a no-op after the shutdown's Close
 	var engine stream.Engine
 	switch cfg.Environment {
 	case envDevelopment:
@@ -138,9 +137,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, conn.ErrServerClosed) {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
-	if err := hub.Close(sctx); err != nil {
-		logger.Warn("shutdown", "err", err)
-	}
+	// The engine publishes what its queues still hold before it closes.
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)
 	}

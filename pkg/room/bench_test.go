@@ -204,7 +204,6 @@ func (fo *fanout) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = fo.srv.Shutdown(ctx)
-	_ = fo.hub.Close(context.Background())
 	_ = fo.engine.Close(ctx)
 }
 

@@ -11,7 +11,8 @@ const (
 	CodeInvalidJSON  = "invalid_json"  // the message is not JSON
 	CodeNotObject    = "not_object"    // JSON, but not an object
 	CodeMissingField = "missing_field" // "username" or "message" is absent
-	CodeUnavailable  = "unavailable"   // the engine did not accept the message
+	CodeUnavailable  = "unavailable"   // the message was not stored: resend it later
+	CodeUnconfirmed  = "unconfirmed"   // the store did not answer in time: the message may or may not be delivered
 )
 
 // decodeError says why a message was refused.

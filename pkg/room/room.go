@@ -1,7 +1,6 @@
 package room
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,15 +34,11 @@ var (
 type Hub struct {
 	engine stream.Engine
 	log    *slog.Logger
-	ctx    context.Context // Publish context; canceled by Close
+	ack    stream.Ack // h.published, made once so Publish does not allocate
 
-	cancel context.CancelFunc
-	mu     sync.RWMutex
-	rooms  map[string]*room
-	stats  counters
-
-	workers     []chan publishJob // nil: publish inline
-	workersDone sync.WaitGroup
+	mu    sync.RWMutex
+	rooms map[string]*room
+	stats counters
 }
 
 // room holds the local members of one room.
@@ -67,7 +62,7 @@ const (
 )
 
 type counters struct {
-	received, published, delivered, rejected, unavailable atomic.Int64
+	received, published, delivered, rejected, unavailable, unconfirmed atomic.Int64
 }
 
 // Stats are the Hub's counters.
@@ -77,77 +72,28 @@ type Stats struct {
 	Published   int64 `json:"published"`   // messages accepted by the engine
 	Delivered   int64 `json:"delivered"`   // frames handed to member connections
 	Rejected    int64 `json:"rejected"`    // messages refused for bad JSON or missing fields
-	Unavailable int64 `json:"unavailable"` // messages the engine did not accept
+	Unavailable int64 `json:"unavailable"` // messages the engine did not store (sender told "unavailable")
+	Unconfirmed int64 `json:"unconfirmed"` // messages sent to Redis without an answer in time (sender told "unconfirmed")
 }
 
-// Config tunes the Hub. A zero field takes its default.
-type Config struct {
-	// PublishWorkers is the number of goroutines that publish messages to
-	// the engine. Zero publishes from the event loop itself, which suits an
-	// engine whose Publish never waits (Memory). With a networked engine
-	// (Redis), a loop must not wait for each round trip: workers publish
-	// concurrently, so round trips are pipelined, while each connection's
-	// messages stay in order (a connection always uses the same worker).
-	PublishWorkers int `env:"PUBLISH_WORKERS" help:"goroutines publishing to Redis in production (0 means 64); the embedded engine publishes inline" default:"64"`
-	// PublishQueue bounds the messages waiting for each worker; a message
-	// that finds its worker's queue full is refused with an "unavailable"
-	// error frame rather than buffered. Zero means 256.
-	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting per publish worker before senders get unavailable" default:"256"`
-}
+// Config tunes the Hub. It has no fields yet; it is here so that the
+// gateway's configuration keeps one shape per package.
+type Config struct{}
 
 // NewHub returns a Hub. Its Deliver method must be the engine's Handler;
 // SetEngine connects the two, as each needs the other at construction.
-func NewHub(cfg Config, logger *slog.Logger) (*Hub, error) {
-	if cfg.PublishWorkers < 0 || cfg.PublishQueue < 0 {
-		return nil, fmt.Errorf("room: PUBLISH_WORKERS (%d) and PUBLISH_QUEUE (%d) must not be negative", cfg.PublishWorkers, cfg.PublishQueue)
+func NewHub(_ Config, logger *slog.Logger) (*Hub, error) {
+	if logger == nil {
+		return nil, errors.New("room: NewHub needs a logger")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &Hub{log: logger, rooms: make(map[string]*room), ctx: ctx, cancel: cancel}
-	if cfg.PublishWorkers > 0 {
-		depth := cmp.Or(cfg.PublishQueue, 256)
-		h.workers = make([]chan publishJob, cfg.PublishWorkers)
-		for i := range h.workers {
-			ch := make(chan publishJob, depth)
-			h.workers[i] = ch
-			h.workersDone.Add(1)
-			go h.publishLoop(ch)
-		}
-	}
+	h := &Hub{log: logger, rooms: make(map[string]*room)}
+	h.ack = h.published
 	return h, nil
 }
 
 // SetEngine sets the engine messages are published to. It must be called
 // before the server starts.
 func (h *Hub) SetEngine(e stream.Engine) { h.engine = e }
-
-// Close stops the publish workers once they have published the messages
-// already queued, or when ctx ends (then Publish calls in progress are
-// canceled and the rest is dropped; their senders are already gone). Call
-// it after the server has stopped calling the Hub, before closing the
-// engine. Calls after the first return nil at once.
-func (h *Hub) Close(ctx context.Context) error {
-	for _, ch := range h.workers {
-		close(ch)
-	}
-	h.workers = nil
-	done := make(chan struct{})
-	go func() { h.workersDone.Wait(); close(done) }()
-	defer h.cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		h.cancel()
-		<-done
-		return fmt.Errorf("room: publish queues not drained: %w", ctx.Err())
-	}
-}
-
-// publishJob is one message waiting for a publish worker.
-type publishJob struct {
-	c       *conn.Conn
-	payload *[]byte // from payloadPool; the worker returns it
-}
 
 // Stats returns the Hub's counters.
 func (h *Hub) Stats() Stats {
@@ -161,6 +107,7 @@ func (h *Hub) Stats() Stats {
 		Delivered:   h.stats.delivered.Load(),
 		Rejected:    h.stats.rejected.Load(),
 		Unavailable: h.stats.unavailable.Load(),
+		Unconfirmed: h.stats.unconfirmed.Load(),
 	}
 }
 
@@ -366,45 +313,33 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	}
 	bp := payloadPool.Get().(*[]byte)
 	*bp = appendOutbound((*bp)[:0], username, message)
-	if h.workers == nil {
-		h.publish(c, bp)
-		return
-	}
-	select {
-	case h.workers[c.ID()%uint64(len(h.workers))] <- publishJob{c, bp}:
-	default:
-		// The engine is not keeping up: refuse rather than queue without
-		// bound or stall the event loop.
-		payloadPool.Put(bp)
-		h.stats.unavailable.Add(1)
-		c.Send(overloadedFrame)
-	}
-}
-
-// publishLoop is one publish worker.
-func (h *Hub) publishLoop(jobs <-chan publishJob) {
-	defer h.workersDone.Done()
-	for j := range jobs {
-		h.publish(j.c, j.payload)
-	}
-}
-
-// publish hands one encoded message to the engine and tells the sender if
-// it was not accepted. It returns bp to the pool.
-func (h *Hub) publish(c *conn.Conn, bp *[]byte) {
-	_, err := h.engine.Publish(h.ctx, c.Key(), stream.Message{Sender: c.ID(), Payload: *bp})
+	h.engine.Publish(c.Key(), stream.Message{Sender: c.ID(), Payload: *bp}, h.ack, c)
 	if cap(*bp) <= 64<<10 {
 		payloadPool.Put(bp)
 	}
-	if err != nil {
-		h.stats.unavailable.Add(1)
-		if h.log.Enabled(h.ctx, slog.LevelDebug) {
-			h.log.Debug("publish failed", "room", c.Key(), "conn_id", c.ID(), "err", err)
-		}
-		c.Send(unavailableFrame)
+}
+
+// published is the engine's Ack for the messages of OnMessage: it counts
+// the outcome and tells the sender when its message was not stored, or
+// may not have been.
+func (h *Hub) published(ref any, _ stream.ID, err error) {
+	if err == nil {
+		h.stats.published.Add(1)
 		return
 	}
-	h.stats.published.Add(1)
+	c := ref.(*conn.Conn)
+	f := unavailableFrame
+	switch {
+	case errors.Is(err, stream.ErrUnconfirmed):
+		h.stats.unconfirmed.Add(1)
+		f = unconfirmedFrame
+	default:
+		h.stats.unavailable.Add(1)
+	}
+	if h.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.log.Debug("publish failed", "room", c.Key(), "conn_id", c.ID(), "err", err)
+	}
+	c.Send(f)
 }
 
 var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -437,10 +372,10 @@ var errorFrames = map[*decodeError]*conn.Frame{}
 
 var (
 	unavailableFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
-		code: CodeUnavailable, detail: "the message was not accepted: the message store is unavailable; retry later",
+		code: CodeUnavailable, detail: "the message was not stored: the message store is unavailable or overloaded; resend it later",
 	}))
-	overloadedFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
-		code: CodeUnavailable, detail: "the message was not accepted: the gateway is overloaded; retry later",
+	unconfirmedFrame = conn.NewStaticFrame(ws.OpText, errorJSON(&decodeError{
+		code: CodeUnconfirmed, detail: "the message store did not confirm the message in time: it may still be delivered; resending it may duplicate it",
 	}))
 )
 

@@ -12,9 +12,17 @@ import (
 var (
 	// ErrClosed is returned by every method of an engine after Close.
 	ErrClosed = errors.New("stream: engine closed")
-	// ErrUnavailable wraps failures to reach the backing store (Redis down,
-	// timeouts). The message was not accepted; the caller may retry later.
+	// ErrUnavailable wraps failures to reach or use the backing store
+	// (Redis down, refusing writes, or too slow to take the message in
+	// time). A Publish that fails with it did not store the message: the
+	// caller may retry later without duplicating it.
 	ErrUnavailable = errors.New("stream: backend unavailable")
+	// ErrUnconfirmed is the outcome of a Publish that was sent to the
+	// backing store but not confirmed in time (Redis stopped answering
+	// with the command in flight). The message may or may not be stored:
+	// if it is, it is delivered like any other, in order. A caller that
+	// resends it may duplicate it.
+	ErrUnconfirmed = errors.New("stream: publish not confirmed")
 )
 
 // ID identifies an entry in a room's stream. It has the shape of a Redis
@@ -83,6 +91,11 @@ type Message struct {
 // it hands the message to sockets with non-blocking writes and returns.
 type Handler func(room string, m Message)
 
+// Ack receives the outcome of one Publish: the entry's ID when err is nil.
+// ref is the value given to Publish, passed back untouched. Each engine
+// documents the goroutine it calls Ack from; an Ack must not block.
+type Ack func(ref any, id ID, err error)
+
 // Engine carries the messages of rooms between the gateway's connections,
 // locally (Memory) or across gateway nodes (Redis). It knows rooms and
 // opaque payloads, never sockets.
@@ -92,11 +105,15 @@ type Handler func(room string, m Message)
 // published itself (the caller skips the sender). Messages published while
 // a room is not subscribed are not delivered later.
 type Engine interface {
-	// Publish appends m to the room's stream and returns its ID. When
-	// Publish returns nil the message is accepted: it will be delivered to
-	// every node subscribed to the room. m.Payload may be reused by the
-	// caller once Publish returns.
-	Publish(ctx context.Context, room string, m Message) (ID, error)
+	// Publish appends m to the room's stream and reports the outcome to
+	// ack, exactly once, with ref: the entry's ID when the message is
+	// accepted (it will be delivered to every node subscribed to the room),
+	// or an error wrapping ErrUnavailable (not stored), ErrUnconfirmed
+	// (outcome unknown) or ErrClosed. The messages of one caller that
+	// publishes from one goroutine are stored in the order of its calls.
+	// ack may run before Publish returns. m.Payload may be reused by the
+	// caller once Publish returns. Publish never blocks.
+	Publish(room string, m Message, ack Ack, ref any)
 	// Subscribe starts delivery of room's messages to the Handler. Every
 	// message published after Subscribe returns is delivered. Subscribing a
 	// subscribed room does nothing.
@@ -110,4 +127,24 @@ type Engine interface {
 	// Close stops delivery and releases the engine's resources; it waits
 	// for running handler calls to return, or for ctx to end.
 	Close(ctx context.Context) error
+}
+
+// PublishWait publishes m and waits for its outcome or for ctx to end. It
+// is Publish for callers that can wait: tests and tools.
+func PublishWait(ctx context.Context, e Engine, room string, m Message) (ID, error) {
+	if err := ctx.Err(); err != nil {
+		return ID{}, fmt.Errorf("stream: publish to room %q: %w", room, err)
+	}
+	type result struct {
+		id  ID
+		err error
+	}
+	ch := make(chan result, 1)
+	e.Publish(room, m, func(_ any, id ID, err error) { ch <- result{id, err} }, nil)
+	select {
+	case r := <-ch:
+		return r.id, r.err
+	case <-ctx.Done():
+		return ID{}, fmt.Errorf("stream: publish to room %q: %w", room, ctx.Err())
+	}
 }

@@ -47,15 +47,13 @@ func NewMemory(h Handler) *Memory {
 }
 
 // Publish assigns the next ID of room to m and, when the room is
-// subscribed, calls the Handler before returning.
-func (e *Memory) Publish(ctx context.Context, room string, m Message) (ID, error) {
-	if err := ctx.Err(); err != nil {
-		return ID{}, fmt.Errorf("stream: publish to room %q: %w", room, err)
-	}
+// subscribed, calls the Handler, then ack, before returning.
+func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 	e.mu.RLock()
 	if e.closed {
 		e.mu.RUnlock()
-		return ID{}, ErrClosed
+		ack(ref, ID{}, ErrClosed)
+		return
 	}
 	r := e.rooms[room]
 	e.active.Add(1)
@@ -65,13 +63,14 @@ func (e *Memory) Publish(ctx context.Context, room string, m Message) (ID, error
 	if r == nil {
 		// Nobody on this node listens; there are no other nodes. The message
 		// is accepted and, as with Redis, nobody receives it.
-		return e.nextID(), nil
+		ack(ref, e.nextID(), nil)
+		return
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	m.ID = e.nextID()
 	e.handler(room, m)
-	return m.ID, nil
+	r.mu.Unlock()
+	ack(ref, m.ID, nil)
 }
 
 // nextID returns an ID after every ID handed out so far, built from the

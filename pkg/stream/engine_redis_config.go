@@ -41,6 +41,13 @@ const (
 	// (REDIS_BACKOFF_MAX).
 	DefaultRedisBackoffMax = 5 * time.Second
 
+	// DefaultRedisBatchWindow is the default of RedisConfig.BatchWindow
+	// (REDIS_BATCH_WINDOW).
+	DefaultRedisBatchWindow = 2 * time.Millisecond
+	// DefaultPublishQueue is the default of RedisConfig.PublishQueue
+	// (PUBLISH_QUEUE).
+	DefaultPublishQueue = 16384
+
 	// DefaultRedisFlushDelay is the default of RedisConfig.FlushDelay
 	// (REDIS_FLUSH_DELAY).
 	DefaultRedisFlushDelay = 20 * time.Microsecond
@@ -130,6 +137,15 @@ type RedisConfig struct {
 	// load, for at most this much added latency. Zero means 20µs; a
 	// negative value disables it.
 	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables" default:"20us"`
+	// BatchWindow paces a pump under load: while its reads keep finding
+	// new entries, its round trips (publishes and reads together) start at
+	// most this often, so that each carries more messages. An idle pump
+	// sends at once. Zero means 2ms; a negative value disables pacing.
+	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window (publishes and reads batched); idle pumps send at once; negative disables" default:"2ms"`
+	// PublishQueue bounds the messages waiting for a pump; a message that
+	// finds the queue full is refused at once with an "unavailable" error
+	// rather than buffered. Zero means 16384.
+	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting for Redis per pump before senders get unavailable" default:"16384"`
 	// BackoffMax: see BackoffMin.
 	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest reader retry pause" default:"5s"`
 }
@@ -185,6 +201,17 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 	if err := defaultInt(&c.ReadCount, DefaultRedisReadCount, "REDIS_READ_COUNT"); err != nil {
 		return c, err
 	}
+	if err := defaultInt(&c.PublishQueue, DefaultPublishQueue, "PUBLISH_QUEUE"); err != nil {
+		return c, err
+	}
+	switch {
+	case c.BatchWindow == 0:
+		c.BatchWindow = DefaultRedisBatchWindow
+	case c.BatchWindow < 0:
+		c.BatchWindow = 0
+	case c.BatchWindow > time.Second:
+		return c, fmt.Errorf("stream: REDIS_BATCH_WINDOW=%v is over 1s: use milliseconds, such as 2ms", c.BatchWindow)
+	}
 	for _, d := range []struct {
 		v    *time.Duration
 		def  time.Duration
@@ -234,7 +261,7 @@ func (c RedisConfig) LogValue() slog.Value {
 		slog.Bool("tls", c.TLS), slog.String("tls_ca_file", c.TLSCAFile), slog.Bool("tls_insecure_skip_verify", c.TLSInsecureSkipVerify),
 		slog.Int("db", c.DB), slog.String("prefix", c.Prefix), slog.Int64("maxlen", c.MaxLen), slog.Duration("ttl", c.TTL),
 		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block),
-		slog.Duration("timeout", c.Timeout), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
+		slog.Duration("timeout", c.Timeout), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
 	)
 }
 

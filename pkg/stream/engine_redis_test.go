@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/redis/rueidis"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -137,7 +138,7 @@ func TestRedisConfig(t *testing.T) {
 			Host: "redis", Port: 6379, Addrs: []string{"redis:6379"}, Prefix: "chat",
 			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second,
 			Timeout: 2 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 5 * time.Second,
-			FlushDelay: 20 * time.Microsecond,
+			FlushDelay: 20 * time.Microsecond, BatchWindow: 2 * time.Millisecond, PublishQueue: 16384,
 		}
 		if fmt.Sprint(c) != fmt.Sprint(want) {
 			t.Fatalf("defaults\n got %+v\nwant %+v", c, want)
@@ -194,6 +195,8 @@ func TestRedisConfigEnv(t *testing.T) {
 			"REDIS_READ_COUNT":      "100",
 			"REDIS_BLOCK":           "250ms",
 			"REDIS_TIMEOUT":         "1s",
+			"REDIS_BATCH_WINDOW":    "3ms",
+			"PUBLISH_QUEUE":         "99",
 		}),
 	})
 	if err != nil {
@@ -203,6 +206,7 @@ func TestRedisConfigEnv(t *testing.T) {
 		Host: "10.0.0.1", Port: 6380, Addrs: []string{"a:1", "b:2"}, SentinelMaster: "mymaster",
 		Username: "gw", Password: "secret", TLS: true, DB: 2, MaxLen: 5000, TTL: time.Hour,
 		ReadShards: 8, ReadCount: 100, Block: 250 * time.Millisecond, Timeout: time.Second,
+		BatchWindow: 3 * time.Millisecond, PublishQueue: 99,
 	}
 	if fmt.Sprint(c) != fmt.Sprint(want) {
 		t.Fatalf("parsed\n got %+v\nwant %+v", c, want)
@@ -278,7 +282,7 @@ func testNodes(t *testing.T, n int, cfg RedisConfig) {
 			e := nodes[s%n].e // senders spread over the nodes
 			wg.Go(func() {
 				for i := range each {
-					if _, err := e.Publish(ctx, "order", Message{Sender: uint64(s), Payload: strconv.AppendInt(nil, int64(i), 10)}); err != nil {
+					if _, err := PublishWait(ctx, e, "order", Message{Sender: uint64(s), Payload: strconv.AppendInt(nil, int64(i), 10)}); err != nil {
 						errs <- err
 						return
 					}
@@ -344,6 +348,8 @@ type publisher struct {
 	mu          sync.Mutex
 	accepted    []published
 	unavailable int
+	refused     []string // payloads answered ErrUnavailable: must never be delivered
+	unconfirmed int
 	other       []error
 	stop        chan struct{}
 	done        chan struct{}
@@ -362,13 +368,16 @@ func startPublisher(e Engine, room string, every time.Duration) *publisher {
 			case <-tick.C:
 			}
 			payload := "m" + strconv.Itoa(i)
-			id, err := e.Publish(context.Background(), room, Message{Sender: 1, Payload: []byte(payload)})
+			id, err := PublishWait(context.Background(), e, room, Message{Sender: 1, Payload: []byte(payload)})
 			p.mu.Lock()
 			switch {
 			case err == nil:
 				p.accepted = append(p.accepted, published{payload, id})
 			case errors.Is(err, ErrUnavailable):
 				p.unavailable++
+				p.refused = append(p.refused, payload)
+			case errors.Is(err, ErrUnconfirmed):
+				p.unconfirmed++
 			default:
 				p.other = append(p.other, err)
 			}
@@ -378,10 +387,12 @@ func startPublisher(e Engine, room string, every time.Duration) *publisher {
 	return p
 }
 
-func (p *publisher) counts() (accepted, unavailable int) {
+// counts returns how many messages were accepted and how many failed
+// (not stored, or not confirmed).
+func (p *publisher) counts() (accepted, failed int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.accepted), p.unavailable
+	return len(p.accepted), p.unavailable + p.unconfirmed
 }
 
 func (p *publisher) finish(t *testing.T) []published {
@@ -391,7 +402,7 @@ func (p *publisher) finish(t *testing.T) []published {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, err := range p.other {
-		t.Errorf("Publish failed without ErrUnavailable: %v", err)
+		t.Errorf("Publish failed without ErrUnavailable or ErrUnconfirmed: %v", err)
 	}
 	return p.accepted
 }
@@ -399,9 +410,10 @@ func (p *publisher) finish(t *testing.T) []published {
 // checkExactlyOnce waits until every accepted message reached c for room
 // and checks that deliveries have increasing IDs (so no duplicates) and
 // that each accepted message arrived with the ID Publish returned.
-// Messages whose Publish failed may be delivered too: the connection may
-// break after Redis appended them.
-func checkExactlyOnce(t *testing.T, c *collector, room string, accepted []published) {
+// Messages whose Publish was not confirmed may be delivered too (the
+// connection may break after Redis appended them); messages refused with
+// ErrUnavailable must not be.
+func checkExactlyOnce(t *testing.T, c *collector, room string, accepted []published, refused []string) {
 	t.Helper()
 	var got []Message
 	redistest.WaitFor(t, 15*time.Second, "every accepted message to be delivered", func() bool {
@@ -432,6 +444,11 @@ func checkExactlyOnce(t *testing.T, c *collector, room string, accepted []publis
 			t.Fatalf("message %q delivered with ID %v, Publish returned %v", a.payload, id, a.id)
 		}
 	}
+	for _, r := range refused {
+		if _, ok := byPayload[r]; ok {
+			t.Fatalf("message %q was answered ErrUnavailable (not stored) but was delivered", r)
+		}
+	}
 }
 
 // TestRedisRestart kills Redis in the middle of a steady stream of
@@ -451,9 +468,9 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatalf("Health before the outage: %v", err)
 	}
 	srv.Kill()
-	redistest.WaitFor(t, 5*time.Second, "Publish to fail with ErrUnavailable", func() bool {
-		_, unavailable := p.counts()
-		return unavailable > 0
+	redistest.WaitFor(t, 5*time.Second, "Publish to fail", func() bool {
+		_, failed := p.counts()
+		return failed > 0
 	})
 	var herr error
 	redistest.WaitFor(t, 5*time.Second, "Health to report the outage", func() bool {
@@ -476,9 +493,8 @@ func TestRedisRestart(t *testing.T) {
 		return n >= before+50
 	})
 	accepted := p.finish(t)
-	_, unavailable := p.counts()
-	t.Logf("accepted %d messages, %d Publish calls failed with ErrUnavailable", len(accepted), unavailable)
-	checkExactlyOnce(t, c, "steady", accepted)
+	t.Logf("accepted %d messages, %d refused (not stored), %d unconfirmed", len(accepted), p.unavailable, p.unconfirmed)
+	checkExactlyOnce(t, c, "steady", accepted, p.refused)
 }
 
 // TestRedisHungServer pauses Redis (SIGSTOP: connections stay open, nothing
@@ -496,17 +512,17 @@ func TestRedisHungServer(t *testing.T) {
 
 	srv.Pause()
 	const publishers = 20
-	limit := 4 * cfg.Timeout
+	limit := 2*cfg.Timeout + cfg.Timeout/2 // documented: 2×REDIS_TIMEOUT, plus scheduling slack
 	var wg sync.WaitGroup
 	errs := make(chan error, publishers)
 	for i := range publishers {
 		wg.Go(func() {
 			start := time.Now()
-			_, err := e.Publish(context.Background(), "hung", Message{Sender: 1, Payload: fmt.Appendf(nil, "during-%d", i)})
+			_, err := PublishWait(context.Background(), e, "hung", Message{Sender: 1, Payload: fmt.Appendf(nil, "during-%d", i)})
 			if d := time.Since(start); d > limit {
 				errs <- fmt.Errorf("Publish took %v against a hung Redis, want at most %v", d, limit)
-			} else if !errors.Is(err, ErrUnavailable) {
-				errs <- fmt.Errorf("Publish against a hung Redis = %v, want ErrUnavailable", err)
+			} else if !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrUnconfirmed) {
+				errs <- fmt.Errorf("Publish against a hung Redis = %v, want ErrUnavailable or ErrUnconfirmed", err)
 			}
 		})
 	}
@@ -543,10 +559,13 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 		once.Do(func() { <-release })
 		c.handle(room, m)
 	}, log)
+	// A second node publishes: the wedged node's pump is stuck in its
+	// Handler and publishes nothing meanwhile.
+	pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
 	mustSubscribe(t, e, "wedged")
-	mustPublish(t, e, "wedged", Message{Sender: 1, Payload: []byte("0")})
+	mustPublish(t, pub, "wedged", Message{Sender: 1, Payload: []byte("0")})
 	for i := 1; i < 200; i++ {
-		mustPublish(t, e, "wedged", Message{Sender: 1, Payload: strconv.AppendInt(nil, int64(i), 10)})
+		mustPublish(t, pub, "wedged", Message{Sender: 1, Payload: strconv.AppendInt(nil, int64(i), 10)})
 	}
 	var herr error
 	redistest.WaitFor(t, 10*time.Second, "Health to report the wedged reader", func() bool {
@@ -654,11 +673,14 @@ func TestRedisSentinelFailover(t *testing.T) {
 	}
 	pub := nodes[0].e
 	var accepted []published
+	var refused []string
 	publish := func(i int) error {
 		payload := "m" + strconv.Itoa(i)
-		id, err := pub.Publish(context.Background(), "ha", Message{Sender: 1, Payload: []byte(payload)})
+		id, err := PublishWait(context.Background(), pub, "ha", Message{Sender: 1, Payload: []byte(payload)})
 		if err == nil {
 			accepted = append(accepted, published{payload, id})
+		} else if errors.Is(err, ErrUnavailable) {
+			refused = append(refused, payload)
 		}
 		return err
 	}
@@ -680,8 +702,8 @@ func TestRedisSentinelFailover(t *testing.T) {
 	redistest.WaitFor(t, 30*time.Second, "Publish to succeed on the promoted replica", func() bool {
 		err := publish(i)
 		i++
-		if err != nil && !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("Publish during the failover = %v, want ErrUnavailable", err)
+		if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrUnconfirmed) {
+			t.Fatalf("Publish during the failover = %v, want ErrUnavailable or ErrUnconfirmed", err)
 		}
 		if err != nil {
 			outage++
@@ -698,7 +720,7 @@ func TestRedisSentinelFailover(t *testing.T) {
 		}
 	}
 	for _, nd := range nodes {
-		checkExactlyOnce(t, nd.c, "ha", accepted)
+		checkExactlyOnce(t, nd.c, "ha", accepted, refused)
 		e := nd.e
 		redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	}
@@ -713,7 +735,7 @@ func BenchmarkRedisPublish(b *testing.B) {
 	// Warm up: let the readers dial their connections and the pools fill,
 	// so that setup does not count as allocations of Publish.
 	for range 1000 {
-		if _, err := e.Publish(ctx, "bench", Message{Sender: 1, Payload: []byte("warm-up")}); err != nil {
+		if _, err := PublishWait(ctx, e, "bench", Message{Sender: 1, Payload: []byte("warm-up")}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -726,7 +748,7 @@ func BenchmarkRedisPublish(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				m := Message{Sender: 1 << 40, Payload: payload}
 				for pb.Next() {
-					if _, err := e.Publish(ctx, "bench", m); err != nil {
+					if _, err := PublishWait(ctx, e, "bench", m); err != nil {
 						b.Error(err)
 						return
 					}
@@ -746,7 +768,7 @@ func BenchmarkRedisDecode(b *testing.B) {
 	const batch = 100
 	payload := bytes.Repeat([]byte("x"), 128)
 	for range batch {
-		if _, err := e.Publish(context.Background(), "decode", Message{Sender: 1 << 40, Payload: payload}); err != nil {
+		if _, err := PublishWait(context.Background(), e, "decode", Message{Sender: 1 << 40, Payload: payload}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -755,25 +777,27 @@ func BenchmarkRedisDecode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &redisShard{wakeKey: "wake", rooms: map[string]*redisRoom{key: {name: "decode", key: key, subscribed: true}}}
+	s := &redisShard{rooms: map[string]*redisRoom{key: {name: "decode", key: key, subscribed: true}}}
 	room := s.rooms[key]
-	log := slog.New(slog.DiscardHandler)
 	delivered := 0
 	h := func(_ string, m Message) { delivered += len(m.Payload) }
+	var out []redisDelivery
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		room.last = ID{}
-		if err := s.collect(reply, 512, log); err != nil {
+		if err := forEachStream(reply, func(key string, v rueidis.RedisMessage) {
+			out = s.collectStream(key, v, 512, out)
+		}); err != nil {
 			b.Fatal(err)
 		}
-		for i := range s.out {
-			h(s.out[i].room, s.out[i].msg)
+		for i := range out {
+			h(out[i].room, out[i].msg)
 		}
-		if len(s.out) != batch {
-			b.Fatalf("decoded %d entries, want %d", len(s.out), batch)
+		if len(out) != batch {
+			b.Fatalf("decoded %d entries, want %d", len(out), batch)
 		}
-		s.out = s.out[:0]
+		out = out[:0]
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/msg")
 }

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -63,6 +64,43 @@ func (c *collector) waitFor(t *testing.T, room string, n int) []Message {
 	}
 }
 
+// settle publishes a marker to room and waits for it: deliveries are in
+// order per room, so every delivery of what was published before, late
+// duplicates included, has arrived by then. It returns the deliveries
+// before the marker.
+func (c *collector) settle(t *testing.T, e Engine, room string) []Message {
+	t.Helper()
+	marker := fmt.Sprintf("\x00marker-%d", time.Now().UnixNano())
+	mustPublish(t, e, room, Message{Sender: 1 << 62, Payload: []byte(marker)})
+	deadline := time.After(10 * time.Second)
+	for {
+		c.mu.Lock()
+		var ms []Message
+		done := false
+		for _, d := range c.got {
+			if d.room != room {
+				continue
+			}
+			if string(d.msg.Payload) == marker {
+				done = true
+				break
+			}
+			if !bytes.HasPrefix(d.msg.Payload, []byte("\x00marker-")) { // earlier settles' markers
+				ms = append(ms, d.msg)
+			}
+		}
+		c.mu.Unlock()
+		if done {
+			return ms
+		}
+		select {
+		case <-c.wake:
+		case <-deadline:
+			t.Fatalf("room %q: the marker was not delivered (%d deliveries before it)", room, len(ms))
+		}
+	}
+}
+
 // testEngine runs the conformance suite every Engine must pass.
 func testEngine(t *testing.T, newEngine newEngineFunc) {
 	ctx := context.Background()
@@ -76,7 +114,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 	t.Run("DeliversToSubscribedRoom", func(t *testing.T) {
 		e, c := start(t)
 		mustSubscribe(t, e, "lobby")
-		id, err := e.Publish(ctx, "lobby", Message{Sender: 42, Payload: []byte(`{"a":1}`)})
+		id, err := PublishWait(ctx, e, "lobby", Message{Sender: 42, Payload: []byte(`{"a":1}`)})
 		if err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
@@ -98,13 +136,16 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		const n = 500
 		ids := make([]ID, n)
 		for i := range n {
-			id, err := e.Publish(ctx, "order", Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)})
+			id, err := PublishWait(ctx, e, "order", Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)})
 			if err != nil {
 				t.Fatalf("Publish %d: %v", i, err)
 			}
 			ids[i] = id
 		}
-		got := c.waitFor(t, "order", n)
+		got := c.settle(t, e, "order")
+		if len(got) != n {
+			t.Fatalf("got %d deliveries, want %d", len(got), n)
+		}
 		for i, m := range got {
 			if string(m.Payload) != fmt.Sprint(i) || m.ID != ids[i] {
 				t.Fatalf("delivery %d = %q id %v, want %d id %v", i, m.Payload, m.ID, i, ids[i])
@@ -124,7 +165,11 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			mustPublish(t, e, "b", Message{Sender: 2, Payload: fmt.Appendf(nil, "b%d", i)})
 		}
 		for _, room := range []string{"a", "b"} {
-			for i, m := range c.waitFor(t, room, 10) {
+			got := c.settle(t, e, room)
+			if len(got) != 10 {
+				t.Fatalf("room %s: got %d deliveries, want 10", room, len(got))
+			}
+			for i, m := range got {
 				if want := fmt.Sprintf("%s%d", room, i); string(m.Payload) != want {
 					t.Fatalf("room %s delivery %d = %q, want %q", room, i, m.Payload, want)
 				}
@@ -143,7 +188,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("while-unsubscribed")})
 		mustSubscribe(t, e, "late")
 		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("second")})
-		got := c.waitFor(t, "late", 2)
+		got := c.settle(t, e, "late")
 		if len(got) != 2 || string(got[0].Payload) != "first" || string(got[1].Payload) != "second" {
 			var ps []string
 			for _, m := range got {
@@ -159,7 +204,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		mustSubscribe(t, e, "twice")
 		mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("x")})
 		mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("y")})
-		if got := c.waitFor(t, "twice", 2); string(got[0].Payload) != "x" || string(got[1].Payload) != "y" || len(got) != 2 {
+		if got := c.settle(t, e, "twice"); len(got) != 2 || string(got[0].Payload) != "x" || string(got[1].Payload) != "y" {
 			t.Fatalf("got %d deliveries, want exactly x then y", len(got))
 		}
 		if err := e.Unsubscribe("never-subscribed"); err != nil {
@@ -176,7 +221,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		for s := range senders {
 			wg.Go(func() {
 				for i := range each {
-					if _, err := e.Publish(ctx, "burst", Message{Sender: uint64(s), Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+					if _, err := PublishWait(ctx, e, "burst", Message{Sender: uint64(s), Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
 						errs <- err
 						return
 					}
@@ -188,7 +233,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		for err := range errs {
 			t.Fatalf("Publish: %v", err)
 		}
-		got := c.waitFor(t, "burst", senders*each)
+		got := c.settle(t, e, "burst")
 		if len(got) != senders*each {
 			t.Fatalf("got %d deliveries, want %d", len(got), senders*each)
 		}
@@ -211,9 +256,55 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
 		copy(buf, "two")
 		mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
-		got := c.waitFor(t, "reuse", 2)
-		if string(got[0].Payload) != "one" || string(got[1].Payload) != "two" {
+		got := c.settle(t, e, "reuse")
+		if len(got) != 2 || string(got[0].Payload) != "one" || string(got[1].Payload) != "two" {
 			t.Fatalf("got %q, %q; want one, two", got[0].Payload, got[1].Payload)
+		}
+	})
+
+	t.Run("AckOncePerPublish", func(t *testing.T) {
+		e, c := start(t)
+		mustSubscribe(t, e, "acks")
+		const n = 300
+		var mu sync.Mutex
+		acks := make(map[int]int, n)
+		var ids []ID
+		done := make(chan struct{})
+		for i := range n {
+			e.Publish("acks", Message{Sender: 3, Payload: fmt.Appendf(nil, "%d", i)}, func(ref any, id ID, err error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					t.Errorf("message %d: %v", ref, err)
+				}
+				acks[ref.(int)]++
+				ids = append(ids, id)
+				if len(ids) == n {
+					close(done)
+				}
+			}, i)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not every Publish was acknowledged")
+		}
+		got := c.settle(t, e, "acks")
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range n {
+			if acks[i] != 1 {
+				t.Fatalf("message %d acknowledged %d times", i, acks[i])
+			}
+		}
+		// One publisher, one goroutine: acknowledged and stored in order.
+		for i := range ids {
+			if i > 0 && !ids[i-1].Less(ids[i]) {
+				t.Fatalf("acks out of order: %v then %v", ids[i-1], ids[i])
+			}
+			if got[i].ID != ids[i] || string(got[i].Payload) != fmt.Sprint(i) {
+				t.Fatalf("delivery %d = %q %v, acknowledged %v", i, got[i].Payload, got[i].ID, ids[i])
+			}
 		}
 	})
 
@@ -221,7 +312,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		e, _ := start(t)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := e.Publish(cctx, "x", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, context.Canceled) {
+		if _, err := PublishWait(cctx, e, "x", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Publish with a canceled context: %v, want context.Canceled", err)
 		}
 	})
@@ -232,7 +323,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		if err := e.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		if _, err := e.Publish(ctx, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
+		if _, err := PublishWait(ctx, e, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 		}
 		if err := e.Subscribe("room"); !errors.Is(err, ErrClosed) {
@@ -253,7 +344,7 @@ func mustSubscribe(t *testing.T, e Engine, room string) {
 
 func mustPublish(t *testing.T, e Engine, room string, m Message) {
 	t.Helper()
-	if _, err := e.Publish(context.Background(), room, m); err != nil {
+	if _, err := PublishWait(context.Background(), e, room, m); err != nil {
 		t.Fatalf("Publish(%q): %v", room, err)
 	}
 }
@@ -300,7 +391,7 @@ func BenchmarkMemoryPublish(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := e.Publish(ctx, "room", m); err != nil {
+		if _, err := PublishWait(ctx, e, "room", m); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,0 +1,274 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatgw/gateway/internal/redistest"
+)
+
+// outcome is what one published message got back.
+type outcome struct {
+	sender, seq int
+	id          ID
+	err         error
+	took        time.Duration
+}
+
+// TestRedisPauseExactOutcomes stops Redis (SIGSTOP) for a while under
+// steady publishing from two nodes, as an independent fault test did, and
+// checks every outcome against what the stream holds afterwards:
+//   - every accepted message is stored and delivered to the other node
+//     exactly once, with the ID its sender got;
+//   - every message answered ErrUnavailable ("not stored") is not stored;
+//   - each sender's messages are stored and delivered in the order sent,
+//     across the pause;
+//   - no sender waits longer than twice REDIS_TIMEOUT for an answer.
+func TestRedisPauseExactOutcomes(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.MaxLen = 1 << 20 // keep everything: the stream is the ground truth
+	nodes := startNodes(t, 2, cfg)
+	const room = "pause"
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, room)
+	}
+	// Senders 0 and 1 publish through node 0, 2 and 3 through node 1, each
+	// from one goroutine without waiting for answers, as an event loop does.
+	const senders = 4
+	var mu sync.Mutex
+	var outs []outcome
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for s := range senders {
+		e := nodes[s/2].e
+		wg.Go(func() {
+			tick := time.NewTicker(3 * time.Millisecond)
+			defer tick.Stop()
+			for seq := 0; ; seq++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				start := time.Now()
+				e.Publish(room, Message{Sender: uint64(100 + s), Payload: fmt.Appendf(nil, "%d:%d", s, seq)},
+					func(_ any, id ID, err error) {
+						mu.Lock()
+						outs = append(outs, outcome{s, seq, id, err, time.Since(start)})
+						mu.Unlock()
+					}, nil)
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // publishing before the pause: the test's subject, not synchronisation
+	srv.Pause()
+	time.Sleep(2 * time.Second) // the pause itself
+	srv.Resume()
+	redistest.WaitFor(t, 10*time.Second, "both nodes healthy again", func() bool {
+		return nodes[0].e.Health() == nil && nodes[1].e.Health() == nil
+	})
+	time.Sleep(300 * time.Millisecond) // publishing after the pause
+	close(stop)
+	wg.Wait()
+	// Every Publish gets exactly one answer, within the bound.
+	var sent int
+	redistest.WaitFor(t, 3*cfg.Timeout, "an answer to every message", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		sent = 0
+		seen := map[[2]int]int{}
+		for _, o := range outs {
+			seen[[2]int{o.sender, o.seq}]++
+		}
+		for _, n := range seen {
+			if n > 1 {
+				t.Fatalf("a message was answered %d times", n)
+			}
+		}
+		// Answers arrive per sender in order; the highest seq+1 is what it sent.
+		maxSeq := map[int]int{}
+		for _, o := range outs {
+			maxSeq[o.sender] = max(maxSeq[o.sender], o.seq+1)
+		}
+		for _, n := range maxSeq {
+			sent += n
+		}
+		return len(outs) == sent
+	})
+
+	// What the stream holds, in stream order.
+	key := nodes[0].e.key(room)
+	lines := strings.Split(srv.MustDo("XRANGE", key, "-", "+"), "\n")
+	type entry struct {
+		id          string
+		sender, seq int
+	}
+	var stored []entry
+	for i := 0; i+4 < len(lines); i += 5 {
+		var s, q int
+		if _, err := fmt.Sscanf(lines[i+4], "%d:%d", &s, &q); err != nil {
+			t.Fatalf("stream entry %q: %v", lines[i:i+5], err)
+		}
+		stored = append(stored, entry{lines[i], s, q})
+	}
+	inStream := map[[2]int]string{}
+	last := map[int]int{}
+	for _, en := range stored {
+		k := [2]int{en.sender, en.seq}
+		if _, dup := inStream[k]; dup {
+			t.Fatalf("message %v stored twice", k)
+		}
+		inStream[k] = en.id
+		if q, ok := last[en.sender]; ok && en.seq <= q {
+			t.Fatalf("sender %d: message %d stored after %d (order broken)", en.sender, en.seq, q)
+		}
+		last[en.sender] = en.seq
+	}
+	var accepted, refused, unconfirmed int
+	bound := 2*cfg.Timeout + 250*time.Millisecond
+	mu.Lock()
+	for _, o := range outs {
+		k := [2]int{o.sender, o.seq}
+		if o.took > bound {
+			t.Errorf("message %v answered after %v, want at most %v", k, o.took, bound)
+		}
+		switch {
+		case o.err == nil:
+			accepted++
+			if id, ok := inStream[k]; !ok || id != o.id.String() {
+				t.Errorf("accepted message %v (ID %v) is not in the stream (found %q)", k, o.id, id)
+			}
+		case errors.Is(o.err, ErrUnavailable):
+			refused++
+			if _, ok := inStream[k]; ok {
+				t.Errorf("message %v was answered %v but is stored", k, o.err)
+			}
+		case errors.Is(o.err, ErrUnconfirmed):
+			unconfirmed++
+		default:
+			t.Errorf("message %v: unexpected error %v", k, o.err)
+		}
+	}
+	mu.Unlock()
+	t.Logf("%d sent: %d accepted, %d refused (not stored), %d unconfirmed; %d stored", sent, accepted, refused, unconfirmed, len(stored))
+	if refused+unconfirmed == 0 {
+		t.Fatal("nothing failed during the pause: the test did not pause Redis")
+	}
+	// Each node delivers exactly what the stream holds, in stream order.
+	for i, nd := range nodes {
+		got := nd.c.settle(t, nd.e, room)
+		if len(got) != len(stored) {
+			t.Fatalf("node %d delivered %d messages, the stream holds %d", i, len(got), len(stored))
+		}
+		for j, m := range got {
+			if m.ID.String() != stored[j].id {
+				t.Fatalf("node %d delivery %d has ID %v, stream entry %s", i, j, m.ID, stored[j].id)
+			}
+		}
+	}
+}
+
+// TestRedisPublishRefusedByRedis: Redis error replies to XADD mean the
+// message was not stored: ErrUnavailable, and the engine keeps working.
+func TestRedisPublishRefusedByRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	e := newTestRedis(t, testRedisConfig(t, srv.Addr()), func(string, Message) {}, nil)
+	ctx := context.Background()
+
+	t.Run("WRONGTYPE", func(t *testing.T) {
+		srv.MustDo("SET", e.key("str"), "not a stream")
+		_, err := PublishWait(ctx, e, "str", Message{Sender: 1, Payload: []byte("x")})
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "WRONGTYPE") {
+			t.Fatalf("Publish to a string key = %v, want ErrUnavailable naming WRONGTYPE", err)
+		}
+		mustPublish(t, e, "fine", Message{Sender: 1, Payload: []byte("x")})
+	})
+	t.Run("OOM", func(t *testing.T) {
+		srv.MustDo("CONFIG", "SET", "maxmemory-policy", "noeviction")
+		srv.MustDo("CONFIG", "SET", "maxmemory", "1")
+		_, err := PublishWait(ctx, e, "oom", Message{Sender: 1, Payload: []byte("x")})
+		srv.MustDo("CONFIG", "SET", "maxmemory", "0")
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "OOM") {
+			t.Fatalf("Publish when Redis is out of memory = %v, want ErrUnavailable naming OOM", err)
+		}
+		if n := srv.MustDo("EXISTS", e.key("oom")); n != "0" {
+			t.Fatalf("a refused message was stored (EXISTS = %s)", n)
+		}
+		mustPublish(t, e, "oom", Message{Sender: 1, Payload: []byte("after")})
+		if err := e.Health(); err != nil {
+			t.Fatalf("Health after refused publishes: %v", err)
+		}
+	})
+}
+
+// TestRedisMalformedEntriesDoNotStick: a batch of malformed entries (more
+// than one read returns) must not wedge the room: the cursor moves past
+// them, they are logged (rate-limited), and the next good message arrives.
+func TestRedisMalformedEntriesDoNotStick(t *testing.T) {
+	srv := redistest.Start(t)
+	log := newLogSink(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.ReadCount = 5
+	c := newCollector()
+	e := newTestRedis(t, cfg, c.handle, log)
+	pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	mustSubscribe(t, e, "bad")
+	key := e.key("bad")
+	for i := range 3 * cfg.ReadCount {
+		srv.MustDo("XADD", key, "*", "junk", strconv.Itoa(i))
+	}
+	srv.MustDo("XADD", key, "*", "s", "not-a-number", "p", "x")
+	mustPublish(t, pub, "bad", Message{Sender: 1, Payload: []byte("good")})
+	got := c.settle(t, pub, "bad")
+	if len(got) != 1 || string(got[0].Payload) != "good" {
+		t.Fatalf("delivered %d messages (%v), want just the good one", len(got), got)
+	}
+	redistest.WaitFor(t, 5*time.Second, "the malformed-entry warning", func() bool {
+		return strings.Contains(log.String(), "skipped malformed stream entries")
+	})
+	if strings.Count(log.String(), "skipped malformed stream entries") != 1 {
+		t.Fatalf("malformed entries logged more than once within %v:\n%s", badLogEvery, log.String())
+	}
+	if err := e.Health(); err != nil {
+		t.Fatalf("Health after skipping malformed entries: %v", err)
+	}
+}
+
+// TestRedisStreamVanishesOrGoesBack: a room stream that is deleted (or
+// expires) and recreated, or replaced by one with older IDs (a restore),
+// keeps delivering new messages.
+func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
+	srv := redistest.Start(t)
+	log := newLogSink(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	c := newCollector()
+	e := newTestRedis(t, cfg, c.handle, log)
+	pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	mustSubscribe(t, e, "gone")
+	key := e.key("gone")
+	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("one")})
+	c.settle(t, pub, "gone")
+
+	srv.MustDo("DEL", key)
+	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("after-delete")})
+	redistest.WaitFor(t, 5*time.Second, "the message after the stream vanished", func() bool {
+		got := c.waitFor(t, "gone", 1)
+		return string(got[len(got)-1].Payload) == "after-delete"
+	})
+
+	// Back in time: the stream now ends before what the reader read.
+	srv.MustDo("DEL", key)
+	srv.MustDo("XADD", key, "1-1", "s", "1", "p", "old")
+	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("after-restore")})
+	redistest.WaitFor(t, 5*time.Second, "the message after the stream went back in time", func() bool {
+		got := c.waitFor(t, "gone", 1)
+		return string(got[len(got)-1].Payload) == "after-restore"
+	})
+}

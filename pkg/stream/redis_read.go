@@ -1,0 +1,283 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// This file holds the read side of the Redis engine: which rooms a shard
+// reads, from which ID, and what an XREAD reply means for them.
+//
+// Lock order: redisShard.mu may be taken while holding nothing else; the
+// Handler is never called with it held.
+
+// redisShard is the read state of the rooms whose keys share one hash tag
+// ("<prefix>:{<shard>}:"). One pump reads it. Fields are guarded by mu
+// unless marked otherwise.
+type redisShard struct {
+	idx    int
+	keyPre string // "<prefix>:{<shard>}:", the start of its rooms' keys
+	pump   *pump  // the pump that reads and writes the shard; set once
+
+	mu      sync.Mutex
+	scratch []byte                // for building keys in roomByName
+	rooms   map[string]*redisRoom // by stream key
+	// dirty lists rooms to read in the next round: signalled, just
+	// subscribed or unsubscribed, or left with more entries than one read
+	// returned. A room is listed once (redisRoom.dirty).
+	dirty []*redisRoom
+	// stuck counts rooms whose cursor cannot move (see redisRoom.stuck).
+	stuck int
+
+	// Owned by the pump goroutine.
+	// Malformed entries seen since the last warning, and when it was
+	// logged: they are logged at most once per badLogEvery per shard.
+	bad       int
+	badLogged time.Time
+}
+
+// badLogEvery is how often a shard logs the malformed entries it skipped.
+const badLogEvery = 10 * time.Second
+
+// redisRoom is the read state of one room in a shard, guarded by the
+// shard's mu.
+type redisRoom struct {
+	name string
+	key  string
+
+	last ID // last entry read, delivered or skipped
+	// seq counts the entries of the stream up to last, as Redis's
+	// entries-added does: XINFO STREAM sets it, each entry read adds one.
+	// When Redis counts more, the difference was trimmed unread.
+	seq       int64
+	seqKnown  bool
+	lastStr   string // last as a string, cached for XREAD
+	lastStrOf ID     // the ID lastStr was made from
+
+	subscribed bool
+	// stop, once unsubscribed, is the last ID to deliver: entries up to it
+	// were published while the room was subscribed.
+	stop ID
+	// skips are ranges (from, to] published while the room was not
+	// subscribed, between an Unsubscribe and a Subscribe that came before
+	// the reader reached stop.
+	skips []idRange
+	// check asks the reader to look for trimmed entries before its next
+	// read: set after a full batch (the reader is behind) and after errors.
+	check bool
+	// dirty: the room is listed in its shard's dirty list.
+	dirty bool
+	// stuck: the last read returned an entry whose ID could not be
+	// decoded, so the cursor cannot move past it. Health fails while any
+	// room is stuck; the room is read again on every full read.
+	stuck bool
+}
+
+// idRange is the range of IDs (from, to].
+type idRange struct{ from, to ID }
+
+// redisDelivery is one Handler call collected under the shard lock.
+type redisDelivery struct {
+	room string
+	msg  Message
+}
+
+// roomByName returns the subscribed or draining room of this shard named
+// name, or nil. s.mu must be held.
+func (s *redisShard) roomByName(name string) *redisRoom {
+	s.scratch = append(append(s.scratch[:0], s.keyPre...), name...)
+	return s.rooms[string(s.scratch)]
+}
+
+// markDirty lists r to be read in the next round. s.mu must be held.
+func (s *redisShard) markDirty(r *redisRoom) {
+	if !r.dirty {
+		r.dirty = true
+		s.dirty = append(s.dirty, r)
+	}
+}
+
+// cursor returns the ID to read r from, as a string (cached).
+func (r *redisRoom) cursor() string {
+	if r.lastStrOf != r.last || r.lastStr == "" {
+		r.lastStr, r.lastStrOf = r.last.String(), r.last
+	}
+	return r.lastStr
+}
+
+// collectStream handles the entries of one room stream of an XREAD reply,
+// appending what to deliver to out. Entries that cannot be decoded are
+// skipped (the cursor moves past them) and counted for a rate-limited
+// warning; an entry whose very ID cannot be read marks the room stuck.
+func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount int, out []redisDelivery) []redisDelivery {
+	entries, err := v.ToArray()
+	if err != nil {
+		return out
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rooms[key]
+	if r == nil {
+		return out // dropped since the read started
+	}
+	r.check = len(entries) >= readCount
+	if r.check {
+		s.markDirty(r) // more to read
+	}
+	for i := range entries {
+		id, ok := entryID(&entries[i])
+		if !ok {
+			if !r.stuck {
+				r.stuck = true
+				s.stuck++
+			}
+			s.bad++
+			return out
+		}
+		if !r.last.Less(id) {
+			continue // already read
+		}
+		if r.stuck {
+			r.stuck = false
+			s.stuck--
+		}
+		r.last = id
+		r.seq++
+		sender, payload, ok := decodeFields(&entries[i])
+		if !ok {
+			s.bad++
+			continue
+		}
+		if !r.subscribed && r.stop.Less(id) {
+			continue // published after Unsubscribe; the next round drops the room
+		}
+		if skipped(r, id) {
+			continue
+		}
+		out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Sender: sender, Payload: payload}})
+	}
+	return out
+}
+
+// logBad logs the malformed entries counted since the last warning, at
+// most once per badLogEvery.
+func (s *redisShard) logBad(log *slog.Logger, now time.Time) {
+	if s.bad == 0 || now.Sub(s.badLogged) < badLogEvery {
+		return
+	}
+	s.mu.Lock()
+	stuck := s.stuck
+	s.mu.Unlock()
+	log.Warn("stream: skipped malformed stream entries (not written by this gateway?); check what else writes to the keys",
+		"shard", s.idx, "entries", s.bad, "stuck_rooms", stuck, "since", s.badLogged.Format(time.RFC3339))
+	s.bad, s.badLogged = 0, now
+}
+
+// skipped reports whether id falls in one of r's skipped ranges, and
+// forgets the ranges that end before id. Ranges are disjoint and sorted,
+// and ids arrive in increasing order, so only the first range matters.
+func skipped(r *redisRoom, id ID) bool {
+	for len(r.skips) > 0 && r.skips[0].to.Less(id) {
+		r.skips = r.skips[1:]
+	}
+	return len(r.skips) > 0 && r.skips[0].from.Less(id)
+}
+
+// verify checks, with XINFO STREAM, the rooms in checks for entries the
+// reader can no longer read: trimmed (MAXLEN) before it read them, or lost
+// by Redis (a restart without persistence, a failover that lost
+// unreplicated writes). Losses are logged; when the stream went back in
+// time or vanished the cursor follows it, so that new entries are read.
+//
+// Trimming is found by counting: Redis numbers entries (entries-added),
+// the room counts the entries it read (seq). With length entries left,
+// the first one is number added-length+1; if that is beyond seq+1, the
+// entries in between were trimmed before the reader got to them.
+func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
+	cmds := make([]rueidis.Completed, len(checks))
+	for i, r := range checks {
+		cmds[i] = e.client.B().XinfoStream().Key(r.key).Build()
+	}
+	vctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	res := do.DoMulti(vctx, cmds...)
+	cancel()
+	infos := make([]streamInfo, len(res))
+	for i, rr := range res {
+		var err error
+		if infos[i], err = parseStreamInfo(rr); err != nil {
+			return fmt.Errorf("XINFO STREAM: %w", err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range checks {
+		r.check = false
+		if s.rooms[r.key] != r {
+			continue
+		}
+		in := infos[i]
+		if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
+			// Draining toward a stop that no longer exists: nothing left
+			// to deliver.
+			s.drop(r)
+			continue
+		}
+		switch {
+		case in.missing:
+			if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
+				e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
+					"room", r.name, "last_id", r.last.String())
+			}
+			r.last, r.seq, r.seqKnown, r.skips = ID{}, 0, true, nil
+		case in.lastGen.Less(r.last):
+			e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
+				"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
+			r.last, r.seq, r.seqKnown, r.skips = in.lastGen, in.added, in.hasAdded, nil
+		case !in.hasAdded:
+			r.seqKnown = false
+		case r.seqKnown && in.added < r.seq:
+			// The key was deleted and recreated since: the count restarted.
+			r.seqKnown = false
+		default:
+			// Entries after last that Redis no longer has: all of them
+			// when caught up, those before the first entry left when last
+			// is older than it. Otherwise the count cannot tell yet.
+			var lost int64
+			switch {
+			case !r.seqKnown:
+			case r.last == in.lastGen:
+				lost = in.added - r.seq
+			case in.length == 0 || r.last.Less(in.first):
+				lost = in.added - in.length - r.seq
+			}
+			if lost > 0 {
+				e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
+					"room", r.name, "lost", lost, "last_id", r.last.String())
+				r.seq += lost
+			}
+		}
+		if r.last == in.lastGen && in.hasAdded {
+			r.seq, r.seqKnown = in.added, true // caught up: count afresh
+		}
+	}
+	return nil
+}
+
+// drop forgets r. s.mu must be held.
+func (s *redisShard) drop(r *redisRoom) {
+	if r.stuck {
+		s.stuck--
+	}
+	delete(s.rooms, r.key)
+}
+
+// shardKey returns "<prefix>:{<shard>}" + suffix.
+func shardKey(prefix string, shard int, suffix string) string {
+	return prefix + ":{" + strconv.Itoa(shard) + "}" + suffix
+}
