@@ -27,10 +27,9 @@ const (
 	fieldNode    = "n" // in a signal entry, first: the node that wrote it
 )
 
-// Signal streams. Each batch of publishes also appends one entry to the
-// signal stream of each shard it wrote to, naming the rooms ("r" fields);
-// readers block on the signal streams and then read just the signalled
-// rooms. The room streams stay the record: a signal is only a hint, and
+// Signal streams. Each round trip that publishes also appends one entry
+// to its pump's signal stream, naming the rooms ("r" fields); pumps read
+// the signal stream and then just the signalled rooms. The room streams stay the record: a signal is only a hint, and
 // every room is read again at least every Block (and after any failure),
 // so a lost signal delays a message at most that long.
 const (
@@ -54,7 +53,7 @@ const slowDelivery = 50 * time.Millisecond
 // Keys. A room lives in the stream "<prefix>:{<shard>}:<room>", where
 // shard = FNV-1a(room) mod ReadShards. The hash tag puts each shard in one
 // Redis Cluster slot. Signal streams ("<prefix>:{<shard>}#signal") tell
-// readers which rooms got entries: one per shard on a Cluster, one in all
+// pumps which rooms got entries: one per shard on a Cluster, one in all
 // ("<prefix>:{0}#signal") on a single server or behind Sentinel. Each node
 // also has a wake stream per pump ("<prefix>:{<shard>}#wake:<node>").
 //

@@ -109,20 +109,22 @@ type RedisConfig struct {
 	// entries are trimmed. A node whose reader falls further behind loses
 	// messages and logs a warning. Zero means 1000.
 	MaxLen int64 `env:"REDIS_MAXLEN" help:"approximate entries kept per room stream (XADD MAXLEN ~)" default:"1000"`
-	// TTL is the expiry of a room's stream, refreshed by every publish, so
-	// rooms nobody writes to disappear. Zero means 24h.
-	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream, refreshed by each message" default:"24h"`
-	// ReadShards is the number of reader shards per node: rooms are spread
-	// over them by a hash of their name, and each shard has one goroutine
-	// and one blocking connection issuing XREAD for all its rooms. Zero
-	// means 16; at most 1024.
-	ReadShards int `env:"REDIS_READ_SHARDS" help:"XREAD readers per node (rooms hashed over them); same on every node" default:"16"`
+	// TTL is the expiry of a room's stream, so that rooms nobody writes to
+	// disappear. Each node refreshes it when it writes to a room whose TTL
+	// it last refreshed more than min(TTL/16, 1h) ago. Zero means 24h.
+	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream after its last message (refreshed at most every min(TTL/16, 1h))" default:"24h"`
+	// ReadShards is the number of key shards: rooms are spread over them by
+	// a hash of their name, and each shard is one hash tag ("{<shard>}"),
+	// so one Redis Cluster slot. On a Cluster each node runs one pump per
+	// shard; on one Redis a single pump serves them all. Zero means 16; at
+	// most 1024.
+	ReadShards int `env:"REDIS_READ_SHARDS" help:"key shards (hash tags) that rooms are spread over; one pump each on a Cluster; same on every node" default:"16"`
 	// ReadCount is the XREAD COUNT: at most this many entries per room per
 	// read. Zero means 512.
 	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read" default:"512"`
-	// Block is the XREAD BLOCK: how long a reader waits for new entries
-	// before asking again. It also bounds how stale Health's view of a
-	// reader may be (Block + Timeout). Zero means 5s; at least 1ms.
+	// Block is the XREAD BLOCK of an idle pump: how long it waits for a
+	// signal before reading every room again. It also bounds how stale
+	// Health's view of a pump may be (Block + Timeout). Zero means 5s; at least 1ms.
 	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK; also bounds how stale reader health may be" default:"5s"`
 	// Timeout bounds each non-blocking round trip (Publish, Subscribe,
 	// Unsubscribe, Health), each connection attempt, and the time a

@@ -87,7 +87,7 @@ type pump struct {
 	wakeLast ID
 
 	foreign    int       // signals of other nodes seen, a counter
-	lastFound  time.Time // when a read last found entries or signals
+	lastActive time.Time // start of the last round trip that published or found something
 	closing    bool      // Close stopped the pump: publish, do not read
 	lastTick   time.Time // start of the last round trip that read
 	busy       bool      // the last read returned entries or signals
@@ -279,11 +279,16 @@ func (p *pump) onBlock(br blockResult) {
 		return
 	}
 	p.healthy()
+	before, wake := p.foreign, p.wakeLast
 	if err := forEachStream(br.reply, p.collectSignals); err != nil {
 		p.fail(err)
 		return
 	}
-	p.readAgain = true
+	// Only this node's own signals: nothing to read (its rooms are marked
+	// already); block again. Another node's signal or a wake: read.
+	if p.foreign != before || p.wakeLast != wake {
+		p.readAgain = true
+	}
 }
 
 // collectSignals marks the rooms named by the entries of the signal
@@ -418,6 +423,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.cmds = nil // rueidis may still read the old slice
 	}
 	var failed error
+	published := len(p.sent)
 	for _, r := range p.sent {
 		raw, err := res[r.cmd].ToString()
 		var id ID
@@ -445,8 +451,8 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	p.sent = p.sent[:0]
 	if sigCmd >= 0 {
 		if err := res[sigCmd].Error(); err != nil {
-			// The messages are stored; readers find them on their next full
-			// read (within REDIS_BLOCK). Read them here now.
+			// The messages are stored; other nodes find them on their next
+			// full read (within REDIS_BLOCK); this node reads them anyway.
 			if !isRedisErr(err) {
 				failed = err
 			}
@@ -456,11 +462,33 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	if failed != nil {
 		return fmt.Errorf("round trip: %w", failed)
 	}
+	found := 0
 	if read {
-		return p.deliver(ctx, res[readCmd:])
+		var err error
+		if found, err = p.deliver(ctx, res[readCmd:]); err != nil {
+			return err
+		}
+	} else {
+		p.healthy()
 	}
-	p.healthy()
+	switch {
+	case published > 0 || found > 0:
+		p.activity(now)
+	case read:
+		p.readAgain, p.busy = false, false
+	}
 	return nil
+}
+
+// activity notes a round trip, started at t, that published or read
+// something. Two within a few windows mean load: the pump keeps reading
+// without blocking (a blocking read would be woken by the next signal at
+// once) and paces its round trips. A lone message leaves it idle.
+func (p *pump) activity(t time.Time) {
+	w := p.e.cfg.BatchWindow
+	p.readAgain = w <= 0 || t.Sub(p.lastActive) < 4*w
+	p.busy = p.readAgain
+	p.lastActive = t
 }
 
 // isRedisErr reports whether err is an error reply from Redis, as opposed
@@ -549,17 +577,16 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 }
 
 // deliver decodes the replies of the read and calls the Handler.
-func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) error {
+// It returns how many entries and foreign signals the read found.
+func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found int, err error) {
 	e := p.e
-	p.readAgain = false
-	found := 0
 	for _, rr := range res {
 		reply, err := rr.ToMessage()
 		if err != nil {
 			if rueidis.IsRedisNil(err) {
 				continue
 			}
-			return fmt.Errorf("XREAD: %w", err)
+			return 0, fmt.Errorf("XREAD: %w", err)
 		}
 		err = forEachStream(reply, func(key string, v rueidis.RedisMessage) {
 			if key == p.sigKey || key == p.wakeKey {
@@ -577,7 +604,7 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) error {
 			found += len(p.out) - n
 		})
 		if err != nil {
-			return err
+			return 0, err
 		}
 	}
 	p.healthy()
@@ -597,16 +624,7 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) error {
 	for _, s := range p.shards {
 		s.logBad(e.log, start)
 	}
-	// Keep reading without blocking while reads keep finding something:
-	// two non-empty reads within a few windows mean load. A lone message
-	// goes back to the blocking read at once.
-	if found > 0 {
-		w := e.cfg.BatchWindow
-		p.readAgain = w <= 0 || start.Sub(p.lastFound) < 4*w
-		p.lastFound = start
-	}
-	p.busy = p.readAgain
-	return nil
+	return found, nil
 }
 
 // shardOfKey returns the shard of a room key of this pump, or nil.

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The Redis-path benchmark of BENCHMARKS.md: two gateway nodes on one Redis,
+# 1 000 rooms of 2 members placed on different nodes (so every message
+# crosses nodes), both members sending, at several rates. For each rate it
+# reports messages/s, loss, p50/p99 and the CPU of Redis and of both
+# gateways per published message over the send phase (from /proc, sampled
+# by loadgen). Then it measures the per-round-trip reference in the same
+# run: redis-benchmark's un-pipelined XADD (-c 1 and -c 20), Redis CPU per
+# command.
+#
+# Usage (all optional, defaults shown):
+#   RATES="1 2.5 10" ROOMS=1000 DURATION=10s GATEWAY=bin/gateway \
+#   GW_ENV="" OUT=/tmp/redisbench scripts/redisbench.sh
+# RATES are messages per second per member: 1, 2.5 and 10 give 2 000,
+# 5 000 and 20 000 messages/s in all. GATEWAY may name another build (an
+# earlier commit) to compare designs in one run; GW_ENV adds variables to
+# the gateways (e.g. "REDIS_BATCH_WINDOW=1ms"). Needs jq. Loopback only,
+# bounded, stops by itself; run nothing else meanwhile (2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATES=${RATES:-"1 2.5 10"}
+ROOMS=${ROOMS:-1000}
+DURATION=${DURATION:-10s}
+GATEWAY=${GATEWAY:-bin/gateway}
+LOADGEN=${LOADGEN:-bin/loadgen}
+GW_ENV=${GW_ENV:-}
+OUT=${OUT:-$(mktemp -d /tmp/redisbench.XXXXXX)}
+mkdir -p "$OUT"
+command -v jq >/dev/null || { echo "redisbench: needs jq (apt-get install jq)" >&2; exit 2; }
+[ -x "$GATEWAY" ] && [ -x "$LOADGEN" ] || make build >/dev/null
+
+pids=()
+cleanup() {
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	pids=()
+}
+trap cleanup EXIT
+
+free_port() {
+	while :; do
+		p=$((20000 + RANDOM % 20000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+wait_ready() {
+	for _ in $(seq 100); do
+		if { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null; then
+			printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
+			status=$(head -n 1 <&3)
+			exec 3<&-
+			case "$status" in *" 200 "*) return 0 ;; esac
+		fi
+		sleep 0.1
+	done
+	echo "redisbench: gateway on :$1 did not become ready" >&2
+	exit 1
+}
+start_redis() {
+	rport=$(free_port)
+	redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" >"$OUT/redis-$rport.log" 2>&1 &
+	pids+=($!)
+	redis_pid=$!
+	for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+# cpu PID prints the user+system CPU seconds of PID from /proc.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+printf '%-8s %9s %7s %8s %8s %6s %14s %14s\n' "rate" "msg/s" "lost" "p50 ms" "p99 ms" "errors" "redis us/msg" "gateway us/msg"
+for rate in $RATES; do
+	start_redis
+	urls=() gw=()
+	for n in 1 2; do
+		port=$(free_port)
+		env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS="$rport" PORT="$port" \
+			LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
+		pids+=($!)
+		gw+=($!)
+		wait_ready "$port"
+		urls+=("ws://127.0.0.1:$port")
+	done
+	"$LOADGEN" -url "$(IFS=,; echo "${urls[*]}")" -conns $((2 * ROOMS)) -rooms "$ROOMS" -senders 2 -rate "$rate" \
+		-hold 2s -duration "$DURATION" -drain 3s -src 127.0.0.2-127.0.0.9 \
+		-pid "${gw[0]},${gw[1]},$redis_pid" -json -quiet >"$OUT/run-$rate.json" 2>"$OUT/run-$rate.log" || true
+	jq -r --arg rate "$rate" --arg r "$redis_pid" --arg g1 "${gw[0]}" --arg g2 "${gw[1]}" '
+		.messages as $m | ($m.sent / (if $m.send_seconds > 0 then $m.send_seconds else 1 end)) as $rps |
+		([.procs[] | select(.pid == ($r|tonumber)) | .cpu_send_seconds] | add) as $rc |
+		([.procs[] | select(.pid == ($g1|tonumber) or .pid == ($g2|tonumber)) | .cpu_send_seconds] | add) as $gc |
+		[$rate, ($rps|floor), $m.lost, (.latency_us.p50/1000), (.latency_us.p99/1000), ([.errors[]?] | add // 0),
+		 (if $m.sent > 0 then $rc * 1e6 / $m.sent else 0 end), (if $m.sent > 0 then $gc * 1e6 / $m.sent else 0 end)] |
+		"\(.[0])\t\(.[1])\t\(.[2])\t\(.[3]*10|round/10)\t\(.[4]*10|round/10)\t\(.[5])\t\(.[6]*10|round/10)\t\(.[7]*10|round/10)"
+	' "$OUT/run-$rate.json" | awk -F'\t' '{ printf "%-8s %9s %7s %8s %8s %6s %14s %14s\n", $1, $2, $3, $4, $5, $6, $7, $8 }'
+	cleanup
+done
+
+# The floor: one un-pipelined XADD per round trip, ~100-byte payload.
+start_redis
+payload=$(printf 'x%.0s' $(seq 100))
+for c in 1 20; do
+	n=$((c == 1 ? 20000 : 100000))
+	c0=$(cpu "$redis_pid")
+	redis-benchmark -p "$rport" -c "$c" -n "$n" -q XADD "bench:ref:$c" '*' s 12345678901234567890 p "$payload" >"$OUT/ref-$c.txt"
+	c1=$(cpu "$redis_pid")
+	awk -v a="$c0" -v b="$c1" -v n="$n" -v c="$c" 'BEGIN { printf "reference: redis-benchmark XADD -c %d: %.1f us of Redis CPU per command\n", c, (b - a) * 1e6 / n }'
+done
+cleanup
+echo "results in $OUT"
