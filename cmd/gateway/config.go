@@ -101,8 +101,9 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// printHelp lists every variable of Config, with its default and meaning,
-// from the struct tags, so the list never drifts from the code.
+// printHelp lists every variable of Config with the default the gateway
+// really uses (see defaultConfig) and its meaning (the help tag), so the
+// list never drifts from the code.
 func printHelp(w io.Writer) {
 	fmt.Fprint(w, `gateway: WebSocket chat gateway, ws://HOST:PORT/ws/chat/<room>/
 
@@ -110,38 +111,75 @@ Usage: gateway            run, configured from the environment
        gateway -healthcheck  exit 0 if the local gateway answers /healthz
        gateway -h            this help
 
-Environment:
+Environment (a dash: no default):
 `)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
-	for _, v := range envVars(reflect.TypeFor[Config]()) {
+	for _, v := range envVars(reflect.ValueOf(defaultConfig())) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.name, v.def, v.help)
 	}
 	tw.Flush()
 }
 
+// defaultConfig is the configuration of an empty environment with every
+// package's defaults applied: the one convention is that a zero field
+// means "the package's default", which Defaulted methods fill in (the
+// gateway's own fields take envconfig defaults).
+func defaultConfig() Config {
+	var cfg Config
+	_ = envconfig.ProcessWith(context.Background(), &envconfig.Config{Target: &cfg, Lookuper: envconfig.MapLookuper(nil)})
+	cfg.Conn = cfg.Conn.Defaulted()
+	cfg.Redis = cfg.Redis.Defaulted()
+	return cfg
+}
+
 type envVar struct{ name, def, help string }
 
-// envVars walks a config struct for env tags, descending into nested
-// structs.
-func envVars(t reflect.Type) []envVar {
+// envVars walks a config struct value for env tags, descending into
+// nested structs, and formats each field's value as its default.
+func envVars(v reflect.Value) []envVar {
 	var vars []envVar
-	for f := range t.Fields() {
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
 		tag, ok := f.Tag.Lookup("env")
 		if !ok {
 			if f.Type.Kind() == reflect.Struct {
-				vars = append(vars, envVars(f.Type)...)
+				vars = append(vars, envVars(v.Field(i))...)
 			}
 			continue
 		}
-		name, opts, _ := strings.Cut(tag, ",")
-		v := envVar{name: name, def: cmp.Or(f.Tag.Get("default"), "-"), help: f.Tag.Get("help")}
-		for o := range strings.SplitSeq(opts, ",") {
-			if d, ok := strings.CutPrefix(strings.TrimSpace(o), "default="); ok {
-				v.def = d
-			}
-		}
-		vars = append(vars, v)
+		name, _, _ := strings.Cut(tag, ",")
+		vars = append(vars, envVar{name: name, def: formatDefault(v.Field(i)), help: f.Tag.Get("help")})
 	}
 	return vars
+}
+
+// formatDefault formats a default for -h: durations as Go writes them in
+// the environment ("24h", "2ms"), lists comma-separated, zero strings and
+// empty lists as "-".
+func formatDefault(v reflect.Value) string {
+	if d, ok := v.Interface().(time.Duration); ok {
+		s := d.String()
+		for _, zero := range []string{"0m0s", "0s"} {
+			if t, ok := strings.CutSuffix(s, zero); ok && t != "" && (t[len(t)-1] == 'h' || t[len(t)-1] == 'm') {
+				s = t
+			}
+		}
+		return s
+	}
+	switch v.Kind() {
+	case reflect.String:
+		return cmp.Or(v.String(), "-")
+	case reflect.Slice:
+		if v.Len() == 0 {
+			return "-"
+		}
+		parts := make([]string, v.Len())
+		for i := range parts {
+			parts[i] = fmt.Sprint(v.Index(i).Interface())
+		}
+		return strings.Join(parts, ",")
+	}
+	return fmt.Sprint(v.Interface())
 }

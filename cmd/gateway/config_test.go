@@ -5,10 +5,13 @@ import (
 	"context"
 	"net"
 	"reflect"
+	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/chatgw/gateway/pkg/stream"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -73,7 +76,7 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("gateway -h exit %d", code)
 	}
-	vars := envVars(reflect.TypeFor[Config]())
+	vars := envVars(reflect.ValueOf(defaultConfig()))
 	if len(vars) < 30 {
 		t.Fatalf("found only %d variables in Config", len(vars))
 	}
@@ -92,12 +95,38 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 }
 
+// TestHelpShowsRealDefaults: gateway -h prints the defaults the packages
+// apply, not a copy kept in tags.
+func TestHelpShowsRealDefaults(t *testing.T) {
+	_, out := runOnce(t, nil, "-h")
+	for name, want := range map[string]string{
+		"PORT":               "8000",
+		"ENVIRONMENT":        "development",
+		"MAX_MESSAGE_BYTES":  strconv.Itoa(64 << 10),
+		"PING_INTERVAL":      "30s",
+		"EVENT_LOOPS":        strconv.Itoa(runtime.GOMAXPROCS(0)),
+		"PORT_REDIS":         strconv.Itoa(stream.DefaultRedisPort),
+		"REDIS_MAXLEN":       strconv.Itoa(stream.DefaultRedisMaxLen),
+		"REDIS_TTL":          "24h",
+		"REDIS_BATCH_WINDOW": stream.DefaultRedisBatchWindow.String(),
+		"REDIS_FLUSH_DELAY":  stream.DefaultRedisFlushDelay.String(),
+		"PUBLISH_QUEUE":      strconv.Itoa(stream.DefaultPublishQueue),
+		"IP_REDIS":           "-",
+	} {
+		re := regexp.MustCompile(`(?m)^  ` + name + ` +(\S+) `)
+		m := re.FindStringSubmatch(out)
+		if m == nil || m[1] != want {
+			t.Errorf("gateway -h shows %s default %q, want %q", name, m, want)
+		}
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Environment != "development" || cfg.Port != 8000 || cfg.Conn.MaxMessageBytes != 64<<10 {
+	if cfg.Environment != "development" || cfg.Port != 8000 || cfg.Conn.Defaulted().MaxMessageBytes != 64<<10 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if cfg.Conn.AllowedHosts != nil {

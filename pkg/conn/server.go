@@ -2,6 +2,7 @@ package conn
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -34,23 +35,23 @@ var ErrPending = errors.New("conn: open pending")
 type Config struct {
 	// MaxMessageBytes is the largest message a client may send; a longer one
 	// closes the connection with 1009. Zero means 64 KiB.
-	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES, default=65536" help:"largest client message in bytes; longer ones close with 1009"`
+	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES" help:"largest client message in bytes; longer ones close with 1009"`
 	// MaxQueueBytes bounds the bytes queued for one client that does not
 	// read; past it the connection is closed with 1008. Zero means 1 MiB.
 	// It must be at least 2×MaxMessageBytes.
-	MaxQueueBytes int `env:"MAX_QUEUE_BYTES, default=1048576" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES)"`
+	MaxQueueBytes int `env:"MAX_QUEUE_BYTES" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES)"`
 	// PingInterval is how long a connection may stay silent before the
 	// server pings it. Zero means 30s.
-	PingInterval time.Duration `env:"PING_INTERVAL, default=30s" help:"silence after which the server pings a connection"`
+	PingInterval time.Duration `env:"PING_INTERVAL" help:"silence after which the server pings a connection"`
 	// PongTimeout is how long the server waits for any data after a ping
 	// before it closes the connection with 1001. Zero means 30s.
-	PongTimeout time.Duration `env:"PONG_TIMEOUT, default=30s" help:"time to answer a ping before the connection is closed with 1001"`
+	PongTimeout time.Duration `env:"PONG_TIMEOUT" help:"time to answer a ping before the connection is closed with 1001"`
 	// HandshakeTimeout bounds the time from accept to a complete request
 	// head. Zero means 10s.
-	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT, default=10s" help:"time from accept to a complete HTTP request head"`
+	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" help:"time from accept to a complete HTTP request head"`
 	// CloseTimeout is how long a closing connection waits for the client's
 	// close frame or FIN before its socket is released. Zero means 2s.
-	CloseTimeout time.Duration `env:"CLOSE_TIMEOUT, default=2s" help:"time a closing connection waits for the client's close frame"`
+	CloseTimeout time.Duration `env:"CLOSE_TIMEOUT" help:"time a closing connection waits for the client's close frame"`
 	// EventLoops is the number of epoll loops. Zero means GOMAXPROCS.
 	EventLoops int `env:"EVENT_LOOPS" help:"number of epoll event loops; 0 means one per CPU"`
 	// ReusePort sets SO_REUSEPORT on the listener, so several gateway
@@ -69,27 +70,22 @@ type Config struct {
 	HTTPHandler http.Handler
 }
 
+// Defaulted returns c with every zero field set to the default the
+// server uses for it, without checking anything: what `gateway -h` prints.
+func (c Config) Defaulted() Config {
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
+	c.MaxQueueBytes = cmp.Or(c.MaxQueueBytes, 1<<20)
+	c.EventLoops = cmp.Or(c.EventLoops, runtime.GOMAXPROCS(0))
+	c.PingInterval = cmp.Or(c.PingInterval, 30*time.Second)
+	c.PongTimeout = cmp.Or(c.PongTimeout, 30*time.Second)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, 10*time.Second)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, 2*time.Second)
+	c.WSPrefix = cmp.Or(c.WSPrefix, "/ws/")
+	return c
+}
+
 func (c *Config) setDefaults() error {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defDur := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.MaxMessageBytes, 64<<10)
-	def(&c.MaxQueueBytes, 1<<20)
-	def(&c.EventLoops, runtime.GOMAXPROCS(0))
-	defDur(&c.PingInterval, 30*time.Second)
-	defDur(&c.PongTimeout, 30*time.Second)
-	defDur(&c.HandshakeTimeout, 10*time.Second)
-	defDur(&c.CloseTimeout, 2*time.Second)
-	if c.WSPrefix == "" {
-		c.WSPrefix = "/ws/"
-	}
+	*c = c.Defaulted()
 	switch {
 	case c.MaxMessageBytes < 0:
 		return fmt.Errorf("conn: MAX_MESSAGE_BYTES is %d; want a positive byte count", c.MaxMessageBytes)
@@ -358,7 +354,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) closeLoops() {
 	for _, l := range s.loops {
-		unix.Close(l.epfd)
+		_ = l.poll.close() // and l.epfd
 		unix.Close(l.efd)
 	}
 }

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -69,87 +70,112 @@ type RedisConfig struct {
 	// Host is the Redis host, the legacy way to name a single server or the
 	// seed node of a cluster. Used with Port when Addrs is empty. Zero
 	// means none: then Addrs must be set.
-	Host string `env:"IP_REDIS" help:"Redis host (production); or use REDIS_ADDRS" default:""`
+	Host string `env:"IP_REDIS" help:"Redis host (production); or use REDIS_ADDRS"`
 	// Port is the port of Host. Zero means 6379.
-	Port int `env:"PORT_REDIS" help:"port of IP_REDIS" default:"6379"`
+	Port int `env:"PORT_REDIS" help:"port of IP_REDIS"`
 	// Addrs lists "host:port" addresses (comma-separated in the
 	// environment): the seed nodes of a Redis Cluster, or the sentinels
 	// when SentinelMaster is set. Zero means Host:Port. Setting both Addrs
 	// and Host is an error.
-	Addrs []string `env:"REDIS_ADDRS" help:"comma-separated host:port list: Redis Cluster seeds, or sentinels with REDIS_SENTINEL_MASTER" default:""`
+	Addrs []string `env:"REDIS_ADDRS" help:"comma-separated host:port list: Redis Cluster seeds, or sentinels with REDIS_SENTINEL_MASTER"`
 	// SentinelMaster is the master name monitored by the sentinels at
 	// Addrs (or Host:Port). Zero means no Sentinel: Addrs are Redis nodes.
-	SentinelMaster string `env:"REDIS_SENTINEL_MASTER" help:"Sentinel master name; REDIS_ADDRS (or IP_REDIS) are then the sentinels" default:""`
+	SentinelMaster string `env:"REDIS_SENTINEL_MASTER" help:"Sentinel master name; REDIS_ADDRS (or IP_REDIS) are then the sentinels"`
 	// SentinelUsername and SentinelPassword authenticate to the sentinels.
 	// Zero means no authentication.
-	SentinelUsername string `env:"REDIS_SENTINEL_USERNAME" help:"user for the sentinels" default:""`
+	SentinelUsername string `env:"REDIS_SENTINEL_USERNAME" help:"user for the sentinels"`
 	// SentinelPassword: see SentinelUsername.
-	SentinelPassword string `env:"REDIS_SENTINEL_PASSWORD" help:"password for the sentinels" default:""`
+	SentinelPassword string `env:"REDIS_SENTINEL_PASSWORD" help:"password for the sentinels"`
 	// Username is the Redis ACL user. Zero means "default".
-	Username string `env:"REDIS_USERNAME" help:"Redis ACL user" default:""`
+	Username string `env:"REDIS_USERNAME" help:"Redis ACL user"`
 	// Password authenticates Username. Zero means no AUTH.
-	Password string `env:"REDIS_PASSWORD" help:"Redis password" default:""`
+	Password string `env:"REDIS_PASSWORD" help:"Redis password"`
 	// TLS connects with TLS, verifying the server against the system roots
 	// (or TLSCAFile) and the host name of each address. Zero means plain
 	// TCP.
-	TLS bool `env:"REDIS_TLS" help:"connect to Redis with TLS" default:""`
+	TLS bool `env:"REDIS_TLS" help:"connect to Redis with TLS"`
 	// TLSCAFile is a PEM file of CA certificates that replaces the system
 	// roots. Zero means the system roots. Needs TLS.
-	TLSCAFile string `env:"REDIS_TLS_CA_FILE" help:"PEM CA bundle for REDIS_TLS instead of the system roots" default:""`
+	TLSCAFile string `env:"REDIS_TLS_CA_FILE" help:"PEM CA bundle for REDIS_TLS instead of the system roots"`
 	// TLSInsecureSkipVerify disables certificate verification: for tests
 	// only. Zero means verify. Needs TLS.
-	TLSInsecureSkipVerify bool `env:"REDIS_TLS_INSECURE_SKIP_VERIFY" help:"skip certificate checks (tests only)" default:""`
+	TLSInsecureSkipVerify bool `env:"REDIS_TLS_INSECURE_SKIP_VERIFY" help:"skip certificate checks (tests only)"`
 	// DB is the database number (SELECT). Zero means database 0, the only
 	// one a Redis Cluster has.
-	DB int `env:"REDIS_DB" help:"database number (not with Cluster)" default:"0"`
+	DB int `env:"REDIS_DB" help:"database number (not with Cluster)"`
 	// Prefix starts every key: "<prefix>:{<shard>}:<room>". Zero means
 	// "chat". It must not contain '{' or '}'.
-	Prefix string `env:"REDIS_PREFIX" help:"key prefix: streams are <prefix>:{<shard>}:<room>; same on every node" default:"chat"`
+	Prefix string `env:"REDIS_PREFIX" help:"key prefix: streams are <prefix>:{<shard>}:<room>; same on every node"`
 	// MaxLen caps each room's stream, approximately (XADD MAXLEN ~): older
 	// entries are trimmed. A node whose reader falls further behind loses
 	// messages and logs a warning. Zero means 1000.
-	MaxLen int64 `env:"REDIS_MAXLEN" help:"approximate entries kept per room stream (XADD MAXLEN ~)" default:"1000"`
+	MaxLen int64 `env:"REDIS_MAXLEN" help:"approximate entries kept per room stream (XADD MAXLEN ~)"`
 	// TTL is the expiry of a room's stream, so that rooms nobody writes to
 	// disappear. Each node refreshes it when it writes to a room whose TTL
 	// it last refreshed more than min(TTL/16, 1h) ago. Zero means 24h.
-	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream after its last message (refreshed at most every min(TTL/16, 1h))" default:"24h"`
+	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream after its last message (refreshed at most every min(TTL/16, 1h))"`
 	// ReadShards is the number of key shards: rooms are spread over them by
 	// a hash of their name, and each shard is one hash tag ("{<shard>}"),
 	// so one Redis Cluster slot. On a Cluster each node runs one pump per
 	// shard; on one Redis a single pump serves them all. Zero means 16; at
 	// most 1024.
-	ReadShards int `env:"REDIS_READ_SHARDS" help:"key shards (hash tags) that rooms are spread over; one pump each on a Cluster; same on every node" default:"16"`
+	ReadShards int `env:"REDIS_READ_SHARDS" help:"key shards (hash tags) that rooms are spread over; one pump each on a Cluster; same on every node"`
 	// ReadCount is the XREAD COUNT: at most this many entries per room per
 	// read. Zero means 512.
-	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read" default:"512"`
+	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read"`
 	// Block is the XREAD BLOCK of an idle pump: how long it waits for a
 	// signal before reading every room again. It also bounds how stale
 	// Health's view of a pump may be (Block + Timeout). Zero means 5s; at least 1ms.
-	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK; also bounds how stale reader health may be" default:"5s"`
+	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK of an idle pump; every room is read again at least this often; bounds how stale pump health may be"`
 	// Timeout bounds each non-blocking round trip (Publish, Subscribe,
 	// Unsubscribe, Health), each connection attempt, and the time a
 	// blocking read may exceed Block. Zero means 2s.
-	Timeout time.Duration `env:"REDIS_TIMEOUT" help:"bound on each Redis round trip and connection attempt" default:"2s"`
-	// BackoffMin and BackoffMax bound a reader's exponential backoff, with
-	// jitter, after a failed read. Zero means 100ms and 5s.
-	BackoffMin time.Duration `env:"REDIS_BACKOFF_MIN" help:"first reader retry pause after a failure" default:"100ms"`
+	Timeout time.Duration `env:"REDIS_TIMEOUT" help:"bound on each Redis round trip and connection attempt; a sender waits at most twice this for its answer"`
+	// BackoffMin and BackoffMax bound a pump's exponential backoff, with
+	// jitter, after failed round trips (the first retry is immediate).
+	// Zero means 100ms and 5s.
+	BackoffMin time.Duration `env:"REDIS_BACKOFF_MIN" help:"pause before retrying after Redis failed twice in a row (doubles up to REDIS_BACKOFF_MAX)"`
 	// FlushDelay lets the shared connection wait up to this long after each
 	// write to gather more commands into the next one (rueidis
 	// MaxFlushDelay): fewer system calls for Redis and the gateway under
 	// load, for at most this much added latency. Zero means 20µs; a
 	// negative value disables it.
-	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables" default:"20us"`
+	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables"`
 	// BatchWindow paces a pump under load: while its reads keep finding
 	// new entries, its round trips (publishes and reads together) start at
 	// most this often, so that each carries more messages. An idle pump
 	// sends at once. Zero means 2ms; a negative value disables pacing.
-	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window (publishes and reads batched); idle pumps send at once; negative disables" default:"2ms"`
+	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window (publishes and reads batched); idle pumps send at once; negative disables"`
 	// PublishQueue bounds the messages waiting for a pump; a message that
 	// finds the queue full is refused at once with an "unavailable" error
 	// rather than buffered. Zero means 16384.
-	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting for Redis per pump before senders get unavailable" default:"16384"`
+	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting for Redis per pump before senders get unavailable"`
 	// BackoffMax: see BackoffMin.
-	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest reader retry pause" default:"5s"`
+	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest pause between retries while Redis is down"`
+}
+
+// Defaulted returns c with every zero field set to the default NewRedis
+// uses for it, without checking anything: what `gateway -h` prints.
+func (c RedisConfig) Defaulted() RedisConfig {
+	set := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	c.Port = cmp.Or(c.Port, DefaultRedisPort)
+	c.Prefix = cmp.Or(c.Prefix, DefaultRedisPrefix)
+	c.MaxLen = cmp.Or(c.MaxLen, DefaultRedisMaxLen)
+	c.ReadShards = cmp.Or(c.ReadShards, DefaultRedisReadShards)
+	c.ReadCount = cmp.Or(c.ReadCount, DefaultRedisReadCount)
+	c.PublishQueue = cmp.Or(c.PublishQueue, DefaultPublishQueue)
+	set(&c.TTL, DefaultRedisTTL)
+	set(&c.Block, DefaultRedisBlock)
+	set(&c.Timeout, DefaultRedisTimeout)
+	set(&c.BackoffMin, DefaultRedisBackoffMin)
+	set(&c.BackoffMax, DefaultRedisBackoffMax)
+	set(&c.FlushDelay, DefaultRedisFlushDelay)
+	set(&c.BatchWindow, DefaultRedisBatchWindow)
+	return c
 }
 
 // withDefaults returns c with zero fields set to their defaults, or an

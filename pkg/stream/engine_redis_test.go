@@ -213,6 +213,20 @@ func TestRedisConfigEnv(t *testing.T) {
 	}
 }
 
+// TestRedisConfigDefaulted: Defaulted (what gateway -h prints) gives the
+// same defaults NewRedis applies.
+func TestRedisConfigDefaulted(t *testing.T) {
+	got, err := RedisConfig{Host: "h"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := RedisConfig{Host: "h"}.Defaulted()
+	want.Addrs = got.Addrs
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("withDefaults\n got %+v\nDefaulted\n     %+v", got, want)
+	}
+}
+
 func TestRedisEngine(t *testing.T) {
 	srv := redistest.Start(t)
 	testEngine(t, func(t *testing.T, h Handler) Engine {
