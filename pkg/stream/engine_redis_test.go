@@ -718,6 +718,13 @@ func TestRedisSentinelFailover(t *testing.T) {
 	st := redistest.StartSentinel(t, 500*time.Millisecond)
 	cfg := testRedisConfig(t, st.Sentinel.Addr())
 	cfg.SentinelMaster = st.MasterName
+	t.Run("Conformance", func(t *testing.T) {
+		testEngine(t, func(t *testing.T, h Handler) Engine {
+			c := testRedisConfig(t, st.Sentinel.Addr())
+			c.SentinelMaster = st.MasterName
+			return newTestRedis(t, c, h, nil)
+		})
+	})
 	nodes := startNodes(t, 2, cfg)
 	for _, nd := range nodes {
 		mustSubscribe(t, nd.e, "ha")
