@@ -27,7 +27,8 @@ const (
 
 // config is the parsed command line.
 type config struct {
-	mode           string        // "run" or "merge"
+	mode           string        // "run", "merge" or "floor"
+	listen         string        // floor mode: loopback address to listen on
 	urls           []string      // gateway base URLs, ws://host:port
 	conns          int           // connections to open
 	rooms          int           // rooms to spread them over
@@ -61,8 +62,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(fs, stderr) }
-	fs.StringVar(&c.mode, "mode", "run", "`run` a load test, or `merge` the -json summaries named as arguments into one")
-	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; connections go to them round-robin; loopback only; /ws/chat/<room>/ is appended")
+	fs.StringVar(&c.mode, "mode", "run", "`run` a load test, `merge` the -json summaries named as arguments into one, or run the `floor` relay on -listen (the CPU floor to compare a gateway with)")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
+	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended")
 	fs.IntVar(&c.conns, "conns", 100, "connections to open (`N`); connection i joins room i mod -rooms")
 	fs.IntVar(&c.rooms, "rooms", 10, "rooms to spread the connections over (`M`)")
 	fs.StringVar(&c.roomPrefix, "room-prefix", "", "room name `prefix`; rooms are <prefix><0..M-1>; default lg<run id>- so runs never share rooms")
@@ -105,6 +107,9 @@ delivery: loss, duplicates, order and latency of every message, per receiver.
 usage:
   loadgen [flags]                        run a load test against loopback gateways
   loadgen -mode merge [-json] FILE...    merge -json summaries of several processes
+  loadgen -mode floor [-listen ADDR]     the cost floor: a minimal relay on one locked
+                                         thread, one write(2) per delivery; drive it
+                                         with loadgen -url ws://ADDR -pid <its pid>
 
 Exit status: 0 all good; 1 loss, duplicates, reordering, failed or dropped
 connections, or error frames seen; 2 bad flags.
@@ -118,13 +123,18 @@ flags:
 func (c *config) finish(urls, src, pids string) error {
 	switch c.mode {
 	case "run":
+	case "floor":
+		if len(c.files) > 0 {
+			return fmt.Errorf("unexpected arguments %q; only -mode merge takes file arguments", c.files)
+		}
+		return nil
 	case "merge":
 		if len(c.files) == 0 {
 			return errors.New("-mode merge needs the summary files as arguments: loadgen -mode merge a.json b.json")
 		}
 		return nil
 	default:
-		return fmt.Errorf("-mode %q: want run or merge", c.mode)
+		return fmt.Errorf("-mode %q: want run, merge or floor", c.mode)
 	}
 	if len(c.files) > 0 {
 		return fmt.Errorf("unexpected arguments %q; only -mode merge takes file arguments", c.files)

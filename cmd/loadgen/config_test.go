@@ -123,7 +123,9 @@ func TestParseFlags(t *testing.T) {
 		{"full", []string{"-conns", "1000", "-rooms", "10", "-senders", "5", "-rate", "20", "-src", "127.0.0.2-127.0.0.9", "-pid", "1,self"}, ""},
 		{"merge", []string{"-mode", "merge", "a.json", "b.json"}, ""},
 		{"merge without files", []string{"-mode", "merge"}, "needs the summary files"},
-		{"unknown mode", []string{"-mode", "x"}, "want run or merge"},
+		{"unknown mode", []string{"-mode", "x"}, "want run, merge or floor"},
+		{"floor", []string{"-mode", "floor", "-listen", "127.0.0.1:0"}, ""},
+		{"floor with files", []string{"-mode", "floor", "a.json"}, "unexpected arguments"},
 		{"stray argument", []string{"x.json"}, "unexpected arguments"},
 		{"above max-conns", []string{"-conns", "20000"}, "above -max-conns"},
 		{"more rooms than conns", []string{"-conns", "5", "-rooms", "6"}, "every room needs a member"},
@@ -161,6 +163,8 @@ func TestRunExitCodes(t *testing.T) {
 		{"bad flag", []string{"-conns", "0"}, exitUsage},
 		{"non-loopback target", []string{"-url", "ws://10.1.1.1:8000"}, exitUsage},
 		{"merge missing file", []string{"-mode", "merge", "/nonexistent/x.json"}, exitProblem},
+		{"floor on a remote address", []string{"-mode", "floor", "-listen", "10.1.1.1:8200"}, exitUsage},
+		{"floor on a host name", []string{"-mode", "floor", "-listen", "example.com:8200"}, exitUsage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,5 +172,51 @@ func TestRunExitCodes(t *testing.T) {
 				t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestPlacement(t *testing.T) {
+	tests := []struct {
+		name         string
+		rooms, urls  int
+		conns        int
+		wantPerURLOf map[int][]int // room -> members per URL
+	}{
+		{"even rooms two urls", 2, 2, 8, map[int][]int{0: {2, 2}, 1: {2, 2}}},
+		{"odd rooms two urls", 3, 2, 12, map[int][]int{0: {2, 2}, 1: {2, 2}, 2: {2, 2}}},
+		{"one url", 4, 1, 8, map[int][]int{0: {2}, 3: {2}}},
+		{"three urls", 10, 3, 60, map[int][]int{0: {2, 2, 2}, 7: {2, 2, 2}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			per := map[int][]int{}
+			for i := range tt.conns {
+				room, url := placement(i, tt.rooms, tt.urls)
+				if room != i%tt.rooms {
+					t.Fatalf("connection %d: room %d, want %d", i, room, i%tt.rooms)
+				}
+				if url < 0 || url >= tt.urls {
+					t.Fatalf("connection %d: url %d out of range", i, url)
+				}
+				if per[room] == nil {
+					per[room] = make([]int, tt.urls)
+				}
+				per[room][url]++
+			}
+			for room, want := range tt.wantPerURLOf {
+				if !slices.Equal(per[room], want) {
+					t.Errorf("room %d: members per URL %v, want %v", room, per[room], want)
+				}
+			}
+		})
+	}
+	// The first two members of each room, on two URLs, are on different
+	// nodes: the case the old i mod len(urls) placement got wrong.
+	for room := range 4 {
+		_, a := placement(room, 4, 2)
+		_, b := placement(4+room, 4, 2)
+		if a == b {
+			t.Errorf("room %d: members 0 and 1 both on URL %d", room, a)
+		}
 	}
 }

@@ -2,8 +2,10 @@
 // measures delivery end to end. It is the load tool of the project's
 // high-connection tests.
 //
-// Connection i joins room i mod -rooms (rooms are named <prefix><n>) on
-// gateway URL i mod len(-url), bound to source address i mod len(-src).
+// Connection i is member m = i / -rooms of room k = i mod -rooms (rooms are
+// named <prefix><n>); it goes to gateway URL (k + m) mod len(-url), so the
+// members of each room are spread over all the URLs and a multi-node run
+// always crosses nodes, and binds source address i mod len(-src).
 // The first -senders members of each room send -rate messages per second
 // each (so the total is rooms × senders × rate out, and every message
 // fans out to the other members). Every message is stamped in its
@@ -32,6 +34,13 @@
 //	loadgen -conns 19000 -src 127.0.0.2-127.0.0.9 -json >a.json &
 //	loadgen -conns 19000 -src 127.0.0.10-127.0.0.17 -json >b.json &
 //	wait; loadgen -mode merge a.json b.json
+//
+//	# the CPU floor to compare a gateway with, same clients and shape:
+//	loadgen -mode floor -listen 127.0.0.1:8200 &
+//	loadgen -url ws://127.0.0.1:8200 -conns 1000 -rooms 100 -rate 1 -pid $!
+//
+// -mode floor (floor.go) is a minimal relay on one locked OS thread, one
+// write(2) per delivery: the least CPU per delivery a gateway can spend.
 //
 // Only loopback targets and sources are accepted. Exit status: 0 clean;
 // 1 loss, duplicates, reordering, failed or dropped connections, or

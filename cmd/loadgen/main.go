@@ -37,6 +37,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "run loadgen -h for the flags")
 		return exitUsage
 	}
+	if cfg.mode == "floor" {
+		if err := runFloor(ctx, cfg, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			if errors.Is(err, errUsage) {
+				return exitUsage
+			}
+			return exitProblem
+		}
+		return exitOK
+	}
 	var s *Summary
 	if cfg.mode == "merge" {
 		s, err = merge(cfg.files)

@@ -161,10 +161,20 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// placement returns the room of connection i and the index of its gateway
+// URL. Connection i is member m = i / rooms of room i mod rooms, and member
+// m of room k goes to URL (k + m) mod len(urls): the members of every room
+// are spread over all the URLs, so with several gateways each message
+// crosses nodes whatever the number of rooms.
+func placement(i, rooms, urls int) (room, url int) {
+	room = i % rooms
+	return room, (room + i/rooms) % urls
+}
+
 // dial opens connection i and starts its reader.
 func (r *runner) dial(ctx context.Context, i int) {
-	room := i % r.cfg.rooms
-	u := r.cfg.urls[i%len(r.cfg.urls)] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
+	room, url := placement(i, r.cfg.rooms, len(r.cfg.urls))
+	u := r.cfg.urls[url] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
 	var src netip.Addr
 	if len(r.cfg.src) > 0 {
 		src = r.cfg.src[i%len(r.cfg.src)]

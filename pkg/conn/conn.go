@@ -178,7 +178,7 @@ func (c *Conn) flushLocked() {
 			iov[i].Base = unsafe.SliceData(b)
 			iov[i].SetLen(len(b))
 		}
-		w, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		w, errno := rawWritev(c.fd, iov[:n])
 		switch errno {
 		case 0:
 		case unix.EINTR:
@@ -192,7 +192,7 @@ func (c *Conn) flushLocked() {
 			c.loop.post(c, errno) // the loop releases the socket
 			return
 		}
-		c.advanceLocked(int(w))
+		c.advanceLocked(w)
 	}
 	c.shutdownIfFlushedLocked()
 }

@@ -12,6 +12,12 @@
 // memory while empty. A client that does not read is closed with 1008
 // instead of slowing anyone down.
 //
+// A loop waiting for events is a goroutine parked in the Go runtime's
+// netpoller (its epoll descriptor is registered there; poll.go), not a
+// thread blocked in epoll_wait, and the calls it makes in a round are raw
+// system calls: at chat rates the runtime then spends nothing between
+// rounds (no P hand-offs, no sysmon polling).
+//
 // Requests that are not under Config.WSPrefix are handed, on the same
 // port, to an ordinary http.Handler (health checks, metrics, pages).
 //

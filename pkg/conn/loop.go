@@ -45,7 +45,8 @@ type posted struct {
 type loop struct {
 	srv  *Server
 	epfd int
-	efd  int // eventfd that wakes epoll_wait for posted requests
+	efd  int     // eventfd that wakes the loop for posted requests
+	poll *poller // parks the loop goroutine until epfd has events (poll.go)
 
 	byFD       []*Conn // owned connections by file descriptor
 	conns      []*Conn // owned connections, for the periodic scan
@@ -91,7 +92,13 @@ func newLoop(s *Server) (*loop, error) {
 		unix.Close(efd)
 		return nil, fmt.Errorf("conn: epoll_ctl eventfd: %w", err)
 	}
-	l := &loop{srv: s, epfd: epfd, efd: efd, buf: make([]byte, readBufferSize), done: make(chan struct{})}
+	p, err := newPoller(epfd)
+	if err != nil {
+		unix.Close(epfd)
+		unix.Close(efd)
+		return nil, err
+	}
+	l := &loop{srv: s, epfd: epfd, efd: efd, poll: p, buf: make([]byte, readBufferSize), done: make(chan struct{})}
 	l.emit = l.onFrame
 	l.up = ws.Upgrader{
 		OnRequest:       l.onRequest,
@@ -128,7 +135,7 @@ func (l *loop) wakeLocked() {
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		_, _ = unix.Write(l.efd, one[:])
+		_, _ = rawWrite(l.efd, one[:])
 	}
 }
 
@@ -142,14 +149,34 @@ func (l *loop) run() {
 	events := make([]unix.EpollEvent, 512)
 	tick := l.srv.tick
 	nextTick := time.Now().UnixNano() + int64(tick)
-	for {
-		timeout := int(tick / time.Millisecond)
-		if len(l.again) > 0 {
-			timeout = 0
+	if err := l.poll.setDeadline(time.Unix(0, nextTick)); err != nil {
+		l.srv.log.Error("cannot set the event loop's tick; event loop stopped", "err", err)
+		return
+	}
+	var n int
+	var errno unix.Errno
+	// ready runs epoll_wait without blocking; the poller parks the loop
+	// while it finds nothing.
+	ready := func(uintptr) bool {
+		for {
+			n, errno = epollWait(l.epfd, events)
+			if errno != unix.EINTR {
+				return n > 0 || errno != 0
+			}
 		}
-		n, err := unix.EpollWait(l.epfd, events, timeout)
-		if err != nil && err != unix.EINTR {
-			l.srv.log.Error("epoll_wait failed; event loop stopped", "err", err)
+	}
+	for {
+		ticked := false
+		if len(l.again) > 0 {
+			ready(0) // data left to read: do not wait
+		} else if err := l.poll.wait(ready); err == errTick {
+			ticked, n, errno = true, 0, 0
+		} else if err != nil {
+			l.srv.log.Error("event loop wait failed; event loop stopped", "err", err)
+			return
+		}
+		if errno != 0 {
+			l.srv.log.Error("epoll_wait failed; event loop stopped", "err", errno)
 			return
 		}
 		l.now = time.Now().UnixNano()
@@ -187,9 +214,13 @@ func (l *loop) run() {
 			l.againSpare = again[:0]
 		}
 		l.servePosts()
-		if l.now >= nextTick {
+		if ticked || l.now >= nextTick {
 			l.scan()
 			nextTick = l.now + int64(tick)
+			if err := l.poll.setDeadline(time.Unix(0, nextTick)); err != nil {
+				l.srv.log.Error("cannot set the event loop's tick; event loop stopped", "err", err)
+				return
+			}
 		}
 		if l.stopping && len(l.conns) == 0 {
 			return
@@ -212,7 +243,7 @@ func (l *loop) servePosts() {
 	if l.efdReady {
 		l.efdReady = false
 		var b [8]byte
-		_, _ = unix.Read(l.efd, b[:])
+		_, _ = rawRead(l.efd, b[:])
 	}
 	l.mu.Lock()
 	posts := l.posts
@@ -334,7 +365,7 @@ func (l *loop) release(c *Conn, cause error) {
 // read reads what the socket holds, in at most readsPerWake buffers.
 func (l *loop) read(c *Conn) {
 	for range readsPerWake {
-		n, err := unix.Read(c.fd, l.buf)
+		n, err := rawRead(c.fd, l.buf)
 		switch {
 		case err == unix.EAGAIN:
 			return

@@ -354,7 +354,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) closeLoops() {
 	for _, l := range s.loops {
-		unix.Close(l.epfd)
+		_ = l.poll.close() // and l.epfd
 		unix.Close(l.efd)
 	}
 }
