@@ -364,7 +364,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			FieldValue().FieldValue(fieldSender, r.sender()).FieldValue(fieldPayload, r.payload()).Build())
 		if t, ok := p.expires[r.key()]; !ok || now.Sub(t) >= p.refreshTTL {
 			p.cmds = append(p.cmds, e.client.B().Arbitrary("PEXPIRE").Keys(r.key()).Args(e.ttlMs).Build())
-			p.expires[r.key()] = now
+			p.expires[strings.Clone(r.key())] = now // r.key() points into a buffer that is reused
 		}
 		p.sent = append(p.sent, r)
 		if _, ok := p.sigRooms[r.room]; !ok {
@@ -521,13 +521,11 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()
-		for key, r := range s.rooms {
+		add := func(r *redisRoom) {
 			if !r.subscribed && !r.last.Less(r.stop) {
 				s.drop(r) // unsubscribed and drained
-				_ = key
+				return
 			}
-		}
-		add := func(r *redisRoom) {
 			p.keys = append(p.keys, r.key)
 			p.ids = append(p.ids, r.cursor())
 			if p.verifyAll || r.check {

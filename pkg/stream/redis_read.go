@@ -162,6 +162,9 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 		}
 		out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Sender: sender, Payload: payload}})
 	}
+	if !r.subscribed && !r.last.Less(r.stop) {
+		s.drop(r) // unsubscribed and drained
+	}
 	return out
 }
 
