@@ -27,6 +27,7 @@ DRAIN=${DRAIN:-5s}
 PORT=${PORT:-18800}
 BIN=${BIN:-bin}
 OUT=${OUT:-$(mktemp -d /tmp/loadtest.XXXXXX)}
+mkdir -p "$OUT"
 SRC_FIRST=2
 SRC_LAST=20
 

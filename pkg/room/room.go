@@ -313,10 +313,25 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	}
 	bp := payloadPool.Get().(*[]byte)
 	*bp = appendOutbound((*bp)[:0], username, message)
-	h.engine.Publish(c.Key(), stream.Message{Sender: c.ID(), Payload: *bp}, h.ack, c)
+	h.engine.Publish(c.Key(), stream.Message{Sender: c.ID(), Payload: *bp, Alone: h.alone(c.Key())}, h.ack, c)
 	if cap(*bp) <= 64<<10 {
 		payloadPool.Put(bp)
 	}
+}
+
+// alone reports whether the room has no other local member than one
+// (the sender): then this node need not read its message back.
+func (h *Hub) alone(name string) bool {
+	h.mu.RLock()
+	r := h.rooms[name]
+	h.mu.RUnlock()
+	if r == nil {
+		return false
+	}
+	r.mu.RLock()
+	n := len(r.members) + len(r.pending)
+	r.mu.RUnlock()
+	return n <= 1
 }
 
 // published is the engine's Ack for the messages of OnMessage: it counts

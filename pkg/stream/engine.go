@@ -82,6 +82,12 @@ type Message struct {
 	// Payload is the encoded message that members receive. Engines treat it
 	// as opaque bytes.
 	Payload []byte
+	// Alone, set by the publisher, says that the sender is the only member
+	// of the room on the publishing node: that node need not deliver the
+	// message to its Handler (it would skip the sender anyway), so an
+	// engine may save the work. A hint: delivering it is not an error.
+	// Handlers never see it set.
+	Alone bool
 }
 
 // Handler receives the messages of subscribed rooms, in stream order per

@@ -60,9 +60,9 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 	e.mu.RUnlock()
 	defer e.active.Done()
 
-	if r == nil {
-		// Nobody on this node listens; there are no other nodes. The message
-		// is accepted and, as with Redis, nobody receives it.
+	if r == nil || m.Alone {
+		// Nobody on this node listens but the sender; there are no other
+		// nodes. The message is accepted and nobody receives it.
 		ack(ref, e.nextID(), nil)
 		return
 	}

@@ -258,7 +258,7 @@ func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	r.b = strconv.AppendUint(r.b, m.Sender, 10)
 	r.ns = len(r.b)
 	r.b = append(r.b, m.Payload...)
-	r.room, r.shard, r.ack, r.ref = room, s, ack, ref
+	r.room, r.shard, r.ack, r.ref, r.alone = room, s, ack, ref, m.Alone
 	r.deadline = time.Now().Add(e.cfg.Timeout)
 
 	e.pubMu.RLock()

@@ -308,6 +308,26 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		}
 	})
 
+	t.Run("AloneIsStored", func(t *testing.T) {
+		// Alone is a hint: the message is accepted with a fresh ID either
+		// way, and later messages still arrive in order.
+		e, c := start(t)
+		mustSubscribe(t, e, "alone")
+		a, err := PublishWait(ctx, e, "alone", Message{Sender: 1, Payload: []byte("a"), Alone: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := PublishWait(ctx, e, "alone", Message{Sender: 1, Payload: []byte("b")})
+		if err != nil || !a.Less(b) {
+			t.Fatalf("IDs %v then %v (%v): not increasing", a, b, err)
+		}
+		for _, m := range c.settle(t, e, "alone") {
+			if m.Alone {
+				t.Fatalf("a Handler saw Alone set: %+v", m)
+			}
+		}
+	})
+
 	t.Run("CanceledContext", func(t *testing.T) {
 		e, _ := start(t)
 		cctx, cancel := context.WithCancel(ctx)
@@ -387,12 +407,18 @@ func BenchmarkMemoryPublish(b *testing.B) {
 		b.Fatal(err)
 	}
 	m := Message{Sender: 1, Payload: []byte(`{"username":"u","message":"hello"}`)}
-	ctx := context.Background()
+	var failed error
+	ack := func(_ any, _ ID, err error) {
+		if err != nil {
+			failed = err
+		}
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := PublishWait(ctx, e, "room", m); err != nil {
-			b.Fatal(err)
-		}
+		e.Publish("room", m, ack, nil)
+	}
+	if failed != nil {
+		b.Fatal(failed)
 	}
 }

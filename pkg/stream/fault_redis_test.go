@@ -297,3 +297,28 @@ func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
 		return string(got[len(got)-1].Payload) == "after-restore"
 	})
 }
+
+// TestRedisAloneHint: a message published with Alone (the sender is the
+// only member on its node) is stored and delivered to other nodes as
+// usual; the publishing node may skip it.
+func TestRedisAloneHint(t *testing.T) {
+	srv := redistest.Start(t)
+	nodes := startNodes(t, 2, testRedisConfig(t, srv.Addr()))
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, "pair")
+	}
+	id := mustPublishID(t, nodes[0].e, "pair", Message{Sender: 7, Payload: []byte("hi"), Alone: true})
+	got := nodes[1].c.settle(t, nodes[1].e, "pair")
+	if len(got) != 1 || got[0].ID != id || got[0].Alone {
+		t.Fatalf("other node got %+v, want the message with ID %v (Alone cleared)", got, id)
+	}
+}
+
+func mustPublishID(t *testing.T, e Engine, room string, m Message) ID {
+	t.Helper()
+	id, err := PublishWait(context.Background(), e, room, m)
+	if err != nil {
+		t.Fatalf("Publish(%q): %v", room, err)
+	}
+	return id
+}

@@ -40,6 +40,7 @@ type pubReq struct {
 	ack      Ack
 	ref      any
 	deadline time.Time // answer by then; send by then or refuse
+	alone    bool      // Message.Alone: no need to read it back on this node
 	cmd      int       // index of its XADD in the round trip
 }
 
@@ -371,8 +372,12 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			p.sigRooms[r.room] = struct{}{}
 			p.sigNames = append(p.sigNames, r.room)
 		}
-		// Read the room in this round trip too when it has members here:
-		// the XREAD runs after the XADD on the same connection.
+		// Read the room in this round trip too when it has members here
+		// besides the sender: the XREAD runs after the XADD on the same
+		// connection.
+		if r.alone {
+			continue
+		}
 		s := r.shard
 		s.mu.Lock()
 		if rm := s.roomByName(r.room); rm != nil && !rm.stuck {
