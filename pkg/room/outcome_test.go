@@ -1,0 +1,86 @@
+package room
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/stream"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// scriptedEngine is an Engine whose Publish answers with the error named
+// by the message text ("unavailable", "unconfirmed") and accepts the rest;
+// it delivers nothing.
+type scriptedEngine struct{ n int }
+
+func (e *scriptedEngine) Publish(_ string, m stream.Message, ack stream.Ack, ref any) {
+	e.n++
+	var v struct{ Message string }
+	_ = json.Unmarshal(m.Payload, &v)
+	switch v.Message {
+	case "unavailable":
+		ack(ref, stream.ID{}, fmt.Errorf("test: %w", stream.ErrUnavailable))
+	case "unconfirmed":
+		ack(ref, stream.ID{}, fmt.Errorf("test: %w", stream.ErrUnconfirmed))
+	default:
+		ack(ref, stream.ID{Ms: uint64(e.n)}, nil)
+	}
+}
+func (e *scriptedEngine) Subscribe(string) error      { return nil }
+func (e *scriptedEngine) Unsubscribe(string) error    { return nil }
+func (e *scriptedEngine) Health() error               { return nil }
+func (e *scriptedEngine) Close(context.Context) error { return nil }
+
+// TestPublishOutcomesReachTheSender: the sender learns, with distinct
+// error codes, that a message was not stored ("unavailable") or that its
+// outcome is unknown ("unconfirmed"); accepted messages get no frame.
+func TestPublishOutcomesReachTheSender(t *testing.T) {
+	logger := discardLogger()
+	hub, err := NewHub(Config{}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub.SetEngine(&scriptedEngine{})
+	srv, err := conn.NewServer(conn.Config{}, hub, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Shutdown(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, _, err := ws.Dial(ctx, "ws://"+srv.Addr().String()+"/ws/chat/outcomes/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	for _, text := range []string{"fine", "unavailable", "fine", "unconfirmed"} {
+		if err := wsutil.WriteClientText(c, fmt.Appendf(nil, `{"username":"u","message":%q}`, text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{CodeUnavailable, CodeUnconfirmed} {
+		b, err := wsutil.ReadServerText(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f struct{ Error, Detail string }
+		if err := json.Unmarshal(b, &f); err != nil || f.Error != want || f.Detail == "" {
+			t.Fatalf("frame %s, want error %q with a detail", b, want)
+		}
+	}
+	s := hub.Stats()
+	if s.Published != 2 || s.Unavailable != 1 || s.Unconfirmed != 1 {
+		t.Fatalf("stats %+v, want 2 published, 1 unavailable, 1 unconfirmed", s)
+	}
+}
