@@ -143,9 +143,12 @@ type RedisConfig struct {
 	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables"`
 	// BatchWindow paces a pump under load: while its reads keep finding
 	// new entries, its round trips (publishes and reads together) start at
-	// most this often, so that each carries more messages. An idle pump
-	// sends at once. Zero means 2ms; a negative value disables pacing.
-	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window (publishes and reads batched); idle pumps send at once; negative disables"`
+	// most this often, so that each carries more messages. With N > 2
+	// nodes publishing (seen in the signals) the window is N/2 times this,
+	// at most 8 times, so that Redis sees about as many round trips per
+	// second however many nodes there are. An idle pump sends at once.
+	// Zero means 2ms; a negative value disables pacing.
+	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window with 2 nodes (N/2 times it with N active nodes, up to 8x); idle pumps send at once; negative disables"`
 	// PublishQueue bounds the messages waiting for a pump; a message that
 	// finds the queue full is refused at once with an "unavailable" error
 	// rather than buffered. Zero means 16384.

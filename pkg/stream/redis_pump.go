@@ -91,14 +91,20 @@ type pump struct {
 	lastActive time.Time // start of the last round trip that published or found something
 	closing    bool      // Close stopped the pump: publish, do not read
 	lastTick   time.Time // start of the last round trip that read
-	busy       bool      // the last read returned entries or signals
-	readAgain  bool      // read without blocking in the next round trip
-	lastFull   time.Time // when every room was last read
-	verifyAll  bool      // check every room for trimmed entries next read
-	failures   int       // consecutive failed round trips
-	epoch      int       // counts failures: results of reads started before one are stale
-	lastSweep  time.Time // of expires
-	refreshTTL time.Duration
+	// peers maps the other nodes seen in signals to the Redis time (ms)
+	// of their last signal; peersActive counts those seen within
+	// peerActive of the newest signal.
+	peers       map[string]uint64
+	peersActive int
+	peersNewest uint64
+	busy        bool      // the last read returned entries or signals
+	readAgain   bool      // read without blocking in the next round trip
+	lastFull    time.Time // when every room was last read
+	verifyAll   bool      // check every room for trimmed entries next read
+	failures    int       // consecutive failed round trips
+	epoch       int       // counts failures: results of reads started before one are stale
+	lastSweep   time.Time // of expires
+	refreshTTL  time.Duration
 
 	hmu     sync.Mutex
 	lastOK  time.Time // end of the last successful round trip
@@ -122,6 +128,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		sigRooms:   make(map[string]struct{}),
 		expires:    make(map[string]time.Time),
 		refreshTTL: min(e.cfg.TTL/16, time.Hour),
+		peers:      make(map[string]uint64),
 		lastOK:     time.Now(),
 		verifyAll:  true,
 	}
@@ -179,9 +186,9 @@ func (p *pump) run(ctx context.Context) {
 			}
 			continue
 		}
-		// Under load, start round trips that read at most every
-		// BatchWindow, so that each carries more.
-		if w := p.e.cfg.BatchWindow; w > 0 && p.busy && !p.blocking.Load() {
+		// Under load, start round trips that read at most every window,
+		// so that each carries more.
+		if w := p.window(); w > 0 && p.busy && !p.blocking.Load() {
 			if d := w - time.Since(p.lastTick); d > 0 {
 				t := time.NewTimer(d)
 				select {
@@ -318,9 +325,11 @@ func (p *pump) collectSignals(key string, v rueidis.RedisMessage) {
 			// This node's own signals name rooms it marked itself when it
 			// published to them.
 			if f, _ := fields[0].ToString(); f == fieldNode {
-				if n, _ := fields[1].ToString(); n == p.e.node {
+				n, _ := fields[1].ToString()
+				if n == p.e.node {
 					continue
 				}
+				p.sawNode(n, id)
 			}
 		}
 		p.foreign++
@@ -483,6 +492,50 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.readAgain, p.busy = false, false
 	}
 	return nil
+}
+
+// peerActive is how recently (by signal IDs, Redis time) another node
+// must have published to count as active for pacing.
+const peerActive = 2000 // ms
+
+// maxWindowFactor caps the pacing window at this many BatchWindows.
+const maxWindowFactor = 8
+
+// sawNode notes a signal of another node, with the signal's ID, and
+// recounts the active nodes at most every 100 ms of Redis time.
+func (p *pump) sawNode(node string, id ID) {
+	if t, ok := p.peers[node]; !ok {
+		p.peers[strings.Clone(node)] = id.Ms
+	} else if id.Ms > t {
+		p.peers[node] = id.Ms
+	}
+	if id.Ms < p.peersNewest+100 {
+		return
+	}
+	p.peersNewest = id.Ms
+	p.peersActive = 0
+	for n, t := range p.peers {
+		switch {
+		case t+peerActive >= id.Ms:
+			p.peersActive++
+		case t+10*peerActive < id.Ms:
+			delete(p.peers, n) // gone
+		}
+	}
+}
+
+// window is the pacing of round trips under load: BatchWindow with two
+// active nodes (this one and one other), and proportionally longer with
+// more, up to maxWindowFactor times, so that all nodes together start
+// about the same number of round trips per second however many there
+// are: Redis's cost per message then does not grow with the nodes.
+func (p *pump) window() time.Duration {
+	w := p.e.cfg.BatchWindow
+	nodes := p.peersActive + 1
+	if w <= 0 || nodes <= 2 {
+		return w
+	}
+	return w * time.Duration(min(nodes, 2*maxWindowFactor)) / 2
 }
 
 // activity notes a round trip, started at t, that published or read
