@@ -94,17 +94,20 @@ type pump struct {
 	// peers maps the other nodes seen in signals to the Redis time (ms)
 	// of their last signal; peersActive counts those seen within
 	// peerActive of the newest signal.
-	peers       map[string]uint64
-	peersActive int
-	peersNewest uint64
-	busy        bool      // the last read returned entries or signals
-	readAgain   bool      // read without blocking in the next round trip
-	lastFull    time.Time // when every room was last read
-	verifyAll   bool      // check every room for trimmed entries next read
-	failures    int       // consecutive failed round trips
-	epoch       int       // counts failures: results of reads started before one are stale
-	lastSweep   time.Time // of expires
-	refreshTTL  time.Duration
+	peers         map[string]uint64
+	peersActive   int
+	peersNewest   uint64
+	busy          bool      // the last read returned entries or signals
+	readAgain     bool      // read without blocking in the next round trip
+	lastFull      time.Time // when every room was last read
+	verifyAll     bool      // check every room for trimmed entries next read
+	failures      int       // consecutive failed round trips
+	readFailures  int       // consecutive reads refused by Redis
+	sigFailLogged time.Time // when a failed signal write was last logged
+	readRetry     time.Time // no read before then (after a refused read)
+	epoch         int       // counts failures: results of reads started before one are stale
+	lastSweep     time.Time // of expires
+	refreshTTL    time.Duration
 
 	hmu     sync.Mutex
 	lastOK  time.Time // end of the last successful round trip
@@ -173,11 +176,21 @@ func (p *pump) run(ctx context.Context) {
 		if len(p.pending) == 0 && (p.blocking.Load() || !p.readDue(time.Now())) {
 			// Nothing to send now: block on the signals (unless a blocking
 			// read is in flight already) and wait for work.
-			p.startBlock(ctx)
+			var retry <-chan time.Time
+			if d := time.Until(p.readRetry); d > 0 {
+				// Reads are refused by Redis: wait to try again, and
+				// meanwhile keep publishing.
+				t := time.NewTimer(d)
+				defer t.Stop()
+				retry = t.C
+			} else {
+				p.startBlock(ctx)
+			}
 			select {
 			case r := <-p.reqs:
 				p.pending = append(p.pending, r)
 			case <-p.kick:
+			case <-retry:
 			case br := <-p.blockRes:
 				p.onBlock(br)
 			case <-p.e.stop:
@@ -221,6 +234,9 @@ func (p *pump) take() {
 // the last read found something, a full read is due, or the pump is
 // recovering.
 func (p *pump) readDue(now time.Time) bool {
+	if now.Before(p.readRetry) {
+		return false
+	}
 	if p.readAgain || p.verifyAll || now.Sub(p.lastFull) >= p.e.cfg.Block {
 		return true
 	}
@@ -281,6 +297,10 @@ func (p *pump) onBlock(br blockResult) {
 			return // BLOCK expired: readDue now asks for a full read
 		}
 		if p.e.closed.Load() {
+			return
+		}
+		if isRedisErr(br.err) {
+			p.readRefused(fmt.Errorf("XREAD BLOCK %s: %w", p.sigKey, br.err))
 			return
 		}
 		p.fail(fmt.Errorf("XREAD BLOCK signals: %w", br.err))
@@ -470,7 +490,10 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			if !isRedisErr(err) {
 				failed = err
 			}
-			e.log.Warn("stream: signal write failed; other nodes deliver these messages within REDIS_BLOCK", "rooms", len(p.sigNames), "err", err)
+			if time.Since(p.sigFailLogged) >= badLogEvery {
+				e.log.Warn("stream: signal write failed; other nodes deliver these messages within REDIS_BLOCK", "rooms", len(p.sigNames), "err", err)
+				p.sigFailLogged = time.Now()
+			}
 		}
 	}
 	if failed != nil {
@@ -480,7 +503,17 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	if read {
 		var err error
 		if found, err = p.deliver(ctx, res[readCmd:]); err != nil {
+			if isRedisErr(err) {
+				// Redis refused the read (a key of the wrong type, an ACL):
+				// the publishes went through; retry the read later.
+				p.readRefused(err)
+				return nil
+			}
 			return err
+		}
+		if p.readFailures > 0 {
+			p.e.log.Info("stream: Redis reads work again", "pump", p.wakeKey, "refused", p.readFailures)
+			p.readFailures = 0
 		}
 	} else {
 		p.healthy()
@@ -549,11 +582,30 @@ func (p *pump) activity(t time.Time) {
 	p.lastActive = t
 }
 
-// isRedisErr reports whether err is an error reply from Redis, as opposed
-// to a failure to get one.
+// readRefused records a read that Redis answered with an error: reads
+// pause (backoff) while publishes go on, and Health reports the error
+// until a read succeeds.
+func (p *pump) readRefused(err error) {
+	p.readFailures++
+	cfg := p.e.cfg
+	d := cfg.BackoffMax
+	if p.readFailures < 30 {
+		d = min(cfg.BackoffMin<<(p.readFailures-1), cfg.BackoffMax)
+	}
+	p.readRetry = time.Now().Add(d)
+	p.hmu.Lock()
+	p.lastErr = err
+	p.hmu.Unlock()
+	if p.readFailures == 1 {
+		p.e.log.Warn("stream: Redis refused a read; messages are still stored, delivery waits", "pump", p.wakeKey, "err", err)
+	}
+}
+
+// isRedisErr reports whether err is (or wraps) an error reply from Redis,
+// as opposed to a failure to get one.
 func isRedisErr(err error) bool {
-	_, ok := rueidis.IsRedisErr(err)
-	return ok
+	var re *rueidis.RedisError
+	return errors.As(err, &re) && re != rueidis.Nil
 }
 
 // prepareRead appends the read of the round trip to p.cmds: the signal
