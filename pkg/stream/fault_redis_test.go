@@ -366,3 +366,60 @@ func TestRedisSignalWriteFails(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisCorruptReplies: replies whose stream IDs are garbage (through
+// a fault-injecting proxy in front of a real Redis): an XADD answered with
+// a non-ID is reported as ErrUnconfirmed (it may be stored: it is), reads
+// that cannot decode an entry's ID stick the room and fail Health rather
+// than skip it; once replies are sound again every stored message is
+// delivered exactly once, in stream order.
+func TestRedisCorruptReplies(t *testing.T) {
+	srv := redistest.Start(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	c := newCollector()
+	e := newTestRedis(t, testRedisConfig(t, px.Addr()), c.handle, nil)
+	pub := newTestRedis(t, testRedisConfig(t, srv.Addr()), func(string, Message) {}, nil)
+	mustSubscribe(t, e, "px")
+	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("before")})
+	c.waitFor(t, "px", 1)
+
+	px.CorruptIDs(true)
+	// The pump may be backing off already (its reads fail too): then the
+	// message is refused as not stored, and the next one is tried.
+	var unconfirmed string
+	tick := time.NewTicker(5 * time.Millisecond) // poll interval
+	defer tick.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; unconfirmed == ""; i++ {
+		payload := fmt.Sprintf("unconfirmed-%d", i)
+		_, err := PublishWait(context.Background(), e, "px", Message{Sender: 2, Payload: []byte(payload)})
+		switch {
+		case errors.Is(err, ErrUnconfirmed) && strings.Contains(err.Error(), `"bad"`):
+			unconfirmed = payload
+		case errors.Is(err, ErrUnavailable) && time.Now().Before(deadline):
+			<-tick.C
+		default:
+			t.Fatalf("Publish answered with a non-ID = %v, want ErrUnconfirmed quoting the reply", err)
+		}
+	}
+	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("during")})
+	var herr error
+	redistest.WaitFor(t, 5*time.Second, "Health to fail on undecodable replies", func() bool {
+		herr = e.Health()
+		return herr != nil
+	})
+	t.Logf("Health while replies are corrupt: %v", herr)
+
+	px.CorruptIDs(false)
+	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("after")})
+	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	got := c.settle(t, pub, "px")
+	var payloads []string
+	for _, m := range got {
+		payloads = append(payloads, string(m.Payload))
+	}
+	want := []string{"before", unconfirmed, "during", "after"}
+	if strings.Join(payloads, ",") != strings.Join(want, ",") {
+		t.Fatalf("delivered %q, want %q (the stream's order, once each)", payloads, want)
+	}
+}
