@@ -23,7 +23,7 @@ var _ Engine = (*Redis)(nil)
 const (
 	fieldSender  = "s" // the sender's connection ID, in decimal
 	fieldPayload = "p" // the opaque payload
-	fieldRoom    = "r" // in a signal entry: a room that got entries
+	fieldRoom    = "r" // in a signal entry: the rooms that got entries, space-separated
 	fieldNode    = "n" // in a signal entry, first: the node that wrote it
 )
 
