@@ -16,29 +16,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port prints a loopback TCP port nothing listens on (bash's
-# /dev/tcp, so no extra tools are needed).
-free_port() {
-	while :; do
-		p=$((20000 + RANDOM % 20000))
-		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-	done
-}
-
-# wait_ready PORT waits until the gateway on PORT answers /readyz with 200.
-wait_ready() {
-	for _ in $(seq 100); do
-		if { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null; then
-			printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
-			status=$(head -n 1 <&3)
-			exec 3<&-
-			case "$status" in *" 200 "*) return 0 ;; esac
-		fi
-		sleep 0.1
-	done
-	echo "smoke: gateway on :$1 did not become ready" >&2
-	return 1
-}
+. scripts/lib.sh
 
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
