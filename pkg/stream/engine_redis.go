@@ -374,6 +374,7 @@ func (e *Redis) Subscribe(room string) error {
 		// Unsubscribed, but the reader has not reached its stop yet: keep
 		// the cursor, skip what was published in between.
 		r.subscribed = true
+		r.gen++
 		if r.stop.Less(last) {
 			r.skips = append(r.skips, idRange{r.stop, last})
 		}
@@ -424,6 +425,7 @@ func (e *Redis) Unsubscribe(room string) error {
 		s.drop(r)
 	} else {
 		r.subscribed, r.stop = false, stop
+		r.gen++
 		s.markDirty(r) // drain up to stop
 	}
 	s.mu.Unlock()

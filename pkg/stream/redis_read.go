@@ -61,6 +61,9 @@ type redisRoom struct {
 	lastStrOf ID     // the ID lastStr was made from
 
 	subscribed bool
+	// gen counts the Subscribe and Unsubscribe calls that changed the room,
+	// so that verify ignores an XINFO answer older than the last change.
+	gen uint64
 	// stop, once unsubscribed, is the last ID to deliver: entries up to it
 	// were published while the room was subscribed.
 	stop ID
@@ -204,9 +207,13 @@ func skipped(r *redisRoom, id ID) bool {
 // entries in between were trimmed before the reader got to them.
 func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
 	cmds := make([]rueidis.Completed, len(checks))
+	gens := make([]uint64, len(checks))
+	s.mu.Lock()
 	for i, r := range checks {
 		cmds[i] = e.client.B().XinfoStream().Key(r.key).Build()
+		gens[i] = r.gen
 	}
+	s.mu.Unlock()
 	vctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	res := do.DoMulti(vctx, cmds...)
 	cancel()
@@ -222,6 +229,12 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 	for i, r := range checks {
 		r.check = false
 		if s.rooms[r.key] != r {
+			continue
+		}
+		if r.gen != gens[i] {
+			// Subscribe or Unsubscribe changed the room after XINFO ran:
+			// its answer may predate the room's stop. Check again later.
+			r.check = true
 			continue
 		}
 		in := infos[i]
