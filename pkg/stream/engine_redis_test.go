@@ -564,7 +564,7 @@ func TestRedisHungServer(t *testing.T) {
 
 	srv.Pause()
 	const publishers = 20
-	limit := 2*cfg.Timeout + cfg.Timeout/2 // documented: 2×REDIS_TIMEOUT, plus scheduling slack
+	limit := 2*cfg.Timeout + time.Second // documented: 2×REDIS_TIMEOUT, plus slack for a loaded CI machine
 	var wg sync.WaitGroup
 	errs := make(chan error, publishers)
 	for i := range publishers {

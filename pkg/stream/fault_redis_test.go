@@ -130,7 +130,7 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 		last[en.sender] = en.seq
 	}
 	var accepted, refused, unconfirmed int
-	bound := 2*cfg.Timeout + 250*time.Millisecond
+	bound := 2*cfg.Timeout + time.Second // documented bound, plus slack for a loaded CI machine
 	mu.Lock()
 	for _, o := range outs {
 		k := [2]int{o.sender, o.seq}
