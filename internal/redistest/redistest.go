@@ -137,6 +137,9 @@ func (s *Server) run() error {
 		return err
 	}
 	cmd := exec.Command("redis-server", s.argv...)
+	// If the test binary dies without its cleanups (a -timeout panic), the
+	// kernel kills the server too instead of leaving it running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Dir = s.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
