@@ -181,8 +181,8 @@ func (c RedisConfig) Defaulted() RedisConfig {
 	return c
 }
 
-// withDefaults returns c with zero fields set to their defaults, or an
-// error naming the first invalid variable.
+// withDefaults returns c with zero fields set to their defaults
+// (Defaulted), or an error naming the first invalid variable.
 func (c RedisConfig) withDefaults() (RedisConfig, error) {
 	switch {
 	case len(c.Addrs) > 0 && c.Host != "":
@@ -191,10 +191,35 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 		return c, errors.New("stream: no Redis address: set IP_REDIS (and PORT_REDIS) or REDIS_ADDRS")
 	case c.Port < 0 || c.Port > 65535:
 		return c, fmt.Errorf("stream: PORT_REDIS=%d is not a port: use 1-65535", c.Port)
+	case c.DB < 0:
+		return c, fmt.Errorf("stream: REDIS_DB=%d is negative: use 0 or a database number", c.DB)
+	case (c.TLSCAFile != "" || c.TLSInsecureSkipVerify) && !c.TLS:
+		return c, errors.New("stream: REDIS_TLS_CA_FILE or REDIS_TLS_INSECURE_SKIP_VERIFY is set but REDIS_TLS is not: set REDIS_TLS=true")
 	}
-	if c.Port == 0 {
-		c.Port = DefaultRedisPort
+	// Negative counts are errors; negative delays mean "off". Both must be
+	// seen before zero fields take their defaults.
+	for _, n := range []struct {
+		v, def int64
+		name   string
+	}{
+		{c.MaxLen, DefaultRedisMaxLen, "REDIS_MAXLEN"},
+		{int64(c.ReadShards), DefaultRedisReadShards, "REDIS_READ_SHARDS"},
+		{int64(c.ReadCount), DefaultRedisReadCount, "REDIS_READ_COUNT"},
+		{int64(c.PublishQueue), DefaultPublishQueue, "PUBLISH_QUEUE"},
+	} {
+		if n.v < 0 {
+			return c, fmt.Errorf("stream: %s=%d is negative: use a positive number, or unset it for the default %d", n.name, n.v, n.def)
+		}
 	}
+	flushOff, batchOff := c.FlushDelay < 0, c.BatchWindow < 0
+	c = c.Defaulted()
+	if flushOff {
+		c.FlushDelay = 0
+	}
+	if batchOff {
+		c.BatchWindow = 0
+	}
+
 	if len(c.Addrs) == 0 {
 		c.Addrs = []string{net.JoinHostPort(c.Host, strconv.Itoa(c.Port))}
 	} else {
@@ -208,68 +233,33 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 			c.Addrs[i] = a
 		}
 	}
-	if (c.TLSCAFile != "" || c.TLSInsecureSkipVerify) && !c.TLS {
-		return c, errors.New("stream: REDIS_TLS_CA_FILE or REDIS_TLS_INSECURE_SKIP_VERIFY is set but REDIS_TLS is not: set REDIS_TLS=true")
-	}
-	if c.DB < 0 {
-		return c, fmt.Errorf("stream: REDIS_DB=%d is negative: use 0 or a database number", c.DB)
-	}
-	if c.Prefix == "" {
-		c.Prefix = DefaultRedisPrefix
-	}
 	if strings.ContainsAny(c.Prefix, "{}") {
 		return c, fmt.Errorf("stream: REDIS_PREFIX=%q contains '{' or '}': the engine adds the hash tag itself, remove them", c.Prefix)
-	}
-	if err := defaultInt(&c.MaxLen, DefaultRedisMaxLen, "REDIS_MAXLEN"); err != nil {
-		return c, err
-	}
-	if err := defaultInt(&c.ReadShards, DefaultRedisReadShards, "REDIS_READ_SHARDS"); err != nil {
-		return c, err
 	}
 	if c.ReadShards > maxRedisReadShards {
 		return c, fmt.Errorf("stream: REDIS_READ_SHARDS=%d is too large: use at most %d", c.ReadShards, maxRedisReadShards)
 	}
-	if err := defaultInt(&c.ReadCount, DefaultRedisReadCount, "REDIS_READ_COUNT"); err != nil {
-		return c, err
-	}
-	if err := defaultInt(&c.PublishQueue, DefaultPublishQueue, "PUBLISH_QUEUE"); err != nil {
-		return c, err
-	}
-	switch {
-	case c.BatchWindow == 0:
-		c.BatchWindow = DefaultRedisBatchWindow
-	case c.BatchWindow < 0:
-		c.BatchWindow = 0
-	case c.BatchWindow > time.Second:
-		return c, fmt.Errorf("stream: REDIS_BATCH_WINDOW=%v is over 1s: use milliseconds, such as 2ms", c.BatchWindow)
-	}
 	for _, d := range []struct {
-		v    *time.Duration
+		v    time.Duration
 		def  time.Duration
 		name string
 	}{
-		{&c.TTL, DefaultRedisTTL, "REDIS_TTL"},
-		{&c.Block, DefaultRedisBlock, "REDIS_BLOCK"},
-		{&c.Timeout, DefaultRedisTimeout, "REDIS_TIMEOUT"},
-		{&c.BackoffMin, DefaultRedisBackoffMin, "REDIS_BACKOFF_MIN"},
-		{&c.BackoffMax, DefaultRedisBackoffMax, "REDIS_BACKOFF_MAX"},
+		{c.TTL, DefaultRedisTTL, "REDIS_TTL"},
+		{c.Block, DefaultRedisBlock, "REDIS_BLOCK"},
+		{c.Timeout, DefaultRedisTimeout, "REDIS_TIMEOUT"},
+		{c.BackoffMin, DefaultRedisBackoffMin, "REDIS_BACKOFF_MIN"},
+		{c.BackoffMax, DefaultRedisBackoffMax, "REDIS_BACKOFF_MAX"},
 	} {
-		switch {
-		case *d.v == 0:
-			*d.v = d.def
-		case *d.v < time.Millisecond:
-			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, *d.v, d.def)
+		if d.v < time.Millisecond {
+			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, d.v, d.def)
 		}
 	}
 	switch {
-	case c.FlushDelay == 0:
-		c.FlushDelay = DefaultRedisFlushDelay
-	case c.FlushDelay < 0:
-		c.FlushDelay = 0
 	case c.FlushDelay > time.Second:
 		return c, fmt.Errorf("stream: REDIS_FLUSH_DELAY=%v is over 1s: use microseconds, such as 20us", c.FlushDelay)
-	}
-	if c.BackoffMin > c.BackoffMax {
+	case c.BatchWindow > time.Second:
+		return c, fmt.Errorf("stream: REDIS_BATCH_WINDOW=%v is over 1s: use milliseconds, such as 2ms", c.BatchWindow)
+	case c.BackoffMin > c.BackoffMax:
 		return c, fmt.Errorf("stream: REDIS_BACKOFF_MIN=%v exceeds REDIS_BACKOFF_MAX=%v: lower the minimum or raise the maximum", c.BackoffMin, c.BackoffMax)
 	}
 	return c, nil
@@ -294,17 +284,6 @@ func (c RedisConfig) LogValue() slog.Value {
 		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block),
 		slog.Duration("timeout", c.Timeout), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
 	)
-}
-
-// defaultInt sets *v to def when zero and rejects negative values.
-func defaultInt[T int | int64](v *T, def T, name string) error {
-	if *v < 0 {
-		return fmt.Errorf("stream: %s=%d is negative: use a positive number, or unset it for the default %d", name, *v, def)
-	}
-	if *v == 0 {
-		*v = def
-	}
-	return nil
 }
 
 // tlsConfig returns the TLS configuration c asks for, nil without TLS.

@@ -412,7 +412,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		}
 		s := r.shard
 		s.mu.Lock()
-		if rm := s.roomByName(r.room); rm != nil && !rm.stuck {
+		if rm := s.rooms[r.key()]; rm != nil && !rm.stuck {
 			s.markDirty(rm)
 			read = read || (!p.blocking.Load() && !p.closing)
 		}
