@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Redis-path benchmark of BENCHMARKS.md: two gateway nodes on one Redis,
 # 1 000 rooms of 2 members placed on different nodes (so every message
-# crosses nodes), both members sending, at several rates. For each rate it
+# crosses nodes), both members sending, at several rates. NODES, MEMBERS
+# and SENDERS (per room) change the layout: member m of room k connects
+# to node (k+m) mod NODES. For each rate it
 # reports messages/s, loss, p50/p99 and the CPU of Redis and of both
 # gateways per published message over the send phase (from /proc, sampled
 # by loadgen). Then it measures the per-round-trip reference in the same
@@ -9,7 +11,8 @@
 # command.
 #
 # Usage (all optional, defaults shown):
-#   RATES="1 2.5 10" ROOMS=1000 DURATION=10s GATEWAY=bin/gateway \
+#   RATES="1 2.5 10" ROOMS=1000 NODES=2 MEMBERS=2 SENDERS=MEMBERS \
+#   DURATION=10s GATEWAY=bin/gateway \
 #   GW_ENV="" OUT=/tmp/redisbench scripts/redisbench.sh
 # RATES are messages per second per member: 1, 2.5 and 10 give 2 000,
 # 5 000 and 20 000 messages/s in all. GATEWAY may name another build (an
@@ -21,6 +24,9 @@ cd "$(dirname "$0")/.."
 
 RATES=${RATES:-"1 2.5 10"}
 ROOMS=${ROOMS:-1000}
+NODES=${NODES:-2}
+MEMBERS=${MEMBERS:-2}
+SENDERS=${SENDERS:-$MEMBERS}
 DURATION=${DURATION:-10s}
 GATEWAY=${GATEWAY:-bin/gateway}
 LOADGEN=${LOADGEN:-bin/loadgen}
@@ -54,7 +60,7 @@ printf '%-8s %9s %7s %8s %8s %6s %14s %14s\n' "rate" "msg/s" "lost" "p50 ms" "p9
 for rate in $RATES; do
 	start_redis
 	urls=() gw=()
-	for n in 1 2; do
+	for n in $(seq "$NODES"); do
 		port=$(free_port)
 		env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS="$rport" PORT="$port" \
 			LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
@@ -63,17 +69,22 @@ for rate in $RATES; do
 		wait_ready "$port"
 		urls+=("ws://127.0.0.1:$port")
 	done
-	"$LOADGEN" -url "$(IFS=,; echo "${urls[*]}")" -conns $((2 * ROOMS)) -rooms "$ROOMS" -senders 2 -rate "$rate" \
+	"$LOADGEN" -url "$(IFS=,; echo "${urls[*]}")" -conns $((MEMBERS * ROOMS)) -rooms "$ROOMS" -senders "$SENDERS" -rate "$rate" \
 		-hold 2s -duration "$DURATION" -drain 3s -src 127.0.0.2-127.0.0.9 \
-		-pid "${gw[0]},${gw[1]},$redis_pid" -json -quiet >"$OUT/run-$rate.json" 2>"$OUT/run-$rate.log" || true
-	jq -r --arg rate "$rate" --arg r "$redis_pid" --arg g1 "${gw[0]}" --arg g2 "${gw[1]}" '
+		-pid "$(IFS=,; echo "${gw[*]}"),$redis_pid" -json -quiet >"$OUT/run-$rate.json" 2>"$OUT/run-$rate.log" || true
+	jq -r --arg rate "$rate" --arg r "$redis_pid" '
 		.messages as $m | ($m.sent / (if $m.send_seconds > 0 then $m.send_seconds else 1 end)) as $rps |
 		([.procs[] | select(.pid == ($r|tonumber)) | .cpu_send_seconds] | add) as $rc |
-		([.procs[] | select(.pid == ($g1|tonumber) or .pid == ($g2|tonumber)) | .cpu_send_seconds] | add) as $gc |
+		([.procs[] | select(.pid != ($r|tonumber)) | .cpu_send_seconds] | add) as $gc |
 		[$rate, ($rps|floor), $m.lost, (.latency_us.p50/1000), (.latency_us.p99/1000), ([.errors[]?] | add // 0),
 		 (if $m.sent > 0 then $rc * 1e6 / $m.sent else 0 end), (if $m.sent > 0 then $gc * 1e6 / $m.sent else 0 end)] |
 		"\(.[0])\t\(.[1])\t\(.[2])\t\(.[3]*10|round/10)\t\(.[4]*10|round/10)\t\(.[5])\t\(.[6]*10|round/10)\t\(.[7]*10|round/10)"
 	' "$OUT/run-$rate.json" | awk -F'\t' '{ printf "%-8s %9s %7s %8s %8s %6s %14s %14s\n", $1, $2, $3, $4, $5, $6, $7, $8 }'
+	# Round trips and commands per published message, whole run.
+	redis-cli -p "$rport" info stats | tr -d '\r' | awk -F: -v f="$OUT/run-$rate.json" '
+		/^total_commands_processed|^total_reads_processed|^total_writes_processed/ { v[$1] = $2 }
+		END { printf "  redis totals: %d commands, %d reads, %d writes\n", v["total_commands_processed"], v["total_reads_processed"], v["total_writes_processed"] }'
+	jq -r '"  sent: \(.messages.sent)"' "$OUT/run-$rate.json"
 	cleanup
 done
 

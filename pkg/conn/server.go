@@ -65,6 +65,11 @@ type Config struct {
 	// upgrades; "*" accepts any, ".example.com" example.com and its
 	// subdomains. Empty means any.
 	AllowedHosts []string
+	// AllowedOrigins lists the Origin header values (scheme://host[:port],
+	// or a bare host name matching any scheme and port) accepted for
+	// upgrades; "*" accepts any. A request without an Origin header (not a
+	// browser) is always accepted. Empty means any.
+	AllowedOrigins []string
 	// HTTPHandler serves requests that are not under WSPrefix. Nil answers
 	// 404 to all of them.
 	HTTPHandler http.Handler
