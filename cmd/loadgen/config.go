@@ -27,7 +27,9 @@ const (
 
 // config is the parsed command line.
 type config struct {
-	mode           string        // "run", "merge" or "floor"
+	mode           string        // "run", "merge", "floor" or "attack"
+	attack         string        // attack mode: flood, continuation or fragments
+	attackInterval time.Duration // attack fragments: time between the bytes a holder adds
 	listen         string        // floor mode: loopback address to listen on
 	urls           []string      // gateway base URLs, ws://host:port
 	conns          int           // connections to open
@@ -63,6 +65,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(fs, stderr) }
 	fs.StringVar(&c.mode, "mode", "run", "`run` a load test, `merge` the -json summaries named as arguments into one, or run the `floor` relay on -listen (the CPU floor to compare a gateway with)")
+	fs.StringVar(&c.attack, "attack", "flood", "-mode attack: `kind` of hostile client: flood (one member sends as fast as it can; -conns members read), continuation (endless empty continuation frames), fragments (-conns connections hold unfinished messages)")
+	fs.DurationVar(&c.attackInterval, "attack-interval", time.Second, "-mode attack fragments: each holder adds one byte every `interval`")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
 	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended")
 	fs.IntVar(&c.conns, "conns", 100, "connections to open (`N`); connection i joins room i mod -rooms")
@@ -110,6 +114,9 @@ usage:
   loadgen -mode floor [-listen ADDR]     the cost floor: a minimal relay on one locked
                                          thread, one write(2) per delivery; drive it
                                          with loadgen -url ws://ADDR -pid <its pid>
+  loadgen -mode attack -attack KIND      one hostile client (flood, continuation,
+                                         fragments) against -url, with a bystander
+                                         room measuring latency before and during it
 
 Exit status: 0 all good; 1 loss, duplicates, reordering, failed or dropped
 connections, or error frames seen; 2 bad flags.
@@ -123,6 +130,16 @@ flags:
 func (c *config) finish(urls, src, pids string) error {
 	switch c.mode {
 	case "run":
+	case "attack":
+		switch c.attack {
+		case "flood", "continuation", "fragments":
+		default:
+			return fmt.Errorf("-attack %q: want flood, continuation or fragments", c.attack)
+		}
+		if c.attackInterval <= 0 {
+			return errors.New("-attack-interval must be positive")
+		}
+		c.rooms, c.senders = 1, 0 // the attack picks its own rooms
 	case "floor":
 		if len(c.files) > 0 {
 			return fmt.Errorf("unexpected arguments %q; only -mode merge takes file arguments", c.files)
@@ -134,7 +151,7 @@ func (c *config) finish(urls, src, pids string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("-mode %q: want run, merge or floor", c.mode)
+		return fmt.Errorf("-mode %q: want run, merge, floor or attack", c.mode)
 	}
 	if len(c.files) > 0 {
 		return fmt.Errorf("unexpected arguments %q; only -mode merge takes file arguments", c.files)

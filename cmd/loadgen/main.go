@@ -37,8 +37,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "run loadgen -h for the flags")
 		return exitUsage
 	}
-	if cfg.mode == "floor" {
-		if err := runFloor(ctx, cfg, stdout, stderr); err != nil {
+	if cfg.mode == "floor" || cfg.mode == "attack" {
+		run := runFloor
+		if cfg.mode == "attack" {
+			run = func(ctx context.Context, cfg config, stdout, _ io.Writer) error { return runAttack(ctx, cfg, stdout) }
+		}
+		if err := run(ctx, cfg, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "loadgen:", err)
 			if errors.Is(err, errUsage) {
 				return exitUsage
