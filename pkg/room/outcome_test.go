@@ -34,6 +34,7 @@ func (e *scriptedEngine) Publish(_ string, m stream.Message, ack stream.Ack, ref
 func (e *scriptedEngine) Subscribe(string) error      { return nil }
 func (e *scriptedEngine) Unsubscribe(string) error    { return nil }
 func (e *scriptedEngine) Health() error               { return nil }
+func (e *scriptedEngine) Stats() stream.Stats         { return stream.Stats{} }
 func (e *scriptedEngine) Close(context.Context) error { return nil }
 
 // TestPublishOutcomesReachTheSender: the sender learns, with distinct

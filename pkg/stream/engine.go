@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
+
+	"github.com/chatgw/gateway/internal/hist"
 )
 
 // Errors returned by engines. Check them with errors.Is.
@@ -130,9 +133,67 @@ type Engine interface {
 	// Health returns nil while the engine can accept and deliver messages,
 	// and an error saying what is wrong otherwise.
 	Health() error
+	// Stats returns the engine's counters since it started.
+	Stats() Stats
 	// Close stops delivery and releases the engine's resources; it waits
 	// for running handler calls to return, or for ctx to end.
 	Close(ctx context.Context) error
+}
+
+// Stats are an engine's counters since it started, for metrics. Fields
+// marked Redis stay zero in the Memory engine.
+type Stats struct {
+	Accepted    int64 // Publish outcomes: stored (nil error)
+	Refused     int64 // Publish outcomes: ErrUnavailable or ErrClosed, not stored
+	Unconfirmed int64 // Publish outcomes: ErrUnconfirmed, maybe stored
+	Delivered   int64 // messages handed to the Handler
+	// RoundTrips counts the pipelined round trips of the pumps (Redis),
+	// blocking reads not included; RoundTripErrors those that got no
+	// answer (Redis down or too slow, a broken connection).
+	RoundTrips      int64
+	RoundTripErrors int64
+	ReadsRefused    int64 // reads Redis answered with an error (Redis)
+	Malformed       int64 // stream entries skipped as undecodable (Redis)
+	// PublishLatency is the time from Publish to its outcome (Redis: the
+	// Memory engine answers at once); RoundTripLatency the time of one
+	// pump round trip (Redis).
+	PublishLatency   hist.Snapshot
+	RoundTripLatency hist.Snapshot
+}
+
+// counters are the live form of Stats, updated without locks.
+type counters struct {
+	accepted, refused, unconfirmed, delivered atomic.Int64
+	roundTrips, roundTripErrors               atomic.Int64
+	readsRefused, malformed                   atomic.Int64
+	publishLatency, roundTripLatency          hist.Histogram
+}
+
+// outcome counts the outcome of a Publish.
+func (c *counters) outcome(err error) {
+	switch {
+	case err == nil:
+		c.accepted.Add(1)
+	case errors.Is(err, ErrUnconfirmed):
+		c.unconfirmed.Add(1)
+	default:
+		c.refused.Add(1)
+	}
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Accepted:         c.accepted.Load(),
+		Refused:          c.refused.Load(),
+		Unconfirmed:      c.unconfirmed.Load(),
+		Delivered:        c.delivered.Load(),
+		RoundTrips:       c.roundTrips.Load(),
+		RoundTripErrors:  c.roundTripErrors.Load(),
+		ReadsRefused:     c.readsRefused.Load(),
+		Malformed:        c.malformed.Load(),
+		PublishLatency:   c.publishLatency.Snapshot(),
+		RoundTripLatency: c.roundTripLatency.Snapshot(),
+	}
 }
 
 // PublishWait publishes m and waits for its outcome or for ctx to end. It

@@ -19,6 +19,7 @@ var _ Engine = (*Memory)(nil)
 // like the Redis engine on one node.
 type Memory struct {
 	handler Handler
+	stats   counters
 
 	mu     sync.RWMutex
 	closed bool
@@ -52,6 +53,7 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 	e.mu.RLock()
 	if e.closed {
 		e.mu.RUnlock()
+		e.stats.outcome(ErrClosed)
 		ack(ref, ID{}, ErrClosed)
 		return
 	}
@@ -63,6 +65,7 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 	if r == nil || m.Alone {
 		// Nobody on this node listens but the sender; there are no other
 		// nodes. The message is accepted and nobody receives it.
+		e.stats.accepted.Add(1)
 		ack(ref, e.nextID(), nil)
 		return
 	}
@@ -70,8 +73,13 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 	m.ID = e.nextID()
 	e.handler(room, m)
 	r.mu.Unlock()
+	e.stats.accepted.Add(1)
+	e.stats.delivered.Add(1)
 	ack(ref, m.ID, nil)
 }
+
+// Stats returns the engine's counters: outcomes and deliveries.
+func (e *Memory) Stats() Stats { return e.stats.snapshot() }
 
 // nextID returns an ID after every ID handed out so far, built from the
 // clock as Redis does: <unix ms>-<seq>.

@@ -128,6 +128,7 @@ type Redis struct {
 	pubMu   sync.RWMutex
 	closed  atomic.Bool
 	failing atomic.Int32 // pumps whose last round trip failed
+	stats   counters
 	stop    chan struct{}
 	cancel  context.CancelFunc // stops blocking reads
 	running sync.WaitGroup
@@ -265,6 +266,7 @@ func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	if e.closed.Load() {
 		e.pubMu.RUnlock()
 		e.putReq(r)
+		e.stats.outcome(ErrClosed)
 		ack(ref, ID{}, ErrClosed)
 		return
 	}
@@ -274,9 +276,19 @@ func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	default:
 		e.pubMu.RUnlock()
 		e.putReq(r)
+		e.stats.outcome(ErrUnavailable)
 		ack(ref, ID{}, fmt.Errorf("stream: publish to room %q: %w: %d messages already wait for Redis (PUBLISH_QUEUE)",
 			room, ErrUnavailable, cap(s.pump.reqs)))
 	}
+}
+
+// Stats returns the engine's counters.
+func (e *Redis) Stats() Stats { return e.stats.snapshot() }
+
+// outcome counts the outcome of r and its latency.
+func (e *Redis) outcome(r *pubReq, err error) {
+	e.stats.outcome(err)
+	e.stats.publishLatency.Observe(time.Since(r.deadline.Add(-e.cfg.Timeout)))
 }
 
 // putReq returns r to the pool, unless its buffer grew large.

@@ -128,6 +128,23 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		if err := e.Health(); err != nil {
 			t.Fatalf("Health of a running engine: %v", err)
 		}
+		if s := e.Stats(); s.Accepted != 1 || s.Delivered != 1 || s.Refused != 0 || s.Unconfirmed != 0 {
+			t.Fatalf("Stats after one publish and delivery: %+v; want 1 accepted, 1 delivered, nothing else", s)
+		}
+	})
+
+	t.Run("StatsCountRefusals", func(t *testing.T) {
+		e, _ := start(t)
+		mustPublish(t, e, "gone", Message{Sender: 1, Payload: []byte("x")})
+		if err := e.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := PublishWait(ctx, e, "gone", Message{Sender: 1, Payload: []byte("y")}); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+		}
+		if s := e.Stats(); s.Accepted != 1 || s.Refused != 1 {
+			t.Fatalf("Stats: %+v; want 1 accepted and 1 refused", s)
+		}
 	})
 
 	t.Run("OrderAndIncreasingIDs", func(t *testing.T) {

@@ -159,6 +159,19 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 	if refused+unconfirmed == 0 {
 		t.Fatal("nothing failed during the pause: the test did not pause Redis")
 	}
+	// The engines' counters agree with the answers the senders got.
+	var st Stats
+	for _, nd := range nodes {
+		s := nd.e.Stats()
+		st.Accepted += s.Accepted
+		st.Refused += s.Refused
+		st.Unconfirmed += s.Unconfirmed
+		st.RoundTripErrors += s.RoundTripErrors
+	}
+	if st.Accepted != int64(accepted) || st.Refused != int64(refused) || st.Unconfirmed != int64(unconfirmed) || st.RoundTripErrors == 0 {
+		t.Errorf("Stats of both nodes: %d accepted, %d refused, %d unconfirmed, %d failed round trips; senders saw %d, %d, %d and some failures",
+			st.Accepted, st.Refused, st.Unconfirmed, st.RoundTripErrors, accepted, refused, unconfirmed)
+	}
 	// Each node delivers exactly what the stream holds, in stream order.
 	for i, nd := range nodes {
 		got := nd.c.settle(t, nd.e, room)
@@ -219,6 +232,11 @@ func TestRedisPublishRefusedByRedis(t *testing.T) {
 		if err := e.Health(); err != nil {
 			t.Fatalf("Health after refused publishes: %v", err)
 		}
+		s := e.Stats()
+		if s.Refused != 2 || s.Accepted != 2 || s.RoundTrips == 0 || s.RoundTripLatency.Count() != uint64(s.RoundTrips) ||
+			s.PublishLatency.Count() != 4 {
+			t.Fatalf("Stats after 2 refused and 2 accepted publishes: %+v", s)
+		}
 	})
 }
 
@@ -248,6 +266,9 @@ func TestRedisMalformedEntriesDoNotStick(t *testing.T) {
 	got := c.settle(t, pub, "bad")
 	if len(got) != 1 || string(got[0].Payload) != "good" {
 		t.Fatalf("delivered %d messages (%v), want just the good one", len(got), got)
+	}
+	if n := e.Stats().Malformed; n != int64(3*cfg.ReadCount+1) {
+		t.Errorf("Stats.Malformed = %d, want %d", n, 3*cfg.ReadCount+1)
 	}
 	if strings.Count(log.String(), "skipped malformed stream entries") != 1 {
 		t.Fatalf("malformed entries logged more than once within %v:\n%s", badLogEvery, log.String())

@@ -448,8 +448,11 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	tripStart := time.Now()
 	res := p.conn.DoMulti(rctx, p.cmds...)
 	cancel()
+	e.stats.roundTrips.Add(1)
+	e.stats.roundTripLatency.Observe(time.Since(tripStart))
 
 	// Answer the senders, in order. After a network error or a timeout
 	// rueidis may still be writing the commands, which point into the
@@ -485,6 +488,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			err = fmt.Errorf("stream: publish to room %q: %w", r.room, err)
 		}
 		if broken {
+			e.outcome(r, err)
 			r.ack(r.ref, id, err)
 		} else {
 			p.answer(r, id, err)
@@ -594,6 +598,7 @@ func (p *pump) activity(t time.Time) {
 // pause (backoff) while publishes go on, and Health reports the error
 // until a read succeeds.
 func (p *pump) readRefused(err error) {
+	p.e.stats.readsRefused.Add(1)
 	p.readFailures++
 	cfg := p.e.cfg
 	d := cfg.BackoffMax
@@ -715,8 +720,9 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 			if s == nil {
 				return
 			}
-			n := len(p.out)
+			n, bad := len(p.out), s.bad
 			p.out = s.collectStream(key, v, e.cfg.ReadCount, p.out)
+			e.stats.malformed.Add(int64(s.bad - bad))
 			found += len(p.out) - n
 		})
 		if err != nil {
@@ -731,6 +737,7 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 		}
 		d := &p.out[i]
 		e.handler(d.room, d.msg)
+		e.stats.delivered.Add(1)
 	}
 	if len(p.out) > 0 && time.Since(start) >= slowDelivery {
 		p.verifyAll = true
@@ -765,6 +772,7 @@ func (p *pump) shardOfKey(key string) *redisShard {
 
 // answer tells r's sender the outcome and recycles r.
 func (p *pump) answer(r *pubReq, id ID, err error) {
+	p.e.outcome(r, err)
 	r.ack(r.ref, id, err)
 	p.e.putReq(r)
 }
@@ -853,6 +861,7 @@ func (p *pump) fail(err error) {
 	if p.e.closed.Load() && errors.Is(err, rueidis.ErrClosing) {
 		return
 	}
+	p.e.stats.roundTripErrors.Add(1)
 	if p.release != nil {
 		p.sealID = p.clientID
 	}
