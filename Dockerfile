@@ -1,9 +1,11 @@
 # Chat gateway image. Build and run as the original app was:
 #   docker build -t chat:1 .
-#   docker run --name chat -p 8000:8000 --env-file .env -d chat:1
-# With no Redis configured (ENVIRONMENT=development, the default) it runs
-# the embedded engine; ENVIRONMENT=production needs IP_REDIS/PORT_REDIS and
-# ALLOWED_HOSTS (see `docker run --rm chat:1 -h`).
+#   docker run --name chat -p 8000:8000 --env-file deploy/env.production -d chat:1
+# The image defaults to ENVIRONMENT=production: it needs IP_REDIS (or
+# REDIS_ADDRS) and ALLOWED_HOSTS, and stops at once naming what is missing,
+# so a forgotten setting never runs a lone in-memory node. For a quick try
+# without Redis: docker run -p 8000:8000 -e ENVIRONMENT=development chat:1
+# (see `docker run --rm chat:1 -h` and docs/operations.md).
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -14,7 +16,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/gateway ./cmd/gate
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/gateway /gateway
-ENV ENVIRONMENT=development PORT=8000
+ENV ENVIRONMENT=production PORT=8000
 EXPOSE 8000
 USER nonroot
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/gateway", "-healthcheck"]

@@ -1,5 +1,11 @@
 # Shell helpers shared by the scripts here (source it; bash only).
 
+# LOAD_LIMITS lifts the gateway's limits against abusive clients (per-IP
+# and total connection caps, frame and message rates) for load runs, whose
+# many connections come from few addresses and send faster than people do.
+# An older build ignores variables it does not know.
+LOAD_LIMITS="MAX_CONNECTIONS=-1 MAX_CONNECTIONS_PER_IP=-1 FRAME_RATE=-1 RATE_LIMIT=1000000 RATE_BURST=1000000"
+
 # free_port prints a loopback TCP port nothing listens on (bash's
 # /dev/tcp, so no extra tools are needed).
 free_port() {

@@ -31,6 +31,7 @@ mkdir -p "$OUT"
 SRC_FIRST=2
 SRC_LAST=20
 
+. scripts/lib.sh
 [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || make build >/dev/null
 if (( CONNS % LOADGENS != 0 || ROOMS % LOADGENS != 0 )); then
 	echo "loadtest: CONNS and ROOMS must divide by LOADGENS ($LOADGENS)" >&2
@@ -62,7 +63,7 @@ fi
 slab0=$(mem Slab)
 gw_pids=()
 for i in $(seq "$GATEWAYS"); do
-	ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$REDIS_PORT \
+	env $LOAD_LIMITS ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$REDIS_PORT \
 		PORT=$PORT LISTEN_HOST=127.0.0.1 REUSE_PORT=true LOG_LEVEL=warn \
 		"$BIN/gateway" >"$OUT/gateway$i.log" 2>&1 &
 	pids+=($!)

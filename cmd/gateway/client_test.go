@@ -24,31 +24,54 @@ import (
 // waitTimeout bounds every wait in these tests; nothing sleeps.
 const waitTimeout = 10 * time.Second
 
+// noRateLimit is the environment of tests that send bursts far over the
+// default rate limit: they test delivery, not limits.
+var noRateLimit = map[string]string{"RATE_LIMIT": "1000000", "RATE_BURST": "1000000"}
+
+// withEnv merges environments; later ones win.
+func withEnv(envs ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, e := range envs {
+		for k, v := range e {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // gateway is a gateway started by startGateway.
 type gateway struct {
-	addr string
-	code chan int // exit code of run
-	stop context.CancelFunc
+	addr  string
+	admin string   // the ADMIN_ADDR listener's address; "" when not set
+	code  chan int // exit code of run
+	logs  *testLog
+	stop  context.CancelFunc
 }
 
 // startGateway runs the gateway on 127.0.0.1:0 with env on top of the
 // test defaults and stops it at the end of the test.
 func startGateway(t testing.TB, env map[string]string) *gateway {
 	t.Helper()
-	vars := map[string]string{"PORT": "0", "LISTEN_HOST": "127.0.0.1", "LOG_LEVEL": "warn", "SHUTDOWN_TIMEOUT": "5s"}
+	// No drain by default: tests stop gateways often; the drain tests set it.
+	vars := map[string]string{"PORT": "0", "LISTEN_HOST": "127.0.0.1", "LOG_LEVEL": "warn", "SHUTDOWN_TIMEOUT": "5s",
+		"DRAIN_DELAY": "0s", "DRAIN_WINDOW": "0s"}
 	for k, v := range env {
 		vars[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &gateway{code: make(chan int, 1), stop: cancel}
-	addrc := make(chan net.Addr, 1)
+	addrc := make(chan [2]net.Addr, 1)
 	logs := &testLog{t: t}
+	g.logs = logs
 	go func() {
-		g.code <- run(ctx, nil, envconfig.MapLookuper(vars), io.Discard, logs, func(a net.Addr) { addrc <- a })
+		g.code <- run(ctx, nil, envconfig.MapLookuper(vars), io.Discard, logs, func(a, admin net.Addr) { addrc <- [2]net.Addr{a, admin} })
 	}()
 	select {
 	case a := <-addrc:
-		g.addr = a.String()
+		g.addr = a[0].String()
+		if a[1] != nil {
+			g.admin = a[1].String()
+		}
 	case code := <-g.code:
 		t.Fatalf("gateway exited with %d before listening", code)
 	case <-time.After(waitTimeout):
@@ -67,11 +90,12 @@ func startGateway(t testing.TB, env map[string]string) *gateway {
 }
 
 // testLog forwards the gateway's log lines to the test log while the test
-// runs.
+// runs, and keeps them for contains.
 type testLog struct {
 	mu     sync.Mutex
 	t      testing.TB
 	closed bool
+	text   strings.Builder
 }
 
 func (l *testLog) Write(p []byte) (int, error) {
@@ -80,7 +104,17 @@ func (l *testLog) Write(p []byte) (int, error) {
 	if !l.closed {
 		l.t.Logf("gateway: %s", strings.TrimSpace(string(p)))
 	}
+	if l.text.Len() < 1<<20 {
+		l.text.Write(p)
+	}
 	return len(p), nil
+}
+
+// contains reports whether the gateway logged s.
+func (l *testLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.text.String(), s)
 }
 
 func (l *testLog) done() {

@@ -11,19 +11,18 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
 )
 
 // startNodes starts n gateway nodes in production mode on one Redis (or
-// whatever redisEnv points at).
+// whatever redisEnv points at), without rate limits (these tests send
+// bursts) unless redisEnv sets them.
 func startNodes(t *testing.T, n int, redisEnv map[string]string) []*gateway {
 	t.Helper()
 	nodes := make([]*gateway, n)
 	for i := range nodes {
-		env := map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BLOCK": "1s"}
-		for k, v := range redisEnv {
-			env[k] = v
-		}
+		env := withEnv(noRateLimit, map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BLOCK": "1s"}, redisEnv)
 		nodes[i] = startGateway(t, env)
 	}
 	return nodes
@@ -241,7 +240,7 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 		send(i)
 	}
 	r.Kill()
-	redistest.WaitFor(t, waitTimeout, "readyz to fail while Redis is down", func() bool {
+	testutil.Eventually(t, "readyz to fail while Redis is down", func() bool {
 		status, _ := nodes[1].httpGet(t, "/readyz")
 		return status == 503
 	})
@@ -249,7 +248,7 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 		send(i)
 	}
 	r.Restart()
-	redistest.WaitFor(t, waitTimeout, "readyz to recover", func() bool {
+	testutil.Eventually(t, "readyz to recover", func() bool {
 		s0, _ := nodes[0].httpGet(t, "/readyz")
 		s1, _ := nodes[1].httpGet(t, "/readyz")
 		return s0 == 200 && s1 == 200
@@ -413,7 +412,7 @@ func TestJoinRefusedWhileRedisIsDown(t *testing.T) {
 	g := startNodes(t, 1, redisEnvFor(r))[0]
 	g.dial(t, "down-old")
 	r.Kill()
-	redistest.WaitFor(t, waitTimeout, "readyz to fail", func() bool {
+	testutil.Eventually(t, "readyz to fail", func() bool {
 		status, _ := g.httpGet(t, "/readyz")
 		return status == 503
 	})
@@ -422,7 +421,7 @@ func TestJoinRefusedWhileRedisIsDown(t *testing.T) {
 		t.Fatalf("join while Redis is down: %d %q, want 503 saying the store is unavailable", status, body)
 	}
 	r.Restart()
-	redistest.WaitFor(t, waitTimeout, "readyz to recover", func() bool {
+	testutil.Eventually(t, "readyz to recover", func() bool {
 		status, _ := g.httpGet(t, "/readyz")
 		return status == 200
 	})

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"reflect"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,13 +23,19 @@ import (
 // original app's names (ENVIRONMENT, IP_REDIS, PORT_REDIS, ALLOWED_HOSTS)
 // keep their meaning.
 type Config struct {
-	Environment  string        `env:"ENVIRONMENT, default=development" help:"development: embedded in-memory engine, text logs; production: Redis engine, JSON logs, Host check"`
-	Port         int           `env:"PORT, default=8000" help:"TCP port for WebSocket and HTTP"`
-	ListenHost   string        `env:"LISTEN_HOST" help:"address to bind; empty means all interfaces"`
-	AllowedHosts []string      `env:"ALLOWED_HOSTS" help:"comma-separated Host names accepted for upgrades in production; * accepts any"`
+	Environment  string   `env:"ENVIRONMENT, default=development" help:"development: embedded in-memory engine, text logs; production: Redis engine, JSON logs, Host check"`
+	Port         int      `env:"PORT, default=8000" help:"TCP port for WebSocket and HTTP"`
+	ListenHost   string   `env:"LISTEN_HOST" help:"address to bind; empty means all interfaces"`
+	AllowedHosts []string `env:"ALLOWED_HOSTS" help:"comma-separated Host names accepted in production, for upgrades and every HTTP endpoint; * accepts any, .example.com a domain and its subdomains"`
+	// AdminAddr, when set, moves /stats and pprof off the public port to a
+	// plain HTTP listener there (with /healthz and a detailed /readyz).
+	AdminAddr    string        `env:"ADMIN_ADDR" help:"host:port of a separate HTTP listener for /stats, pprof, /healthz and a detailed /readyz (then not on PORT); keep it on loopback or a private network; :PORT alone binds 127.0.0.1"`
 	LogLevel     string        `env:"LOG_LEVEL, default=info" help:"debug, info, warn or error"`
-	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, time clients get to answer the 1001 close before the process exits"`
-	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ on the HTTP port (keep it off on public ports)"`
+	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, after the drain: time the last clients get to answer the 1001 close and the engine to store what its queues hold"`
+	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=5s" help:"on SIGTERM, time /readyz answers 503 while everything else goes on, so load balancers stop sending new clients; then new upgrades get 503"`
+	DrainWindow  time.Duration `env:"DRAIN_WINDOW, default=10s" help:"on SIGTERM, after DRAIN_DELAY: connections are closed with 1001 in batches spread over this time, so clients do not all reconnect at once"`
+	StartTimeout time.Duration `env:"REDIS_START_TIMEOUT, default=0s" help:"production: give up (exit 1) when Redis has not answered this long after start; 0 retries for ever, serving /healthz and a 503 /readyz meanwhile"`
+	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ (on ADMIN_ADDR when set, else on PORT: keep it off on public ports)"`
 	Conn         conn.Config
 	Room         room.Config
 	Redis        stream.RedisConfig
@@ -59,13 +67,46 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 	if cfg.ShutdownWait <= 0 {
 		return cfg, fmt.Errorf("SHUTDOWN_TIMEOUT is %s; want a positive duration such as 10s", cfg.ShutdownWait)
 	}
+	if cfg.DrainDelay < 0 || cfg.DrainWindow < 0 || cfg.StartTimeout < 0 {
+		return cfg, fmt.Errorf("DRAIN_DELAY (%s), DRAIN_WINDOW (%s) and REDIS_START_TIMEOUT (%s) must not be negative; 0 turns each off",
+			cfg.DrainDelay, cfg.DrainWindow, cfg.StartTimeout)
+	}
+	if cfg.AdminAddr != "" {
+		addr, err := adminAddr(cfg.AdminAddr)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.AdminAddr = addr
+	}
 	if cfg.Environment == envProduction {
 		if len(cfg.AllowedHosts) == 0 {
 			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
 		}
 		cfg.Conn.AllowedHosts = cfg.AllowedHosts
+		if len(cfg.Conn.AllowedOrigins) == 0 {
+			// ALLOWED_ORIGINS unset: browsers may connect from pages
+			// served by the allowed hosts. conn matches a bare host name
+			// or .domain against any scheme and port, and "*" any origin.
+			cfg.Conn.AllowedOrigins = cfg.AllowedHosts
+		}
 	}
 	return cfg, nil
+}
+
+// adminAddr checks ADMIN_ADDR and completes a bare ":port" with the
+// loopback address.
+func adminAddr(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("ADMIN_ADDR is %q; want host:port such as 127.0.0.1:8001", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return "", fmt.Errorf("ADMIN_ADDR is %q; the port must be 0 to 65535", s)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // namedError rewrites an envconfig error, which names the struct field
@@ -129,6 +170,7 @@ func defaultConfig() Config {
 	var cfg Config
 	_ = envconfig.ProcessWith(context.Background(), &envconfig.Config{Target: &cfg, Lookuper: envconfig.MapLookuper(nil)})
 	cfg.Conn = cfg.Conn.Defaulted()
+	cfg.Room = cfg.Room.Defaulted()
 	cfg.Redis = cfg.Redis.Defaulted()
 	return cfg
 }

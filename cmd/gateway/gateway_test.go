@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
 )
 
@@ -75,7 +76,7 @@ func TestFanOutToFiftyMembers(t *testing.T) {
 }
 
 func TestOrderingOf500Messages(t *testing.T) {
-	g := startGateway(t, nil)
+	g := startGateway(t, noRateLimit)
 	a, b := g.dial(t, "order"), g.dial(t, "order")
 	for i := range 500 {
 		a.sendChat("a", fmt.Sprint(i))
@@ -91,7 +92,7 @@ func TestOrderingOf500Messages(t *testing.T) {
 // member receives every message of the others, in each sender's order.
 // The original lost about 78% of such a burst.
 func TestBurstLosesNothing(t *testing.T) {
-	g := startGateway(t, nil)
+	g := startGateway(t, noRateLimit)
 	const senders, each = 10, 100
 	listener := g.dial(t, "burst")
 	cs := make([]*client, senders)
@@ -349,6 +350,9 @@ type statsDoc struct {
 	Hub struct {
 		Rooms                                       int
 		Published, Delivered, Rejected, Unavailable int64
+		Unconfirmed                                 int64
+		RateLimited                                 int64 `json:"rate_limited"`
+		RateClosed                                  int64 `json:"rate_closed"`
 	} `json:"rooms"`
 }
 
@@ -365,15 +369,14 @@ func getStats(t testing.TB, g *gateway) statsDoc {
 // waitStats polls /stats until ok holds.
 func waitStats(t testing.TB, g *gateway, ok func(statsDoc) bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		s := getStats(t, g)
-		if ok(s) {
-			return
+	var s statsDoc
+	defer func() {
+		if t.Failed() {
+			t.Logf("last /stats: %+v", s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stats never reached the expected state: %+v", s)
-		}
-		<-time.After(20 * time.Millisecond) // poll interval
-	}
+	}()
+	testutil.Eventually(t, "the expected /stats", func() bool {
+		s = getStats(t, g)
+		return ok(s)
+	})
 }

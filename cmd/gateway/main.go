@@ -5,8 +5,8 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,9 +14,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -30,7 +30,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	go func() {
+		// The first signal starts the drain; from then on a second one has
+		// its default effect: the process ends at once.
+		<-ctx.Done()
+		stop()
+	}()
 	os.Exit(run(ctx, os.Args[1:], envconfig.OsLookuper(), os.Stdout, os.Stderr, nil))
 }
 
@@ -38,14 +43,16 @@ func main() {
 // client connections (listener, epoll, eventfds, Redis, logs).
 const fdReserve = 64
 
-// run is the whole program; ready, when set, is told the bound address.
-// It returns the exit code: 0 after a clean shutdown, 1 when serving
-// failed, 2 for a bad configuration.
-func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer, ready func(net.Addr)) int {
+// run is the whole program; ready, when set, is told the bound addresses
+// (admin is nil without ADMIN_ADDR). It returns the exit code: 0 after a
+// clean shutdown, 1 when serving failed, 2 for a bad configuration.
+func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer, ready func(public, admin net.Addr)) int {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {} // -h prints the help below, bad flags only the error
 	healthcheck := fs.Bool("healthcheck", false, "exit 0 if the local gateway answers /healthz")
+	readycheck := fs.Bool("readycheck", false, "exit 0 if the local gateway answers /readyz with 200")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printHelp(stdout)
@@ -53,15 +60,26 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		}
 		return 2
 	}
+	if *version {
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	}
 	cfg, err := loadConfig(ctx, env)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
 		return 2
 	}
 	if *healthcheck {
-		return checkHealth(cfg.Port, stderr)
+		return checkEndpoint(cfg, "/healthz", stderr)
+	}
+	if *readycheck {
+		return checkEndpoint(cfg, "/readyz", stderr)
 	}
 	logger := newLogger(cfg, stderr)
+	if cfg.Environment == envDevelopment {
+		logger.Warn("ENVIRONMENT=development: embedded in-memory engine, one node, no Host or Origin checks; " +
+			"set ENVIRONMENT=production (with IP_REDIS and ALLOWED_HOSTS) on a server")
+	}
 
 	fdLimit, err := conn.RaiseFileLimit()
 	if err != nil {
@@ -74,32 +92,23 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		return 2
 	}
 	var engine stream.Engine
+	fatal := make(chan error, 1)
 	switch cfg.Environment {
 	case envDevelopment:
 		engine = stream.NewMemory(hub.Deliver)
 	case envProduction:
-		r, err := stream.NewRedis(cfg.Redis, hub.Deliver, logger)
-		if errors.Is(err, stream.ErrUnavailable) {
-			logger.Error("cannot reach Redis; is it running and are IP_REDIS/PORT_REDIS (or REDIS_ADDRS) right?", "err", err)
-			return 1
-		} else if err != nil {
+		engine, err = connectRedis(cfg, hub.Deliver, logger, func(err error) { fatal <- err })
+		if err != nil {
 			fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
 			return 2
 		}
-		engine = r
 	}
 	hub.SetEngine(engine)
 
 	var shuttingDown atomic.Bool
 	var srv *conn.Server
-	routes := httpRoutes(engine, hub, func() conn.Stats { return srv.Stats() }, &shuttingDown)
-	if cfg.Pprof {
-		routes.HandleFunc("/debug/pprof/", pprof.Index)
-		routes.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		routes.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		routes.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	cfg.Conn.HTTPHandler = routes
+	ep := &endpoints{engine: engine, hub: hub, connStats: func() conn.Stats { return srv.Stats() }, shuttingDown: &shuttingDown, log: logger}
+	cfg.Conn.HTTPHandler = ep.public(cfg)
 	srv, err = conn.NewServer(cfg.Conn, hub, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
@@ -109,16 +118,31 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		logger.Error("cannot listen", "err", err)
 		return 1
 	}
+	var admin *http.Server
+	var adminAddr net.Addr
+	if cfg.AdminAddr != "" {
+		ln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			logger.Error("cannot listen on ADMIN_ADDR", "err", err)
+			_ = srv.Shutdown(context.Background())
+			return 1
+		}
+		adminAddr = ln.Addr()
+		admin = adminServer(ep.admin(cfg), logger)
+		go func() { _ = admin.Serve(ln) }()
+		logger.Info("admin endpoints listening (/stats, /readyz, /healthz, pprof with DEBUG_PPROF)", "addr", adminAddr.String())
+	}
 	logger.Info("gateway listening",
 		"addr", srv.Addr().String(),
 		"environment", cfg.Environment,
-		"engine", fmt.Sprintf("%T", engine),
+		"engine", engineName(engine),
+		"version", versionString(),
 		"open_file_limit", fdLimit,
 		"max_connections", max(int64(fdLimit)-fdReserve, 0),
 		"event_loops", srv.Config().EventLoops,
 	)
 	if ready != nil {
-		ready(srv.Addr())
+		ready(srv.Addr(), adminAddr)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
@@ -126,12 +150,17 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	code := 0
 	select {
 	case <-ctx.Done():
-		logger.Info("shutting down: closing connections with 1001", "open", srv.Stats().Open, "wait", cfg.ShutdownWait)
+		shuttingDown.Store(true)
+		drain(cfg, srv, logger)
 	case err := <-served:
 		logger.Error("accept loop stopped", "err", err)
 		code = 1
+	case err := <-fatal:
+		logger.Error("giving up", "err", err)
+		code = 1
 	}
 	shuttingDown.Store(true)
+	logger.Info("shutting down: closing what is left with 1001", "open", srv.Stats().WebSockets, "wait", cfg.ShutdownWait)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownWait)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, conn.ErrServerClosed) {
@@ -141,58 +170,116 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)
 	}
+	if admin != nil {
+		if err := admin.Shutdown(sctx); err != nil {
+			logger.Warn("admin listener shutdown", "err", err)
+		}
+	}
 	logger.Info("gateway stopped", "accepted", srv.Stats().Accepted)
 	return code
 }
 
-// httpRoutes serves the plain HTTP side of the port.
-func httpRoutes(engine stream.Engine, hub *room.Hub, connStats func() conn.Stats, shuttingDown *atomic.Bool) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(struct {
-			Conn conn.Stats `json:"connections"`
-			Hub  room.Stats `json:"rooms"`
-		}{connStats(), hub.Stats()})
-	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if shuttingDown.Load() {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
-			return
+// drain is the first part of a graceful stop (SIGTERM): /readyz already
+// answers 503; for DRAIN_DELAY everything else goes on, so load balancers
+// stop sending new clients; then upgrades are refused and connections are
+// closed with 1001 in batches over DRAIN_WINDOW. A second signal ends the
+// process at once (see main).
+func drain(cfg Config, srv *conn.Server, logger *slog.Logger) {
+	logger.Info("draining: /readyz answers 503", "open", srv.Stats().WebSockets,
+		"drain_delay", cfg.DrainDelay, "drain_window", cfg.DrainWindow, "shutdown_timeout", cfg.ShutdownWait)
+	time.Sleep(cfg.DrainDelay)
+	logger.Info("draining: refusing upgrades, closing connections with 1001", "open", srv.Stats().WebSockets, "over", cfg.DrainWindow)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainWindow+time.Second)
+	defer cancel()
+	if err := srv.Drain(ctx, cfg.DrainWindow); err != nil {
+		logger.Warn("drain incomplete", "err", err)
+	}
+}
+
+// engineName names the engine for logs and metrics.
+func engineName(e stream.Engine) string {
+	switch e.(type) {
+	case *stream.Memory:
+		return "memory"
+	default:
+		return "redis"
+	}
+}
+
+// versionString is the module version and VCS revision the binary was
+// built from, from its build information.
+func versionString() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "gateway (no build information)"
+	}
+	v := info.Main.Version
+	var rev, modified, when string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "+modified"
+			}
+		case "vcs.time":
+			when = s.Value
 		}
-		if err := engine.Health(); err != nil {
-			http.Error(w, "engine: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = io.WriteString(w, "ready\n")
-	})
-	return mux
+	}
+	out := "gateway " + v
+	if rev != "" {
+		out += fmt.Sprintf(" (%.12s%s, %s)", rev, modified, when)
+	}
+	return out + " " + info.GoVersion
+}
+
+// humanDurations writes durations in logs as Go writes them ("1.5s"), not
+// as nanoseconds, in both the JSON and the text handler.
+func humanDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	level, _ := parseLevel(cfg.LogLevel) // checked by loadConfig
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: humanDurations}
 	if cfg.Environment == envProduction {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// checkHealth asks the local gateway's /healthz, for container health
-// checks in images without curl.
-func checkHealth(port int, stderr io.Writer) int {
+// checkEndpoint asks the local gateway for path (/healthz or /readyz),
+// for container health checks in images without curl. It dials where the
+// gateway listens: LISTEN_HOST when that is a specific address, else
+// loopback; the Host header is one that ALLOWED_HOSTS accepts.
+func checkEndpoint(cfg Config, path string, stderr io.Writer) int {
+	host := "127.0.0.1"
+	if ip := net.ParseIP(cfg.ListenHost); cfg.ListenHost != "" && (ip == nil || !ip.IsUnspecified()) {
+		host = cfg.ListenHost
+	}
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(cfg.Port)) + path
 	client := http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/healthz")
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		fmt.Fprintf(stderr, "gateway: health check: %v\n", err)
+		fmt.Fprintf(stderr, "gateway: check %s: %v\n", url, err)
 		return 1
 	}
+	if h := healthHost(cfg.Conn.AllowedHosts); h != "" {
+		req.Host = h
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway: check %s: %v\n", url, err)
+		return 1
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "gateway: health check: %s\n", resp.Status)
+		fmt.Fprintf(stderr, "gateway: check %s: %s: %s\n", url, resp.Status, bytes.TrimSpace(body))
 		return 1
 	}
 	return 0

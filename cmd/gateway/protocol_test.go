@@ -37,7 +37,10 @@ func msg(text string) []byte { return []byte(`{"username":"u","message":"` + tex
 
 // TestProtocolCases runs a table of raw-frame cases in the spirit of the
 // Autobahn|Testsuite sections 1 to 7: framing, pings, reserved bits,
-// opcodes, fragmentation, UTF-8 and the closing handshake.
+// opcodes, fragmentation, UTF-8 and the closing handshake. Each case ends
+// with a marker message from a third member, which must be the next frame
+// the peer sees: nothing the case withheld (data after a close, an
+// over-size or invalid message) reached it.
 func TestProtocolCases(t *testing.T) {
 	const maxMsg = 4096
 	g := startGateway(t, map[string]string{"MAX_MESSAGE_BYTES": fmt.Sprint(maxMsg), "MAX_QUEUE_BYTES": "65536"})
@@ -123,7 +126,16 @@ func TestProtocolCases(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.section+"/"+tc.name, func(t *testing.T) {
 			room := fmt.Sprintf("proto-%d", i)
-			peer, c := g.dial(t, room), g.dial(t, room)
+			peer, c, third := g.dial(t, room), g.dial(t, room), g.dial(t, room)
+			defer func() {
+				if t.Failed() {
+					return
+				}
+				third.sendChat("third", "marker")
+				if got := peer.recv(); got != chat("third", "marker") {
+					t.Fatalf("after the case the peer's next frame is %s, want the third member's marker", got)
+				}
+			}()
 			for _, f := range tc.frames {
 				c.writeRaw(f)
 			}
@@ -249,7 +261,7 @@ func TestServerPingsAndDropsSilentClients(t *testing.T) {
 // reading is closed with 1008 once its queue passes MAX_QUEUE_BYTES, while
 // a reading member gets every message.
 func TestSlowConsumerIsClosedWithoutDelayingOthers(t *testing.T) {
-	g := startGateway(t, map[string]string{"MAX_MESSAGE_BYTES": "65536", "MAX_QUEUE_BYTES": "131072", "CLOSE_TIMEOUT": "60s"})
+	g := startGateway(t, withEnv(noRateLimit, map[string]string{"MAX_MESSAGE_BYTES": "65536", "MAX_QUEUE_BYTES": "131072", "CLOSE_TIMEOUT": "60s"}))
 	sender, fast := g.dial(t, "slow"), g.dial(t, "slow")
 	slow := g.dial(t, "slow") // never reads until the end
 

@@ -7,6 +7,11 @@ import (
 	"github.com/gobwas/ws"
 )
 
+// StatusTryAgainLater is close code 1013, "Try Again Later": the server
+// is overloaded (RFC 6455 section 11.7, IANA WebSocket Close Code
+// Number Registry). gobwas/ws has no constant for it.
+const StatusTryAgainLater ws.StatusCode = 1013
+
 // CloseError is the close frame the server sends when it ends a
 // connection: a status code (RFC 6455 section 7.4) and a reason text of at
 // most 123 bytes (section 5.5: a control frame's payload is at most 125
@@ -51,6 +56,16 @@ var (
 	// ErrSlowConsumer: the outbound queue passed Config.MaxQueueBytes
 	// because the client does not read fast enough.
 	ErrSlowConsumer = errors.New("conn: slow consumer")
+	// ErrFrameRate: the client sent frames faster than Config.FrameRate
+	// allows, past Config.FrameBurst (any frame counts, even an empty
+	// continuation or a ping).
+	ErrFrameRate = errors.New("conn: frame rate limit exceeded")
+	// ErrFragmentTimeout: a message stayed unfinished (fragments, or a
+	// frame split across reads) longer than Config.FragmentTimeout.
+	ErrFragmentTimeout = errors.New("conn: message not finished in time")
+	// ErrServerBusy: the bytes held for unfinished messages of all
+	// connections reached Config.MaxPartialBytes.
+	ErrServerBusy = errors.New("conn: server busy: too many unfinished messages")
 	// ErrPingTimeout: no data and no pong within Config.PongTimeout of a
 	// ping.
 	ErrPingTimeout = errors.New("conn: ping timeout")
@@ -92,6 +107,12 @@ func closeFor(err error) *CloseError {
 		return &CloseError{ws.StatusMessageTooBig, "message too large; see MAX_MESSAGE_BYTES"}
 	case errors.Is(err, ErrSlowConsumer):
 		return &CloseError{ws.StatusPolicyViolation, "slow consumer: messages were not read in time"}
+	case errors.Is(err, ErrFrameRate):
+		return &CloseError{ws.StatusPolicyViolation, "too many frames; see FRAME_RATE and FRAME_BURST"}
+	case errors.Is(err, ErrFragmentTimeout):
+		return &CloseError{ws.StatusPolicyViolation, "message not finished in time; see FRAGMENT_TIMEOUT"}
+	case errors.Is(err, ErrServerBusy):
+		return &CloseError{StatusTryAgainLater, "server busy: too many unfinished messages; retry later"}
 	case errors.Is(err, ErrPingTimeout):
 		return &CloseError{ws.StatusGoingAway, "ping timeout: no pong received"}
 	case errors.Is(err, ErrShutdown):

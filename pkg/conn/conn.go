@@ -25,14 +25,24 @@ type Conn struct {
 	slot   int // Handler's bookkeeping, see SetSlot
 
 	// Owned by the event loop.
-	state    connState
-	idx      int // position in loop.conns
-	rd       frameReader
-	lastRead int64  // loop clock (unix ns) of the last read
-	pingSent int64  // loop clock of the unanswered ping; 0 when none
-	deadline int64  // handshake or close deadline; 0 when none
-	cause    error  // why the connection is closing
-	resp     []byte // the 101 response, held while joining
+	state        connState
+	idx          int // position in loop.conns
+	rd           frameReader
+	lastRead     int64  // loop clock (unix ns) of the last read
+	pingSent     int64  // loop clock of the unanswered ping; 0 when none
+	deadline     int64  // handshake or close deadline; 0 when none
+	closeBy      int64  // closing: the deadline may be extended up to here
+	acked        uint64 // closing: bytes the client had acknowledged (TCP_INFO)
+	cause        error  // why the connection is closing
+	resp         []byte // the 101 response, held while joining
+	partial      int    // bytes of rd counted in Stats.PartialBytes
+	partialSince int64  // loop clock when the unfinished message began; 0 when none
+	readRound    uint32 // loop round of readsLeft
+	readsLeft    uint8  // reads left to this connection in readRound
+	inAgain      bool   // in loop.again: has data left to read next round
+	hup          bool   // the peer shut its side down: read until EOF, not a short read
+	perIP        bool   // counted in Server.perIP (MaxConnectionsPerIP)
+	websocket    bool   // counted in Stats.WebSockets (MaxConnections)
 
 	// Write side, guarded by mu.
 	mu       sync.Mutex
@@ -49,7 +59,7 @@ type connState uint8
 
 const (
 	stateHandshake connState = iota
-	stateJoining             // upgrade valid, waiting for Handler's Accept (ErrPending)
+	stateJoining             // upgrade valid, waiting for Conn.Complete (ErrPending)
 	stateOpen
 	stateClosing // close frame queued; waiting for it to flush and for EOF
 	stateClosed
@@ -59,7 +69,7 @@ const (
 // per-process base plus a counter).
 func (c *Conn) ID() uint64 { return c.id }
 
-// Key returns what Handler.Accept returned for this connection's request,
+// Key returns what Handler.Route returned for this connection's request,
 // such as the room it joined.
 func (c *Conn) Key() string { return c.key }
 
@@ -74,17 +84,15 @@ func (c *Conn) SetSlot(i int) { c.slot = i }
 // Slot returns the integer stored by SetSlot.
 func (c *Conn) Slot() int { return c.slot }
 
-// Accept completes an upgrade for which Handler.OnOpen returned
+// Complete completes an upgrade for which Handler.OnOpen returned
 // ErrPending. With a nil err the 101 response is written, frames sent to c
 // since OnOpen follow it, and the connection is open. Otherwise the client
-// gets an HTTP error response (the status of a *HandshakeError, else 503)
-// and the socket is closed, without OnClose. It may be called from any
-// goroutine, once; it does nothing for a connection that closed meanwhile
-// (OnClose was then called).
-func (c *Conn) Accept(err error) {
-	c.loop.mu.Lock()
-	c.loop.posts = append(c.loop.posts, posted{c: c, cause: err, accept: true})
-	c.loop.wakeLocked()
+// gets an HTTP error response (the status of a *HandshakeError, else 503
+// with Retry-After) and the socket is closed, without OnClose. It may be
+// called from any goroutine, once; it does nothing for a connection that
+// closed meanwhile (OnClose was then called).
+func (c *Conn) Complete(err error) {
+	c.loop.post(reqComplete, c, err)
 }
 
 // queue holds the frames waiting to be written to one connection. Queues
@@ -157,7 +165,7 @@ func (c *Conn) Close(cause error) {
 	if schedule {
 		c.loop.flushLater(c)
 	}
-	c.loop.post(c, cause)
+	c.loop.post(reqClose, c, cause)
 }
 
 // flushLocked writes the queue with one writev per round until it is empty
@@ -189,7 +197,7 @@ func (c *Conn) flushLocked() {
 			c.dropQueueLocked()
 			c.closing = true
 			c.shutWR = true
-			c.loop.post(c, errno) // the loop releases the socket
+			c.loop.post(reqClose, c, errno) // the loop releases the socket
 			return
 		}
 		c.advanceLocked(w)

@@ -2,8 +2,10 @@ package conn
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -12,35 +14,117 @@ import (
 // maxControlPayload is the largest control frame payload (RFC 6455 5.5).
 const maxControlPayload = 125
 
+// maxFrameHeader is the largest client frame header: 2 bytes, a 64-bit
+// length and the masking key (RFC 6455 5.2).
+const maxFrameHeader = 14
+
+// Buffers come in power-of-two size classes, from minBuffer to
+// maxPooledBuffer, each with its own pool: a connection that holds a few
+// bytes of an unfinished message gets a small buffer, never one a large
+// message left in a shared pool.
+const (
+	minBufferShift  = 9 // 512 B
+	maxBufferShift  = 18
+	minBuffer       = 1 << minBufferShift
+	maxPooledBuffer = 1 << maxBufferShift // larger buffers are not kept for reuse
+)
+
 // buffer is a pooled byte slice. A connection holds one only while a frame
 // or a fragmented message is incomplete, so idle connections hold none.
 type buffer struct{ b []byte }
 
-var bufferPool = sync.Pool{New: func() any { return &buffer{b: make([]byte, 0, 4096)} }}
+var bufferPools [maxBufferShift - minBufferShift + 1]sync.Pool
 
-func getBuffer() *buffer { return bufferPool.Get().(*buffer) }
+// bufferClass returns the index of the smallest class that holds n bytes;
+// it is len(bufferPools) or more for buffers too large to pool.
+func bufferClass(n int) int {
+	if n <= minBuffer {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufferShift
+}
 
-// maxPooledBuffer bounds the buffers kept for reuse, so one huge message
-// does not pin its memory forever.
-const maxPooledBuffer = 256 << 10
+// getBuffer returns an empty buffer with room for at least n bytes.
+func getBuffer(n int) *buffer {
+	k := bufferClass(n)
+	if k >= len(bufferPools) {
+		return &buffer{b: make([]byte, 0, n)}
+	}
+	if b, ok := bufferPools[k].Get().(*buffer); ok {
+		return b
+	}
+	return &buffer{b: make([]byte, 0, 1<<(k+minBufferShift))}
+}
 
+// release returns the buffer to the pool of its size class.
 func (b *buffer) release() {
-	if cap(b.b) > maxPooledBuffer {
+	c := cap(b.b)
+	if c > maxPooledBuffer || c < minBuffer {
 		return
 	}
 	b.b = b.b[:0]
-	bufferPool.Put(b)
+	bufferPools[bits.Len(uint(c))-1-minBufferShift].Put(b)
+}
+
+// appendBuffer appends data to b, moving the bytes to a buffer of the
+// next size class that fits when b is full; b may be nil.
+func appendBuffer(b *buffer, data []byte) *buffer {
+	if b == nil {
+		b = getBuffer(len(data))
+	} else if n := len(b.b) + len(data); n > cap(b.b) {
+		nb := getBuffer(n)
+		nb.b = append(nb.b, b.b...)
+		b.release()
+		b = nb
+	}
+	b.b = append(b.b, data...)
+	return b
+}
+
+// maxPartialPerConn bounds the buffer capacity one connection's reader
+// holds with messages of at most max bytes: an unfinished message of at
+// most max bytes, one incomplete frame (a data frame whose payload fits
+// in what the message has left, or a control frame) and, as buffers grow
+// by doubling, at most twice each.
+func maxPartialPerConn(max int) int {
+	return 2*(max+maxFrameHeader+maxControlPayload) + 2*minBuffer
 }
 
 // frameReader turns a client's byte stream, read in chunks of any size,
 // into complete text messages and control frames (RFC 6455 section 5). It
 // enforces the protocol as it goes: every violation is returned as one of
 // the errors in close.go, which closeFor maps to a close code.
+//
+// It holds bytes only for an unfinished message: the payload of a
+// fragmented message so far (msg) and at most one incomplete frame (in),
+// each in a buffer of at most twice its length (maxPartialPerConn).
 type frameReader struct {
 	max        int     // largest message payload accepted, in bytes
-	in         *buffer // bytes of an incomplete frame; nil when none
+	in         *buffer // bytes of one incomplete frame; nil when none
 	msg        *buffer // payload of a fragmented message so far; nil when none
 	fragmented bool    // a fragmented text message is in progress
+	discard    bool    // drop data payloads (closing): fragments are not kept
+	completed  bool    // a text message ended during the last feed
+
+	// Frame rate limit, a GCRA token bucket in integer nanoseconds: each
+	// frame moves tat (the theoretical arrival time) interval later; a
+	// frame that finds tat more than tolerance ahead of now is refused
+	// with ErrFrameRate. interval 0 means no limit.
+	now       int64 // clock of the current feed, unix ns; set by the caller
+	tat       int64
+	interval  int64
+	tolerance int64
+}
+
+// setRate limits the reader to rate frames per second on average and
+// burst frames at once; rate <= 0 means no limit.
+func (r *frameReader) setRate(rate, burst int) {
+	if rate <= 0 {
+		r.interval, r.tolerance = 0, 0
+		return
+	}
+	r.interval = max(int64(time.Second)/int64(rate), 1)
+	r.tolerance = int64(max(burst, 1)-1) * r.interval
 }
 
 // emitFunc receives one complete text message (OpText) or control frame
@@ -50,12 +134,26 @@ type emitFunc func(op ws.OpCode, payload []byte) error
 
 // feed parses data, the next bytes read from the client, and calls emit
 // for every complete message and control frame. It unmasks payloads in
-// place, so data is modified. Bytes of an incomplete frame are kept until
-// the next call.
+// place, so data is modified. The bytes of an incomplete frame are kept
+// until the next call.
 func (r *frameReader) feed(data []byte, emit emitFunc) error {
-	if r.in != nil {
-		r.in.b = append(r.in.b, data...)
-		data = r.in.b
+	r.completed = false
+	// Finish the frame kept from the last read first, taking from data
+	// only the bytes it lacks: the kept buffer never holds more than it.
+	for r.in != nil && len(data) > 0 {
+		take := min(frameMissing(r.in.b), len(data))
+		r.in = appendBuffer(r.in, data[:take])
+		data = data[take:]
+		n, err := r.next(r.in.b, emit)
+		if n > 0 || err != nil {
+			// Consumed, or never to be: after an error the reader starts
+			// afresh with the next read (a closing connection only looks
+			// for the close frame).
+			r.releaseIn()
+		}
+		if err != nil {
+			return err
+		}
 	}
 	for len(data) > 0 {
 		n, err := r.next(data, emit)
@@ -63,36 +161,82 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 			return err
 		}
 		if n == 0 {
-			break
+			r.in = appendBuffer(nil, data)
+			return nil
 		}
 		data = data[n:]
 	}
-	switch {
-	case len(data) == 0:
-		r.releaseIn()
-	case r.in == nil:
-		r.in = getBuffer()
-		r.in.b = append(r.in.b, data...)
-	default: // data is a suffix of r.in.b: move it to the front
-		r.in.b = r.in.b[:copy(r.in.b, data)]
-	}
 	return nil
+}
+
+// frameMissing returns how many more bytes the incomplete frame at the
+// start of b needs: to complete its header when that is not complete yet,
+// else to complete the frame. next has checked the header fields that b
+// holds, so the length is within the limits.
+func frameMissing(b []byte) int {
+	if len(b) < 2 {
+		return 2 - len(b)
+	}
+	hn := 6
+	switch b[1] & 0x7f {
+	case 126:
+		hn = 8
+	case 127:
+		hn = 14
+	}
+	if len(b) < hn {
+		return hn - len(b)
+	}
+	var length uint64
+	switch b[1] & 0x7f {
+	case 126:
+		length = uint64(binary.BigEndian.Uint16(b[2:]))
+	case 127:
+		length = binary.BigEndian.Uint64(b[2:])
+	default:
+		length = uint64(b[1] & 0x7f)
+	}
+	return hn + int(length) - len(b)
+}
+
+// held returns the bytes of buffer the reader holds.
+func (r *frameReader) held() int {
+	n := 0
+	if r.in != nil {
+		n += cap(r.in.b)
+	}
+	if r.msg != nil {
+		n += cap(r.msg.b)
+	}
+	return n
 }
 
 // reset releases the reader's buffers; the reader may not be used after.
 func (r *frameReader) reset() {
 	r.releaseIn()
-	if r.msg != nil {
-		r.msg.release()
-		r.msg = nil
-	}
+	r.releaseMsg()
 	r.fragmented = false
+}
+
+// discardData makes the reader drop the payloads of data frames from now
+// on, and the message it holds: a closing connection's messages are not
+// delivered, so they need not be kept.
+func (r *frameReader) discardData() {
+	r.discard = true
+	r.releaseMsg()
 }
 
 func (r *frameReader) releaseIn() {
 	if r.in != nil {
 		r.in.release()
 		r.in = nil
+	}
+}
+
+func (r *frameReader) releaseMsg() {
+	if r.msg != nil {
+		r.msg.release()
+		r.msg = nil
 	}
 }
 
@@ -151,35 +295,59 @@ func (r *frameReader) next(b []byte, emit emitFunc) (int, error) {
 	if len(b) < hn || uint64(len(b)-hn) < length {
 		return 0, nil
 	}
+	if r.interval > 0 {
+		if r.tat < r.now {
+			r.tat = r.now
+		}
+		if r.tat-r.now > r.tolerance {
+			return 0, ErrFrameRate
+		}
+		r.tat += r.interval
+	}
 	n := hn + int(length)
 	payload := b[hn:n]
-	ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
 
 	switch op {
 	case ws.OpText:
 		if !fin {
 			r.fragmented = true
-			r.msg = getBuffer()
-			r.msg.b = append(r.msg.b, payload...)
+			if !r.discard {
+				ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+				r.msg = appendBuffer(nil, payload)
+			}
 			return n, nil
 		}
+		r.completed = true
+		if r.discard {
+			return n, nil
+		}
+		ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
 		if !utf8.Valid(payload) {
 			return 0, ErrInvalidUTF8
 		}
 		return n, emit(ws.OpText, payload)
 	case ws.OpContinuation:
-		r.msg.b = append(r.msg.b, payload...)
+		if r.discard {
+			if fin {
+				r.fragmented, r.completed = false, true
+			}
+			return n, nil
+		}
+		ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+		r.msg = appendBuffer(r.msg, payload)
 		if !fin {
 			return n, nil
 		}
 		msg := r.msg
-		r.msg, r.fragmented = nil, false
+		r.msg, r.fragmented, r.completed = nil, false, true
 		defer msg.release()
 		if !utf8.Valid(msg.b) {
 			return 0, ErrInvalidUTF8
 		}
 		return n, emit(ws.OpText, msg.b)
-	case ws.OpClose:
+	}
+	ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+	if op == ws.OpClose {
 		if err := checkClosePayload(payload); err != nil {
 			return 0, err
 		}
@@ -274,6 +442,13 @@ func (f *Frame) Release() {
 // frames such as pings and fixed error messages. Release does nothing on it.
 func NewStaticFrame(op ws.OpCode, payload []byte) *Frame {
 	return &Frame{buf: appendFrame(nil, op, payload), static: true}
+}
+
+// NewStaticText encodes payload as a final text frame that is never
+// released (NewStaticFrame with ws.OpText), for fixed messages such as
+// the error frames of a protocol; its users need not import gobwas/ws.
+func NewStaticText(payload []byte) *Frame {
+	return NewStaticFrame(ws.OpText, payload)
 }
 
 // closeFrame encodes the close frame for ce (an empty one for nil).

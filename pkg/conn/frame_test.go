@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -560,8 +561,17 @@ func TestFrameReferences(t *testing.T) {
 	})
 }
 
-func TestBufferRelease(t *testing.T) {
-	b := getBuffer()
+func TestBufferClasses(t *testing.T) {
+	for _, tc := range []struct{ n, cap int }{
+		{0, 512}, {1, 512}, {512, 512}, {513, 1024}, {4096, 4096}, {4097, 8192}, {maxPooledBuffer, maxPooledBuffer}, {maxPooledBuffer + 1, maxPooledBuffer + 1},
+	} {
+		b := getBuffer(tc.n)
+		if len(b.b) != 0 || cap(b.b) < tc.n || cap(b.b) >= 2*max(tc.n, minBuffer) {
+			t.Errorf("getBuffer(%d): len %d cap %d, want empty with cap %d", tc.n, len(b.b), cap(b.b), tc.cap)
+		}
+		b.release()
+	}
+	b := getBuffer(10)
 	b.b = append(b.b, "data"...)
 	b.release()
 	if len(b.b) != 0 {
@@ -572,4 +582,146 @@ func TestBufferRelease(t *testing.T) {
 	if len(big.b) != 10 {
 		t.Fatal("a buffer over maxPooledBuffer was reset for the pool")
 	}
+	// appendBuffer moves the bytes to a larger class when full.
+	b = appendBuffer(nil, []byte("abc"))
+	for range 300 {
+		b = appendBuffer(b, []byte("0123456789"))
+	}
+	if len(b.b) != 3003 || cap(b.b) != 4096 || string(b.b[:5]) != "abc01" {
+		t.Fatalf("appendBuffer: len %d cap %d, start %q", len(b.b), cap(b.b), b.b[:5])
+	}
+	b.release()
+}
+
+// TestFrameRate: the reader lets FrameBurst frames through at once, then
+// one per 1/FrameRate; every complete frame counts, whatever its kind or
+// size, once, however it is split across reads.
+func TestFrameRate(t *testing.T) {
+	nop := func(ws.OpCode, []byte) error { return nil }
+	for _, tc := range []struct {
+		name string
+		one  []byte // one frame, after frame(bFragText, "x") for continuations
+	}{
+		{"text", frame(bText, []byte("hi"))},
+		{"ping", frame(bPing, nil)},
+		{"pong", frame(bPong, []byte("p"))},
+		{"empty continuation", frame(bCont, nil)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &frameReader{max: 1 << 20}
+			defer r.reset()
+			r.setRate(10, 5) // 100 ms per frame, 5 at once
+			r.now = int64(time.Hour)
+			feed := func(b []byte) error {
+				// Byte by byte: a frame counts when it is complete.
+				for i := range b {
+					if err := r.feed([]byte{b[i]}, nop); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			if tc.name == "empty continuation" {
+				if err := feed(frame(bFragText, []byte("x"))); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := feed(tc.one); err != nil {
+				t.Fatal(err)
+			}
+			for i := 2; i <= 5; i++ {
+				if err := feed(tc.one); err != nil {
+					t.Fatalf("frame %d of a burst of 5: %v", i, err)
+				}
+			}
+			if err := feed(tc.one); err != ErrFrameRate {
+				t.Fatalf("frame 6 at once: %v, want ErrFrameRate", err)
+			}
+			// The reader starts afresh after an error: each frame is whole.
+			r.now += int64(100 * time.Millisecond)
+			if err := feed(tc.one); err != nil {
+				t.Fatalf("one frame 100 ms later: %v", err)
+			}
+			if err := feed(tc.one); err != ErrFrameRate {
+				t.Fatalf("a second one: %v, want ErrFrameRate", err)
+			}
+			r.now += int64(time.Minute)
+			for i := 1; i <= 5; i++ {
+				if err := feed(tc.one); err != nil {
+					t.Fatalf("frame %d of a burst after a pause: %v", i, err)
+				}
+			}
+		})
+	}
+	t.Run("no limit", func(t *testing.T) {
+		r := &frameReader{max: 1 << 20}
+		r.setRate(-1, 0)
+		if err := r.feed(bytes.Repeat(frame(bPing, nil), 100_000), nop); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestFrameReaderDiscard: a closing connection's reader keeps no message
+// and emits none, still checks the framing and still emits control
+// frames (the client's close frame is what it waits for).
+func TestFrameReaderDiscard(t *testing.T) {
+	r := &frameReader{max: 100}
+	defer r.reset()
+	var got []event
+	emit := func(op ws.OpCode, p []byte) error {
+		got = append(got, event{op, string(p)})
+		return nil
+	}
+	if err := r.feed(frame(bFragText, []byte("unfinished")), emit); err != nil || r.msg == nil {
+		t.Fatalf("fragment: %v, kept %v", err, r.msg != nil)
+	}
+	r.discardData()
+	if r.msg != nil || r.held() != 0 {
+		t.Fatal("discardData kept the message")
+	}
+	in := cat(frame(bCont, []byte("more")), frame(bPing, []byte("p")), frame(bFinCont, []byte("end")), frame(bText, []byte("text")), frame(bClose, nil))
+	if err := r.feed(in, emit); err != nil {
+		t.Fatal(err)
+	}
+	want := []event{{ws.OpPing, "p"}, {ws.OpClose, ""}}
+	if fmt.Sprint(got) != fmt.Sprint(want) || r.held() != 0 {
+		t.Fatalf("emitted %v, holding %d; want %v and nothing held", got, r.held(), want)
+	}
+	if err := r.feed(frame(bFinCont, nil), emit); err != ErrBadContinuation {
+		t.Fatalf("continuation with no message: %v, want ErrBadContinuation", err)
+	}
+}
+
+// TestFrameReaderHoldsOneFrame: bytes that follow an incomplete frame in
+// the same read are not appended to it (and parsed from the kept copy),
+// and what the reader holds stays under maxPartialPerConn however the
+// stream is cut: a message of max bytes in fragments with a control frame
+// in the middle, byte by byte.
+func TestFrameReaderHoldsOneFrame(t *testing.T) {
+	const maxMsg = 1000
+	r := &frameReader{max: maxMsg}
+	defer r.reset()
+	nop := func(ws.OpCode, []byte) error { return nil }
+	first := frame(bText, bytes.Repeat([]byte("a"), 300))
+	// First read: 100 bytes of the frame. Second: the rest of it and 5
+	// whole frames behind it.
+	if err := r.feed(append([]byte(nil), first[:100]...), nop); err != nil || r.in == nil || cap(r.in.b) != minBuffer {
+		t.Fatalf("partial frame: %v; want it kept in a %d-byte buffer", err, minBuffer)
+	}
+	rest := cat(first[100:], bytes.Repeat(frame(bText, []byte("b")), 5))
+	if err := r.feed(rest, nop); err != nil || r.in != nil {
+		t.Fatalf("rest: %v, still holding %v", err, r.in != nil)
+	}
+	in := cat(frame(bFragText, bytes.Repeat([]byte("x"), 600)), frame(bPing, bytes.Repeat([]byte("p"), 125)), frame(bFinCont, bytes.Repeat([]byte("y"), 400)))
+	most := 0
+	for i := range in {
+		if err := r.feed([]byte{in[i]}, nop); err != nil {
+			t.Fatalf("byte %d: %v", i, err)
+		}
+		most = max(most, r.held())
+	}
+	if most > maxPartialPerConn(maxMsg) || r.held() != 0 {
+		t.Fatalf("held at most %d bytes (bound %d), %d at the end", most, maxPartialPerConn(maxMsg), r.held())
+	}
+	t.Logf("held at most %d bytes for a %d-byte message (bound %d)", most, maxMsg, maxPartialPerConn(maxMsg))
 }

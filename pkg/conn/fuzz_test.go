@@ -1,8 +1,10 @@
 package conn
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"testing"
 	"unicode/utf8"
 
@@ -19,18 +21,49 @@ var readerErrors = []error{
 	ErrBadLength, ErrBadCloseCode, ErrBinary, ErrInvalidUTF8, ErrTooLarge,
 }
 
-// clientFrames encodes frames as a client sends them: masked with a random
-// key, by gobwas/ws.
+// clientFrames encodes frames as a client sends them, masked with the
+// fixed key testMask (so that seeds are the same on every run), by
+// gobwas/ws.
 func clientFrames(t testing.TB, frames ...ws.Frame) []byte {
 	var out []byte
 	for _, f := range frames {
-		b, err := ws.CompileFrame(ws.MaskFrame(f))
+		b, err := ws.CompileFrame(ws.MaskFrameWith(f, testMask))
 		if err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, b...)
 	}
 	return out
+}
+
+// refEvents decodes input as client frames with gobwas/ws, apart from
+// frameReader, and returns what was sent: each control frame, and each
+// message (its fragments joined) when its final frame arrives, unmasked.
+// It checks nothing else, and stops at the first incomplete frame.
+func refEvents(input []byte) []event {
+	r := bytes.NewReader(input)
+	var out []event
+	var msg []byte
+	for {
+		h, err := ws.ReadHeader(r)
+		if err != nil || h.Length > int64(r.Len()) {
+			return out
+		}
+		p := make([]byte, h.Length)
+		_, _ = io.ReadFull(r, p)
+		if h.Masked {
+			ws.Cipher(p, h.Mask, 0)
+		}
+		switch {
+		case h.OpCode.IsControl():
+			out = append(out, event{h.OpCode, string(p)})
+		case h.Fin:
+			out = append(out, event{ws.OpText, string(append(msg, p...))})
+			msg = nil
+		default:
+			msg = append(msg, p...)
+		}
+	}
 }
 
 // fuzzChunks returns the chunk sizes chosen by ctl: a pseudo-random
@@ -44,39 +77,51 @@ func fuzzChunks(ctl byte) func(int) int {
 	}
 }
 
-// FuzzReadFrame feeds a byte stream to a frameReader whole, in two halves
-// and in chunks chosen by the fuzzer (the first input byte), as epoll
-// reads deliver it. The three must emit the same messages and return the
-// same error, and what is emitted must respect the protocol.
-func FuzzReadFrame(f *testing.F) {
+// fuzzSeeds are the inputs FuzzReadFrame starts from (the committed
+// corpus in testdata/fuzz/FuzzReadFrame holds them too, with more split
+// choices): valid traffic and each kind of violation.
+func fuzzSeeds(tb testing.TB) [][]byte {
 	text := ws.NewTextFrame
 	chat := []byte(`{"username":"ana","message":"¡hola! 👋"}`)
 	long := make([]byte, 300)
 	for i := range long {
 		long[i] = 'a' + byte(i%26)
 	}
-	seeds := [][]byte{
-		clientFrames(f, text([]byte("hello"))),
-		clientFrames(f, text(chat)),
-		clientFrames(f, text(long)),
-		clientFrames(f, ws.NewFrame(ws.OpText, false, chat[:10]), ws.NewPingFrame([]byte("mid")), ws.NewFrame(ws.OpContinuation, false, chat[10:13]), ws.NewFrame(ws.OpContinuation, true, chat[13:])),
-		clientFrames(f, ws.NewPingFrame(nil)),
-		clientFrames(f, ws.NewPingFrame([]byte("ping"))),
-		clientFrames(f, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))),
-		clientFrames(f, ws.NewPingFrame([]byte("1")), text(chat), ws.NewPongFrame(nil), text([]byte("2")), ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, ""))),
-		clientFrames(f, text(make([]byte, fuzzMax+1))),
-		clientFrames(f, ws.NewBinaryFrame([]byte{1, 2, 3})),
-		clientFrames(f, text([]byte{'a', 0xff})),
-		clientFrames(f, ws.NewCloseFrame([]byte{3})),
-		clientFrames(f, ws.NewCloseFrame(ws.NewCloseFrameBody(1005, ""))),
-		clientFrames(f, ws.NewFrame(ws.OpContinuation, true, []byte("x"))),
+	return [][]byte{
+		clientFrames(tb, text([]byte("hello"))),
+		clientFrames(tb, text(chat)),
+		clientFrames(tb, text(long)),
+		clientFrames(tb, ws.NewFrame(ws.OpText, false, chat[:10]), ws.NewPingFrame([]byte("mid")), ws.NewFrame(ws.OpContinuation, false, chat[10:13]), ws.NewFrame(ws.OpContinuation, true, chat[13:])),
+		clientFrames(tb, ws.NewFrame(ws.OpText, false, nil), ws.NewFrame(ws.OpContinuation, false, nil), ws.NewFrame(ws.OpContinuation, false, []byte("x")), ws.NewFrame(ws.OpContinuation, true, nil)),
+		clientFrames(tb, ws.NewPingFrame(nil)),
+		clientFrames(tb, ws.NewPingFrame([]byte("ping"))),
+		clientFrames(tb, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))),
+		clientFrames(tb, ws.NewPingFrame([]byte("1")), text(chat), ws.NewPongFrame(nil), text([]byte("2")), ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, ""))),
+		clientFrames(tb, text(make([]byte, fuzzMax+1))),
+		clientFrames(tb, ws.NewBinaryFrame([]byte{1, 2, 3})),
+		clientFrames(tb, text([]byte{'a', 0xff})),
+		clientFrames(tb, ws.NewCloseFrame([]byte{3})),
+		clientFrames(tb, ws.NewCloseFrame(ws.NewCloseFrameBody(1005, ""))),
+		clientFrames(tb, ws.NewFrame(ws.OpContinuation, true, []byte("x"))),
 		unmasked(bText, []byte("hi")),
 		frame(0xC1, []byte("rsv")),
 		frame(0x83, nil),
 		header(bText, 1<<63, true, false),
 	}
-	for _, s := range seeds {
-		for _, ctl := range []byte{0, 1, 7, 64, 200, 255} {
+}
+
+// fuzzControls are the first bytes (split choices) seeds are tried with.
+var fuzzControls = []byte{0, 1, 7, 64, 200, 255}
+
+// FuzzReadFrame feeds a byte stream to a frameReader whole, in two halves
+// and in chunks chosen by the fuzzer (the first input byte), as epoll
+// reads deliver it. The three must emit the same messages and return the
+// same error; what is emitted must respect the protocol and be what was
+// sent (refEvents decodes the stream apart); and the reader must hold no
+// more than maxPartialPerConn at any point.
+func FuzzReadFrame(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		for _, ctl := range fuzzControls {
 			f.Add(append([]byte{ctl}, s...))
 		}
 	}
@@ -97,6 +142,28 @@ func FuzzReadFrame(f *testing.F) {
 		if !res.equal(whole) {
 			t.Fatalf("in chunks (ctl %d): %v\nwhole: %v", ctl, res, whole)
 		}
+		// What was emitted is what was sent: all of it when the reader
+		// found no error, else what came before the error.
+		sent := refEvents(input)
+		if len(whole.events) > len(sent) || whole.err == nil && len(whole.events) != len(sent) {
+			t.Fatalf("emitted %d events, %d sent (err %v)", len(whole.events), len(sent), whole.err)
+		}
+		for i, ev := range whole.events {
+			if ev != sent[i] {
+				t.Fatalf("event %d is %v, but %v was sent", i, ev, sent[i])
+			}
+		}
+		// Byte by byte too, checking the bytes held after each.
+		br := &frameReader{max: fuzzMax}
+		for i := range input {
+			if err := br.feed([]byte{input[i]}, func(ws.OpCode, []byte) error { return nil }); err != nil {
+				break
+			}
+			if h := br.held(); h > maxPartialPerConn(fuzzMax) {
+				t.Fatalf("after byte %d the reader holds %d bytes, over %d", i, h, maxPartialPerConn(fuzzMax))
+			}
+		}
+		br.reset()
 		if whole.err != nil && !isReaderError(whole.err) {
 			t.Fatalf("unexpected error %v", whole.err)
 		}

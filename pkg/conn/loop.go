@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"sync"
 	"time"
 
@@ -17,31 +15,47 @@ import (
 const readBufferSize = 64 << 10
 
 // readsPerWake bounds how many full buffers the loop reads from one socket
-// before serving the others; the rest is read on the next round.
+// in one round before serving the others; the rest is read in the next
+// round.
 const readsPerWake = 4
 
-// maxRequestBytes bounds the HTTP request head read before an upgrade.
-const maxRequestBytes = 16 << 10
+// closeWaitFactor bounds how long a closing connection that still reads
+// is waited for: closeWaitFactor×Config.CloseTimeout in all.
+const closeWaitFactor = 10
 
-// Internal loop requests carried by post.
-var (
-	errRegister = errors.New("conn: register")    // a new connection to own
-	errForce    = errors.New("conn: force close") // shutdown deadline passed
-	errStop     = errors.New("conn: stop reading")
-	errHSExpiry = errors.New("conn: handshake timeout")
-	errToHTTP   = errors.New("conn: handed to the HTTP server")
+// request is the kind of a request posted to a loop by another goroutine.
+type request uint8
+
+const (
+	reqRegister request = iota + 1 // own c, a socket Serve just accepted
+	reqClose                       // Conn.Close, or a failed write: close c for err
+	reqComplete                    // Conn.Complete: finish c's pending upgrade, or refuse it with err
+	reqDrain                       // close n open connections with 1001 (Server.Drain)
+	reqShutdown                    // close every connection with 1001, stop once none is left
+	reqForce                       // the shutdown deadline passed: release every connection now
 )
 
 // posted is a request made to a loop from another goroutine.
 type posted struct {
-	c      *Conn // nil for requests about the whole loop
-	cause  error
-	accept bool // Conn.Accept: cause is its argument
+	kind request
+	c    *Conn // nil for requests about the whole loop
+	err  error
+	n    int // reqDrain: how many connections to close
 }
+
+// Internal causes of a stop or a release.
+var (
+	errStop             = errors.New("conn: stop reading")
+	errHandshakeTimeout = errors.New("conn: handshake timeout")
+)
 
 // loop is one epoll event loop. It owns a share of the connections: it
 // alone reads them, runs their handshake, calls the Handler for them and
 // closes their file descriptors, so no lock guards the read side.
+//
+// Lock order: loop.mu and Conn.mu are never held together, except that
+// Conn.Send and Conn.Close take loop.mu (flushLater, post) after
+// releasing Conn.mu.
 type loop struct {
 	srv  *Server
 	epfd int
@@ -52,8 +66,10 @@ type loop struct {
 	conns      []*Conn // owned connections, for the periodic scan
 	buf        []byte  // read buffer shared by all connections of the loop
 	now        int64   // clock at the last wake-up, unix ns
-	again      []*Conn // connections with data left to read
+	round      uint32  // rounds since start: Conn.readRound
+	again      []*Conn // connections with data left to read, each once (Conn.inAgain)
 	againSpare []*Conn
+	expired    []*Conn // scan's list, kept for reuse
 	emit       emitFunc
 	cur        *Conn // connection whose frames are being emitted
 
@@ -70,7 +86,7 @@ type loop struct {
 	flushSpare []*Conn
 	wakeup     bool
 
-	// Handshake state, valid during one call of upgrade.
+	// Handshake state, valid during one call of upgrade (upgrade.go).
 	up     ws.Upgrader
 	hsKey  string
 	hsResp bytes.Buffer
@@ -103,15 +119,22 @@ func newLoop(s *Server) (*loop, error) {
 	l.up = ws.Upgrader{
 		OnRequest:       l.onRequest,
 		OnHost:          l.onHost,
+		OnHeader:        l.onHeader,
 		OnBeforeUpgrade: l.onBeforeUpgrade,
 	}
 	return l, nil
 }
 
-// post hands a request to the loop and wakes it.
-func (l *loop) post(c *Conn, cause error) {
+// post hands a request to the loop and wakes it: the one way other
+// goroutines act on the loop's connections.
+func (l *loop) post(kind request, c *Conn, err error) {
+	l.postReq(posted{kind: kind, c: c, err: err})
+}
+
+// postReq is post with every field of the request.
+func (l *loop) postReq(p posted) {
 	l.mu.Lock()
-	l.posts = append(l.posts, posted{c: c, cause: cause})
+	l.posts = append(l.posts, p)
 	l.wakeLocked()
 }
 
@@ -183,6 +206,7 @@ func (l *loop) run() {
 		l.mu.Lock()
 		l.inRound = true // posts from now on are served at the end of this round
 		l.mu.Unlock()
+		again := l.startRound()
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.efd {
@@ -198,21 +222,14 @@ func (l *loop) run() {
 				c.flushLocked()
 				c.mu.Unlock()
 			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				c.hup = true // read to EOF: no event will tell of it again
+			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				l.read(c)
 			}
 		}
-		if len(l.again) > 0 {
-			again := l.again
-			l.again = l.againSpare[:0]
-			for i, c := range again {
-				if c.state != stateClosed {
-					l.read(c)
-				}
-				again[i] = nil
-			}
-			l.againSpare = again[:0]
-		}
+		l.readAgain(again)
 		l.servePosts()
 		if ticked || l.now >= nextTick {
 			l.scan()
@@ -261,12 +278,16 @@ func (l *loop) servePosts() {
 	}
 	for i, p := range posts {
 		posts[i] = posted{}
-		switch {
-		case p.c == nil && p.cause == errForce:
-			for len(l.conns) > 0 {
-				l.release(l.conns[len(l.conns)-1], ErrShutdown)
-			}
-		case p.c == nil: // shutdown
+		switch p.kind {
+		case reqRegister:
+			l.register(p.c)
+		case reqClose:
+			l.closing(p.c, p.err)
+		case reqComplete:
+			l.complete(p.c, p.err)
+		case reqDrain:
+			l.drain(p.n)
+		case reqShutdown:
 			l.stopping = true
 			for _, c := range append([]*Conn(nil), l.conns...) {
 				if c.state == stateHandshake || c.state == stateJoining {
@@ -275,27 +296,34 @@ func (l *loop) servePosts() {
 					c.Close(ErrShutdown)
 				}
 			}
-		case p.accept:
-			l.finishJoin(p.c, p.cause)
-		case p.cause == errRegister:
-			l.register(p.c)
-		default:
-			l.closing(p.c, p.cause)
+		case reqForce:
+			for len(l.conns) > 0 {
+				l.release(l.conns[len(l.conns)-1], ErrShutdown)
+			}
+		}
+	}
+}
+
+// drain starts the close of up to n open WebSocket connections, newest
+// first, with 1001.
+func (l *loop) drain(n int) {
+	for i := len(l.conns) - 1; i >= 0 && n > 0; i-- {
+		if c := l.conns[i]; c.websocket && c.state == stateOpen {
+			c.Close(ErrShutdown)
+			n--
 		}
 	}
 }
 
 func (l *loop) register(c *Conn) {
 	if l.stopping {
-		unix.Close(c.fd)
-		l.srv.stats.open.Add(-1)
+		l.drop(c)
 		return
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(c.fd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
 		l.srv.log.Warn("epoll_ctl add failed; connection dropped", "remote", c.remote, "err", err)
-		unix.Close(c.fd)
-		l.srv.stats.open.Add(-1)
+		l.drop(c)
 		return
 	}
 	for c.fd >= len(l.byFD) {
@@ -306,6 +334,14 @@ func (l *loop) register(c *Conn) {
 	l.conns = append(l.conns, c)
 	c.lastRead = l.now
 	c.deadline = l.now + int64(l.srv.cfg.HandshakeTimeout)
+}
+
+// drop closes the socket of a connection the loop never owned.
+func (l *loop) drop(c *Conn) {
+	unix.Close(c.fd)
+	c.state = stateClosed
+	l.srv.stats.open.Add(-1)
+	l.srv.releaseIP(c)
 }
 
 // closing moves c into the closing state when Close was called for it, or
@@ -323,6 +359,10 @@ func (l *loop) closing(c *Conn, cause error) {
 		c.state = stateClosing
 		c.cause = cause
 		c.deadline = l.now + int64(l.srv.cfg.CloseTimeout)
+		c.closeBy = l.now + closeWaitFactor*int64(l.srv.cfg.CloseTimeout)
+		c.acked = bytesAcked(c.fd)
+		c.rd.discardData() // its messages are not delivered any more
+		l.account(c)
 		l.srv.handler.OnClose(c, cause)
 	}
 	c.mu.Lock()
@@ -339,13 +379,30 @@ func (l *loop) release(c *Conn, cause error) {
 	if c.state == stateClosed {
 		return
 	}
+	var errno unix.Errno
+	if !errors.As(cause, &errno) && cause != ErrEOF {
+		c.mu.Lock()
+		c.flushLocked() // what can still go, such as the close frame, goes
+		c.mu.Unlock()
+		drain(c.fd, l.buf) // FIN after what the client still has to read, not RST
+	}
+	fd := c.fd
+	wasOpen := l.detach(c)
+	unix.Close(fd)
+	l.srv.releaseIP(c)
+	if wasOpen {
+		l.srv.handler.OnClose(c, cause)
+	}
+}
+
+// detach forgets c and counts it out, without closing its descriptor (the
+// caller closes it, or hands it to the HTTP server). It reports whether
+// OnClose is still to be called.
+func (l *loop) detach(c *Conn) (wasOpen bool) {
 	c.mu.Lock()
 	c.closing, c.closed = true, true
 	c.dropQueueLocked()
 	c.mu.Unlock()
-	if cause != errToHTTP {
-		unix.Close(c.fd)
-	}
 	l.byFD[c.fd] = nil
 	last := l.conns[len(l.conns)-1]
 	l.conns[c.idx] = last
@@ -353,18 +410,49 @@ func (l *loop) release(c *Conn, cause error) {
 	l.conns[len(l.conns)-1] = nil
 	l.conns = l.conns[:len(l.conns)-1]
 	c.rd.reset()
-	wasOpen := c.state == stateOpen || c.state == stateJoining
+	l.account(c)
+	if c.websocket {
+		c.websocket = false
+		l.srv.stats.websockets.Add(-1)
+	}
+	wasOpen = c.state == stateOpen || c.state == stateJoining
 	c.state = stateClosed
 	c.resp = nil
 	l.srv.stats.open.Add(-1)
-	if wasOpen {
-		l.srv.handler.OnClose(c, cause)
-	}
+	return wasOpen
 }
 
-// read reads what the socket holds, in at most readsPerWake buffers.
+// startRound starts a round of reads: it returns the connections left
+// with data last round, to be read after this round's events with what
+// is left of their readsPerWake (readAgain). A socket never gets more
+// than that in one round, however often it shows up.
+func (l *loop) startRound() (again []*Conn) {
+	l.round++
+	again = l.again
+	l.again = l.againSpare[:0]
+	return again
+}
+
+// readAgain reads the connections startRound returned.
+func (l *loop) readAgain(again []*Conn) {
+	for i, c := range again {
+		again[i] = nil
+		c.inAgain = false
+		if c.state != stateClosed {
+			l.read(c)
+		}
+	}
+	l.againSpare = again[:0]
+}
+
+// read reads what the socket holds, in what is left of its readsPerWake
+// buffers for this round; if it may hold more, c is read again next round.
 func (l *loop) read(c *Conn) {
-	for range readsPerWake {
+	if c.readRound != l.round {
+		c.readRound, c.readsLeft = l.round, readsPerWake
+	}
+	for c.readsLeft > 0 {
+		c.readsLeft--
 		n, err := rawRead(c.fd, l.buf)
 		switch {
 		case err == unix.EAGAIN:
@@ -383,37 +471,91 @@ func (l *loop) read(c *Conn) {
 		switch c.state {
 		case stateHandshake:
 			l.handshake(c, data)
-		case stateJoining: // frames sent before the 101: keep for later
-			if c.rd.in == nil {
-				c.rd.in = getBuffer()
-			}
-			if len(c.rd.in.b)+len(data) > maxRequestBytes {
-				l.release(c, ErrTooLarge)
-				return
-			}
-			c.rd.in.b = append(c.rd.in.b, data...)
+		case stateJoining:
+			l.early(c, data)
 		case stateOpen, stateClosing:
 			l.frames(c, data)
 		}
-		if c.state == stateClosed || n < len(l.buf) {
+		if c.state == stateClosed || n < len(l.buf) && !c.hup {
 			return // a short read drained the socket (edge-triggered)
 		}
 	}
-	l.again = append(l.again, c)
+	if !c.inAgain {
+		c.inAgain = true
+		l.again = append(l.again, c)
+	}
 }
 
 // frames parses data into messages and control frames.
 func (l *loop) frames(c *Conn, data []byte) {
 	l.cur = c
+	c.rd.now = l.now
 	err := c.rd.feed(data, l.emit)
 	l.cur = nil
+	if c.state == stateClosed {
+		return // the client answered our close frame
+	}
+	over := l.account(c)
 	switch {
 	case err == nil || err == errStop:
+		if over && c.state == stateOpen {
+			l.limit(c, ErrServerBusy)
+		}
 	case c.state == stateClosing:
 		l.release(c, c.cause) // garbage after our close frame
+	case errors.Is(err, ErrFrameRate):
+		l.limit(c, err)
 	default:
 		c.Close(err)
+		l.closing(c, err)
 	}
+}
+
+// limit closes c for passing a limit (FRAME_RATE, MAX_PARTIAL_BYTES).
+func (l *loop) limit(c *Conn, cause error) {
+	l.srv.stats.limited.Add(1)
+	c.Close(cause)
+	l.closing(c, cause) // now: no more of its frames are parsed for nothing
+}
+
+// early keeps the frames a client sends behind its upgrade request while
+// the Handler has not answered (joining): one message's worth at most.
+func (l *loop) early(c *Conn, data []byte) {
+	held := len(data)
+	if c.rd.in != nil {
+		held += len(c.rd.in.b)
+	}
+	if held > c.rd.max+maxFrameHeader {
+		l.release(c, ErrTooLarge)
+		return
+	}
+	c.rd.in = appendBuffer(c.rd.in, data)
+	if l.account(c) {
+		l.srv.stats.limited.Add(1)
+		l.release(c, ErrServerBusy)
+	}
+}
+
+// account counts what c's reader holds in Stats.PartialBytes and runs the
+// clock of c's unfinished message (Config.FragmentTimeout), which starts
+// when the reader begins to hold bytes and again when a message ends with
+// bytes of the next one held. It reports whether c made the server's
+// total pass Config.MaxPartialBytes.
+func (l *loop) account(c *Conn) bool {
+	held := c.rd.held()
+	switch {
+	case held == 0:
+		c.partialSince = 0
+	case c.partialSince == 0 || c.rd.completed:
+		c.partialSince = l.now
+	}
+	d := held - c.partial
+	if d == 0 {
+		return false
+	}
+	c.partial = held
+	total := l.srv.stats.partial.Add(int64(d))
+	return d > 0 && total > int64(l.srv.cfg.MaxPartialBytes)
 }
 
 // onFrame handles one complete message or control frame of l.cur.
@@ -448,205 +590,4 @@ func (l *loop) onFrame(op ws.OpCode, payload []byte) error {
 		return errStop
 	}
 	return nil
-}
-
-// scan runs the timers: handshake and close deadlines, pings and pong
-// timeouts.
-func (l *loop) scan() {
-	cfg := &l.srv.cfg
-	var expired []*Conn
-	for _, c := range l.conns {
-		switch c.state {
-		case stateHandshake, stateJoining, stateClosing:
-			if l.now > c.deadline {
-				expired = append(expired, c)
-			}
-		case stateOpen:
-			switch {
-			case c.pingSent != 0 && l.now-c.pingSent > int64(cfg.PongTimeout):
-				c.Close(ErrPingTimeout)
-			case c.pingSent == 0 && l.now-c.lastRead > int64(cfg.PingInterval):
-				c.pingSent = l.now
-				c.Send(pingFrame)
-			}
-		}
-	}
-	for _, c := range expired {
-		if c.state == stateHandshake || c.state == stateJoining {
-			l.release(c, errHSExpiry)
-		} else {
-			l.release(c, c.cause)
-		}
-	}
-}
-
-var pingFrame = NewStaticFrame(ws.OpPing, nil)
-
-// handshake collects the HTTP request head, then upgrades the connection
-// or hands it to the HTTP server.
-func (l *loop) handshake(c *Conn, data []byte) {
-	if c.rd.in == nil {
-		c.rd.in = getBuffer()
-	}
-	c.rd.in.b = append(c.rd.in.b, data...)
-	req := c.rd.in.b
-	end := bytes.Index(req, []byte("\r\n\r\n"))
-	if end < 0 {
-		if len(req) > maxRequestBytes {
-			l.reject(c, http.StatusRequestHeaderFieldsTooLarge, "request head too large")
-		}
-		return
-	}
-	end += 4
-	if !bytes.HasPrefix(requestPath(req), []byte(l.srv.cfg.WSPrefix)) {
-		l.toHTTP(c)
-		return
-	}
-	l.hsKey = ""
-	l.hsResp.Reset()
-	l.cur = c
-	_, err := l.up.Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(req[:end]), &l.hsResp})
-	l.cur = nil
-	if err == nil && c.state == stateJoining {
-		// The Handler answers later (Conn.Accept): hold the response, and
-		// any bytes sent behind the request.
-		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
-		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, req[end:])]
-		if len(c.rd.in.b) == 0 {
-			c.rd.releaseIn()
-		}
-		return
-	}
-
-	c.mu.Lock()
-	_, werr := unix.Write(c.fd, l.hsResp.Bytes())
-	if err == nil && werr == nil {
-		c.state = stateOpen
-		c.deadline = 0
-		c.ready = true
-		c.flushLocked() // frames sent between OnOpen and now
-		c.shutdownIfFlushedLocked()
-	}
-	c.mu.Unlock()
-	if err != nil || werr != nil {
-		l.srv.log.Debug("handshake refused", "remote", c.remote, "err", errors.Join(err, werr))
-		l.release(c, err)
-		return
-	}
-	l.srv.stats.upgraded.Add(1)
-	rest := req[end:]
-	if len(rest) == 0 {
-		c.rd.releaseIn()
-		return
-	}
-	// Frames sent right behind the request: parse them from a copy, as the
-	// reader reuses c.rd.in.
-	tmp := append(l.buf[:0:0], rest...)
-	c.rd.releaseIn()
-	l.frames(c, tmp)
-}
-
-// finishJoin completes a pending upgrade when the Handler calls Accept.
-func (l *loop) finishJoin(c *Conn, err error) {
-	if c.state != stateJoining || c.loop != l {
-		return // closed meanwhile
-	}
-	if err != nil {
-		status := http.StatusServiceUnavailable
-		var he *HandshakeError
-		if errors.As(err, &he) {
-			status = he.Status
-		}
-		c.state = stateHandshake // refused by the Handler: no OnClose
-		l.reject(c, status, err.Error())
-		return
-	}
-	c.mu.Lock()
-	_, werr := unix.Write(c.fd, c.resp)
-	if werr == nil {
-		c.ready = true
-		c.flushLocked() // frames sent since OnOpen
-		c.shutdownIfFlushedLocked()
-	}
-	c.mu.Unlock()
-	c.resp = nil
-	if werr != nil {
-		l.release(c, werr)
-		return
-	}
-	c.state, c.deadline = stateOpen, 0
-	l.srv.stats.upgraded.Add(1)
-	if c.rd.in == nil {
-		return
-	}
-	tmp := append(l.buf[:0:0], c.rd.in.b...)
-	c.rd.releaseIn()
-	l.frames(c, tmp)
-}
-
-// reject answers a request the loop cannot take and closes the socket.
-func (l *loop) reject(c *Conn, status int, reason string) {
-	resp := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-		status, http.StatusText(status), len(reason)+1, reason)
-	_, _ = unix.Write(c.fd, []byte(resp))
-	l.release(c, nil)
-}
-
-// requestPath returns the path of the request line "GET /path?q HTTP/1.1".
-func requestPath(req []byte) []byte {
-	_, rest, ok := bytes.Cut(req, []byte(" "))
-	if !ok {
-		return nil
-	}
-	uri, _, _ := bytes.Cut(rest, []byte(" "))
-	if i := bytes.IndexAny(uri, "?#"); i >= 0 {
-		uri = uri[:i]
-	}
-	return uri
-}
-
-func (l *loop) onRequest(uri []byte) error {
-	key, err := l.srv.handler.Accept(uri)
-	if err != nil {
-		return rejection(err, http.StatusBadRequest)
-	}
-	l.hsKey = key
-	return nil
-}
-
-func (l *loop) onHost(host []byte) error {
-	if l.srv.hostAllowed(host) {
-		return nil
-	}
-	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest),
-		ws.RejectionReason(fmt.Sprintf("host %q is not allowed (ALLOWED_HOSTS)\n", host)))
-}
-
-func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
-	c := l.cur
-	c.key = l.hsKey
-	// From here on OnClose must be called: mark the connection open (or
-	// joining) now, while Send still only queues (the 101 is not written).
-	switch err := l.srv.handler.OnOpen(c); {
-	case err == nil:
-		c.state = stateOpen
-	case errors.Is(err, ErrPending):
-		c.state = stateJoining
-	default:
-		return nil, rejection(err, http.StatusServiceUnavailable)
-	}
-	return nil, nil
-}
-
-// rejection turns a Handler error into the response of a refused
-// handshake: a *HandshakeError keeps its status, others get status.
-func rejection(err error, status int) error {
-	var he *HandshakeError
-	if errors.As(err, &he) {
-		status = he.Status
-	}
-	return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(err.Error()+"\n"))
 }

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 )
 
 // waitTimeout bounds every wait in these tests; nothing sleeps.
@@ -25,34 +28,81 @@ func TestConfigDefaults(t *testing.T) {
 	if err := c.setDefaults(); err != nil {
 		t.Fatalf("zero Config: %v", err)
 	}
-	want := Config{
-		MaxMessageBytes:  64 << 10,
-		MaxQueueBytes:    1 << 20,
-		PingInterval:     30 * time.Second,
-		PongTimeout:      30 * time.Second,
-		HandshakeTimeout: 10 * time.Second,
-		CloseTimeout:     2 * time.Second,
-		EventLoops:       runtime.GOMAXPROCS(0),
-		WSPrefix:         "/ws/",
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
 	}
-	if c.MaxMessageBytes != want.MaxMessageBytes || c.MaxQueueBytes != want.MaxQueueBytes ||
-		c.PingInterval != want.PingInterval || c.PongTimeout != want.PongTimeout ||
-		c.HandshakeTimeout != want.HandshakeTimeout || c.CloseTimeout != want.CloseTimeout ||
-		c.EventLoops != want.EventLoops || c.WSPrefix != want.WSPrefix {
+	want := Config{
+		MaxMessageBytes:     64 << 10,
+		MaxQueueBytes:       1 << 20,
+		MaxPartialBytes:     64 << 20,
+		FragmentTimeout:     15 * time.Second,
+		FrameRate:           200,
+		FrameBurst:          1000,
+		MaxConnections:      10_000,
+		MaxConnectionsPerIP: 100,
+		PingInterval:        30 * time.Second,
+		PongTimeout:         30 * time.Second,
+		HandshakeTimeout:    10 * time.Second,
+		CloseTimeout:        2 * time.Second,
+		HTTPReadTimeout:     10 * time.Second,
+		HTTPWriteTimeout:    60 * time.Second,
+		HTTPIdleTimeout:     30 * time.Second,
+		MaxHeaderBytes:      16 << 10,
+		HTTPMaxBodyBytes:    64 << 10,
+		EventLoops:          runtime.GOMAXPROCS(0),
+		WSPrefix:            "/ws/",
+		FileLimit:           int(min(rl.Cur, math.MaxInt32)),
+	}
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("defaults %+v\nwant %+v", c, want)
 	}
+	if d := (Config{}).Defaulted(); d.FileLimit != 0 || d.MaxConnections != want.MaxConnections {
+		t.Fatalf("Defaulted: FileLimit %d, MaxConnections %d; want 0 (the process's) and %d", d.FileLimit, d.MaxConnections, want.MaxConnections)
+	}
 
-	set := Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, PingInterval: time.Second, PongTimeout: 2 * time.Second,
-		HandshakeTimeout: 3 * time.Second, CloseTimeout: 4 * time.Second, EventLoops: 3, WSPrefix: "/socket/"}
+	set := Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, MaxPartialBytes: 1 << 20, FragmentTimeout: time.Second,
+		FrameRate: 5, FrameBurst: 7, MaxConnections: 9, MaxConnectionsPerIP: 3, PingInterval: time.Second, PongTimeout: 2 * time.Second,
+		HandshakeTimeout: 3 * time.Second, CloseTimeout: 4 * time.Second, HTTPReadTimeout: 5 * time.Second, HTTPWriteTimeout: 6 * time.Second,
+		HTTPIdleTimeout: 7 * time.Second, MaxHeaderBytes: 4096, HTTPMaxBodyBytes: 10, EventLoops: 3, WSPrefix: "/socket/", FileLimit: 500}
 	got := set
 	if err := got.setDefaults(); err != nil {
 		t.Fatalf("explicit Config: %v", err)
 	}
-	if got.MaxMessageBytes != set.MaxMessageBytes || got.MaxQueueBytes != set.MaxQueueBytes ||
-		got.PingInterval != set.PingInterval || got.PongTimeout != set.PongTimeout ||
-		got.HandshakeTimeout != set.HandshakeTimeout || got.CloseTimeout != set.CloseTimeout ||
-		got.EventLoops != set.EventLoops || got.WSPrefix != set.WSPrefix {
+	if !reflect.DeepEqual(got, set) {
 		t.Fatalf("setDefaults changed set fields: %+v\nwant %+v", got, set)
+	}
+}
+
+// TestConfigBudget: MaxConnections is lowered to fit FileLimit, keeping
+// descriptors for the process and for plain HTTP; -1 means the limit.
+func TestConfigBudget(t *testing.T) {
+	for _, tc := range []struct {
+		fileLimit, maxConns int
+		sockets, websockets int
+		wantErr             bool
+	}{
+		{1 << 20, 10_000, 1<<20 - 64, 10_000, false},
+		{1024, 10_000, 960, 896, false},
+		{1024, -1, 960, 896, false},
+		{1024, 100, 960, 100, false},
+		{164, 10_000, 100, 75, false},
+		{66, 10_000, 2, 2, false},
+		{65, 10_000, 0, 0, true},
+	} {
+		c := Config{FileLimit: tc.fileLimit, MaxConnections: tc.maxConns}
+		sockets, websockets, err := c.budget()
+		if (err != nil) != tc.wantErr || err == nil && (sockets != tc.sockets || websockets != tc.websockets) {
+			t.Errorf("FileLimit %d, MaxConnections %d: %d sockets, %d WebSockets, %v; want %d, %d, error %v",
+				tc.fileLimit, tc.maxConns, sockets, websockets, err, tc.sockets, tc.websockets, tc.wantErr)
+		}
+	}
+	s := newTestServer(t, Config{FileLimit: 1024}, &recorder{})
+	if got := s.Config().MaxConnections; got != 896 {
+		t.Fatalf("Config().MaxConnections = %d with FileLimit 1024, want 896", got)
+	}
+	if _, err := NewServer(Config{FileLimit: 65}, &recorder{}, discardLogger()); err == nil || !strings.Contains(err.Error(), "ulimit") {
+		t.Fatalf("NewServer with FileLimit 65: %v, want an error saying to raise the limit", err)
 	}
 }
 
@@ -77,6 +127,27 @@ func TestConfigValidation(t *testing.T) {
 		{"negative pong timeout", Config{PongTimeout: -1}, "PONG_TIMEOUT"},
 		{"negative handshake timeout", Config{HandshakeTimeout: -1}, "HANDSHAKE_TIMEOUT"},
 		{"negative close timeout", Config{CloseTimeout: -1}, "CLOSE_TIMEOUT"},
+		{"negative partial bytes", Config{MaxPartialBytes: -1}, "MAX_PARTIAL_BYTES"},
+		{"partial bytes under one message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, MaxPartialBytes: 3000}, "MAX_PARTIAL_BYTES"},
+		{"partial bytes of one message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, MaxPartialBytes: maxPartialPerConn(1000)}, ""},
+		{"negative fragment timeout", Config{FragmentTimeout: -1}, "FRAGMENT_TIMEOUT"},
+		{"frame rate -1: no limit", Config{FrameRate: -1}, ""},
+		{"frame rate -2", Config{FrameRate: -2}, "FRAME_RATE"},
+		{"frame rate over 1e9", Config{FrameRate: 1e9 + 1}, "FRAME_RATE"},
+		{"negative frame burst", Config{FrameBurst: -1}, "FRAME_BURST"},
+		{"max connections -1: the file limit", Config{MaxConnections: -1}, ""},
+		{"max connections -2", Config{MaxConnections: -2}, "MAX_CONNECTIONS"},
+		{"per-IP -1: no limit", Config{MaxConnectionsPerIP: -1}, ""},
+		{"per-IP -2", Config{MaxConnectionsPerIP: -2}, "MAX_CONNECTIONS_PER_IP"},
+		{"negative HTTP read timeout", Config{HTTPReadTimeout: -1}, "HTTP_READ_TIMEOUT"},
+		{"negative HTTP write timeout", Config{HTTPWriteTimeout: -1}, "HTTP_WRITE_TIMEOUT"},
+		{"negative HTTP idle timeout", Config{HTTPIdleTimeout: -1}, "HTTP_IDLE_TIMEOUT"},
+		{"header bytes under 1 KiB", Config{MaxHeaderBytes: 1000}, "MAX_HEADER_BYTES"},
+		{"header bytes over 1 MiB", Config{MaxHeaderBytes: 2 << 20}, "MAX_HEADER_BYTES"},
+		{"negative body bytes", Config{HTTPMaxBodyBytes: -1}, "HTTP_MAX_BODY_BYTES"},
+		{"negative file limit", Config{FileLimit: -1}, "FileLimit"},
+		{"origin with a path", Config{AllowedOrigins: []string{"https://a.example/app"}}, "ALLOWED_ORIGINS"},
+		{"origins", Config{AllowedOrigins: []string{"https://a.example", "b.example", ".c.example", "null"}}, ""},
 		{"prefix without slash", Config{WSPrefix: "ws/"}, "WSPrefix"},
 		{"root prefix", Config{WSPrefix: "/"}, ""},
 	} {
@@ -110,10 +181,15 @@ func TestConfigValidation(t *testing.T) {
 // configuration; it is shut down at the end of the test.
 func newTestServer(t *testing.T, cfg Config, h Handler) *Server {
 	t.Helper()
+	return newLoggedServer(t, cfg, h, discardLogger())
+}
+
+func newLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger) *Server {
+	t.Helper()
 	if cfg.EventLoops == 0 {
 		cfg.EventLoops = 1
 	}
-	s, err := NewServer(cfg, h, discardLogger())
+	s, err := NewServer(cfg, h, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +277,7 @@ func newRecorder() *recorder {
 	return &recorder{opened: make(chan *Conn, 1000), closed: make(chan error, 1000), msgs: make(chan string, 1000)}
 }
 
-func (r *recorder) Accept(uri []byte) (string, error) { return string(uri), nil }
+func (r *recorder) Route(uri []byte) (string, error) { return string(uri), nil }
 func (r *recorder) OnOpen(c *Conn) error {
 	if r.opened != nil {
 		r.opened <- c
@@ -227,14 +303,24 @@ func (r *recorder) OnClose(c *Conn, cause error) {
 // startServer runs a server on 127.0.0.1:0 until the end of the test.
 func startServer(t *testing.T, cfg Config, h Handler) *Server {
 	t.Helper()
-	s := newTestServer(t, cfg, h)
+	return startLoggedServer(t, cfg, h, discardLogger(), nil)
+}
+
+// startLoggedServer is startServer with a logger, and setup called
+// between Listen and Serve (to replace Server.accept).
+func startLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger, setup func(*Server)) *Server {
+	t.Helper()
+	s := newLoggedServer(t, cfg, h, logger)
 	if err := s.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(s)
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	t.Cleanup(func() {
-		// Registered after newTestServer's cleanup, so it runs first.
+		// Registered after newLoggedServer's cleanup, so it runs first.
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		_ = s.Shutdown(ctx)
@@ -268,15 +354,16 @@ func dialServer(t *testing.T, s *Server, rec *recorder) (net.Conn, *bufio.Reader
 	return nil, nil, nil
 }
 
-// waitFor polls cond until it holds or waitTimeout passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor polls cond every millisecond until it holds, or fails the test
+// after waitTimeout: the one way these tests wait for a condition.
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		runtime.Gosched()
+		time.Sleep(time.Millisecond) // poll interval, not synchronisation
 	}
 }
 

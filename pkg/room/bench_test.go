@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
 	"github.com/gobwas/ws"
@@ -135,7 +136,7 @@ const benchRoom = "bench"
 
 func startFanout(b *testing.B, members int) *fanout {
 	b.Helper()
-	logger := discardLogger()
+	logger := testutil.DiscardLogger()
 	hub, err := NewHub(Config{}, logger)
 	if err != nil {
 		b.Fatal(err)
@@ -143,8 +144,9 @@ func startFanout(b *testing.B, members int) *fanout {
 	engine := stream.NewMemory(hub.Deliver)
 	hub.SetEngine(engine)
 	// A queue far over what the benchmark sends, so a loop that falls
-	// behind shows as time, not as slow-consumer closes; no pings.
-	srv, err := conn.NewServer(conn.Config{MaxQueueBytes: 1 << 30, PingInterval: time.Hour, PongTimeout: time.Hour}, hub, logger)
+	// behind shows as time, not as slow-consumer closes; no pings; all
+	// members come from 127.0.0.1, so no per-address cap.
+	srv, err := conn.NewServer(conn.Config{MaxQueueBytes: 1 << 30, PingInterval: time.Hour, PongTimeout: time.Hour, MaxConnectionsPerIP: -1}, hub, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

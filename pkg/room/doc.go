@@ -2,10 +2,13 @@
 // (package conn) and the message engine (package stream).
 //
 // Hub implements conn.Handler: a connection to /ws/chat/<room>/ joins that
-// room; each text message it sends is checked (a JSON object with
-// "username" and "message", else an error frame to the sender alone),
-// re-encoded as {"username":…,"message":…} and published to the engine with
-// the sender's connection ID. Hub.Deliver is the engine's Handler: it
+// room (with a token, when Config.Auth sets a key: package auth); each
+// text message it sends is counted against its rate limit (over it: a
+// "rate_limited" error frame, then a 1008 close), checked (a JSON object
+// with "username" and "message", else an error frame to the sender
+// alone), re-encoded as {"username":…,"message":…} (the username its token
+// fixes, if any) and published to the engine with the sender's
+// connection ID. Hub.Deliver is the engine's Handler: it
 // encodes each message into one frame and queues it on every local member
 // of the room except the sender.
 //

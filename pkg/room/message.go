@@ -13,6 +13,7 @@ const (
 	CodeMissingField = "missing_field" // "username" or "message" is absent
 	CodeUnavailable  = "unavailable"   // the message was not stored: resend it later
 	CodeUnconfirmed  = "unconfirmed"   // the store did not answer in time: the message may or may not be delivered
+	CodeRateLimited  = "rate_limited"  // over the sender's rate limit (RATE_LIMIT): the message was dropped
 )
 
 // decodeError says why a message was refused.
@@ -168,6 +169,16 @@ func unhex(c byte) byte {
 func appendOutbound(b, username, message []byte) []byte {
 	b = append(b, `{"username":`...)
 	b = appendCompact(b, username)
+	b = append(b, `,"message":`...)
+	b = appendCompact(b, message)
+	return append(b, '}')
+}
+
+// appendOutboundUser is appendOutbound with a username fixed by the
+// sender's token, already encoded as compact JSON.
+func appendOutboundUser(b []byte, username string, message []byte) []byte {
+	b = append(b, `{"username":`...)
+	b = append(b, username...)
 	b = append(b, `,"message":`...)
 	b = appendCompact(b, message)
 	return append(b, '}')

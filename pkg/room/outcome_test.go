@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
 	"github.com/gobwas/ws"
@@ -41,7 +42,7 @@ func (e *scriptedEngine) Close(context.Context) error { return nil }
 // error codes, that a message was not stored ("unavailable") or that its
 // outcome is unknown ("unconfirmed"); accepted messages get no frame.
 func TestPublishOutcomesReachTheSender(t *testing.T) {
-	logger := discardLogger()
+	logger := testutil.DiscardLogger()
 	hub, err := NewHub(Config{}, logger)
 	if err != nil {
 		t.Fatal(err)

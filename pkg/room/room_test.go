@@ -2,18 +2,15 @@ package room
 
 import (
 	"errors"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 )
 
-func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func TestHubAccept(t *testing.T) {
-	h, err := NewHub(Config{}, discardLogger())
+func TestHubRoute(t *testing.T) {
+	h, err := NewHub(Config{}, testutil.DiscardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,19 +57,19 @@ func TestHubAccept(t *testing.T) {
 		{name: "empty URI", uri: "", status: 404},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			room, err := h.Accept([]byte(tc.uri))
+			room, err := h.Route([]byte(tc.uri))
 			if tc.status == 0 {
 				if err != nil || room != tc.room {
-					t.Fatalf("Accept(%q) = %q, %v; want %q", tc.uri, room, err, tc.room)
+					t.Fatalf("Route(%q) = %q, %v; want %q", tc.uri, room, err, tc.room)
 				}
 				return
 			}
 			var he *conn.HandshakeError
 			if !errors.As(err, &he) || he.Status != tc.status || !strings.Contains(he.Reason, tc.reason) {
-				t.Fatalf("Accept(%q) = %q, %v; want a %d naming %q", tc.uri, room, err, tc.status, tc.reason)
+				t.Fatalf("Route(%q) = %q, %v; want a %d naming %q", tc.uri, room, err, tc.status, tc.reason)
 			}
 			if room != "" {
-				t.Fatalf("Accept returned room %q with an error", room)
+				t.Fatalf("Route returned room %q with an error", room)
 			}
 			if strings.ContainsAny(he.Reason, "\r\n") || len(he.Reason) > 200 {
 				t.Fatalf("reason %q is not one short line", he.Reason)
@@ -125,7 +122,7 @@ func TestNewHubNeedsLogger(t *testing.T) {
 	if _, err := NewHub(Config{}, nil); err == nil {
 		t.Fatal("NewHub without a logger: no error")
 	}
-	if _, err := NewHub(Config{}, discardLogger()); err != nil {
+	if _, err := NewHub(Config{}, testutil.DiscardLogger()); err != nil {
 		t.Fatalf("NewHub: %v", err)
 	}
 }

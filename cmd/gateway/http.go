@@ -1,0 +1,203 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/room"
+	"github.com/chatgw/gateway/pkg/stream"
+)
+
+// endpoints is what the plain HTTP side serves: on the public port
+// (public) and, when ADMIN_ADDR is set, on the admin listener (admin).
+type endpoints struct {
+	engine       stream.Engine
+	hub          *room.Hub
+	connStats    func() conn.Stats
+	shuttingDown *atomic.Bool
+	log          *slog.Logger
+
+	mu      sync.Mutex
+	lastErr string // the engine error /readyz last logged; "" while ready
+}
+
+// public returns the handler of the public port: /healthz and /readyz,
+// plus /stats, /metrics and pprof (with DEBUG_PPROF) when there is no
+// admin listener. /readyz answers a generic reason, never the engine's
+// error, which names internal addresses: that is logged. In production
+// (allowedHosts set) a request whose Host is not allowed gets 400, probes
+// included: orchestrators' probes send an allowed Host header (see
+// deploy/k8s), and `gateway -healthcheck` does.
+func (e *endpoints) public(cfg Config) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", healthz)
+	mux.HandleFunc("GET /readyz", e.readyz(false))
+	if cfg.AdminAddr == "" {
+		e.operational(mux, cfg.Pprof)
+	}
+	if len(cfg.Conn.AllowedHosts) == 0 {
+		return mux
+	}
+	return hostCheck(cfg.Conn.AllowedHosts, mux)
+}
+
+// admin returns the handler of the admin listener: /healthz, /readyz
+// with the engine's error, /stats, /metrics and pprof (with DEBUG_PPROF). It checks
+// no Host: the listener is meant for loopback or a private network.
+func (e *endpoints) admin(cfg Config) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", healthz)
+	mux.HandleFunc("GET /readyz", e.readyz(true))
+	e.operational(mux, cfg.Pprof)
+	return mux
+}
+
+// operational adds /stats, /metrics and, with pprof, the Go profiles.
+func (e *endpoints) operational(mux *http.ServeMux, withPprof bool) {
+	mux.Handle("GET /metrics", metricsHandler(statsSource{conn: e.connStats, hub: e.hub.Stats, engine: e.engine}))
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(struct {
+			Conn conn.Stats `json:"connections"`
+			Hub  room.Stats `json:"rooms"`
+		}{e.connStats(), e.hub.Stats()})
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+}
+
+func healthz(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
+
+// readyz answers 200 while the engine is healthy, else 503. With detail
+// the answer carries the engine's error (the admin listener); without,
+// only "engine unavailable" (the public port), and the error is logged
+// when it changes.
+func (e *endpoints) readyz(detail bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		if e.shuttingDown.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		err := e.engine.Health()
+		e.noteHealth(err)
+		switch {
+		case err == nil:
+			_, _ = io.WriteString(w, "ready\n")
+		case detail:
+			http.Error(w, "engine unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		default:
+			http.Error(w, "engine unavailable", http.StatusServiceUnavailable)
+		}
+	}
+}
+
+// noteHealth logs the engine's health when it changes, so that /readyz
+// probes (or a client polling it) do not repeat the same line.
+func (e *endpoints) noteHealth(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	e.mu.Lock()
+	changed := msg != e.lastErr
+	e.lastErr = msg
+	e.mu.Unlock()
+	switch {
+	case !changed:
+	case err != nil:
+		e.log.Warn("not ready: engine unhealthy", "err", err)
+	default:
+		e.log.Info("ready: engine healthy again")
+	}
+}
+
+// hostCheck answers 400 to requests whose Host is not in allowed, with
+// the rules the upgrade applies (conn.Config.AllowedHosts): "*" any,
+// ".example.com" example.com and its subdomains, ports ignored.
+func hostCheck(allowed []string, next http.Handler) http.Handler {
+	hosts := map[string]bool{}
+	for _, h := range allowed {
+		h = strings.Trim(strings.ToLower(strings.TrimSpace(h)), "[]")
+		if h == "*" {
+			return next
+		}
+		hosts[h] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !hostAllowed(hosts, r.Host) {
+			http.Error(w, fmt.Sprintf("host %q is not allowed (ALLOWED_HOSTS)", r.Host), http.StatusBadRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// hostAllowed reports whether host (a Host header, port optional) is one
+// of hosts or a subdomain of a ".domain" entry.
+func hostAllowed(hosts map[string]bool, host string) bool {
+	h := strings.ToLower(host)
+	if hh, _, err := net.SplitHostPort(h); err == nil {
+		h = hh
+	}
+	h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+	if h == "" {
+		return false
+	}
+	if hosts[h] || hosts["."+h] {
+		return true
+	}
+	for {
+		i := strings.IndexByte(h, '.')
+		if i < 0 {
+			return false
+		}
+		if hosts[h[i:]] {
+			return true
+		}
+		h = h[i+1:]
+	}
+}
+
+// healthHost returns a Host header that allowed accepts, for the
+// -healthcheck request; "" when any host is accepted.
+func healthHost(allowed []string) string {
+	for _, h := range allowed {
+		h = strings.TrimSpace(h)
+		if h == "*" {
+			return ""
+		}
+		if h = strings.TrimPrefix(h, "."); h != "" {
+			if strings.Contains(h, ":") && !strings.HasPrefix(h, "[") {
+				h = "[" + h + "]" // IPv6 literal
+			}
+			return h
+		}
+	}
+	return ""
+}
+
+// adminServer serves the admin endpoints on their own listener: plain
+// net/http, with the timeouts of a server not meant for the public.
+func adminServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+}

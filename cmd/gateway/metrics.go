@@ -1,0 +1,143 @@
+package main
+
+import (
+	"net/http"
+
+	"github.com/chatgw/gateway/internal/hist"
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/room"
+	"github.com/chatgw/gateway/pkg/stream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metricsHandler serves the Prometheus metrics of one gateway process
+// from its own registry (no global state): the Go runtime and process
+// collectors, and the gateway's counters, read from the packages' Stats
+// at scrape time, so the hot paths only bump the atomics they always had.
+// docs/operations.md lists every metric.
+func metricsHandler(src statsSource) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&gatewayCollector{src: src},
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// statsSource reads the counters of the running gateway.
+type statsSource struct {
+	conn   func() conn.Stats
+	hub    func() room.Stats
+	engine stream.Engine
+}
+
+// metric is one gauge or counter taken from a snapshot of the Stats.
+type metric struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(*snapshot) float64
+}
+
+// snapshot is the Stats of one scrape.
+type snapshot struct {
+	conn   conn.Stats
+	hub    room.Stats
+	engine stream.Stats
+	ready  bool
+}
+
+func newMetric(name, help string, kind prometheus.ValueType, value func(*snapshot) float64) metric {
+	return metric{prometheus.NewDesc("chat_"+name, help, nil, nil), kind, value}
+}
+
+func counter(name, help string, v func(*snapshot) int64) metric {
+	return newMetric(name, help, prometheus.CounterValue, func(s *snapshot) float64 { return float64(v(s)) })
+}
+
+func gauge(name, help string, v func(*snapshot) int64) metric {
+	return newMetric(name, help, prometheus.GaugeValue, func(s *snapshot) float64 { return float64(v(s)) })
+}
+
+// gatewayMetrics are the gateway's own metrics. No label carries a room
+// name or a connection ID: their number stays fixed whatever the traffic.
+var gatewayMetrics = []metric{
+	gauge("connections_open", "Sockets held by the event loops: in handshake, open or closing.", func(s *snapshot) int64 { return s.conn.Open }),
+	gauge("websockets_open", "WebSocket connections held (joining, open or closing).", func(s *snapshot) int64 { return s.conn.WebSockets }),
+	gauge("http_connections_open", "Connections held by the plain-HTTP server.", func(s *snapshot) int64 { return s.conn.HTTP }),
+	counter("connections_accepted_total", "TCP connections accepted.", func(s *snapshot) int64 { return s.conn.Accepted }),
+	counter("websockets_opened_total", "WebSocket upgrades completed.", func(s *snapshot) int64 { return s.conn.Upgraded }),
+	counter("connections_refused_total", "Connections and upgrades answered 503 for a connection cap or the descriptor budget.", func(s *snapshot) int64 { return s.conn.Refused }),
+	counter("timeouts_total", "Handshakes, HTTP requests and unfinished messages cut by their timeout.", func(s *snapshot) int64 { return s.conn.TimedOut }),
+	counter("limit_closes_total", "Connections closed for FRAME_RATE or MAX_PARTIAL_BYTES.", func(s *snapshot) int64 { return s.conn.Limited }),
+	gauge("partial_bytes", "Buffer bytes held for unfinished messages and frames.", func(s *snapshot) int64 { return s.conn.PartialBytes }),
+
+	gauge("rooms", "Rooms with members on this node.", func(s *snapshot) int64 { return int64(s.hub.Rooms) }),
+	counter("messages_received_total", "Chat messages received from clients.", func(s *snapshot) int64 { return s.hub.Received }),
+	counter("messages_published_total", "Chat messages accepted by the engine (stored).", func(s *snapshot) int64 { return s.hub.Published }),
+	counter("deliveries_total", "Frames handed to member connections.", func(s *snapshot) int64 { return s.hub.Delivered }),
+	counter("messages_rejected_total", "Messages refused for bad JSON or missing fields (error frame sent).", func(s *snapshot) int64 { return s.hub.Rejected }),
+	counter("messages_unavailable_total", "Messages the engine did not store (error frame unavailable).", func(s *snapshot) int64 { return s.hub.Unavailable }),
+	counter("messages_unconfirmed_total", "Messages sent to Redis without an answer in time (error frame unconfirmed).", func(s *snapshot) int64 { return s.hub.Unconfirmed }),
+	counter("rate_limited_total", "Messages dropped over RATE_LIMIT (error frame rate_limited).", func(s *snapshot) int64 { return s.hub.RateLimited }),
+	counter("rate_limit_closes_total", "Connections closed with 1008 for going on over RATE_LIMIT.", func(s *snapshot) int64 { return s.hub.RateClosed }),
+
+	counter("engine_accepted_total", "Publish outcomes: stored.", func(s *snapshot) int64 { return s.engine.Accepted }),
+	counter("engine_refused_total", "Publish outcomes: not stored (unavailable or closed).", func(s *snapshot) int64 { return s.engine.Refused }),
+	counter("engine_unconfirmed_total", "Publish outcomes: sent, no answer in time (may be stored).", func(s *snapshot) int64 { return s.engine.Unconfirmed }),
+	counter("engine_delivered_total", "Messages the engine handed to the rooms of this node.", func(s *snapshot) int64 { return s.engine.Delivered }),
+	counter("redis_round_trips_total", "Pipelined round trips of the Redis pumps (blocking reads not included).", func(s *snapshot) int64 { return s.engine.RoundTrips }),
+	counter("redis_errors_total", "Redis round trips that got no answer (Redis down or too slow, broken connection).", func(s *snapshot) int64 { return s.engine.RoundTripErrors }),
+	counter("redis_reads_refused_total", "Redis reads answered with an error.", func(s *snapshot) int64 { return s.engine.ReadsRefused }),
+	counter("redis_malformed_entries_total", "Stream entries skipped because they could not be decoded.", func(s *snapshot) int64 { return s.engine.Malformed }),
+	newMetric("engine_healthy", "1 while the engine can accept and deliver messages (what /readyz reports), else 0.", prometheus.GaugeValue,
+		func(s *snapshot) float64 {
+			if s.ready {
+				return 1
+			}
+			return 0
+		}),
+}
+
+var (
+	publishLatencyDesc = prometheus.NewDesc("chat_publish_seconds",
+		"Time from publishing a message to the engine's answer (stored, refused or unconfirmed).", nil, nil)
+	roundTripDesc = prometheus.NewDesc("chat_redis_round_trip_seconds",
+		"Time of one pipelined Redis round trip of a pump (publishes and reads).", nil, nil)
+)
+
+// gatewayCollector turns the Stats into metrics at each scrape.
+type gatewayCollector struct{ src statsSource }
+
+// Describe sends the descriptors of every metric.
+func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range gatewayMetrics {
+		ch <- m.desc
+	}
+	ch <- publishLatencyDesc
+	ch <- roundTripDesc
+}
+
+// Collect reads the Stats once and sends every metric.
+func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
+	s := snapshot{conn: c.src.conn(), hub: c.src.hub(), engine: c.src.engine.Stats(), ready: c.src.engine.Health() == nil}
+	for _, m := range gatewayMetrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(&s))
+	}
+	ch <- constHistogram(publishLatencyDesc, s.engine.PublishLatency)
+	ch <- constHistogram(roundTripDesc, s.engine.RoundTripLatency)
+}
+
+// constHistogram converts a hist.Snapshot to a Prometheus histogram in
+// seconds, with cumulative buckets.
+func constHistogram(d *prometheus.Desc, h hist.Snapshot) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(hist.Bounds))
+	var cum uint64
+	for i, b := range hist.Bounds {
+		cum += h.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	return prometheus.MustNewConstHistogram(d, h.Count(), h.Sum.Seconds(), buckets)
+}

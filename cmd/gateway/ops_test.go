@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
+	"github.com/gobwas/ws"
+	"github.com/sethvargo/go-envconfig"
+)
+
+// scrape reads /metrics (from the admin listener when there is one) and
+// returns each sample by its name with labels, as printed.
+func scrape(t *testing.T, g *gateway) map[string]float64 {
+	t.Helper()
+	addr := g.addr
+	if g.admin != "" {
+		addr = g.admin
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// TestMetricsMoveWithTraffic scrapes /metrics before and after traffic
+// and checks that the counters moved by what was sent, on both engines.
+func TestMetricsMoveWithTraffic(t *testing.T) {
+	r := redistest.Start(t)
+	for name, env := range map[string]map[string]string{
+		"memory": nil,
+		"redis":  {"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()), "ADMIN_ADDR": "127.0.0.1:0"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := startGateway(t, env)
+			before := scrape(t, g)
+			a, b := g.dial(t, "metrics"), g.dial(t, "metrics")
+			a.sendChat("ana", "hola")
+			if _, msg := b.recvChat(); msg != "hola" {
+				t.Fatalf("b got %q", msg)
+			}
+			a.send(`{"username":"ana"}`) // missing field: an error frame
+			if got := a.recv(); !strings.Contains(got, "missing_field") {
+				t.Fatalf("a got %q, want the missing_field error", got)
+			}
+			after := scrape(t, g)
+			for metric, want := range map[string]float64{
+				"chat_messages_received_total":  2,
+				"chat_messages_published_total": 1,
+				"chat_messages_rejected_total":  1,
+				"chat_deliveries_total":         1,
+				"chat_websockets_opened_total":  2,
+				"chat_engine_accepted_total":    1,
+				"chat_publish_seconds_count":    map[string]float64{"memory": 0, "redis": 1}[name],
+			} {
+				if d := after[metric] - before[metric]; d != want {
+					t.Errorf("%s moved by %v, want %v", metric, d, want)
+				}
+			}
+			for metric, want := range map[string]float64{"chat_websockets_open": 2, "chat_rooms": 1, "chat_engine_healthy": 1} {
+				if after[metric] != want {
+					t.Errorf("%s = %v, want %v", metric, after[metric], want)
+				}
+			}
+			if name == "redis" && after["chat_redis_round_trips_total"] <= before["chat_redis_round_trips_total"] {
+				t.Errorf("chat_redis_round_trips_total did not move (%v)", after["chat_redis_round_trips_total"])
+			}
+			if _, ok := after["go_goroutines"]; !ok {
+				t.Error("the Go runtime metrics are missing")
+			}
+			for k := range after {
+				if strings.Contains(k, "metrics\"") || strings.Contains(k, "room=") {
+					t.Errorf("a metric carries a room name: %s", k)
+				}
+			}
+		})
+	}
+}
+
+// TestMetricsAreDocumented: every gateway metric is in docs/operations.md.
+func TestMetricsAreDocumented(t *testing.T) {
+	doc, err := readFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds"}
+	for _, m := range gatewayMetrics {
+		name := m.desc.String()
+		name = name[strings.Index(name, `"`)+1:]
+		names = append(names, name[:strings.Index(name, `"`)])
+	}
+	for _, n := range names {
+		if !strings.Contains(doc, "`"+n+"`") {
+			t.Errorf("docs/operations.md does not list `%s`", n)
+		}
+	}
+}
+
+// TestDrainSequence: on SIGTERM /readyz answers 503 at once while
+// everything else goes on for DRAIN_DELAY; then upgrades get 503 and the
+// connections get 1001 in batches over DRAIN_WINDOW, not all at once; the
+// process exits 0.
+func TestDrainSequence(t *testing.T) {
+	g := startGateway(t, map[string]string{"DRAIN_DELAY": "1s", "DRAIN_WINDOW": "1s"})
+	const n = 20
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = g.dial(t, "drain")
+	}
+	if code, _ := g.httpGet(t, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz before the signal: %d", code)
+	}
+	closedAt := make([]time.Time, n)
+	codes := make([]ws.StatusCode, n)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			codes[i], _ = c.expectClose(true)
+			closedAt[i] = time.Now()
+		})
+	}
+	stopped := time.Now()
+	g.stop() // as SIGTERM does
+	testutil.Eventually(t, "/readyz 503 right after the signal", func() bool {
+		code, _ := g.httpGet(t, "/readyz")
+		return code == http.StatusServiceUnavailable
+	})
+	if code, _ := g.httpGet(t, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz while draining: %d, want 200", code)
+	}
+	late := g.dial(t, "drain") // within DRAIN_DELAY: still served
+	late.sendChat("late", "still here")
+	testutil.Eventually(t, "upgrades refused after DRAIN_DELAY", func() bool {
+		status, _ := rawUpgrade(t, g.addr, "/ws/chat/drain/")
+		return status == http.StatusServiceUnavailable
+	})
+	wg.Wait()
+	first, last := closedAt[0], closedAt[0]
+	for i := range n {
+		if codes[i] != ws.StatusGoingAway {
+			t.Errorf("client %d closed with %d, want 1001", i, codes[i])
+		}
+		first, last = minTime(first, closedAt[i]), maxTime(last, closedAt[i])
+	}
+	if first.Sub(stopped) < 900*time.Millisecond {
+		t.Errorf("first 1001 after %v, want after DRAIN_DELAY (1s)", first.Sub(stopped))
+	}
+	if last.Sub(first) < 300*time.Millisecond {
+		t.Errorf("all %d closes within %v; want them spread over DRAIN_WINDOW (1s)", n, last.Sub(first))
+	}
+	select {
+	case code := <-g.code:
+		g.code <- code // for the cleanup
+		if code != 0 {
+			t.Fatalf("exit code %d, want 0", code)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the gateway did not exit after the drain")
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// TestStartBeforeRedis: a production gateway started while Redis is down
+// serves /healthz, answers 503 to /readyz and to joins, and works once
+// Redis comes up, without a restart.
+func TestStartBeforeRedis(t *testing.T) {
+	r := redistest.Start(t)
+	r.Kill()
+	g := startGateway(t, map[string]string{
+		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
+		"REDIS_BACKOFF_MIN": "50ms", "REDIS_BACKOFF_MAX": "200ms", "REDIS_TIMEOUT": "500ms",
+	})
+	if code, _ := g.httpGet(t, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz without Redis: %d, want 200", code)
+	}
+	if code, _ := g.httpGet(t, "/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without Redis: %d, want 503", code)
+	}
+	if status, _ := rawUpgrade(t, g.addr, "/ws/chat/early/"); status != http.StatusServiceUnavailable {
+		t.Fatalf("join without Redis: %d, want 503", status)
+	}
+	testutil.Eventually(t, "the retry warning in the log", func() bool { return g.logs.contains("still cannot reach Redis") })
+	r.Restart()
+	testutil.Eventually(t, "/readyz 200 once Redis is up", func() bool {
+		code, _ := g.httpGet(t, "/readyz")
+		return code == http.StatusOK
+	})
+	a, b := g.dial(t, "late"), g.dial(t, "late")
+	a.sendChat("ana", "after redis came up")
+	if _, msg := b.recvChat(); msg != "after redis came up" {
+		t.Fatalf("got %q", msg)
+	}
+}
+
+// TestStartTimeoutGivesUp: with REDIS_START_TIMEOUT the gateway exits 1
+// when Redis never answers.
+func TestStartTimeoutGivesUp(t *testing.T) {
+	r := redistest.Start(t)
+	r.Kill()
+	g := startGateway(t, map[string]string{
+		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
+		"REDIS_BACKOFF_MIN": "50ms", "REDIS_BACKOFF_MAX": "100ms", "REDIS_TIMEOUT": "200ms", "REDIS_START_TIMEOUT": "500ms",
+	})
+	select {
+	case code := <-g.code:
+		g.code <- code // for the cleanup
+		if code != 1 {
+			t.Fatalf("exit code %d, want 1", code)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the gateway did not give up")
+	}
+	if !g.logs.contains("REDIS_START_TIMEOUT") {
+		t.Error("the log does not say why it gave up")
+	}
+}
+
+// TestHealthAndReadyChecks: -healthcheck and -readycheck reach the
+// gateway where it listens (LISTEN_HOST), with a Host ALLOWED_HOSTS takes,
+// and tell liveness from readiness.
+func TestHealthAndReadyChecks(t *testing.T) {
+	r := redistest.Start(t)
+	env := map[string]string{
+		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
+		"LISTEN_HOST": "127.0.0.3", "REDIS_BACKOFF_MIN": "50ms", "REDIS_BACKOFF_MAX": "100ms", "REDIS_TIMEOUT": "300ms",
+	}
+	g := startGateway(t, env)
+	_, port, _ := net.SplitHostPort(g.addr)
+	check := func(flag string) (int, string) {
+		var stderr bytes.Buffer
+		code := run(context.Background(), []string{flag}, envconfig.MapLookuper(withEnv(env, map[string]string{"PORT": port})), io.Discard, &stderr, nil)
+		return code, stderr.String()
+	}
+	if code, msg := check("-healthcheck"); code != 0 {
+		t.Fatalf("-healthcheck on 127.0.0.3: exit %d: %s", code, msg)
+	}
+	if code, msg := check("-readycheck"); code != 0 {
+		t.Fatalf("-readycheck with Redis up: exit %d: %s", code, msg)
+	}
+	r.Kill()
+	testutil.Eventually(t, "-readycheck failing with Redis down", func() bool { code, _ := check("-readycheck"); return code == 1 })
+	if code, msg := check("-healthcheck"); code != 0 {
+		t.Fatalf("-healthcheck with Redis down: exit %d: %s (liveness must not depend on Redis)", code, msg)
+	}
+}
+
+// TestVersionAndLogs: -version prints the build's version; production
+// logs print durations as text and the engine by name.
+func TestVersionAndLogs(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-version"}, envconfig.MapLookuper(nil), &out, io.Discard, nil); code != 0 ||
+		!strings.HasPrefix(out.String(), "gateway ") || !strings.Contains(out.String(), "go1.") {
+		t.Fatalf("-version: exit %d, %q", code, out.String())
+	}
+	r := redistest.Start(t)
+	g := startGateway(t, map[string]string{
+		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
+		"LOG_LEVEL": "info", "DRAIN_DELAY": "10ms",
+	})
+	g.stop()
+	g.code <- <-g.code // wait for the exit; leave the code for the cleanup
+	for _, want := range []string{`"engine":"redis"`, `"drain_delay":"10ms"`, `"shutdown_timeout":"5s"`} {
+		if !g.logs.contains(want) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+}
+
+func readFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	return string(b), err
+}

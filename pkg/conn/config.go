@@ -1,0 +1,230 @@
+package conn
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config sets the limits of the WebSocket server. A zero field takes its
+// default (Defaulted); the env tags give the variables cmd/gateway reads
+// them from, and the help tags what `gateway -h` says about them. Where a
+// field says so, -1 means "no limit".
+type Config struct {
+	// MaxMessageBytes is the largest message a client may send; a longer one
+	// closes the connection with 1009. Zero means 64 KiB. It also bounds
+	// what one connection holds for an unfinished message: at most about
+	// twice MaxMessageBytes of buffer (maxPartialPerConn).
+	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES" help:"largest client message in bytes; longer ones close with 1009"`
+	// MaxQueueBytes bounds the bytes queued for one client that does not
+	// read; past it the connection is closed with 1008. Zero means 1 MiB.
+	// It must be at least 2×MaxMessageBytes.
+	MaxQueueBytes int `env:"MAX_QUEUE_BYTES" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES)"`
+	// MaxPartialBytes bounds the bytes the server holds for unfinished
+	// frames and fragmented messages, all connections together, counted
+	// as buffer capacity (Stats.PartialBytes). A connection whose read
+	// would pass it is closed with 1013 (try again later). Zero means 64
+	// MiB; it must leave room for one connection holding a message of
+	// MaxMessageBytes. (Request heads are bounded by MaxHeaderBytes and
+	// HandshakeTimeout instead.)
+	MaxPartialBytes int `env:"MAX_PARTIAL_BYTES" help:"bytes held for unfinished frames and messages, all connections together; a connection that would pass it is closed with 1013"`
+	// FragmentTimeout bounds the time a message may stay unfinished: from
+	// its first fragment, or the first byte of a frame split across reads,
+	// to its end. Control frames in between do not extend it. Past it the
+	// connection is closed with 1008. Zero means 15s.
+	FragmentTimeout time.Duration `env:"FRAGMENT_TIMEOUT" help:"time a message may stay unfinished (fragments, or a frame split across reads) before the connection is closed with 1008"`
+	// FrameRate is the number of frames per second a client may send on
+	// average; every frame counts (text, continuation, ping, pong, close,
+	// even empty ones). A client over it, past FrameBurst, is closed with
+	// 1008. Zero means 200; -1 means no limit.
+	FrameRate int `env:"FRAME_RATE" help:"frames per second a client may send on average (every frame counts, even empty continuations and pings); over it the connection is closed with 1008; -1 means no limit"`
+	// FrameBurst is the number of frames a client may send at once above
+	// FrameRate. Zero means 1000.
+	FrameBurst int `env:"FRAME_BURST" help:"frames a client may send back to back before FRAME_RATE applies"`
+	// MaxConnections bounds the WebSocket connections held at once
+	// (joining, open or closing); over it an upgrade gets 503 with
+	// Retry-After. NewServer lowers it to fit FileLimit (see
+	// Server.Config). Zero means 10 000; -1 means only FileLimit bounds it.
+	MaxConnections int `env:"MAX_CONNECTIONS" help:"WebSocket connections held at once, lowered to fit the open-file limit; over it upgrades get 503; -1 means only the open-file limit"`
+	// MaxConnectionsPerIP bounds the connections of any kind (in
+	// handshake, WebSocket, or plain HTTP) that one client IPv4 address or
+	// IPv6 /64 may hold; a connection over it is answered 503 with
+	// Retry-After at once and closed. Behind a proxy or a large NAT raise it
+	// or set -1. Zero means 100; -1 means no limit.
+	MaxConnectionsPerIP int `env:"MAX_CONNECTIONS_PER_IP" help:"connections of any kind one client IPv4 address or IPv6 /64 may hold; over it new ones get 503 at once; -1 means no limit (behind a proxy)"`
+	// PingInterval is how long a connection may stay silent before the
+	// server pings it. Zero means 30s.
+	PingInterval time.Duration `env:"PING_INTERVAL" help:"silence after which the server pings a connection"`
+	// PongTimeout is how long the server waits for any data after a ping
+	// before it closes the connection with 1001. Zero means 30s.
+	PongTimeout time.Duration `env:"PONG_TIMEOUT" help:"time to answer a ping before the connection is closed with 1001"`
+	// HandshakeTimeout bounds the time from accept to a complete request
+	// head (then 408), and from there to the Handler's answer to a pending
+	// upgrade (then 503). It is also the HTTP server's ReadHeaderTimeout.
+	// Zero means 10s.
+	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" help:"time from accept to a complete HTTP request head (then 408), and for a pending join to be answered (then 503)"`
+	// CloseTimeout is how long a closing connection waits for the client's
+	// close frame or FIN before its socket is released. While the client
+	// still reads (acknowledges bytes) what is queued before the close
+	// frame, the wait is extended, up to 10×CloseTimeout in all. Zero means
+	// 2s.
+	CloseTimeout time.Duration `env:"CLOSE_TIMEOUT" help:"time a closing connection waits for the client's close frame (extended up to 10x while the client still reads)"`
+	// HTTPReadTimeout bounds the time to read a whole plain-HTTP request,
+	// body included (http.Server.ReadTimeout). Zero means 10s.
+	HTTPReadTimeout time.Duration `env:"HTTP_READ_TIMEOUT" help:"time to read a whole plain-HTTP request, body included"`
+	// HTTPWriteTimeout bounds the time to write a plain-HTTP response, from
+	// the end of its request head (http.Server.WriteTimeout). Zero means
+	// 60s, which lets /debug/pprof/profile run its default 30 s.
+	HTTPWriteTimeout time.Duration `env:"HTTP_WRITE_TIMEOUT" help:"time to write a plain-HTTP response, from the end of its request head"`
+	// HTTPIdleTimeout is how long an idle keep-alive HTTP connection stays
+	// open. Zero means 30s.
+	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" help:"time an idle keep-alive HTTP connection stays open"`
+	// MaxHeaderBytes bounds an HTTP request head, upgrade or plain HTTP;
+	// a longer one gets 431. Zero means 16 KiB; at least 1 KiB.
+	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" help:"largest HTTP request head (upgrade or plain HTTP); longer ones get 431"`
+	// HTTPMaxBodyBytes bounds a plain-HTTP request body: a request that
+	// declares a longer one gets 413 at once, one that sends more fails to
+	// read past it. Zero means 64 KiB.
+	HTTPMaxBodyBytes int `env:"HTTP_MAX_BODY_BYTES" help:"largest plain-HTTP request body; larger ones get 413"`
+	// EventLoops is the number of epoll loops. Zero means GOMAXPROCS.
+	EventLoops int `env:"EVENT_LOOPS" help:"number of epoll event loops; 0 means one per CPU"`
+	// ReusePort sets SO_REUSEPORT on the listener, so several gateway
+	// processes on one host can share a port.
+	ReusePort bool `env:"REUSE_PORT" help:"set SO_REUSEPORT so several gateway processes can share the port"`
+	// WSPrefix is the path prefix of WebSocket endpoints: requests under it
+	// are upgraded (the Handler decides which paths exist), all others go
+	// to HTTPHandler. Zero means "/ws/".
+	WSPrefix string
+	// AllowedHosts lists the Host header values (without port) accepted for
+	// upgrades; "*" accepts any, ".example.com" example.com and its
+	// subdomains. Empty means any.
+	AllowedHosts []string
+	// AllowedOrigins lists the Origin header values accepted for upgrades:
+	// scheme://host[:port] (a default port may be left out), or a bare
+	// host name or .domain pattern, as in AllowedHosts, matching any scheme
+	// and port; "*" accepts any. A browser request with another Origin gets
+	// 403. A request without an Origin header (not a browser) is always
+	// accepted. Empty means any.
+	AllowedOrigins []string `env:"ALLOWED_ORIGINS" help:"comma-separated Origin values accepted for upgrades (https://host[:port], a host name or .domain); others get 403; * accepts any; requests without Origin are accepted; unset: any, or the ALLOWED_HOSTS names in production"`
+	// FileLimit is the process's open-file limit, as RaiseFileLimit
+	// returns it: the server keeps 64 descriptors of it for the process
+	// and refuses (503 at once) connections past the rest, so it never
+	// runs out of descriptors. Zero means the soft RLIMIT_NOFILE when
+	// NewServer runs. Tests set a small value to act out exhaustion.
+	FileLimit int
+	// HTTPHandler serves requests that are not under WSPrefix. Nil answers
+	// 404 to all of them.
+	HTTPHandler http.Handler
+}
+
+// Descriptor budget: what NewServer keeps of Config.FileLimit for other
+// uses than client connections.
+const (
+	// fdReserve descriptors are for the process: listener, epoll and
+	// eventfds, the spare descriptor, Redis, logs, and the dup made when a
+	// connection is handed to the HTTP server.
+	fdReserve = 64
+	// httpReserve descriptors (at most a quarter of the rest) are kept
+	// from MaxConnections for handshakes and plain HTTP, so /healthz
+	// still answers when WebSocket connections are capped.
+	httpReserve = 64
+)
+
+// Defaulted returns c with every zero field set to the default the
+// server uses for it, without checking anything: what `gateway -h` prints.
+// FileLimit is left as is (its default is the process's limit).
+func (c Config) Defaulted() Config {
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
+	c.MaxQueueBytes = cmp.Or(c.MaxQueueBytes, 1<<20)
+	c.MaxPartialBytes = cmp.Or(c.MaxPartialBytes, 64<<20)
+	c.FragmentTimeout = cmp.Or(c.FragmentTimeout, 15*time.Second)
+	c.FrameRate = cmp.Or(c.FrameRate, 200)
+	c.FrameBurst = cmp.Or(c.FrameBurst, 1000)
+	c.MaxConnections = cmp.Or(c.MaxConnections, 10_000)
+	c.MaxConnectionsPerIP = cmp.Or(c.MaxConnectionsPerIP, 100)
+	c.EventLoops = cmp.Or(c.EventLoops, runtime.GOMAXPROCS(0))
+	c.PingInterval = cmp.Or(c.PingInterval, 30*time.Second)
+	c.PongTimeout = cmp.Or(c.PongTimeout, 30*time.Second)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, 10*time.Second)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, 2*time.Second)
+	c.HTTPReadTimeout = cmp.Or(c.HTTPReadTimeout, 10*time.Second)
+	c.HTTPWriteTimeout = cmp.Or(c.HTTPWriteTimeout, 60*time.Second)
+	c.HTTPIdleTimeout = cmp.Or(c.HTTPIdleTimeout, 30*time.Second)
+	c.MaxHeaderBytes = cmp.Or(c.MaxHeaderBytes, 16<<10)
+	c.HTTPMaxBodyBytes = cmp.Or(c.HTTPMaxBodyBytes, 64<<10)
+	c.WSPrefix = cmp.Or(c.WSPrefix, "/ws/")
+	return c
+}
+
+// setDefaults fills the zero fields (FileLimit from RLIMIT_NOFILE) and
+// checks every value; the error names the variable to fix.
+func (c *Config) setDefaults() error {
+	*c = c.Defaulted()
+	if c.FileLimit == 0 {
+		c.FileLimit = 1024
+		var rl unix.Rlimit
+		if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+			c.FileLimit = int(min(rl.Cur, math.MaxInt32))
+		}
+	}
+	switch {
+	case c.MaxMessageBytes < 0:
+		return fmt.Errorf("conn: MAX_MESSAGE_BYTES is %d; want a positive byte count", c.MaxMessageBytes)
+	case c.MaxQueueBytes < 2*c.MaxMessageBytes:
+		return fmt.Errorf("conn: MAX_QUEUE_BYTES (%d) must be at least twice MAX_MESSAGE_BYTES (%d)", c.MaxQueueBytes, c.MaxMessageBytes)
+	case c.MaxPartialBytes < maxPartialPerConn(c.MaxMessageBytes):
+		return fmt.Errorf("conn: MAX_PARTIAL_BYTES (%d) must be at least %d, what one connection may hold for a message of MAX_MESSAGE_BYTES (%d); raise it or lower MAX_MESSAGE_BYTES",
+			c.MaxPartialBytes, maxPartialPerConn(c.MaxMessageBytes), c.MaxMessageBytes)
+	case c.FragmentTimeout < 0:
+		return fmt.Errorf("conn: FRAGMENT_TIMEOUT is %s; want a positive duration such as 15s", c.FragmentTimeout)
+	case c.FrameRate < -1 || c.FrameRate > 1e9:
+		return fmt.Errorf("conn: FRAME_RATE is %d; want 1 to 1000000000 frames per second, or -1 for no limit", c.FrameRate)
+	case c.FrameBurst < 0:
+		return fmt.Errorf("conn: FRAME_BURST is %d; want a positive number of frames", c.FrameBurst)
+	case c.MaxConnections < -1:
+		return fmt.Errorf("conn: MAX_CONNECTIONS is %d; want a positive number, or -1 for the open-file limit", c.MaxConnections)
+	case c.MaxConnectionsPerIP < -1:
+		return fmt.Errorf("conn: MAX_CONNECTIONS_PER_IP is %d; want a positive number, or -1 for no limit", c.MaxConnectionsPerIP)
+	case c.EventLoops < 0 || c.EventLoops > 1024:
+		return fmt.Errorf("conn: EVENT_LOOPS is %d; want 1 to 1024, or 0 for one per CPU", c.EventLoops)
+	case c.PingInterval < 0 || c.PongTimeout < 0 || c.HandshakeTimeout < 0 || c.CloseTimeout < 0:
+		return errors.New("conn: PING_INTERVAL, PONG_TIMEOUT, HANDSHAKE_TIMEOUT and CLOSE_TIMEOUT must not be negative")
+	case c.HTTPReadTimeout < 0 || c.HTTPWriteTimeout < 0 || c.HTTPIdleTimeout < 0:
+		return errors.New("conn: HTTP_READ_TIMEOUT, HTTP_WRITE_TIMEOUT and HTTP_IDLE_TIMEOUT must not be negative")
+	case c.MaxHeaderBytes < 1<<10 || c.MaxHeaderBytes > 1<<20:
+		return fmt.Errorf("conn: MAX_HEADER_BYTES is %d; want 1024 to 1048576 bytes", c.MaxHeaderBytes)
+	case c.HTTPMaxBodyBytes < 0:
+		return fmt.Errorf("conn: HTTP_MAX_BODY_BYTES is %d; want a positive byte count", c.HTTPMaxBodyBytes)
+	case c.FileLimit < 0:
+		return fmt.Errorf("conn: FileLimit is %d; want the process's open-file limit, or 0 to read it", c.FileLimit)
+	case !strings.HasPrefix(c.WSPrefix, "/"):
+		return fmt.Errorf("conn: WSPrefix %q must start with /", c.WSPrefix)
+	}
+	if _, err := newOriginList(c.AllowedOrigins); err != nil {
+		return err
+	}
+	return nil
+}
+
+// budget returns the sockets the server may hold at once (every kind)
+// and the WebSocket connections it may hold, MaxConnections lowered to
+// fit FileLimit. It fails when FileLimit leaves no room.
+func (c *Config) budget() (sockets, websockets int, err error) {
+	sockets = c.FileLimit - fdReserve
+	websockets = sockets - min(httpReserve, sockets/4)
+	if sockets < 2 {
+		return 0, 0, fmt.Errorf("conn: the open-file limit (%d) leaves no room for connections; raise it (ulimit -n, or docker run --ulimit nofile=N) to %d or more",
+			c.FileLimit, fdReserve+2)
+	}
+	if c.MaxConnections > 0 {
+		websockets = min(websockets, c.MaxConnections)
+	}
+	return sockets, websockets, nil
+}

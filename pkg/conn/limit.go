@@ -1,0 +1,180 @@
+package conn
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Connection caps. Serve admits a socket only while the server holds
+// fewer than its descriptor budget (Config.FileLimit less fdReserve) and
+// the client's address fewer than Config.MaxConnectionsPerIP; otherwise
+// the socket is answered 503 with Retry-After at once and closed. The
+// WebSocket cap (Config.MaxConnections, below the budget so that plain
+// HTTP still gets in) is checked at the upgrade (upgrade.go).
+
+// retryAfterSeconds is the Retry-After of every 503 the server sends.
+const retryAfterSeconds = 10
+
+// ipLimit counts the sockets each client address holds: an IPv4 address,
+// or the /64 of an IPv6 one (what one host usually gets).
+type ipLimit struct {
+	max int // 0: no limit, nothing is counted
+	mu  sync.Mutex
+	n   map[netip.Addr]int32
+}
+
+func ipKey(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// acquire counts one more socket for a, unless a holds max already.
+func (l *ipLimit) acquire(a netip.Addr) bool {
+	k := ipKey(a)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n == nil {
+		l.n = make(map[netip.Addr]int32)
+	}
+	if int(l.n[k]) >= l.max {
+		return false
+	}
+	l.n[k]++
+	return true
+}
+
+// release counts one socket of a less.
+func (l *ipLimit) release(a netip.Addr) {
+	k := ipKey(a)
+	l.mu.Lock()
+	if l.n[k] <= 1 {
+		delete(l.n, k)
+	} else {
+		l.n[k]--
+	}
+	l.mu.Unlock()
+}
+
+// held returns the sockets counted for a.
+func (l *ipLimit) held(a netip.Addr) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int(l.n[ipKey(a)])
+}
+
+// admit decides whether a socket just accepted from addr may be held. It
+// returns whether the socket was counted for its address (to release
+// then), or the reason of a refusal.
+func (s *Server) admit(addr netip.Addr) (perIP bool, reason string) {
+	if s.stats.open.Load()+s.stats.http.Load() >= s.sockets {
+		s.stats.refused.Add(1)
+		return false, "server at its connection limit; retry later"
+	}
+	if s.perIP.max == 0 {
+		return false, ""
+	}
+	if !s.perIP.acquire(addr) {
+		s.stats.refused.Add(1)
+		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(addr), s.perIP.max)
+	}
+	return true, ""
+}
+
+// releaseIP gives back the per-address count of c's socket.
+func (s *Server) releaseIP(c *Conn) {
+	if c.perIP {
+		c.perIP = false
+		s.perIP.release(c.remote.Addr())
+	}
+}
+
+// refuse answers a socket the server will not hold with 503 and a reason,
+// and closes it.
+func refuse(fd int, reason string) {
+	_, _ = unix.Write(fd, errorResponse(http.StatusServiceUnavailable, reason))
+	var buf [2048]byte
+	drain(fd, buf[:])
+	unix.Close(fd)
+}
+
+// refuseWithSpare runs when accept fails for lack of descriptors: it
+// closes the spare descriptor, accepts the waiting connection in its
+// place, answers it 503 and closes it, then opens the spare again. It
+// reports whether a connection was answered; if not, Serve backs off.
+func (s *Server) refuseWithSpare() bool {
+	if s.spare < 0 {
+		s.spare = openSpare() // freed by an earlier round and not reopened
+		return false
+	}
+	unix.Close(s.spare)
+	s.spare = -1
+	fd, _, err := s.accept(s.lfd)
+	if err == nil {
+		s.stats.accepted.Add(1)
+		s.stats.refused.Add(1)
+		refuse(fd, "server out of file descriptors; retry later")
+		s.warnAccept("out of file descriptors; refusing connections", unix.EMFILE, 0)
+	}
+	s.spare = openSpare()
+	return err == nil
+}
+
+// openSpare opens the descriptor kept free for refuseWithSpare; -1 when
+// even that fails.
+func openSpare() int {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// accept4 is accept(2) giving a non-blocking descriptor: Server.accept.
+func accept4(lfd int) (int, unix.Sockaddr, error) {
+	return unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+}
+
+// warnAccept logs an accept failure at most once a second, with the
+// number of failures since the last line.
+func (s *Server) warnAccept(msg string, err error, backoff time.Duration) {
+	s.failures++
+	if now := time.Now(); now.Sub(s.lastWarned) >= time.Second {
+		s.log.Warn(msg, "err", err, "failures", s.failures, "retry_in", backoff, "open", s.stats.open.Load(), "http", s.stats.http.Load())
+		s.lastWarned, s.failures = now, 0
+	}
+}
+
+// errorResponse is the HTTP response the server sends when it refuses a
+// request itself: the status, a one-line reason as the body, and
+// Retry-After with a 503.
+func errorResponse(status int, reason string) []byte {
+	b := make([]byte, 0, 160+len(reason))
+	b = fmt.Appendf(b, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	if status == http.StatusServiceUnavailable {
+		b = append(b, "Retry-After: "+strconv.Itoa(retryAfterSeconds)+"\r\n"...)
+	}
+	b = fmt.Appendf(b, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n", len(reason)+1, reason)
+	return b
+}
+
+// drain reads and drops what a non-blocking socket holds, so that closing
+// it sends FIN after the bytes queued to the client rather than RST,
+// which could discard them. It reads two buffers at most: a client that
+// is still flooding gets RST.
+func drain(fd int, buf []byte) {
+	for range 2 {
+		n, err := rawRead(fd, buf)
+		if err != nil || n < len(buf) {
+			return
+		}
+	}
+}

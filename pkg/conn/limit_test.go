@@ -1,0 +1,281 @@
+package conn
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// logBuffer is a logger's output, safe to read while the server writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+func TestIPKey(t *testing.T) {
+	for _, tc := range []struct{ a, b string }{
+		{"192.0.2.1", "192.0.2.1"},
+		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"},
+		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::"},
+	} {
+		if got := ipKey(netip.MustParseAddr(tc.a)); got != netip.MustParseAddr(tc.b) {
+			t.Errorf("ipKey(%s) = %s, want %s", tc.a, got, tc.b)
+		}
+	}
+	l := ipLimit{max: 2}
+	a, b := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2") // one /64
+	if !l.acquire(a) || !l.acquire(b) || l.acquire(a) {
+		t.Fatal("two addresses of one /64 must share the cap of 2")
+	}
+	if !l.acquire(netip.MustParseAddr("2001:db8:0:1::1")) {
+		t.Fatal("another /64 has its own count")
+	}
+	l.release(a)
+	if l.held(b) != 1 || !l.acquire(b) {
+		t.Fatal("release did not free a slot")
+	}
+	l.release(a)
+	l.release(a)
+	if l.held(a) != 0 || len(l.n) != 1 {
+		t.Fatalf("counts left: %v", l.n)
+	}
+}
+
+// TestConnectionsPerIP is the attack "thousands of upgraded connections
+// from one address" scaled down: with MAX_CONNECTIONS_PER_IP 50, 200
+// upgrades from 127.0.0.1 leave 50 open and 150 answered 503 with
+// Retry-After at once; another address is not affected, and a slot that
+// frees up can be taken again.
+func TestConnectionsPerIP(t *testing.T) {
+	const perIP, tries = 50, 200
+	s := startServer(t, Config{MaxConnectionsPerIP: perIP}, newRecorder())
+	var open []net.Conn
+	for i := range tries {
+		nc, _, resp, body := send(t, s, "127.0.0.1", upgradeRequest("/ws/a"))
+		if i < perIP {
+			if resp.StatusCode != 101 {
+				t.Fatalf("upgrade %d: %d %q, want 101", i, resp.StatusCode, body)
+			}
+			open = append(open, nc)
+			continue
+		}
+		wantRefusal(t, resp, body, "MAX_CONNECTIONS_PER_IP")
+		nc.Close()
+	}
+	if st := s.Stats(); st.WebSockets != perIP || st.Refused != tries-perIP || st.Open != perIP {
+		t.Fatalf("stats %+v; want %d WebSockets and open sockets, %d refused", st, perIP, tries-perIP)
+	}
+	upgrade(t, s, "127.0.0.2")
+	// A client that leaves frees its slot for one more, not two.
+	open[0].Close()
+	waitFor(t, "the slot to free up", func() bool { return s.perIP.held(netip.MustParseAddr("127.0.0.1")) == perIP-1 })
+	upgrade(t, s, "127.0.0.1")
+	nc, _, resp, body := send(t, s, "127.0.0.1", upgradeRequest("/ws/a"))
+	nc.Close()
+	wantRefusal(t, resp, body, "MAX_CONNECTIONS_PER_IP")
+}
+
+// TestDescriptorBudget is the attack "exhaust the descriptors with
+// half-open sockets", with a small open-file limit given to the server
+// (FileLimit: 164, so 100 sockets and at most 30 WebSockets). A flood of
+// half-open sockets from one address holds only MAX_CONNECTIONS_PER_IP
+// of them, the rest being answered 503 at once; /healthz and an upgrade
+// from elsewhere still work; at the budget new sockets are answered 503
+// at once (never an accept loop spinning on EMFILE); once sockets go,
+// /healthz answers again.
+func TestDescriptorBudget(t *testing.T) {
+	var logs logBuffer
+	s := startLoggedServer(t, Config{
+		FileLimit:           fdReserve + 100,
+		MaxConnectionsPerIP: 20,
+		MaxConnections:      30,
+		HandshakeTimeout:    time.Minute, // the half-open sockets stay for the whole test
+		HTTPHandler:         healthMux(),
+	}, newRecorder(), logs.logger(), nil)
+	if got := s.Config().MaxConnections; got != 30 {
+		t.Fatalf("MaxConnections in force %d, want 30", got)
+	}
+	halfOpen := func(local string, n int) (held, refused int) {
+		for range n {
+			before := s.Stats()
+			nc := dialFrom(t, s, local, 0)
+			if _, err := nc.Write([]byte("GET /ws/a HTTP/1.1\r\nHost: chat.test\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			// Accepted, the socket is either counted as held or refused.
+			waitFor(t, "the socket to be held or refused", func() bool {
+				st := s.Stats()
+				return st.Open > before.Open || st.Refused > before.Refused
+			})
+			if s.Stats().Refused > before.Refused {
+				resp, body := readResponse(t, bufio.NewReader(nc))
+				wantRefusal(t, resp, body, "")
+				refused++
+			} else {
+				held++
+			}
+		}
+		return held, refused
+	}
+
+	held, refused := halfOpen("127.0.0.1", 200)
+	if held != 20 || refused != 180 {
+		t.Fatalf("one address: %d held, %d refused; want 20 and 180", held, refused)
+	}
+	if status, _ := get(t, s, "127.0.0.9", "/healthz"); status != 200 {
+		t.Fatalf("/healthz during the flood: %d", status)
+	}
+	for i := range 30 {
+		upgrade(t, s, fmt.Sprintf("127.0.1.%d", i/15))
+	}
+	nc, _, resp, body := send(t, s, "127.0.1.9", upgradeRequest("/ws/a"))
+	nc.Close()
+	wantRefusal(t, resp, body, "MAX_CONNECTIONS")
+	if status, _ := get(t, s, "127.0.0.9", "/healthz"); status != 200 {
+		t.Fatalf("/healthz with WebSockets capped: %d", status)
+	}
+
+	// Fill the rest of the budget from other addresses: 100 - 20 - 30.
+	waitFor(t, "the refused and plain HTTP sockets to close", func() bool { st := s.Stats(); return st.HTTP == 0 && st.Open == 50 })
+	for i := range 50 {
+		if h, _ := halfOpen(fmt.Sprintf("127.0.2.%d", i/10), 1); h != 1 {
+			t.Fatalf("half-open socket %d of the budget refused; stats %+v", i, s.Stats())
+		}
+	}
+	_, _, resp, body = send(t, s, "127.0.0.9", []byte("GET /healthz HTTP/1.1\r\nHost: chat.test\r\n\r\n"))
+	wantRefusal(t, resp, body, "connection limit")
+	if st := s.Stats(); st.Open != 100 {
+		t.Fatalf("stats %+v; want 100 sockets held", st)
+	}
+	if strings.Contains(logs.String(), "accept failed") {
+		t.Fatalf("accept failures logged:\n%s", logs.String())
+	}
+}
+
+// exhaustedAccept returns an accept function acting out a process at its
+// open-file limit while exhausted is set: accept fails with EMFILE unless
+// the spare descriptor is closed (only that frees one). fails counts the
+// EMFILE answers.
+func exhaustedAccept(s *Server, exhausted *atomic.Bool, fails *atomic.Int64) func(int) (int, unix.Sockaddr, error) {
+	return func(lfd int) (int, unix.Sockaddr, error) {
+		if exhausted.Load() && s.spare >= 0 { // s.spare: the Serve goroutine's, as this call
+			fails.Add(1)
+			return -1, nil, unix.EMFILE
+		}
+		return accept4(lfd)
+	}
+}
+
+// TestAcceptEMFILE: out of descriptors, the server closes its spare one
+// to accept the waiting client, answers it 503 and opens the spare again:
+// each client is answered, and accept fails once per client, never in a
+// loop.
+func TestAcceptEMFILE(t *testing.T) {
+	var exhausted atomic.Bool
+	var fails atomic.Int64
+	exhausted.Store(true)
+	s := startLoggedServer(t, Config{}, newRecorder(), discardLogger(), func(s *Server) {
+		s.accept = exhaustedAccept(s, &exhausted, &fails)
+	})
+	const clients = 5
+	for range clients {
+		nc, _, resp, body := send(t, s, "", upgradeRequest("/ws/a"))
+		nc.Close()
+		wantRefusal(t, resp, body, "out of file descriptors")
+	}
+	if got := fails.Load(); got > clients+1 {
+		t.Fatalf("accept failed %d times for %d clients: it spins", got, clients)
+	}
+	if st := s.Stats(); st.Refused != clients || st.Open != 0 {
+		t.Fatalf("stats %+v; want %d refused and nothing held", st, clients)
+	}
+	// Descriptors are back.
+	exhausted.Store(false)
+	upgradeAfterRecovery(t, s)
+}
+
+// upgradeAfterRecovery upgrades a client once accept works again. Serve
+// may still be in the accept it made with the spare descriptor closed,
+// which answers its client 503: then the next client is upgraded.
+func upgradeAfterRecovery(t *testing.T, s *Server) {
+	t.Helper()
+	for i := 0; ; i++ {
+		nc, _, resp, body := send(t, s, "", upgradeRequest("/ws/a"))
+		if resp.StatusCode == 101 {
+			return
+		}
+		nc.Close()
+		if i == 1 || resp.StatusCode != 503 {
+			t.Fatalf("after recovery: %d %q", resp.StatusCode, body)
+		}
+	}
+}
+
+// TestAcceptBackoff: when even the spare descriptor does not help (another
+// thread took it), Serve backs off, doubling from 5 ms, and logs the
+// failures at most once a second; then it recovers.
+func TestAcceptBackoff(t *testing.T) {
+	var logs logBuffer
+	var failing atomic.Bool
+	var mu sync.Mutex
+	var calls []time.Time
+	failing.Store(true)
+	s := startLoggedServer(t, Config{}, newRecorder(), logs.logger(), func(s *Server) {
+		s.accept = func(lfd int) (int, unix.Sockaddr, error) {
+			if failing.Load() {
+				mu.Lock()
+				calls = append(calls, time.Now())
+				mu.Unlock()
+				return -1, nil, unix.EMFILE
+			}
+			return accept4(lfd)
+		}
+	})
+	const episodes = 5 // each: EMFILE, spare closed, EMFILE again, back off
+	waitFor(t, "five rounds of failures", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) >= 2*episodes
+	})
+	failing.Store(false)
+	mu.Lock()
+	got := append([]time.Time(nil), calls[:2*episodes]...)
+	mu.Unlock()
+	backoff := minAcceptBackoff
+	for k := 1; k < episodes; k++ {
+		// Sleeps never end early: the gap before each round is at least
+		// the back-off, whatever the machine's load.
+		if gap := got[2*k].Sub(got[2*k-1]); gap < backoff {
+			t.Fatalf("round %d started %v after the last failure, before its back-off %v", k, gap, backoff)
+		}
+		backoff *= 2
+	}
+	upgradeAfterRecovery(t, s)
+	if n := strings.Count(logs.String(), "accept failed"); n < 1 || n > 2 {
+		t.Fatalf("%d warnings for %d failures in well under a second, want 1 (2 if slow):\n%s", n, 2*episodes, logs.String())
+	}
+}

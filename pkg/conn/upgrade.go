@@ -1,0 +1,261 @@
+package conn
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
+)
+
+// The upgrade, run by the event loop that owns the connection: collect
+// the request head (HANDSHAKE_TIMEOUT, MAX_HEADER_BYTES, CRLF line ends),
+// hand plain-HTTP requests over (http.go), and run gobwas/ws's Upgrader
+// on the head with the checks below, in this order: the Handler's Route
+// (400/404), Host (ALLOWED_HOSTS, 400), Origin (ALLOWED_ORIGINS, 403), the
+// WebSocket cap (MAX_CONNECTIONS, 503) and the Handler's OnOpen, which may
+// defer its answer to Conn.Complete.
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// retryAfter is the Retry-After header of the 503s of an upgrade.
+var retryAfter = ws.HandshakeHeaderString("Retry-After: " + strconv.Itoa(retryAfterSeconds) + "\r\n")
+
+// handshake collects the HTTP request head, then upgrades the connection
+// or hands it to the HTTP server.
+func (l *loop) handshake(c *Conn, data []byte) {
+	old := 0
+	if c.rd.in != nil {
+		old = len(c.rd.in.b)
+	}
+	// The head is not counted in Stats.PartialBytes: MaxHeaderBytes and
+	// HandshakeTimeout bound it.
+	c.rd.in = appendBuffer(c.rd.in, data)
+	req := c.rd.in.b
+	// Look at the new bytes only, and the three before them, where the
+	// blank line may begin.
+	from := max(0, old-3)
+	head, end := req, bytes.Index(req[from:], crlfcrlf)
+	if end >= 0 {
+		end += from + len(crlfcrlf)
+		head = req[:end]
+	}
+	if bareLF(head, from) {
+		l.reject(c, http.StatusBadRequest, "request lines must end with CRLF, not a bare LF", nil)
+		return
+	}
+	if end < 0 && len(req) > l.srv.cfg.MaxHeaderBytes || end > l.srv.cfg.MaxHeaderBytes {
+		l.reject(c, http.StatusRequestHeaderFieldsTooLarge, "request head too large (MAX_HEADER_BYTES)", nil)
+		return
+	}
+	if end < 0 {
+		return
+	}
+	if !bytes.HasPrefix(requestPath(req), []byte(l.srv.cfg.WSPrefix)) {
+		l.toHTTP(c)
+		return
+	}
+	l.hsKey = ""
+	l.hsResp.Reset()
+	l.cur = c
+	_, err := l.up.Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(head), &l.hsResp})
+	l.cur = nil
+	if err == nil && c.state == stateJoining {
+		// The Handler answers later (Conn.Complete): hold the response,
+		// and any bytes sent behind the request.
+		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
+		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, req[end:])]
+		if len(c.rd.in.b) == 0 {
+			c.rd.releaseIn()
+		}
+		l.account(c)
+		return
+	}
+
+	c.mu.Lock()
+	_, werr := unix.Write(c.fd, l.hsResp.Bytes())
+	if err == nil && werr == nil {
+		c.state = stateOpen
+		c.deadline = 0
+		c.ready = true
+		c.flushLocked() // frames sent between OnOpen and now
+		c.shutdownIfFlushedLocked()
+	}
+	c.mu.Unlock()
+	if err != nil || werr != nil {
+		l.srv.log.Debug("handshake refused", "remote", c.remote, "err", errors.Join(err, werr))
+		l.release(c, cmp.Or(err, werr))
+		return
+	}
+	l.srv.stats.upgraded.Add(1)
+	rest := req[end:]
+	if len(rest) == 0 {
+		c.rd.releaseIn()
+		return
+	}
+	// Frames sent right behind the request: parse them from a copy, as the
+	// reader reuses c.rd.in.
+	tmp := append([]byte(nil), rest...)
+	c.rd.releaseIn()
+	l.frames(c, tmp)
+}
+
+// bareLF reports whether head has a LF not preceded by CR at or after
+// from.
+func bareLF(head []byte, from int) bool {
+	for i := from; i < len(head); {
+		j := bytes.IndexByte(head[i:], '\n')
+		if j < 0 {
+			return false
+		}
+		i += j
+		if i == 0 || head[i-1] != '\r' {
+			return true
+		}
+		i++
+	}
+	return false
+}
+
+// complete finishes a pending upgrade when the Handler calls
+// Conn.Complete.
+func (l *loop) complete(c *Conn, err error) {
+	if c.state != stateJoining || c.loop != l {
+		return // closed meanwhile
+	}
+	if err != nil {
+		status := http.StatusServiceUnavailable
+		var he *HandshakeError
+		if errors.As(err, &he) {
+			status = he.Status
+		}
+		c.state = stateHandshake // refused by the Handler: no OnClose
+		l.reject(c, status, err.Error(), nil)
+		return
+	}
+	c.mu.Lock()
+	_, werr := unix.Write(c.fd, c.resp)
+	if werr == nil {
+		c.ready = true
+		c.flushLocked() // frames sent since OnOpen
+		c.shutdownIfFlushedLocked()
+	}
+	c.mu.Unlock()
+	c.resp = nil
+	if werr != nil {
+		l.release(c, werr)
+		return
+	}
+	c.state, c.deadline = stateOpen, 0
+	l.srv.stats.upgraded.Add(1)
+	if c.rd.in == nil {
+		return
+	}
+	tmp := append([]byte(nil), c.rd.in.b...)
+	c.rd.releaseIn()
+	c.partialSince = 0 // FRAGMENT_TIMEOUT runs from now
+	l.frames(c, tmp)
+}
+
+// reject answers a request the loop will not serve with an HTTP error
+// and releases the socket; cause goes to OnClose if the connection was
+// joining.
+func (l *loop) reject(c *Conn, status int, reason string, cause error) {
+	_, _ = unix.Write(c.fd, errorResponse(status, reason))
+	l.release(c, cause)
+}
+
+// requestPath returns the path of the request line "GET /path?q HTTP/1.1".
+func requestPath(req []byte) []byte {
+	_, rest, ok := bytes.Cut(req, []byte(" "))
+	if !ok {
+		return nil
+	}
+	uri, _, _ := bytes.Cut(rest, []byte(" "))
+	if i := bytes.IndexAny(uri, "?#"); i >= 0 {
+		uri = uri[:i]
+	}
+	return uri
+}
+
+func (l *loop) onRequest(uri []byte) error {
+	key, err := l.srv.handler.Route(uri)
+	if err != nil {
+		return rejection(err, http.StatusBadRequest)
+	}
+	l.hsKey = key
+	return nil
+}
+
+func (l *loop) onHost(host []byte) error {
+	if l.srv.hostAllowed(host) {
+		return nil
+	}
+	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest),
+		ws.RejectionReason(fmt.Sprintf("host %q is not allowed (ALLOWED_HOSTS)\n", host)))
+}
+
+// onHeader checks the Origin header, which browsers send (RFC 6454, RFC
+// 6455 section 4.2.1 item 8): a page of another site must not open a
+// connection with its visitor's browser.
+func (l *loop) onHeader(key, value []byte) error {
+	if l.srv.origins == nil || string(key) != "Origin" || l.srv.origins.allow(string(value)) {
+		return nil
+	}
+	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden),
+		ws.RejectionReason(fmt.Sprintf("origin %q is not allowed (ALLOWED_ORIGINS)\n", value)))
+}
+
+func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
+	c := l.cur
+	c.key = l.hsKey
+	s := l.srv
+	if s.draining.Load() {
+		s.stats.refused.Add(1)
+		return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionHeader(retryAfter),
+			ws.RejectionReason("server shutting down; connect again (to another node)\n"))
+	}
+	if s.stats.websockets.Add(1) > int64(s.cfg.MaxConnections) {
+		s.stats.websockets.Add(-1)
+		s.stats.refused.Add(1)
+		return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionHeader(retryAfter),
+			ws.RejectionReason("server full: too many connections (MAX_CONNECTIONS); retry later\n"))
+	}
+	c.websocket = true
+	// From here on OnClose must be called: mark the connection open (or
+	// joining) now, while Send still only queues (the 101 is not written).
+	switch err := s.handler.OnOpen(c); {
+	case err == nil:
+		c.state = stateOpen
+	case errors.Is(err, ErrPending):
+		c.state = stateJoining
+	default:
+		c.websocket = false
+		s.stats.websockets.Add(-1)
+		return nil, rejection(err, http.StatusServiceUnavailable)
+	}
+	return nil, nil
+}
+
+// rejection turns a Handler error into the response of a refused
+// handshake: a *HandshakeError keeps its status, others get status; a 503
+// carries Retry-After.
+func rejection(err error, status int) error {
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		status = he.Status
+	}
+	opts := []ws.RejectOption{ws.RejectionStatus(status), ws.RejectionReason(err.Error() + "\n")}
+	if status == http.StatusServiceUnavailable {
+		opts = append(opts, ws.RejectionHeader(retryAfter))
+	}
+	return ws.RejectConnectionError(opts...)
+}

@@ -1,0 +1,219 @@
+package room
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/chatgw/gateway/pkg/auth"
+	"github.com/chatgw/gateway/pkg/conn"
+)
+
+// Defaults of Config's zero fields.
+const (
+	// DefaultRateLimit is the default of Config.RateLimit (RATE_LIMIT).
+	DefaultRateLimit = 10.0
+	// DefaultRateBurst is the default of Config.RateBurst (RATE_BURST).
+	DefaultRateBurst = 20
+	// DefaultRateCloseAfter is the default of Config.RateCloseAfter
+	// (RATE_CLOSE_AFTER).
+	DefaultRateCloseAfter = 20
+)
+
+// RateCloseWindow is the window of Config.RateCloseAfter: a connection
+// refused more than RateCloseAfter messages within it is closed.
+const RateCloseWindow = 10 * time.Second
+
+// maxRateLimit keeps the interval between messages at one nanosecond or
+// more.
+const maxRateLimit = 1e9
+
+// Config tunes the Hub. A zero field takes its default; the env tags give
+// the variables cmd/gateway reads them from.
+type Config struct {
+	// RateLimit is how many messages per second one connection may send,
+	// on average. A message over it is not published: its sender alone gets
+	// a "rate_limited" error frame. Zero means 10.
+	RateLimit float64 `env:"RATE_LIMIT" help:"messages per second one connection may send on average; over it the sender gets rate_limited and the message is dropped"`
+	// RateBurst is how many messages a connection may send at once, above
+	// RateLimit, after a quiet spell (the token bucket's size). Zero means
+	// 20.
+	RateBurst int `env:"RATE_BURST" help:"messages one connection may send at once above RATE_LIMIT after a quiet spell"`
+	// RateCloseAfter is how many of its messages a connection may have
+	// refused for RateLimit within RateCloseWindow (10s); the next one
+	// closes it with 1008. Zero means 20.
+	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"rate_limited refusals within 10s after which the connection is closed with 1008"`
+	// Auth sets the key of the tokens that every upgrade must then carry
+	// (?token=<JWT>). Zero means no authentication.
+	Auth auth.Config
+}
+
+// Defaulted returns c with every zero field set to the default the Hub
+// uses for it, without checking anything: what `gateway -h` prints.
+func (c Config) Defaulted() Config {
+	c.RateLimit = cmp.Or(c.RateLimit, DefaultRateLimit)
+	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
+	c.RateCloseAfter = cmp.Or(c.RateCloseAfter, DefaultRateCloseAfter)
+	return c
+}
+
+// withDefaults checks c and fills its zero fields.
+func (c Config) withDefaults() (Config, error) {
+	switch {
+	case c.RateLimit < 0 || c.RateLimit > maxRateLimit || math.IsNaN(c.RateLimit):
+		return c, fmt.Errorf("room: RATE_LIMIT is %g; want a positive number of messages per second up to %g, or unset it for %g", c.RateLimit, float64(maxRateLimit), DefaultRateLimit)
+	case c.RateBurst < 0:
+		return c, fmt.Errorf("room: RATE_BURST is %d; want a positive number of messages, or unset it for %d", c.RateBurst, DefaultRateBurst)
+	case c.RateCloseAfter < 0:
+		return c, fmt.Errorf("room: RATE_CLOSE_AFTER is %d; want a positive number of refusals, or unset it for %d", c.RateCloseAfter, DefaultRateCloseAfter)
+	}
+	return c.Defaulted(), nil
+}
+
+// rateParams are Config's rate limits as GCRA intervals and tolerances,
+// in nanoseconds.
+type rateParams struct {
+	interval, tolerance             int64 // messages: 1/RateLimit, (RateBurst-1)/RateLimit
+	strikeInterval, strikeTolerance int64 // refusals: RateCloseWindow/RateCloseAfter, and (RateCloseAfter-1) of them
+}
+
+func newRateParams(c Config) rateParams {
+	iv := max(int64(float64(time.Second)/c.RateLimit), 1)
+	siv := max(int64(RateCloseWindow)/int64(c.RateCloseAfter), 1)
+	return rateParams{
+		interval:        iv,
+		tolerance:       iv * int64(c.RateBurst-1),
+		strikeInterval:  siv,
+		strikeTolerance: siv * int64(c.RateCloseAfter-1),
+	}
+}
+
+// verdict is what the limiter decides about one message.
+type verdict uint8
+
+const (
+	rateAllowed  verdict = iota // publish it
+	rateRefused                 // drop it; tell the sender "rate_limited"
+	rateExceeded                // drop it and close the connection with 1008
+)
+
+// limiter is one connection's token bucket for its messages and a second
+// one for the refusals it has had, each kept as the single time of the
+// generic cell rate algorithm (GCRA): 16 bytes, no allocation, no clock
+// of its own. The zero limiter is full.
+type limiter struct {
+	tat     int64 // when the message bucket is full again (ns since Hub.epoch)
+	strikes int64 // the same for the refusals
+}
+
+// take decides about one message arriving at now.
+func (l *limiter) take(now int64, p *rateParams) verdict {
+	if gcra(&l.tat, now, p.interval, p.tolerance) {
+		return rateAllowed
+	}
+	if gcra(&l.strikes, now, p.strikeInterval, p.strikeTolerance) {
+		return rateRefused
+	}
+	return rateExceeded
+}
+
+// gcra admits one event at now when the bucket whose full time is *tat
+// has room: at most tolerance/interval+1 events at once, one per interval
+// on average.
+func gcra(tat *int64, now, interval, tolerance int64) bool {
+	t := max(*tat, now)
+	if t-now > tolerance {
+		return false
+	}
+	*tat = t + interval
+	return true
+}
+
+// start returns the limiter of a new connection: full, or empty (no
+// burst; its first message allowed one interval after it joins) when its
+// address was penalized.
+func (p *rateParams) start(now int64, penalized bool) limiter {
+	if !penalized {
+		return limiter{}
+	}
+	return limiter{tat: now + p.tolerance + p.interval}
+}
+
+// maxPenalties bounds the addresses penalties remembers.
+const maxPenalties = 1 << 16
+
+// penalties remembers, for RateCloseWindow, the client addresses (IPv4,
+// or IPv6 /64) that had a connection closed for going on over its rate
+// limit. New connections from them start with an empty bucket, so that
+// reconnecting does not buy a flooder a new burst; a person sharing the
+// address (a NAT) can still send one message per 1/RateLimit from the
+// start, which is faster than anyone types. Its mutex is a leaf: taken
+// under Hub.mu or room.mu, never the other way.
+type penalties struct {
+	mu    sync.Mutex
+	until map[netip.Addr]int64 // expiry, on the Hub's clock
+}
+
+// clientAddr is the unit penalties count by: the IPv4 address, or the
+// /64 of an IPv6 one (one subscriber's network).
+func clientAddr(ap netip.AddrPort) netip.Addr {
+	a := ap.Addr().Unmap()
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
+}
+
+// add penalizes a until now+RateCloseWindow. When maxPenalties addresses
+// are remembered and none has expired, a is not: the limit per connection
+// still holds.
+func (p *penalties) add(a netip.Addr, now int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.until == nil {
+		p.until = make(map[netip.Addr]int64)
+	}
+	if _, ok := p.until[a]; !ok && len(p.until) >= maxPenalties {
+		for k, t := range p.until {
+			if t <= now {
+				delete(p.until, k)
+			}
+		}
+		if len(p.until) >= maxPenalties {
+			return
+		}
+	}
+	p.until[a] = now + int64(RateCloseWindow)
+}
+
+// has reports whether a is penalized at now.
+func (p *penalties) has(a netip.Addr, now int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.until[a]
+	if ok && t <= now {
+		delete(p.until, a)
+		ok = false
+	}
+	return ok
+}
+
+// statusPolicyViolation is the close code of a connection that keeps
+// sending over its rate limit (RFC 6455 section 7.4.1).
+const statusPolicyViolation = 1008
+
+// ErrRateExceeded is the cause of closing a connection that kept sending
+// over its rate limit; OnClose receives it inside the *conn.CloseError
+// sent to the client (1008).
+var ErrRateExceeded = errors.New("room: rate limit exceeded")
+
+// rateClose is the close frame of such a connection.
+var rateClose = fmt.Errorf("%w: %w", ErrRateExceeded, &conn.CloseError{
+	Code: statusPolicyViolation, Reason: "rate limit exceeded: too many messages refused; see RATE_LIMIT",
+})
