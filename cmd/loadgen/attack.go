@@ -27,15 +27,16 @@ import (
 //	              takes them; -conns other members in its room read.
 //	continuation  one connection starts a fragmented message and then
 //	              sends empty continuation frames as fast as it can.
-//	fragments     -conns connections each start a fragmented message and
-//	              add one byte every -attack-interval, never finishing it;
-//	              the gateway's RSS (-pid) per connection is the figure.
+//	fragments     -conns connections each start a fragmented message of
+//	              -attack-bytes and add one byte every -attack-interval,
+//	              never finishing it; the gateway's RSS (-pid) per
+//	              connection is the figure.
 //
-// In every attack two bystanders in a room of their own exchange a
-// message every 20 ms; their send→receive latency is reported for the
-// quiet second before the attack and for the attack, as percentiles and
-// as a ratio, measured in the same run. The run is bounded by -duration
-// and stops by itself.
+// In every attack bystanders in a room of their own (four senders, each
+// sending every 200 ms, within the default RATE_LIMIT, and one receiver)
+// measure send→receive latency for the quiet 3 s before the attack and
+// during it, reported as percentiles and as a ratio, in the same run. The
+// run is bounded by -duration and stops by itself.
 
 // attackReport is what one attack saw.
 type attackReport struct {
@@ -119,7 +120,7 @@ func (a *attacker) run(ctx context.Context) (*attackReport, error) {
 		return nil, fmt.Errorf("bystanders: %w", err)
 	}
 	defer by.stop()
-	time.Sleep(time.Second)
+	time.Sleep(3 * time.Second)
 	rep.Quiet = by.take()
 	pid := 0
 	if len(a.cfg.pids) > 0 {
@@ -147,8 +148,14 @@ func (a *attacker) run(ctx context.Context) (*attackReport, error) {
 	return rep, err
 }
 
-// bystanders are two members of a room of their own: one sends a stamp
-// every 20 ms, the other records the latency.
+// bystanderSenders send a stamp every bystanderEvery each, staggered.
+const (
+	bystanderSenders = 4
+	bystanderEvery   = 200 * time.Millisecond
+)
+
+// bystanders are members of a room of their own: bystanderSenders send
+// stamps, one more member records the latency.
 type bystanders struct {
 	mu     sync.Mutex
 	lat    latencies
@@ -159,36 +166,45 @@ type bystanders struct {
 
 func (a *attacker) startBystanders(ctx context.Context) (*bystanders, error) {
 	room := a.room + "by"
-	s, _, err := a.dial(ctx, room)
-	if err != nil {
-		return nil, err
-	}
 	r, br, err := a.dial(ctx, room)
 	if err != nil {
-		s.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	b := &bystanders{nc: []net.Conn{s, r}, cancel: cancel}
-	b.wg.Add(2)
-	go func() {
-		defer b.wg.Done()
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		var buf []byte
-		for {
-			select {
+	b := &bystanders{nc: []net.Conn{r}, cancel: cancel}
+	for i := range bystanderSenders {
+		s, _, err := a.dial(ctx, room)
+		if err != nil {
+			b.stop()
+			return nil, err
+		}
+		b.nc = append(b.nc, s)
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			select { // stagger the senders
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-time.After(time.Duration(i) * bystanderEvery / bystanderSenders):
 			}
-			msg := `{"username":"bystander","message":"` + strconv.FormatInt(time.Now().UnixNano(), 10) + `"}`
-			buf = appendClientFrame(buf[:0], ws.OpText, []byte(msg), [4]byte{1, 2, 3, 4})
-			if _, err := s.Write(buf); err != nil {
-				return
+			t := time.NewTicker(bystanderEvery)
+			defer t.Stop()
+			var buf []byte
+			for {
+				msg := `{"username":"bystander","message":"` + strconv.FormatInt(time.Now().UnixNano(), 10) + `"}`
+				buf = appendClientFrame(buf[:0], ws.OpText, []byte(msg), [4]byte{1, 2, 3, 4})
+				if _, err := s.Write(buf); err != nil {
+					return
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
 			}
-		}
-	}()
+		}()
+	}
+	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		for {
@@ -288,22 +304,11 @@ func (a *attacker) flood(ctx context.Context, rep *attackReport) error {
 		go func() { members[i].end <- watch(br, nil, &got) }()
 	}
 	rep.Members = len(members)
-	nc, br, err := a.dial(ctx, room)
-	if err != nil {
-		return fmt.Errorf("flooder: %w", err)
-	}
-	defer nc.Close()
-	var mu sync.Mutex
-	end := make(chan string, 1)
-	go func() {
-		end <- watch(br, func(c string) { mu.Lock(); rep.ErrorFrames[c]++; mu.Unlock() }, nil)
-	}()
 	var batch []byte
 	for i := range 64 {
 		batch = appendClientFrame(batch, ws.OpText, fmt.Appendf(nil, `{"username":"flooder","message":"flood %d"}`, i), [4]byte{9, 8, 7, 6})
 	}
-	start := time.Now()
-	a.writeUntil(nc, batch, 64, start, rep, end)
+	a.sustain(ctx, rep, room, nil, batch, 64)
 	for _, m := range members {
 		select {
 		case e := <-m.end:
@@ -316,50 +321,70 @@ func (a *attacker) flood(ctx context.Context, rep *attackReport) error {
 	return nil
 }
 
-// writeUntil writes batch (holding n frames) to nc until the duration
-// ends or the write fails, then notes how the connection ended.
-func (a *attacker) writeUntil(nc net.Conn, batch []byte, n int, start time.Time, rep *attackReport, end chan string) {
+// sustain is a persistent attacker: it connects to room, writes first
+// (when set) and then batch (holding n frames) as fast as the socket
+// takes it, and when the gateway closes the connection it connects again
+// at once, until the duration ends. It notes how the first connection
+// ended and how many connections the gateway closed.
+func (a *attacker) sustain(ctx context.Context, rep *attackReport, room string, first, batch []byte, n int) {
+	start := time.Now()
 	deadline := start.Add(a.cfg.duration)
-	for time.Now().Before(deadline) {
-		_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-		if _, err := nc.Write(batch); err != nil {
-			break
+	var mu sync.Mutex
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		nc, br, err := a.dial(ctx, room)
+		if err != nil {
+			rep.Refused++
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
-		rep.FramesSent += int64(n)
-		select {
-		case e := <-end:
-			rep.AttackerEnd, rep.AttackerTime = e, time.Since(start)
-			return
-		default:
+		end := make(chan string, 1)
+		go func() {
+			end <- watch(br, func(c string) { mu.Lock(); rep.ErrorFrames[c]++; mu.Unlock() }, nil)
+		}()
+		if first != nil {
+			_, _ = nc.Write(first)
+		}
+		ended := ""
+		for ended == "" && time.Now().Before(deadline) {
+			_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := nc.Write(batch); err != nil {
+				select {
+				case ended = <-end:
+				case <-time.After(time.Second):
+					ended = "write failed: " + err.Error()
+				}
+				break
+			}
+			rep.FramesSent += int64(n)
+			select {
+			case ended = <-end:
+			default:
+			}
+		}
+		nc.Close()
+		if ended == "" {
+			continue // the duration ended with the connection open
+		}
+		rep.Closed++
+		if rep.AttackerEnd == "" {
+			rep.AttackerEnd, rep.AttackerTime = ended, time.Since(start)
 		}
 	}
-	select {
-	case e := <-end:
-		rep.AttackerEnd, rep.AttackerTime = e, time.Since(start)
-	case <-time.After(3 * time.Second):
+	if rep.AttackerEnd == "" {
 		rep.AttackerEnd, rep.AttackerTime = "still open", time.Since(start)
 	}
+	mu.Lock() // the watchers of closed connections are done with ErrorFrames
+	mu.Unlock()
 }
 
 // continuation: a fragmented message that never ends, as a flood of
 // empty continuation frames.
 func (a *attacker) continuation(ctx context.Context, rep *attackReport) error {
-	nc, br, err := a.dial(ctx, a.room+"cont")
-	if err != nil {
-		return fmt.Errorf("attacker: %w", err)
-	}
-	defer nc.Close()
-	end := make(chan string, 1)
-	go func() { end <- watch(br, nil, nil) }()
-	first := appendFrameFin(nil, false, ws.OpText, []byte("x"))
-	if _, err := nc.Write(first); err != nil {
-		return err
-	}
 	var batch []byte
 	for range 512 {
 		batch = appendFrameFin(batch, false, ws.OpContinuation, nil)
 	}
-	a.writeUntil(nc, batch, 512, time.Now(), rep, end)
+	a.sustain(ctx, rep, a.room+"cont", appendFrameFin(nil, false, ws.OpText, []byte("x")), batch, 512)
 	return nil
 }
 
@@ -385,9 +410,7 @@ func (a *attacker) fragments(ctx context.Context, rep *attackReport) error {
 		}
 		h := holder{nc, make(chan string, 1)}
 		go func() { h.end <- watch(br, nil, nil) }()
-		// A message just under the usual 64 KiB limit, all but its last
-		// byte: what a hostile client makes the server hold.
-		if _, err := nc.Write(appendFrameFin(nil, false, ws.OpText, make([]byte, 60<<10))); err != nil {
+		if _, err := nc.Write(appendFrameFin(nil, false, ws.OpText, make([]byte, a.cfg.attackBytes))); err != nil {
 			nc.Close()
 			rep.Closed++
 			continue
@@ -444,7 +467,10 @@ func (r *attackReport) write(w io.Writer) {
 		fmt.Fprintf(w, "  error frames it got: %v\n", r.ErrorFrames)
 	}
 	if r.AttackerEnd != "" {
-		fmt.Fprintf(w, "  attacker's connection: %s after %s\n", r.AttackerEnd, r.AttackerTime.Round(time.Millisecond))
+		fmt.Fprintf(w, "  attacker's first connection: %s after %s\n", r.AttackerEnd, r.AttackerTime.Round(time.Millisecond))
+	}
+	if r.Attack != "fragments" {
+		fmt.Fprintf(w, "  attacker reconnected at once each time: %d connections closed by the gateway, %d dials refused\n", r.Closed, r.Refused)
 	}
 	if r.Attack == "flood" {
 		fmt.Fprintf(w, "  other members of its room: %d, received %d messages, connections ended: %v\n", r.Members, r.MembersGot, r.MembersShut)

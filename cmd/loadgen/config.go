@@ -30,6 +30,7 @@ type config struct {
 	mode           string        // "run", "merge", "floor" or "attack"
 	attack         string        // attack mode: flood, continuation or fragments
 	attackInterval time.Duration // attack fragments: time between the bytes a holder adds
+	attackBytes    int           // attack fragments: size of each holder's first fragment
 	listen         string        // floor mode: loopback address to listen on
 	urls           []string      // gateway base URLs, ws://host:port
 	conns          int           // connections to open
@@ -67,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.mode, "mode", "run", "`run` a load test, `merge` the -json summaries named as arguments into one, or run the `floor` relay on -listen (the CPU floor to compare a gateway with)")
 	fs.StringVar(&c.attack, "attack", "flood", "-mode attack: `kind` of hostile client: flood (one member sends as fast as it can; -conns members read), continuation (endless empty continuation frames), fragments (-conns connections hold unfinished messages)")
 	fs.DurationVar(&c.attackInterval, "attack-interval", time.Second, "-mode attack fragments: each holder adds one byte every `interval`")
+	fs.IntVar(&c.attackBytes, "attack-bytes", 1, "-mode attack fragments: `bytes` of each holder's first fragment")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
 	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended")
 	fs.IntVar(&c.conns, "conns", 100, "connections to open (`N`); connection i joins room i mod -rooms")
@@ -138,6 +140,9 @@ func (c *config) finish(urls, src, pids string) error {
 		}
 		if c.attackInterval <= 0 {
 			return errors.New("-attack-interval must be positive")
+		}
+		if c.attackBytes < 1 || c.attackBytes > maxFrameSize {
+			return fmt.Errorf("-attack-bytes must be between 1 and %d", maxFrameSize)
 		}
 		c.rooms, c.senders = 1, 0 // the attack picks its own rooms
 	case "floor":
