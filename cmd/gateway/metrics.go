@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/chatgw/gateway/internal/hist"
 	"github.com/chatgw/gateway/pkg/conn"
@@ -69,7 +70,8 @@ var gatewayMetrics = []metric{
 	gauge("http_connections_open", "Connections held by the plain-HTTP server.", func(s *snapshot) int64 { return s.conn.HTTP }),
 	counter("connections_accepted_total", "TCP connections accepted.", func(s *snapshot) int64 { return s.conn.Accepted }),
 	counter("websockets_opened_total", "WebSocket upgrades completed.", func(s *snapshot) int64 { return s.conn.Upgraded }),
-	counter("connections_refused_total", "Connections and upgrades answered 503 for a connection cap or the descriptor budget.", func(s *snapshot) int64 { return s.conn.Refused }),
+	counter("slow_consumer_closes_total", "Connections closed with 1008 because they did not read (MAX_QUEUE_BYTES).", func(s *snapshot) int64 { return s.conn.SlowConsumers }),
+	gauge("queued_bytes", "Bytes queued for clients and not yet written.", func(s *snapshot) int64 { return s.conn.QueuedBytes }),
 	counter("timeouts_total", "Handshakes, HTTP requests and unfinished messages cut by their timeout.", func(s *snapshot) int64 { return s.conn.TimedOut }),
 	counter("limit_closes_total", "Connections closed for FRAME_RATE or MAX_PARTIAL_BYTES.", func(s *snapshot) int64 { return s.conn.Limited }),
 	gauge("partial_bytes", "Buffer bytes held for unfinished messages and frames.", func(s *snapshot) int64 { return s.conn.PartialBytes }),
@@ -78,10 +80,6 @@ var gatewayMetrics = []metric{
 	counter("messages_received_total", "Chat messages received from clients.", func(s *snapshot) int64 { return s.hub.Received }),
 	counter("messages_published_total", "Chat messages accepted by the engine (stored).", func(s *snapshot) int64 { return s.hub.Published }),
 	counter("deliveries_total", "Frames handed to member connections.", func(s *snapshot) int64 { return s.hub.Delivered }),
-	counter("messages_rejected_total", "Messages refused for bad JSON or missing fields (error frame sent).", func(s *snapshot) int64 { return s.hub.Rejected }),
-	counter("messages_unavailable_total", "Messages the engine did not store (error frame unavailable).", func(s *snapshot) int64 { return s.hub.Unavailable }),
-	counter("messages_unconfirmed_total", "Messages sent to Redis without an answer in time (error frame unconfirmed).", func(s *snapshot) int64 { return s.hub.Unconfirmed }),
-	counter("rate_limited_total", "Messages dropped over RATE_LIMIT (error frame rate_limited).", func(s *snapshot) int64 { return s.hub.RateLimited }),
 	counter("rate_limit_closes_total", "Connections closed with 1008 for going on over RATE_LIMIT.", func(s *snapshot) int64 { return s.hub.RateClosed }),
 
 	counter("engine_accepted_total", "Publish outcomes: stored.", func(s *snapshot) int64 { return s.engine.Accepted }),
@@ -101,6 +99,28 @@ var gatewayMetrics = []metric{
 		}),
 }
 
+// labeled is a counter with one label whose values come from a snapshot.
+type labeled struct {
+	desc   *prometheus.Desc
+	values func(*snapshot) map[string]int64 // label value → count
+}
+
+// gatewayLabeled are the counters split by a bounded label.
+var gatewayLabeled = []labeled{
+	{prometheus.NewDesc("chat_upgrades_refused_total",
+		"Connections and upgrades refused with an HTTP error, by reason: bad_request, unauthorized, forbidden, not_found, timeout, too_large, per_ip, capacity, draining, unavailable, other.",
+		[]string{"reason"}, nil), func(s *snapshot) map[string]int64 { return s.conn.RefusedBy }},
+	{prometheus.NewDesc("chat_closes_total",
+		"Close frames sent, by who started the close (server, or client: an echo) and close code.",
+		[]string{"by", "code"}, nil), func(s *snapshot) map[string]int64 { return s.conn.Closes }},
+	{prometheus.NewDesc("chat_error_frames_total",
+		"Error frames sent to senders, by code: invalid_message (invalid_json, not_object, missing_field), unavailable, unconfirmed, rate_limited.",
+		[]string{"code"}, nil), func(s *snapshot) map[string]int64 {
+		return map[string]int64{"invalid_message": s.hub.Rejected, "unavailable": s.hub.Unavailable,
+			"unconfirmed": s.hub.Unconfirmed, "rate_limited": s.hub.RateLimited}
+	}},
+}
+
 var (
 	publishLatencyDesc = prometheus.NewDesc("chat_publish_seconds",
 		"Time from publishing a message to the engine's answer (stored, refused or unconfirmed).", nil, nil)
@@ -116,6 +136,9 @@ func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range gatewayMetrics {
 		ch <- m.desc
 	}
+	for _, m := range gatewayLabeled {
+		ch <- m.desc
+	}
 	ch <- publishLatencyDesc
 	ch <- roundTripDesc
 }
@@ -125,6 +148,12 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	s := snapshot{conn: c.src.conn(), hub: c.src.hub(), engine: c.src.engine.Stats(), ready: c.src.engine.Health() == nil}
 	for _, m := range gatewayMetrics {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(&s))
+	}
+	for _, m := range gatewayLabeled {
+		for value, n := range m.values(&s) {
+			// Closes are keyed "<by> <code>": two labels.
+			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(n), strings.Fields(value)...)
+		}
 	}
 	ch <- constHistogram(publishLatencyDesc, s.engine.PublishLatency)
 	ch <- constHistogram(roundTripDesc, s.engine.RoundTripLatency)

@@ -17,6 +17,7 @@ import (
 	"github.com/chatgw/gateway/internal/redistest"
 	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -75,19 +76,19 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			}
 			after := scrape(t, g)
 			for metric, want := range map[string]float64{
-				"chat_messages_received_total":  2,
-				"chat_messages_published_total": 1,
-				"chat_messages_rejected_total":  1,
-				"chat_deliveries_total":         1,
-				"chat_websockets_opened_total":  2,
-				"chat_engine_accepted_total":    1,
-				"chat_publish_seconds_count":    map[string]float64{"memory": 0, "redis": 1}[name],
+				"chat_messages_received_total":                    2,
+				"chat_messages_published_total":                   1,
+				`chat_error_frames_total{code="invalid_message"}`: 1,
+				"chat_deliveries_total":                           1,
+				"chat_websockets_opened_total":                    2,
+				"chat_engine_accepted_total":                      1,
+				"chat_publish_seconds_count":                      map[string]float64{"memory": 0, "redis": 1}[name],
 			} {
 				if d := after[metric] - before[metric]; d != want {
 					t.Errorf("%s moved by %v, want %v", metric, d, want)
 				}
 			}
-			for metric, want := range map[string]float64{"chat_websockets_open": 2, "chat_rooms": 1, "chat_engine_healthy": 1} {
+			for metric, want := range map[string]float64{"chat_websockets_open": 2, "chat_rooms": 1, "chat_engine_healthy": 1, "chat_queued_bytes": 0} {
 				if after[metric] != want {
 					t.Errorf("%s = %v, want %v", metric, after[metric], want)
 				}
@@ -98,6 +99,17 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			if _, ok := after["go_goroutines"]; !ok {
 				t.Error("the Go runtime metrics are missing")
 			}
+			// A refused upgrade and a client's close are counted by reason
+			// and code.
+			if status, _ := rawUpgrade(t, g.addr, "/ws/nowhere/"); status != http.StatusNotFound {
+				t.Fatalf("upgrade of an unknown path: %d, want 404", status)
+			}
+			b.writeRaw(rawFrame(0x88, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), false))
+			testutil.Eventually(t, "the refusal and the close in /metrics", func() bool {
+				m := scrape(t, g)
+				return m[`chat_upgrades_refused_total{reason="not_found"}`]-before[`chat_upgrades_refused_total{reason="not_found"}`] == 1 &&
+					m[`chat_closes_total{by="client",code="1000"}`]-before[`chat_closes_total{by="client",code="1000"}`] == 1
+			})
 			for k := range after {
 				if strings.Contains(k, "metrics\"") || strings.Contains(k, "room=") {
 					t.Errorf("a metric carries a room name: %s", k)
@@ -114,13 +126,14 @@ func TestMetricsAreDocumented(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds"}
+	for _, m := range gatewayLabeled {
+		names = append(names, descName(m.desc))
+	}
 	for _, m := range gatewayMetrics {
-		name := m.desc.String()
-		name = name[strings.Index(name, `"`)+1:]
-		names = append(names, name[:strings.Index(name, `"`)])
+		names = append(names, descName(m.desc))
 	}
 	for _, n := range names {
-		if !strings.Contains(doc, "`"+n+"`") {
+		if !strings.Contains(doc, "`"+n+"`") && !strings.Contains(doc, "`"+n+"{") {
 			t.Errorf("docs/operations.md does not list `%s`", n)
 		}
 	}
@@ -187,6 +200,13 @@ func TestDrainSequence(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("the gateway did not exit after the drain")
 	}
+}
+
+// descName is the metric name of a descriptor.
+func descName(d *prometheus.Desc) string {
+	name := d.String()
+	name = name[strings.Index(name, `"`)+1:]
+	return name[:strings.Index(name, `"`)]
 }
 
 func minTime(a, b time.Time) time.Time {

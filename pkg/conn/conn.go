@@ -136,6 +136,7 @@ func (c *Conn) enqueueLocked(f *Frame) bool {
 	}
 	c.out.frames = append(c.out.frames, f)
 	c.outBytes += len(f.buf)
+	c.loop.queued.Add(int64(len(f.buf)))
 	return len(c.out.frames) == 1 && c.ready && !c.shutWR && !c.closed
 }
 
@@ -153,9 +154,11 @@ func (c *Conn) Close(cause error) {
 	c.closing = true
 	if errors.Is(cause, ErrSlowConsumer) {
 		c.dropUnsentLocked()
+		c.loop.srv.stats.slow.Add(1)
 	}
 	schedule := false
 	if ce := closeFor(cause); ce != nil && !c.closed {
+		c.loop.srv.stats.closes.count(ce.Code, cause)
 		f := closeFrame(ce)
 		schedule = c.enqueueLocked(f)
 		f.Release()
@@ -208,6 +211,7 @@ func (c *Conn) flushLocked() {
 // advanceLocked drops the first n written bytes from the queue.
 func (c *Conn) advanceLocked(n int) {
 	c.outBytes -= n
+	c.loop.queued.Add(int64(-n))
 	frames := c.out.frames
 	i := 0
 	for ; i < len(frames) && n > 0; i++ {
@@ -252,6 +256,7 @@ func (c *Conn) dropUnsentLocked() {
 	frames := c.out.frames
 	for i := 1; i < len(frames); i++ {
 		c.outBytes -= len(frames[i].buf)
+		c.loop.queued.Add(int64(-len(frames[i].buf)))
 		frames[i].Release()
 		frames[i] = nil
 	}
@@ -273,5 +278,6 @@ func (c *Conn) releaseQueueLocked() {
 	c.out.frames = c.out.frames[:0]
 	queuePool.Put(c.out)
 	c.out = nil
+	c.loop.queued.Add(int64(-c.outBytes))
 	c.outOff, c.outBytes = 0, 0
 }

@@ -76,14 +76,14 @@ func (l *ipLimit) held(a netip.Addr) int {
 // then), or the reason of a refusal.
 func (s *Server) admit(addr netip.Addr) (perIP bool, reason string) {
 	if s.stats.open.Load()+s.stats.http.Load() >= s.sockets {
-		s.stats.refused.Add(1)
+		s.stats.refuse(refusedCapacity)
 		return false, "server at its connection limit; retry later"
 	}
 	if s.perIP.max == 0 {
 		return false, ""
 	}
 	if !s.perIP.acquire(addr) {
-		s.stats.refused.Add(1)
+		s.stats.refuse(refusedPerIP)
 		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(addr), s.perIP.max)
 	}
 	return true, ""
@@ -120,7 +120,7 @@ func (s *Server) refuseWithSpare() bool {
 	fd, _, err := s.accept(s.lfd)
 	if err == nil {
 		s.stats.accepted.Add(1)
-		s.stats.refused.Add(1)
+		s.stats.refuse(refusedCapacity)
 		refuse(fd, "server out of file descriptors; retry later")
 		s.warnAccept("out of file descriptors; refusing connections", unix.EMFILE, 0)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 )
 
@@ -277,5 +279,41 @@ func TestAcceptBackoff(t *testing.T) {
 	upgradeAfterRecovery(t, s)
 	if n := strings.Count(logs.String(), "accept failed"); n < 1 || n > 2 {
 		t.Fatalf("%d warnings for %d failures in well under a second, want 1 (2 if slow):\n%s", n, 2*episodes, logs.String())
+	}
+}
+
+// TestStatsCountRefusalsAndCloses: every refused upgrade is counted under
+// its reason, and close frames by who started the close and their code.
+func TestStatsCountRefusalsAndCloses(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{MaxConnectionsPerIP: 1, AllowedOrigins: []string{"https://chat.test"}, MaxMessageBytes: 16}, rec)
+	// 403: a foreign Origin.
+	nc, _, resp, _ := send(t, s, "127.0.0.21", upgradeRequest("/ws/test", "Origin: https://evil.example"))
+	nc.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign Origin: %d, want 403", resp.StatusCode)
+	}
+	waitFor(t, "the refused socket to be released", func() bool { return s.Stats().Open == 0 })
+	// 503: a second connection from one address over MAX_CONNECTIONS_PER_IP.
+	a, abr := upgrade(t, s, "127.0.0.22")
+	_, _, resp, body := send(t, s, "127.0.0.22", upgradeRequest("/ws/test"))
+	wantRefusal(t, resp, body, "MAX_CONNECTIONS_PER_IP")
+	// A server close (1009) and a client close (echoed 1000).
+	if _, err := a.Write(clientFrames(t, ws.NewTextFrame([]byte(strings.Repeat("x", 17))))); err != nil {
+		t.Fatal(err)
+	}
+	expectClose(t, a, abr, ws.StatusMessageTooBig, "")
+	b, bbr := upgrade(t, s, "127.0.0.23")
+	if _, err := b.Write(clientFrames(t, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))); err != nil {
+		t.Fatal(err)
+	}
+	expectClose(t, b, bbr, ws.StatusNormalClosure, "")
+	waitFor(t, "the counts", func() bool {
+		st := s.Stats()
+		return st.Closes["server 1009"] == 1 && st.Closes["client 1000"] == 1
+	})
+	st := s.Stats()
+	if st.RefusedBy["forbidden"] != 1 || st.RefusedBy["per_ip"] != 1 || st.Refused != 2 {
+		t.Errorf("refusals %d by %v; want forbidden 1 and per_ip 1", st.Refused, st.RefusedBy)
 	}
 }

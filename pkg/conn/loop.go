@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -87,9 +88,12 @@ type loop struct {
 	wakeup     bool
 
 	// Handshake state, valid during one call of upgrade (upgrade.go).
-	up     ws.Upgrader
-	hsKey  string
-	hsResp bytes.Buffer
+	up        ws.Upgrader
+	hsKey     string
+	hsResp    bytes.Buffer
+	hsCounted bool // the refusal was counted by the check that made it
+
+	queued atomic.Int64 // bytes queued for the loop's connections (Stats.QueuedBytes)
 }
 
 func newLoop(s *Server) (*loop, error) {

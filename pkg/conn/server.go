@@ -62,21 +62,36 @@ func (e *HandshakeError) Error() string { return e.Reason }
 
 // Stats are the server's counters, safe to read at any time.
 type Stats struct {
-	Open         int64 `json:"open"`          // sockets held by the event loops: in handshake, open or closing
-	Accepted     int64 `json:"accepted"`      // TCP connections accepted since start
-	Upgraded     int64 `json:"upgraded"`      // WebSocket upgrades completed since start
-	WebSockets   int64 `json:"websockets"`    // WebSocket connections held (joining, open or closing); MAX_CONNECTIONS bounds it
-	HTTP         int64 `json:"http"`          // connections held by the plain-HTTP server
-	Refused      int64 `json:"refused"`       // connections and upgrades answered 503 for a connection cap or the descriptor budget, since start
-	TimedOut     int64 `json:"timed_out"`     // handshakes, HTTP requests and unfinished messages cut by their timeout, since start
-	Limited      int64 `json:"limited"`       // connections closed for FRAME_RATE or MAX_PARTIAL_BYTES, since start
-	PartialBytes int64 `json:"partial_bytes"` // buffer held for unfinished messages and frames; MAX_PARTIAL_BYTES bounds it
+	Open       int64 `json:"open"`       // sockets held by the event loops: in handshake, open or closing
+	Accepted   int64 `json:"accepted"`   // TCP connections accepted since start
+	Upgraded   int64 `json:"upgraded"`   // WebSocket upgrades completed since start
+	WebSockets int64 `json:"websockets"` // WebSocket connections held (joining, open or closing); MAX_CONNECTIONS bounds it
+	HTTP       int64 `json:"http"`       // connections held by the plain-HTTP server
+	Refused    int64 `json:"refused"`    // connections and upgrades refused with an HTTP error, since start
+	// RefusedBy splits Refused by reason: bad_request (400), unauthorized
+	// (401), forbidden (403), not_found (404), timeout (408), too_large
+	// (431), per_ip, capacity, draining and unavailable (503s), other.
+	RefusedBy map[string]int64 `json:"refused_by"`
+	// Closes counts the close frames sent since start by who started the
+	// close and code: "server 1008", "client 1000" (an echo); "other" for
+	// an unusual code.
+	Closes        map[string]int64 `json:"closes"`
+	SlowConsumers int64            `json:"slow_consumers"` // connections closed for MAX_QUEUE_BYTES, since start
+	QueuedBytes   int64            `json:"queued_bytes"`   // bytes queued for clients, not yet written
+	TimedOut      int64            `json:"timed_out"`      // handshakes, HTTP requests and unfinished messages cut by their timeout, since start
+	Limited       int64            `json:"limited"`        // connections closed for FRAME_RATE or MAX_PARTIAL_BYTES, since start
+	PartialBytes  int64            `json:"partial_bytes"`  // buffer held for unfinished messages and frames; MAX_PARTIAL_BYTES bounds it
 }
 
 type stats struct {
 	open, accepted, upgraded, websockets, http atomic.Int64
-	refused, timedOut, limited, partial        atomic.Int64
+	timedOut, limited, partial, slow           atomic.Int64
+	refusedBy                                  [numRefuseReasons]atomic.Int64
+	closes                                     closeCounters
 }
+
+// refuse counts a refused connection or upgrade.
+func (s *stats) refuse(r refuseReason) { s.refusedBy[r].Add(1) }
 
 // Server accepts TCP connections, upgrades WebSocket requests on epoll
 // event loops and hands other HTTP requests to Config.HTTPHandler, all on
@@ -207,17 +222,29 @@ func (s *Server) Addr() net.Addr { return s.addr }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
-	return Stats{
-		Open:         s.stats.open.Load(),
-		Accepted:     s.stats.accepted.Load(),
-		Upgraded:     s.stats.upgraded.Load(),
-		WebSockets:   s.stats.websockets.Load(),
-		HTTP:         s.stats.http.Load(),
-		Refused:      s.stats.refused.Load(),
-		TimedOut:     s.stats.timedOut.Load(),
-		Limited:      s.stats.limited.Load(),
-		PartialBytes: s.stats.partial.Load(),
+	st := Stats{
+		Open:          s.stats.open.Load(),
+		Accepted:      s.stats.accepted.Load(),
+		Upgraded:      s.stats.upgraded.Load(),
+		WebSockets:    s.stats.websockets.Load(),
+		HTTP:          s.stats.http.Load(),
+		TimedOut:      s.stats.timedOut.Load(),
+		Limited:       s.stats.limited.Load(),
+		PartialBytes:  s.stats.partial.Load(),
+		SlowConsumers: s.stats.slow.Load(),
+		RefusedBy:     map[string]int64{},
+		Closes:        s.stats.closes.snapshot(),
 	}
+	for r := range numRefuseReasons {
+		if n := s.stats.refusedBy[r].Load(); n > 0 {
+			st.RefusedBy[refuseReasonNames[r]] = n
+			st.Refused += n
+		}
+	}
+	for _, l := range s.loops {
+		st.QueuedBytes += l.queued.Load()
+	}
+	return st
 }
 
 // Accept back-off: how long Serve waits after an accept failure it cannot

@@ -450,6 +450,10 @@ func TestSlowConsumerReleasesFrames(t *testing.T) {
 		t.Fatal("OnClose was not called")
 	}
 	waitFor(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
+	if st := s.Stats(); st.SlowConsumers != 1 || st.Closes["server 1008"] != 1 || st.QueuedBytes != 0 {
+		t.Errorf("Stats after a slow consumer: %d slow consumers, closes %v, %d bytes queued; want 1, server 1008 once, 0",
+			st.SlowConsumers, st.Closes, st.QueuedBytes)
+	}
 	for i, f := range frames {
 		if got := f.refs.Load(); got != 1 {
 			t.Fatalf("frame %d of %d has %d references after the close, want 1 (ours)", i, len(frames), got)

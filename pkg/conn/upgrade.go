@@ -60,7 +60,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		l.toHTTP(c)
 		return
 	}
-	l.hsKey = ""
+	l.hsKey, l.hsCounted = "", false
 	l.hsResp.Reset()
 	l.cur = c
 	_, err := l.up.Upgrade(struct {
@@ -90,6 +90,9 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		c.shutdownIfFlushedLocked()
 	}
 	c.mu.Unlock()
+	if err != nil && !l.hsCounted {
+		l.srv.stats.refuse(refuseReasonOf(refusalStatus(err)))
+	}
 	if err != nil || werr != nil {
 		l.srv.log.Debug("handshake refused", "remote", c.remote, "err", errors.Join(err, werr))
 		l.release(c, cmp.Or(err, werr))
@@ -169,6 +172,7 @@ func (l *loop) complete(c *Conn, err error) {
 // and releases the socket; cause goes to OnClose if the connection was
 // joining.
 func (l *loop) reject(c *Conn, status int, reason string, cause error) {
+	l.srv.stats.refuse(refuseReasonOf(status))
 	_, _ = unix.Write(c.fd, errorResponse(status, reason))
 	l.release(c, cause)
 }
@@ -219,13 +223,15 @@ func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c.key = l.hsKey
 	s := l.srv
 	if s.draining.Load() {
-		s.stats.refused.Add(1)
+		s.stats.refuse(refusedDraining)
+		l.hsCounted = true
 		return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionHeader(retryAfter),
 			ws.RejectionReason("server shutting down; connect again (to another node)\n"))
 	}
 	if s.stats.websockets.Add(1) > int64(s.cfg.MaxConnections) {
 		s.stats.websockets.Add(-1)
-		s.stats.refused.Add(1)
+		s.stats.refuse(refusedCapacity)
+		l.hsCounted = true
 		return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionHeader(retryAfter),
 			ws.RejectionReason("server full: too many connections (MAX_CONNECTIONS); retry later\n"))
 	}
