@@ -16,10 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/chatgw/gateway/internal/redistest"
 	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/room"
-	"github.com/gobwas/ws"
 )
 
 // floodEnv are the limits of the flood tests: high enough that the

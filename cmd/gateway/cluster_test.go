@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/chatgw/gateway/internal/redistest"
 	"github.com/chatgw/gateway/internal/testutil"
-	"github.com/gobwas/ws"
 )
 
 // startNodes starts n gateway nodes in production mode on one Redis (or

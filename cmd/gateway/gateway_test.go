@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 func TestDeliveryAndNoEcho(t *testing.T) {

@@ -14,11 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatgw/gateway/internal/redistest"
-	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // scrape reads /metrics (from the admin listener when there is one) and

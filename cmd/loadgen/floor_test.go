@@ -5,12 +5,13 @@ import (
 	"context"
 	"io"
 	"net"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // startFloor runs a floor on a free loopback port until the test ends.
@@ -78,12 +79,7 @@ func TestFloorRelay(t *testing.T) {
 		_, _ = br.Discard(fr.discard)
 	}
 	// The counter follows the write(2) that the clients already read from.
-	for deadline := time.Now().Add(10 * time.Second); f.writes.Load() != 2; {
-		if time.Now().After(deadline) {
-			t.Fatalf("writes = %d, want 2 (one per other member)", f.writes.Load())
-		}
-		runtime.Gosched()
-	}
+	testutil.Eventually(t, "the floor's count of 2 writes (one per other member)", func() bool { return f.writes.Load() == 2 })
 
 	// Room y only has d: a ping is answered, its message goes nowhere, and
 	// a close frame is echoed.

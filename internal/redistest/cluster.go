@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // clusterTimeout bounds cluster creation and convergence.
@@ -48,7 +50,7 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("redistest: redis-cli %s: %v\n%s", strings.Join(create, " "), err, out)
 	}
-	WaitFor(t, clusterTimeout, "cluster_state:ok on every node", func() bool {
+	testutil.EventuallyWithin(t, clusterTimeout, "cluster_state:ok on every node", func() bool {
 		for _, s := range c.Servers {
 			info, err := s.Do("CLUSTER", "INFO")
 			if err != nil || !strings.Contains(info, "cluster_state:ok") {
@@ -96,7 +98,7 @@ func StartSentinel(t testing.TB, downAfter time.Duration) *Sentinel {
 	st := &Sentinel{MasterName: "chatgw"}
 	st.Master = Start(t)
 	st.Replica = Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(st.Master.Port()))
-	WaitFor(t, clusterTimeout, "the replica to sync with the master", func() bool {
+	testutil.EventuallyWithin(t, clusterTimeout, "the replica to sync with the master", func() bool {
 		info, err := st.Replica.Do("INFO", "replication")
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	})
@@ -116,7 +118,7 @@ func StartSentinel(t testing.TB, downAfter time.Duration) *Sentinel {
 		}
 		return []string{conf, "--sentinel", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--protected-mode", "no"}
 	})
-	WaitFor(t, clusterTimeout, "the sentinel to discover the replica", func() bool {
+	testutil.EventuallyWithin(t, clusterTimeout, "the sentinel to discover the replica", func() bool {
 		r, err := st.Sentinel.Do("SENTINEL", "REPLICAS", st.MasterName)
 		return err == nil && strings.Contains(r, strconv.Itoa(st.Replica.Port()))
 	})

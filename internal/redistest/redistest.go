@@ -329,21 +329,6 @@ func readReply(r *bufio.Reader, out *[]string) error {
 	return nil
 }
 
-// WaitFor polls cond every 10ms until it returns true, and fails the test
-// with what when timeout passes first.
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("redistest: timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
-
 // serverArgs are the arguments every test redis-server starts with: a
 // loopback port, its own directory, nothing saved to disk.
 func serverArgs(port int, dir string) []string {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 func TestStartKillRestart(t *testing.T) {
@@ -69,7 +71,7 @@ func TestMissingBinaryFailsWithTheInstallCommand(t *testing.T) {
 func TestWaitForPolls(t *testing.T) {
 	start := time.Now()
 	n := 0
-	WaitFor(t, time.Second, "three polls", func() bool { n++; return n == 3 })
+	testutil.EventuallyWithin(t, time.Second, "three polls", func() bool { n++; return n == 3 })
 	if time.Since(start) > time.Second {
 		t.Fatal("WaitFor took too long")
 	}

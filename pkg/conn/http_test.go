@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // echoMux serves POST /echo, which reads the whole body and answers its
@@ -40,7 +42,7 @@ func TestSlowHTTPBody(t *testing.T) {
 	if _, err := nc.Write([]byte("POST /echo HTTP/1.1\r\nHost: chat.test\r\nContent-Length: 100000\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the connection to count in Stats.HTTP", func() bool { st := s.Stats(); return st.HTTP == 1 && st.Open == 0 })
+	testutil.Eventually(t, "the connection to count in Stats.HTTP", func() bool { st := s.Stats(); return st.HTTP == 1 && st.Open == 0 })
 	// One byte every 10 ms until the server stops the request.
 	sent := make(chan int, 1)
 	go func() {
@@ -59,7 +61,7 @@ func TestSlowHTTPBody(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestTimeout {
 		t.Fatalf("answer %d %q; want the handler's 408 after the read timeout", resp.StatusCode, body)
 	}
-	waitFor(t, "the connection to be closed", func() bool { return s.Stats().HTTP == 0 })
+	testutil.Eventually(t, "the connection to be closed", func() bool { return s.Stats().HTTP == 0 })
 	nc.Close()
 	if n := <-sent; n >= 100000 {
 		t.Fatalf("the whole body (%d bytes) was sent: the request was never cut", n)
@@ -113,13 +115,13 @@ func TestHTTPConnectionsCounted(t *testing.T) {
 	nc.Close()
 	wantRefusal(t, resp, body, "MAX_CONNECTIONS_PER_IP")
 	b.Close()
-	waitFor(t, "the closed connection to count out", func() bool { return s.Stats().HTTP == 1 })
+	testutil.Eventually(t, "the closed connection to count out", func() bool { return s.Stats().HTTP == 1 })
 	// The idle one is closed by the server.
 	_ = a.SetReadDeadline(time.Now().Add(waitTimeout))
 	if _, err := abr.ReadByte(); err != io.EOF {
 		t.Fatalf("idle keep-alive connection: read %v, want EOF", err)
 	}
-	waitFor(t, "the idle connection to count out", func() bool { return s.Stats().HTTP == 0 })
+	testutil.Eventually(t, "the idle connection to count out", func() bool { return s.Stats().HTTP == 0 })
 	if st := s.Stats(); st.TimedOut != 0 {
 		t.Fatalf("stats %+v: an idle keep-alive connection counted as a timeout", st)
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // logBuffer is a logger's output, safe to read while the server writes.
@@ -94,7 +96,7 @@ func TestConnectionsPerIP(t *testing.T) {
 	upgrade(t, s, "127.0.0.2")
 	// A client that leaves frees its slot for one more, not two.
 	open[0].Close()
-	waitFor(t, "the slot to free up", func() bool { return s.perIP.held(netip.MustParseAddr("127.0.0.1")) == perIP-1 })
+	testutil.Eventually(t, "the slot to free up", func() bool { return s.perIP.held(netip.MustParseAddr("127.0.0.1")) == perIP-1 })
 	upgrade(t, s, "127.0.0.1")
 	nc, _, resp, body := send(t, s, "127.0.0.1", upgradeRequest("/ws/a"))
 	nc.Close()
@@ -129,7 +131,7 @@ func TestDescriptorBudget(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Accepted, the socket is either counted as held or refused.
-			waitFor(t, "the socket to be held or refused", func() bool {
+			testutil.Eventually(t, "the socket to be held or refused", func() bool {
 				st := s.Stats()
 				return st.Open > before.Open || st.Refused > before.Refused
 			})
@@ -162,7 +164,7 @@ func TestDescriptorBudget(t *testing.T) {
 	}
 
 	// Fill the rest of the budget from other addresses: 100 - 20 - 30.
-	waitFor(t, "the refused and plain HTTP sockets to close", func() bool { st := s.Stats(); return st.HTTP == 0 && st.Open == 50 })
+	testutil.Eventually(t, "the refused and plain HTTP sockets to close", func() bool { st := s.Stats(); return st.HTTP == 0 && st.Open == 50 })
 	for i := range 50 {
 		if h, _ := halfOpen(fmt.Sprintf("127.0.2.%d", i/10), 1); h != 1 {
 			t.Fatalf("half-open socket %d of the budget refused; stats %+v", i, s.Stats())
@@ -200,7 +202,7 @@ func TestAcceptEMFILE(t *testing.T) {
 	var exhausted atomic.Bool
 	var fails atomic.Int64
 	exhausted.Store(true)
-	s := startLoggedServer(t, Config{}, newRecorder(), discardLogger(), func(s *Server) {
+	s := startLoggedServer(t, Config{}, newRecorder(), testutil.DiscardLogger(), func(s *Server) {
 		s.accept = exhaustedAccept(s, &exhausted, &fails)
 	})
 	const clients = 5
@@ -258,7 +260,7 @@ func TestAcceptBackoff(t *testing.T) {
 		}
 	})
 	const episodes = 5 // each: EMFILE, spare closed, EMFILE again, back off
-	waitFor(t, "five rounds of failures", func() bool {
+	testutil.Eventually(t, "five rounds of failures", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(calls) >= 2*episodes
@@ -293,7 +295,7 @@ func TestStatsCountRefusalsAndCloses(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("foreign Origin: %d, want 403", resp.StatusCode)
 	}
-	waitFor(t, "the refused socket to be released", func() bool { return s.Stats().Open == 0 })
+	testutil.Eventually(t, "the refused socket to be released", func() bool { return s.Stats().Open == 0 })
 	// 503: a second connection from one address over MAX_CONNECTIONS_PER_IP.
 	a, abr := upgrade(t, s, "127.0.0.22")
 	_, _, resp, body := send(t, s, "127.0.0.22", upgradeRequest("/ws/test"))
@@ -308,7 +310,7 @@ func TestStatsCountRefusalsAndCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectClose(t, b, bbr, ws.StatusNormalClosure, "")
-	waitFor(t, "the counts", func() bool {
+	testutil.Eventually(t, "the counts", func() bool {
 		st := s.Stats()
 		return st.Closes["server 1009"] == 1 && st.Closes["client 1000"] == 1
 	})

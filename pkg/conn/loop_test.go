@@ -15,6 +15,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // floodHandler counts the message bytes of connections whose path is
@@ -70,7 +72,7 @@ func TestReadFairness(t *testing.T) {
 	msg := frame(bText, bytes.Repeat([]byte("f"), 60<<10))
 	done := flood(flooder, nil, bytes.Repeat(msg, 16))
 	defer func() { flooder.Close(); <-done }()
-	waitFor(t, "the flood to be read", func() bool { return h.flooded.Load() > 8*readBufferSize })
+	testutil.Eventually(t, "the flood to be read", func() bool { return h.flooded.Load() > 8*readBufferSize })
 
 	other, br := upgrade(t, s, "")
 	// Two rounds, and one more for a message that reaches the server's
@@ -190,7 +192,7 @@ func TestPartialWrites(t *testing.T) {
 		c.Send(f)
 		frames = append(frames, f)
 		if i%100 == 99 {
-			waitFor(t, "the loop to write what it can", func() bool {
+			testutil.Eventually(t, "the loop to write what it can", func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
 				return c.out == nil || c.outOff > 0 || len(c.out.frames) > 50
@@ -206,7 +208,7 @@ func TestPartialWrites(t *testing.T) {
 				f.Header.OpCode, f.Header.Fin, len(f.Payload), binary.BigEndian.Uint32(append(f.Payload, 0, 0, 0, 0)), len(want))
 		}
 	}
-	waitFor(t, "the queue to empty", func() bool {
+	testutil.Eventually(t, "the queue to empty", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.out == nil && c.outBytes == 0
@@ -310,7 +312,7 @@ func TestSlowReaderGetsCloseFrame(t *testing.T) {
 		c.Send(f)
 		f.Release()
 		if !full {
-			waitFor(t, "the queue to drain or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
+			testutil.Eventually(t, "the queue to drain or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
 		}
 	}
 	c.mu.Lock()
@@ -384,7 +386,7 @@ func TestFragmentTimeout(t *testing.T) {
 			if _, err := nc.Write(tc.start); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the unfinished message to be held", func() bool { return s.Stats().PartialBytes > 0 })
+			testutil.Eventually(t, "the unfinished message to be held", func() bool { return s.Stats().PartialBytes > 0 })
 			if tc.name == "fragmented message" {
 				// Pings and empty continuations, one of each a millisecond,
 				// do not extend the time.
@@ -401,7 +403,7 @@ func TestFragmentTimeout(t *testing.T) {
 				}
 			}
 			expectClose(t, nc, br, ws.StatusPolicyViolation, "FRAGMENT_TIMEOUT")
-			waitFor(t, "the connection to be released", func() bool { st := s.Stats(); return st.Open == 0 && st.PartialBytes == 0 })
+			testutil.Eventually(t, "the connection to be released", func() bool { st := s.Stats(); return st.Open == 0 && st.PartialBytes == 0 })
 			if st := s.Stats(); st.TimedOut != 1 {
 				t.Fatalf("stats %+v; want one timeout", st)
 			}
@@ -474,7 +476,7 @@ func TestUnfinishedMessagesMemory(t *testing.T) {
 		}
 	}
 	warm.Close()
-	waitFor(t, "the warm-up connection to go", func() bool { return s.Stats().Open == 0 })
+	testutil.Eventually(t, "the warm-up connection to go", func() bool { return s.Stats().Open == 0 })
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -485,7 +487,7 @@ func TestUnfinishedMessagesMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "every connection to hold its fragment", func() bool { return s.Stats().PartialBytes == n*minBuffer })
+	testutil.Eventually(t, "every connection to hold its fragment", func() bool { return s.Stats().PartialBytes == n*minBuffer })
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	perConn := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
@@ -518,7 +520,7 @@ func TestPartialBytesCap(t *testing.T) {
 			expectClose(t, nc, br, StatusTryAgainLater, "retry later")
 		}
 	}
-	waitFor(t, "the refused ones to be released", func() bool { return s.Stats().Open == int64(fits) })
+	testutil.Eventually(t, "the refused ones to be released", func() bool { return s.Stats().Open == int64(fits) })
 	if st := s.Stats(); st.PartialBytes != int64(fits*minBuffer) || st.Limited != 3 {
 		t.Fatalf("stats %+v; want %d bytes held and 3 connections limited", st, fits*minBuffer)
 	}
@@ -526,9 +528,9 @@ func TestPartialBytesCap(t *testing.T) {
 	if _, err := clients[0].nc.Write(frame(bFinCont, []byte("}"))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the finished message to give its buffer back", func() bool { return s.Stats().PartialBytes == int64((fits-1)*minBuffer) })
+	testutil.Eventually(t, "the finished message to give its buffer back", func() bool { return s.Stats().PartialBytes == int64((fits-1)*minBuffer) })
 	for _, c := range clients[1:fits] {
 		c.nc.Close()
 	}
-	waitFor(t, "every buffer to be given back", func() bool { return s.Stats().PartialBytes == 0 })
+	testutil.Eventually(t, "every buffer to be given back", func() bool { return s.Stats().PartialBytes == 0 })
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -16,12 +15,12 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // waitTimeout bounds every wait in these tests; nothing sleeps.
 const waitTimeout = 10 * time.Second
-
-func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func TestConfigDefaults(t *testing.T) {
 	var c Config
@@ -101,7 +100,7 @@ func TestConfigBudget(t *testing.T) {
 	if got := s.Config().MaxConnections; got != 896 {
 		t.Fatalf("Config().MaxConnections = %d with FileLimit 1024, want 896", got)
 	}
-	if _, err := NewServer(Config{FileLimit: 65}, &recorder{}, discardLogger()); err == nil || !strings.Contains(err.Error(), "ulimit") {
+	if _, err := NewServer(Config{FileLimit: 65}, &recorder{}, testutil.DiscardLogger()); err == nil || !strings.Contains(err.Error(), "ulimit") {
 		t.Fatalf("NewServer with FileLimit 65: %v, want an error saying to raise the limit", err)
 	}
 }
@@ -163,12 +162,12 @@ func TestConfigValidation(t *testing.T) {
 		})
 	}
 	t.Run("NewServer refuses an invalid Config", func(t *testing.T) {
-		if _, err := NewServer(Config{MaxMessageBytes: -1}, &recorder{}, discardLogger()); err == nil {
+		if _, err := NewServer(Config{MaxMessageBytes: -1}, &recorder{}, testutil.DiscardLogger()); err == nil {
 			t.Fatal("NewServer accepted MaxMessageBytes -1")
 		}
 	})
 	t.Run("NewServer needs a Handler and a logger", func(t *testing.T) {
-		if _, err := NewServer(Config{}, nil, discardLogger()); err == nil {
+		if _, err := NewServer(Config{}, nil, testutil.DiscardLogger()); err == nil {
 			t.Fatal("NewServer accepted a nil Handler")
 		}
 		if _, err := NewServer(Config{}, &recorder{}, nil); err == nil {
@@ -181,7 +180,7 @@ func TestConfigValidation(t *testing.T) {
 // configuration; it is shut down at the end of the test.
 func newTestServer(t *testing.T, cfg Config, h Handler) *Server {
 	t.Helper()
-	return newLoggedServer(t, cfg, h, discardLogger())
+	return newLoggedServer(t, cfg, h, testutil.DiscardLogger())
 }
 
 func newLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger) *Server {
@@ -303,7 +302,7 @@ func (r *recorder) OnClose(c *Conn, cause error) {
 // startServer runs a server on 127.0.0.1:0 until the end of the test.
 func startServer(t *testing.T, cfg Config, h Handler) *Server {
 	t.Helper()
-	return startLoggedServer(t, cfg, h, discardLogger(), nil)
+	return startLoggedServer(t, cfg, h, testutil.DiscardLogger(), nil)
 }
 
 // startLoggedServer is startServer with a logger, and setup called
@@ -354,19 +353,6 @@ func dialServer(t *testing.T, s *Server, rec *recorder) (net.Conn, *bufio.Reader
 	return nil, nil, nil
 }
 
-// waitFor polls cond every millisecond until it holds, or fails the test
-// after waitTimeout: the one way these tests wait for a condition.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond) // poll interval, not synchronisation
-	}
-}
-
 // TestSendReferences: Send takes a reference to the frame and the loop
 // drops it once the frame is written; frames sent to a closed connection
 // are not retained.
@@ -394,7 +380,7 @@ func TestSendReferences(t *testing.T) {
 			t.Fatalf("client %d read %+v %q %v", i, wf.Header, wf.Payload, err)
 		}
 	}
-	waitFor(t, "the loop to release the written frame", func() bool { return f.refs.Load() == 1 })
+	testutil.Eventually(t, "the loop to release the written frame", func() bool { return f.refs.Load() == 1 })
 
 	// Close one connection; a frame sent to it afterwards is dropped.
 	peers[0].c.Close(ErrShutdown)
@@ -449,7 +435,7 @@ func TestSlowConsumerReleasesFrames(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("OnClose was not called")
 	}
-	waitFor(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
+	testutil.Eventually(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
 	if st := s.Stats(); st.SlowConsumers != 1 || st.Closes["server 1008"] != 1 || st.QueuedBytes != 0 {
 		t.Errorf("Stats after a slow consumer: %d slow consumers, closes %v, %d bytes queued; want 1, server 1008 once, 0",
 			st.SlowConsumers, st.Closes, st.QueuedBytes)

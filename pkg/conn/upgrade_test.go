@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // healthMux answers GET /healthz, as the gateway does.
@@ -59,7 +61,7 @@ func TestUpgradeAnswers(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "every refused socket to be released", func() bool { return s.Stats().Open == 0 })
+	testutil.Eventually(t, "every refused socket to be released", func() bool { return s.Stats().Open == 0 })
 	if st := s.Stats(); st.TimedOut != 0 || st.Upgraded != 5 {
 		t.Fatalf("stats %+v; want 5 upgrades and no timeout", st)
 	}
@@ -131,7 +133,7 @@ func TestHandshakeTimeout(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(body, "HANDSHAKE_TIMEOUT") {
 		t.Fatalf("answer %d %q; want 408 naming HANDSHAKE_TIMEOUT", resp.StatusCode, body)
 	}
-	waitFor(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
+	testutil.Eventually(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })
 	if st := s.Stats(); st.TimedOut != 1 {
 		t.Fatalf("Stats.TimedOut %d, want 1", st.TimedOut)
 	}
@@ -194,7 +196,7 @@ func TestFramesWhileJoinPending(t *testing.T) {
 	if _, err := nc.Write(cat(frame(bText, []byte("two")), frame(bPing, []byte("p")))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the loop to hold the early frames", func() bool { return s.Stats().PartialBytes > 0 })
+	testutil.Eventually(t, "the loop to hold the early frames", func() bool { return s.Stats().PartialBytes > 0 })
 	c.Complete(nil)
 	br := bufio.NewReader(nc)
 	if resp, body := readResponse(t, br); resp.StatusCode != 101 {
@@ -222,7 +224,7 @@ func TestFramesWhileJoinPending(t *testing.T) {
 	if resp, body := readResponse(t, bufio.NewReader(nc2)); resp.StatusCode != 403 || !strings.Contains(body, "not in this room") {
 		t.Fatalf("answer %d %q, want 403 with the Handler's reason", resp.StatusCode, body)
 	}
-	waitFor(t, "the refused socket to be released", func() bool { return s.Stats().WebSockets == 1 })
+	testutil.Eventually(t, "the refused socket to be released", func() bool { return s.Stats().WebSockets == 1 })
 	select {
 	case cause := <-h.closed:
 		t.Fatalf("OnClose(%v) for a join refused by Complete", cause)
@@ -248,7 +250,7 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatalf("/healthz while capped: %d %q", status, body)
 	}
 	clients[0].Close(ErrShutdown)
-	waitFor(t, "a slot to free up", func() bool { return s.Stats().WebSockets == 2 })
+	testutil.Eventually(t, "a slot to free up", func() bool { return s.Stats().WebSockets == 2 })
 	dialServer(t, s, rec)
 	if st := s.Stats(); st.Refused != 1 || st.WebSockets != 3 {
 		t.Fatalf("stats %+v; want 1 refused, 3 WebSockets", st)

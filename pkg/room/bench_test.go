@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
-	"github.com/gobwas/ws"
 )
 
 // chatOfSize returns a chat message of about size bytes, its "message" a

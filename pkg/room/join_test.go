@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
 	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 )
 
 // gateEngine is a fake stream.Engine for the join state machine: while

@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 func TestRateConfig(t *testing.T) {

@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
 	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 )
 
 // scriptedEngine is an Engine whose Publish answers with the error named

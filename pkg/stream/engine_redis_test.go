@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatgw/gateway/internal/redistest"
 	"github.com/redis/rueidis"
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // testRedisConfig returns a configuration for tests against addrs: short
@@ -155,7 +157,7 @@ func TestRedisConfig(t *testing.T) {
 	})
 
 	t.Run("NewRedisNamesTheVariable", func(t *testing.T) {
-		_, err := NewRedis(RedisConfig{}, func(string, Message) {}, slog.New(slog.DiscardHandler))
+		_, err := NewRedis(RedisConfig{}, func(string, Message) {}, testutil.DiscardLogger())
 		if err == nil || !strings.Contains(err.Error(), "IP_REDIS") {
 			t.Fatalf("NewRedis(zero config) = %v, want an error naming IP_REDIS", err)
 		}
@@ -166,7 +168,7 @@ func TestRedisConfig(t *testing.T) {
 		addr := srv.Addr()
 		srv.Kill()
 		start := time.Now()
-		_, err := NewRedis(RedisConfig{Addrs: []string{addr}, Timeout: 200 * time.Millisecond}, func(string, Message) {}, slog.New(slog.DiscardHandler))
+		_, err := NewRedis(RedisConfig{Addrs: []string{addr}, Timeout: 200 * time.Millisecond}, func(string, Message) {}, testutil.DiscardLogger())
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("NewRedis against a dead server = %v, want ErrUnavailable", err)
 		}
@@ -431,7 +433,7 @@ func (p *publisher) finish(t *testing.T) []published {
 func checkExactlyOnce(t *testing.T, c *collector, room string, accepted []published, refused []string) {
 	t.Helper()
 	var got []Message
-	redistest.WaitFor(t, 15*time.Second, "every accepted message to be delivered", func() bool {
+	testutil.EventuallyWithin(t, 15*time.Second, "every accepted message to be delivered", func() bool {
 		got = c.waitFor(t, room, 0)
 		seen := make(map[string]bool, len(got))
 		for _, m := range got {
@@ -483,12 +485,12 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatalf("Health before the outage: %v", err)
 	}
 	srv.Kill()
-	redistest.WaitFor(t, 5*time.Second, "Publish to fail", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "Publish to fail", func() bool {
 		_, failed := p.counts()
 		return failed > 0
 	})
 	var herr error
-	redistest.WaitFor(t, 5*time.Second, "Health to report the outage", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "Health to report the outage", func() bool {
 		herr = e.Health()
 		return herr != nil
 	})
@@ -501,9 +503,9 @@ func TestRedisRestart(t *testing.T) {
 	}
 
 	srv.Restart()
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	before, _ := p.counts()
-	redistest.WaitFor(t, 10*time.Second, "50 more accepted publishes", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "50 more accepted publishes", func() bool {
 		n, _ := p.counts()
 		return n >= before+50
 	})
@@ -526,14 +528,14 @@ func TestRedisRestartWithoutPersistence(t *testing.T) {
 	p := startPublisher(e, "amnesia", 2*time.Millisecond)
 	c.waitFor(t, "amnesia", 50)
 	srv.Kill()
-	redistest.WaitFor(t, 5*time.Second, "Publish to fail", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "Publish to fail", func() bool {
 		_, failed := p.counts()
 		return failed > 0
 	})
 	before, _ := p.counts()
 	srv.Restart()
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
-	redistest.WaitFor(t, 10*time.Second, "50 more accepted publishes", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "50 more accepted publishes", func() bool {
 		n, _ := p.counts()
 		return n >= before+50
 	})
@@ -587,9 +589,9 @@ func TestRedisHungServer(t *testing.T) {
 		t.Error("Health is nil while Redis hangs")
 	}
 	srv.Resume()
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	mustPublish(t, e, "hung", Message{Sender: 1, Payload: []byte("after")})
-	redistest.WaitFor(t, 10*time.Second, "the message after the hang", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "the message after the hang", func() bool {
 		got := c.waitFor(t, "hung", 1)
 		return string(got[len(got)-1].Payload) == "after"
 	})
@@ -620,21 +622,21 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 		mustPublish(t, pub, "wedged", Message{Sender: 1, Payload: strconv.AppendInt(nil, int64(i), 10)})
 	}
 	var herr error
-	redistest.WaitFor(t, 10*time.Second, "Health to report the wedged reader", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to report the wedged reader", func() bool {
 		herr = e.Health()
 		return herr != nil
 	})
 	t.Logf("Health while wedged: %v", herr)
 	close(release)
 	var got []Message
-	redistest.WaitFor(t, 10*time.Second, "the last message", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "the last message", func() bool {
 		got = c.waitFor(t, "wedged", 1)
 		return string(got[len(got)-1].Payload) == "199"
 	})
-	redistest.WaitFor(t, 10*time.Second, "the trim warning", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "the trim warning", func() bool {
 		return strings.Contains(log.String(), "trimmed before this node read them")
 	})
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	if len(got) >= 200 {
 		t.Fatalf("got all %d messages; the test meant Redis to trim some", len(got))
 	}
@@ -662,7 +664,7 @@ func TestRedisUnsubscribeDrains(t *testing.T) {
 	}
 	mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: []byte("end")})
 	var got []Message
-	redistest.WaitFor(t, 10*time.Second, "the end message", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "the end message", func() bool {
 		got = b.c.waitFor(t, "drain", 0)
 		return len(got) > 0 && string(got[len(got)-1].Payload) == "end"
 	})
@@ -754,15 +756,15 @@ func TestRedisSentinelFailover(t *testing.T) {
 		}
 	}
 	key := pub.key("ha")
-	redistest.WaitFor(t, 5*time.Second, "the replica to hold every accepted message", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "the replica to hold every accepted message", func() bool {
 		n, err := st.Replica.Do("XLEN", key)
 		return err == nil && n == "50"
 	})
 
 	st.Master.Kill()
-	redistest.WaitFor(t, 5*time.Second, "Health to report the dead master", func() bool { return pub.Health() != nil })
+	testutil.EventuallyWithin(t, 5*time.Second, "Health to report the dead master", func() bool { return pub.Health() != nil })
 	outage := 0
-	redistest.WaitFor(t, 30*time.Second, "Publish to succeed on the promoted replica", func() bool {
+	testutil.EventuallyWithin(t, 30*time.Second, "Publish to succeed on the promoted replica", func() bool {
 		err := publish(i)
 		i++
 		if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrUnconfirmed) {
@@ -785,7 +787,7 @@ func TestRedisSentinelFailover(t *testing.T) {
 	for _, nd := range nodes {
 		checkExactlyOnce(t, nd.c, "ha", accepted, refused)
 		e := nd.e
-		redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+		testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	}
 }
 
@@ -971,7 +973,7 @@ func TestRedisDownFailsFast(t *testing.T) {
 	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
 	mustSubscribe(t, e, "kept")
 	srv.Kill()
-	redistest.WaitFor(t, 10*time.Second, "a reader to notice Redis is gone", func() bool { return e.failing.Load() > 0 })
+	testutil.EventuallyWithin(t, 10*time.Second, "a reader to notice Redis is gone", func() bool { return e.failing.Load() > 0 })
 
 	start := time.Now()
 	err := e.Subscribe("new-room")
@@ -984,6 +986,6 @@ func TestRedisDownFailsFast(t *testing.T) {
 	}
 
 	srv.Restart()
-	redistest.WaitFor(t, 10*time.Second, "the readers to recover", func() bool { return e.failing.Load() == 0 })
+	testutil.EventuallyWithin(t, 10*time.Second, "the readers to recover", func() bool { return e.failing.Load() == 0 })
 	mustSubscribe(t, e, "new-room")
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // outcome is what one published message got back.
@@ -73,7 +74,7 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 	srv.Pause()
 	time.Sleep(2 * time.Second) // the pause itself
 	srv.Resume()
-	redistest.WaitFor(t, 10*time.Second, "both nodes healthy again", func() bool {
+	testutil.EventuallyWithin(t, 10*time.Second, "both nodes healthy again", func() bool {
 		return nodes[0].e.Health() == nil && nodes[1].e.Health() == nil
 	})
 	time.Sleep(300 * time.Millisecond) // publishing after the pause
@@ -84,7 +85,7 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 	for _, n := range published {
 		sent += n
 	}
-	redistest.WaitFor(t, 3*cfg.Timeout, "an answer to every message", func() bool {
+	testutil.EventuallyWithin(t, 3*cfg.Timeout, "an answer to every message", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(outs) >= sent
@@ -259,7 +260,7 @@ func TestRedisMalformedEntriesDoNotStick(t *testing.T) {
 		srv.MustDo("XADD", key, "*", "junk", strconv.Itoa(i))
 	}
 	srv.MustDo("XADD", key, "*", "s", "not-a-number", "p", "x")
-	redistest.WaitFor(t, 5*time.Second, "the malformed-entry warning", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "the malformed-entry warning", func() bool {
 		return strings.Contains(log.String(), "skipped malformed stream entries")
 	})
 	mustPublish(t, pub, "bad", Message{Sender: 1, Payload: []byte("good")})
@@ -297,14 +298,14 @@ func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
 	// A stream recreated within the same millisecond could reuse the old
 	// last ID; wait until Redis's clock has moved past it.
 	last := c.waitFor(t, "gone", 1)[0].ID
-	redistest.WaitFor(t, time.Second, "Redis's clock to pass the last ID", func() bool {
+	testutil.EventuallyWithin(t, time.Second, "Redis's clock to pass the last ID", func() bool {
 		f := strings.Fields(srv.MustDo("TIME"))
 		sec, _ := strconv.ParseUint(f[0], 10, 64)
 		us, _ := strconv.ParseUint(f[1], 10, 64)
 		return sec*1000+us/1000 > last.Ms
 	})
 	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("after-delete")})
-	redistest.WaitFor(t, 5*time.Second, "the message after the stream vanished", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "the message after the stream vanished", func() bool {
 		got := c.waitFor(t, "gone", 1)
 		return string(got[len(got)-1].Payload) == "after-delete"
 	})
@@ -313,7 +314,7 @@ func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
 	srv.MustDo("DEL", key)
 	srv.MustDo("XADD", key, "1-1", "s", "1", "p", "old")
 	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("after-restore")})
-	redistest.WaitFor(t, 5*time.Second, "the message after the stream went back in time", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "the message after the stream went back in time", func() bool {
 		got := c.waitFor(t, "gone", 1)
 		return string(got[len(got)-1].Payload) == "after-restore"
 	})
@@ -368,7 +369,7 @@ func TestRedisSignalWriteFails(t *testing.T) {
 		ids = append(ids, id)
 	}
 	var herr error
-	redistest.WaitFor(t, 5*time.Second, "Health to report the broken signal stream", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "Health to report the broken signal stream", func() bool {
 		herr = nodes[1].e.Health()
 		return herr != nil
 	})
@@ -376,7 +377,7 @@ func TestRedisSignalWriteFails(t *testing.T) {
 		t.Fatalf("Health = %v, want it to name the WRONGTYPE error", herr)
 	}
 	srv.MustDo("DEL", sigKey)
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
 	got := nodes[1].c.settle(t, nodes[1].e, "sig")
 	if len(got) != 3 {
 		t.Fatalf("delivered %d of the 3 accepted messages", len(got))
@@ -425,7 +426,7 @@ func TestRedisCorruptReplies(t *testing.T) {
 	}
 	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("during")})
 	var herr error
-	redistest.WaitFor(t, 5*time.Second, "Health to fail on undecodable replies", func() bool {
+	testutil.EventuallyWithin(t, 5*time.Second, "Health to fail on undecodable replies", func() bool {
 		herr = e.Health()
 		return herr != nil
 	})
@@ -433,7 +434,7 @@ func TestRedisCorruptReplies(t *testing.T) {
 
 	px.CorruptIDs(false)
 	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("after")})
-	redistest.WaitFor(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
 	got := c.settle(t, pub, "px")
 	var payloads []string
 	for _, m := range got {
