@@ -91,6 +91,11 @@ type attacker struct {
 
 // dial opens a WebSocket to room, from the next -src address.
 func (a *attacker) dial(ctx context.Context, room string) (net.Conn, *bufio.Reader, error) {
+	return a.dialQuery(ctx, room, "")
+}
+
+// dialQuery is dial with a query string (the gateway's options).
+func (a *attacker) dialQuery(ctx context.Context, room, query string) (net.Conn, *bufio.Reader, error) {
 	var src netip.Addr
 	if n := len(a.cfg.src); n > 0 {
 		src = a.cfg.src[int(a.src.Add(1)-1)%n]
@@ -101,7 +106,11 @@ func (a *attacker) dial(ctx context.Context, room string) (net.Conn, *bufio.Read
 			return netDialer(src).DialContext(ctx, network, addr)
 		},
 	}
-	nc, br, _, err := d.Dial(ctx, a.base+"/ws/chat/"+room+"/")
+	u := a.base + "/ws/chat/" + room + "/"
+	if query != "" {
+		u += "?" + query
+	}
+	nc, br, _, err := d.Dial(ctx, u)
 	if err != nil {
 		return nil, nil, err
 	}

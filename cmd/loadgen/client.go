@@ -37,6 +37,8 @@ type client struct {
 	foreign   int64
 	unparsed  int64
 	errFrames int64
+	acks      int64 // {"ack":...} frames
+	info      int64 // presence and truncated-history frames
 }
 
 // readLoop reads and accounts for frames until the connection ends.
@@ -118,6 +120,14 @@ func (c *client) onMessage(r *runner, p []byte) {
 			c.onStamp(r, st)
 			return
 		}
+	}
+	switch {
+	case bytes.HasPrefix(p, []byte(`{"ack":`)):
+		c.acks++
+		return
+	case bytes.HasPrefix(p, []byte(`{"presence":`)), bytes.HasPrefix(p, []byte(`{"truncated":`)):
+		c.info++
+		return
 	}
 	if bytes.Contains(p, []byte(`"error"`)) {
 		c.errFrames++
@@ -206,7 +216,7 @@ func (c *client) sendLoop(r *runner, start, end time.Time) {
 		due := uint32(now.Sub(start).Seconds()*rate) + 1
 		for c.sent < due {
 			st := stamp{run: r.run, sender: uint32(c.sender), seq: c.sent, nanos: time.Now().UnixNano()}
-			msg = appendChatMessage(msg[:0], st, r.cfg.pad)
+			msg = appendChatMessage(msg[:0], st, r.cfg.pad, r.cfg.cid)
 			buf = appendClientFrame(buf[:0], ws.OpText, msg, randomMask())
 			if err := c.write(r, buf); err != nil {
 				r.live.errs.add("write")

@@ -55,6 +55,9 @@ type config struct {
 	quiet          bool          // no progress line
 	files          []string      // merge mode: summaries to merge
 	cpuProfile     string        // write a CPU profile of loadgen here
+	options        string        // query string added to every WebSocket URL
+	replayMessages int           // replay mode: messages to publish and replay
+	cid            bool          // senders add a "cid" to each message
 }
 
 // parseFlags parses args (without the program name). Errors wrap errUsage;
@@ -92,6 +95,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 5*time.Second, "timeout for writing one frame; a sender that hits it stops")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of loadgen itself to `file` (go tool pprof)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no live progress line on stderr")
+	fs.IntVar(&c.replayMessages, "replay-messages", 10000, "-mode replay: messages to publish, then replay to a client joining with since=0-0 (the gateway's REDIS_MAXLEN must hold them)")
+	fs.StringVar(&c.options, "options", "", "query `string` added to every WebSocket URL, e.g. ids=1&ack=1 (the gateway's options)")
+	fs.BoolVar(&c.cid, "cid", false, "senders add a unique \"cid\" to each message (for -options ack=1: acknowledgements and dedupe)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return c, err
@@ -119,6 +125,9 @@ usage:
   loadgen -mode attack -attack KIND      one hostile client (flood, continuation,
                                          fragments) against -url, with a bystander
                                          room measuring latency before and during it
+  loadgen -mode replay                   publish -replay-messages into a room, then
+                                         time their replay to a client joining
+                                         with ?since=
 
 Exit status: 0 all good; 1 loss, duplicates, reordering, failed or dropped
 connections, or error frames seen; 2 bad flags.
@@ -132,6 +141,11 @@ flags:
 func (c *config) finish(urls, src, pids string) error {
 	switch c.mode {
 	case "run":
+	case "replay":
+		if c.replayMessages < 1 || c.replayMessages > 10_000_000 {
+			return errors.New("-replay-messages must be between 1 and 10000000")
+		}
+		c.rooms, c.senders = 1, 0
 	case "attack":
 		switch c.attack {
 		case "flood", "continuation", "fragments":
@@ -156,10 +170,13 @@ func (c *config) finish(urls, src, pids string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("-mode %q: want run, merge, floor or attack", c.mode)
+		return fmt.Errorf("-mode %q: want run, merge, floor, attack or replay", c.mode)
 	}
 	if len(c.files) > 0 {
 		return fmt.Errorf("unexpected arguments %q; only -mode merge takes file arguments", c.files)
+	}
+	if _, err := url.ParseQuery(c.options); err != nil || strings.ContainsAny(c.options, "#? ") {
+		return fmt.Errorf("-options %q: want a query string such as ids=1&ack=1", c.options)
 	}
 	var err error
 	if c.urls, err = parseURLs(urls); err != nil {

@@ -123,7 +123,7 @@ func TestParseFlags(t *testing.T) {
 		{"full", []string{"-conns", "1000", "-rooms", "10", "-senders", "5", "-rate", "20", "-src", "127.0.0.2-127.0.0.9", "-pid", "1,self"}, ""},
 		{"merge", []string{"-mode", "merge", "a.json", "b.json"}, ""},
 		{"merge without files", []string{"-mode", "merge"}, "needs the summary files"},
-		{"unknown mode", []string{"-mode", "x"}, "want run, merge, floor or attack"},
+		{"unknown mode", []string{"-mode", "x"}, "want run, merge, floor, attack or replay"},
 		{"floor", []string{"-mode", "floor", "-listen", "127.0.0.1:0"}, ""},
 		{"floor with files", []string{"-mode", "floor", "a.json"}, "unexpected arguments"},
 		{"stray argument", []string{"x.json"}, "unexpected arguments"},

@@ -81,7 +81,7 @@ func (r *oneByteReader) Read(p []byte) (int, error) {
 }
 
 func BenchmarkReceivePath(b *testing.B) {
-	frame, _ := ws.CompileFrame(ws.NewTextFrame(appendChatMessage(nil, stamp{run: 1, sender: 2, seq: 3, nanos: 4}, 0)))
+	frame, _ := ws.CompileFrame(ws.NewTextFrame(appendChatMessage(nil, stamp{run: 1, sender: 2, seq: 3, nanos: 4}, 0, false)))
 	stream := bytes.Repeat(frame, 64)
 	rd := bytes.NewReader(stream)
 	br := bufio.NewReaderSize(rd, 2048)

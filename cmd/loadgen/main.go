@@ -37,10 +37,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "run loadgen -h for the flags")
 		return exitUsage
 	}
-	if cfg.mode == "floor" || cfg.mode == "attack" {
+	if cfg.mode == "floor" || cfg.mode == "attack" || cfg.mode == "replay" {
 		run := runFloor
-		if cfg.mode == "attack" {
+		switch cfg.mode {
+		case "attack":
 			run = func(ctx context.Context, cfg config, stdout, _ io.Writer) error { return runAttack(ctx, cfg, stdout) }
+		case "replay":
+			run = func(ctx context.Context, cfg config, stdout, _ io.Writer) error { return runReplay(ctx, cfg, stdout) }
 		}
 		if err := run(ctx, cfg, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "loadgen:", err)

@@ -175,6 +175,9 @@ func placement(i, rooms, urls int) (room, url int) {
 func (r *runner) dial(ctx context.Context, i int) {
 	room, url := placement(i, r.cfg.rooms, len(r.cfg.urls))
 	u := r.cfg.urls[url] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
+	if r.cfg.options != "" {
+		u += "?" + r.cfg.options
+	}
 	var src netip.Addr
 	if len(r.cfg.src) > 0 {
 		src = r.cfg.src[i%len(r.cfg.src)]
@@ -331,6 +334,8 @@ func (r *runner) summarize(connSecs, sendSecs float64) (*Summary, error) {
 		m.Foreign += c.foreign
 		m.Unparsed += c.unparsed
 		m.ErrorFrames += c.errFrames
+		m.Acks += c.acks
+		m.Info += c.info
 		if c.dropped {
 			s.Conns.Dropped++
 			continue

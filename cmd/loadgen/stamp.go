@@ -33,7 +33,7 @@ func appendStamp(dst []byte, s stamp) []byte {
 // appendChatMessage appends the JSON text of a chat frame carrying s to
 // dst: {"username":"lg-<sender>","message":"<stamp>[:xxx…]"}, where pad
 // is the number of padding bytes after the stamp.
-func appendChatMessage(dst []byte, s stamp, pad int) []byte {
+func appendChatMessage(dst []byte, s stamp, pad int, cid bool) []byte {
 	dst = append(dst, `{"username":"lg-`...)
 	dst = strconv.AppendUint(dst, uint64(s.sender), 10)
 	dst = append(dst, `","message":"`...)
@@ -43,6 +43,16 @@ func appendChatMessage(dst []byte, s stamp, pad int) []byte {
 		for range pad {
 			dst = append(dst, 'x')
 		}
+	}
+	if cid {
+		// A client-chosen message ID (-cid, for ack=1): unique per run,
+		// sender and message.
+		dst = append(dst, `","cid":"`...)
+		dst = strconv.AppendUint(dst, uint64(s.run), 36)
+		dst = append(dst, '-')
+		dst = strconv.AppendUint(dst, uint64(s.sender), 10)
+		dst = append(dst, '-')
+		dst = strconv.AppendUint(dst, uint64(s.seq), 10)
 	}
 	return append(dst, `"}`...)
 }

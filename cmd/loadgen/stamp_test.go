@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"testing"
 )
 
@@ -18,7 +19,7 @@ func TestStampRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			msg := appendChatMessage(nil, tt.s, tt.pad)
+			msg := appendChatMessage(nil, tt.s, tt.pad, false)
 			var m struct{ Username, Message string }
 			if err := json.Unmarshal(msg, &m); err != nil {
 				t.Fatalf("message %s is not JSON: %v", msg, err)
@@ -84,7 +85,7 @@ func TestStampPathDoesNotAllocate(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	s := stamp{run: 1, sender: 2, seq: 3, nanos: 4}
 	allocs := testing.AllocsPerRun(100, func() {
-		buf = appendChatMessage(buf[:0], s, 0)
+		buf = appendChatMessage(buf[:0], s, 0, true)
 		sb, _ := findStamp(buf)
 		if _, ok := parseStamp(sb); !ok {
 			t.Fatal("round trip failed")
@@ -92,5 +93,43 @@ func TestStampPathDoesNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("encode+decode allocates %v times per message, want 0", allocs)
+	}
+}
+
+// TestChatMessageWithCID: -cid adds a unique "cid" after the message and
+// the stamp is still found.
+func TestChatMessageWithCID(t *testing.T) {
+	s := stamp{run: 35, sender: 2, seq: 7, nanos: 9}
+	msg := appendChatMessage(nil, s, 0, true)
+	var m struct{ Username, Message, CID string }
+	if err := json.Unmarshal(msg, &m); err != nil {
+		t.Fatalf("%s: %v", msg, err)
+	}
+	if m.CID != "z-2-7" {
+		t.Errorf("cid %q, want z-2-7 (run in base 36, sender, seq)", m.CID)
+	}
+	sb, ok := findStamp(msg)
+	if st, ok2 := parseStamp(sb); !ok || !ok2 || st != s {
+		t.Errorf("stamp of %s: %+v, want %+v", msg, st, s)
+	}
+}
+
+// TestFrameKinds: acknowledgements and presence or history frames are
+// counted as such, not as unparsed or error frames.
+func TestFrameKinds(t *testing.T) {
+	cfg, err := parseFlags([]string{"-options", "ids=1&ack=1", "-cid"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRunner(cfg, io.Discard)
+	c := &client{}
+	for _, f := range []string{`{"ack":"1-0","cid":"a"}`, `{"presence":{"members":3}}`, `{"truncated":{"since":"1-0","from":"2-0"}}`, `{"error":"unconfirmed","cid":"a"}`} {
+		c.onMessage(r, []byte(f))
+	}
+	if c.acks != 1 || c.info != 2 || c.errFrames != 1 || c.unparsed != 0 {
+		t.Fatalf("acks %d info %d errors %d unparsed %d; want 1, 2, 1, 0", c.acks, c.info, c.errFrames, c.unparsed)
+	}
+	if _, err := parseFlags([]string{"-options", "a=1#x"}, io.Discard); err == nil {
+		t.Error("-options with a fragment was accepted")
 	}
 }

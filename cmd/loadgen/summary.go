@@ -69,6 +69,8 @@ type MessageStats struct {
 	Foreign     int64   `json:"foreign"`      // stamp of another loadgen run
 	Unparsed    int64   `json:"unparsed"`     // text frames with neither stamp nor "error"
 	ErrorFrames int64   `json:"error_frames"` // {"error":...} frames
+	Acks        int64   `json:"acks"`         // {"ack":...} frames (-options ack=1)
+	Info        int64   `json:"info"`         // presence and truncated-history frames
 	SendSeconds float64 `json:"send_seconds"`
 }
 
@@ -251,6 +253,8 @@ func addMessages(a *MessageStats, b MessageStats) {
 	a.Foreign += b.Foreign
 	a.Unparsed += b.Unparsed
 	a.ErrorFrames += b.ErrorFrames
+	a.Acks += b.Acks
+	a.Info += b.Info
 	a.SendSeconds = max(a.SendSeconds, b.SendSeconds)
 }
 
@@ -294,6 +298,9 @@ func (s *Summary) writeText(w io.Writer) error {
 		m.Sent, m.Received, m.Expected, m.Delivered, m.SendSeconds)
 	fmt.Fprintf(&b, "  delivery   lost %d duplicated %d out-of-order %d misrouted %d echoed %d foreign %d unparsed %d error-frames %d\n",
 		m.Lost, m.Duplicated, m.OutOfOrder, m.Misrouted, m.Echoed, m.Foreign, m.Unparsed, m.ErrorFrames)
+	if m.Acks > 0 || m.Info > 0 {
+		fmt.Fprintf(&b, "  frames     acks %d presence/history %d\n", m.Acks, m.Info)
+	}
 	if m.SendSeconds > 0 {
 		fmt.Fprintf(&b, "  throughput out %.0f msg/s, in %.0f msg/s\n", float64(m.Sent)/m.SendSeconds, float64(m.Received)/m.SendSeconds)
 	}
