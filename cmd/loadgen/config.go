@@ -57,6 +57,7 @@ type config struct {
 	cpuProfile     string        // write a CPU profile of loadgen here
 	options        string        // query string added to every WebSocket URL
 	replayMessages int           // replay mode: messages to publish and replay
+	remote         bool          // allow targets and sources that are not loopback
 	cid            bool          // senders add a "cid" to each message
 }
 
@@ -96,6 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of loadgen itself to `file` (go tool pprof)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no live progress line on stderr")
 	fs.IntVar(&c.replayMessages, "replay-messages", 10000, "-mode replay: messages to publish, then replay to a client joining with since=0-0 (the gateway's REDIS_MAXLEN must hold them)")
+	fs.BoolVar(&c.remote, "remote", false, "allow -url targets and -src addresses that are not loopback (a gateway on another host you are allowed to load)")
 	fs.StringVar(&c.options, "options", "", "query `string` added to every WebSocket URL, e.g. ids=1&ack=1 (the gateway's options)")
 	fs.BoolVar(&c.cid, "cid", false, "senders add a unique \"cid\" to each message (for -options ack=1: acknowledgements and dedupe)")
 	if err := fs.Parse(args); err != nil {
@@ -179,10 +181,10 @@ func (c *config) finish(urls, src, pids string) error {
 		return fmt.Errorf("-options %q: want a query string such as ids=1&ack=1", c.options)
 	}
 	var err error
-	if c.urls, err = parseURLs(urls); err != nil {
+	if c.urls, err = parseURLs(urls, c.remote); err != nil {
 		return err
 	}
-	if c.src, err = parseSources(src); err != nil {
+	if c.src, err = parseSources(src, c.remote); err != nil {
 		return err
 	}
 	if c.pids, err = parsePIDs(pids); err != nil {
@@ -202,6 +204,8 @@ func (c *config) checkNumbers() error {
 		return fmt.Errorf("-rooms must be between 1 and %d", maxRooms)
 	case c.rooms > c.conns:
 		return fmt.Errorf("-rooms %d is more than -conns %d; every room needs a member", c.rooms, c.conns)
+	case c.mode == "run" && c.rate > 0 && c.senders > 0 && c.conns/c.rooms < 2:
+		return fmt.Errorf("-conns %d over -rooms %d leaves rooms with one member, who would receive nothing (a sender never gets its own message back); give at least 2 members per room (-conns >= 2 x -rooms)", c.conns, c.rooms)
 	case c.senders < 0 || c.senders > c.conns/c.rooms:
 		return fmt.Errorf("-senders must be between 0 and the smallest room's size %d (-conns/-rooms)", c.conns/c.rooms)
 	case c.rate < 0 || c.rate > 1e6:
@@ -239,8 +243,9 @@ func validRoomName(s string) bool {
 }
 
 // parseURLs splits a comma list of gateway base URLs and checks that each
-// is ws:// to a loopback host. Trailing slashes are dropped.
-func parseURLs(list string) ([]string, error) {
+// is ws:// to a loopback host (any host with remote). Trailing slashes are
+// dropped; a chat path is refused with the base URL to use instead.
+func parseURLs(list string, remote bool) ([]string, error) {
 	var out []string
 	for _, s := range strings.Split(list, ",") {
 		s = strings.TrimSpace(s)
@@ -252,13 +257,18 @@ func parseURLs(list string) ([]string, error) {
 			return nil, fmt.Errorf("-url %q: %v", s, err)
 		}
 		if u.Scheme != "ws" {
-			return nil, fmt.Errorf("-url %q: scheme must be ws (plain WebSocket on loopback)", s)
+			return nil, fmt.Errorf("-url %q: scheme must be ws (plain WebSocket)", s)
 		}
 		if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-			return nil, fmt.Errorf("-url %q: give only ws://host:port[/base path]", s)
+			return nil, fmt.Errorf("-url %q: give only ws://host:port; put gateway options in -options", s)
 		}
-		if err := checkLoopback(u.Hostname()); err != nil {
-			return nil, fmt.Errorf("-url %q: %w", s, err)
+		if strings.Contains(u.Path, "/ws/") || strings.HasSuffix(u.Path, "/ws") {
+			return nil, fmt.Errorf("-url %q: give the gateway's base URL, ws://%s; loadgen appends /ws/chat/<room>/ itself", s, u.Host)
+		}
+		if !remote {
+			if err := checkLoopback(u.Hostname()); err != nil {
+				return nil, fmt.Errorf("-url %q: %w; add -remote to load a gateway on another host", s, err)
+			}
 		}
 		out = append(out, strings.TrimRight(s, "/"))
 	}
@@ -284,9 +294,10 @@ func checkLoopback(host string) error {
 	return nil
 }
 
-// parseSources parses a comma list of loopback IPs and inclusive ranges
-// "first-last" into the addresses to bind, in order.
-func parseSources(list string) ([]netip.Addr, error) {
+// parseSources parses a comma list of IPs and inclusive ranges
+// "first-last" into the addresses to bind, in order: loopback ones, or
+// any with remote.
+func parseSources(list string, remote bool) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, item := range strings.Split(list, ",") {
 		item = strings.TrimSpace(item)
@@ -294,13 +305,13 @@ func parseSources(list string) ([]netip.Addr, error) {
 			continue
 		}
 		lo, hi, isRange := strings.Cut(item, "-")
-		first, err := parseSourceAddr(lo)
+		first, err := parseSourceAddr(lo, remote)
 		if err != nil {
 			return nil, err
 		}
 		last := first
 		if isRange {
-			if last, err = parseSourceAddr(hi); err != nil {
+			if last, err = parseSourceAddr(hi, remote); err != nil {
 				return nil, err
 			}
 		}
@@ -320,15 +331,16 @@ func parseSources(list string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// parseSourceAddr parses one -src address and requires loopback.
-func parseSourceAddr(s string) (netip.Addr, error) {
+// parseSourceAddr parses one -src address and requires loopback unless
+// remote.
+func parseSourceAddr(s string, remote bool) (netip.Addr, error) {
 	a, err := netip.ParseAddr(strings.TrimSpace(s))
 	if err != nil {
 		return a, fmt.Errorf("-src %q: not an IP address; use e.g. 127.0.0.2-127.0.0.20", s)
 	}
 	a = a.Unmap()
-	if !a.IsLoopback() {
-		return a, fmt.Errorf("-src %s: source addresses must be loopback (127.0.0.0/8 or ::1)", a)
+	if !a.IsLoopback() && !remote {
+		return a, fmt.Errorf("-src %s: source addresses must be loopback (127.0.0.0/8 or ::1) unless -remote", a)
 	}
 	return a, nil
 }

@@ -40,7 +40,7 @@ func TestParseSources(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseSources(tt.in)
+			got, err := parseSources(tt.in, false)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("parseSources(%q) error %v, want one containing %q", tt.in, err, tt.wantErr)
@@ -81,6 +81,24 @@ func TestCheckLoopback(t *testing.T) {
 	}
 }
 
+// TestRemoteTargets: -remote allows other hosts, by name or address, as
+// targets and sources.
+func TestRemoteTargets(t *testing.T) {
+	got, err := parseURLs("ws://gateway.example:8000,ws://192.168.1.5:8000", true)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("parseURLs with remote: %v, %v", got, err)
+	}
+	if _, err := parseSources("10.0.0.1-10.0.0.3", true); err != nil {
+		t.Fatalf("parseSources with remote: %v", err)
+	}
+	if _, err := parseFlags([]string{"-url", "ws://10.0.0.1:8000"}, io.Discard); err == nil || !strings.Contains(err.Error(), "-remote") {
+		t.Fatalf("a remote target without -remote: %v, want an error naming -remote", err)
+	}
+	if _, err := parseFlags([]string{"-conns", "10", "-rooms", "10"}, io.Discard); err == nil || !strings.Contains(err.Error(), "one member") {
+		t.Fatalf("rooms of one member: %v, want an error", err)
+	}
+}
+
 func TestParseURLs(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -96,10 +114,11 @@ func TestParseURLs(t *testing.T) {
 		{"http", "http://127.0.0.1:8000", nil, "scheme must be ws"},
 		{"query", "ws://127.0.0.1:8000?x=1", nil, "only ws://host:port"},
 		{"none", " , ", nil, "at least one"},
+		{"chat path", "ws://127.0.0.1:8000/ws/chat/lobby/", nil, "base URL, ws://127.0.0.1:8000; loadgen appends"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseURLs(tt.in)
+			got, err := parseURLs(tt.in, false)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("parseURLs(%q) error %v, want one containing %q", tt.in, err, tt.wantErr)

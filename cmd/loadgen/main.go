@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitUsage
 	}
+	runErr := err
 	if err != nil {
 		fmt.Fprintln(stderr, "loadgen:", err)
 		if s == nil {
@@ -79,8 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "loadgen: write summary:", err)
 		return exitProblem
 	}
-	if len(s.problems()) > 0 {
-		return exitProblem
+	if len(s.problems()) > 0 || runErr != nil {
+		return exitProblem // a run that ended in an error is never OK
 	}
 	return exitOK
 }

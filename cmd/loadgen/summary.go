@@ -168,6 +168,14 @@ func (s *Summary) problems() []string {
 	check("foreign", s.Messages.Foreign)
 	check("unparsed", s.Messages.Unparsed)
 	check("error_frames", s.Messages.ErrorFrames)
+	// A run meant to send that sent or expected nothing proved nothing.
+	if s.Rate > 0 && s.Senders > 0 {
+		if s.Messages.Sent == 0 {
+			out = append(out, "nothing_sent")
+		} else if s.Messages.Expected == 0 {
+			out = append(out, "nothing_expected")
+		}
+	}
 	return out
 }
 

@@ -147,3 +147,20 @@ func TestProblems(t *testing.T) {
 		})
 	}
 }
+
+// TestNothingSentFails: a run meant to send that sent or expected nothing
+// is a failure, never OK; an idle run (-rate 0) is not.
+func TestNothingSentFails(t *testing.T) {
+	s := &Summary{Rate: 1, Senders: 1}
+	if p := s.problems(); len(p) != 1 || p[0] != "nothing_sent" {
+		t.Errorf("nothing sent: problems %v, want nothing_sent", p)
+	}
+	s.Messages.Sent = 5
+	if p := s.problems(); len(p) != 1 || p[0] != "nothing_expected" {
+		t.Errorf("nothing expected: problems %v, want nothing_expected", p)
+	}
+	idle := &Summary{Rate: 0, Senders: 1}
+	if p := idle.problems(); len(p) != 0 {
+		t.Errorf("idle run: problems %v, want none", p)
+	}
+}
