@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -237,5 +238,20 @@ func TestPlacement(t *testing.T) {
 		if a == b {
 			t.Errorf("room %d: members 0 and 1 both on URL %d", room, a)
 		}
+	}
+}
+
+// TestDialErrorsSayWhy: a refused dial is counted under a kind that says
+// what to check.
+func TestDialErrorsSayWhy(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = net.Dial("tcp", addr)
+	if k := dialErrKind(&dialError{err}); !strings.HasPrefix(k, "dial_refused") || !strings.Contains(k, "gateway running") {
+		t.Fatalf("refused dial kind %q; want dial_refused saying what to check", k)
 	}
 }

@@ -240,8 +240,27 @@ func dialErrKind(err error) string {
 	case errors.As(err, &se):
 		return "handshake_" + strconv.Itoa(int(se))
 	case errors.As(err, &de):
-		if errors.As(err, &ne) && ne.Timeout() {
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
 			return "dial_timeout"
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return "dial_refused (nothing listens there: is the gateway running, on that port?)"
+		case errors.Is(err, syscall.EADDRNOTAVAIL):
+			return "dial_no_source_port (out of ephemeral ports or a -src address not on this host: add -src addresses)"
+		case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+			return "dial_out_of_descriptors (raise ulimit -n or run several loadgen processes)"
+		case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+			return "dial_unreachable"
+		case errors.Is(err, syscall.ECONNRESET):
+			return "dial_reset"
+		}
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) {
+			return "dial_dns (" + dnsErr.Err + ")"
+		}
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			return "dial (" + errno.Error() + ")"
 		}
 		return "dial"
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
