@@ -85,15 +85,24 @@ for i in $(seq 0 $((LOADGENS - 1))); do
 	(( b <= SRC_LAST )) || b=$SRC_LAST
 	"$BIN/loadgen" -url "ws://127.0.0.1:$PORT" -conns $((CONNS / LOADGENS)) -rooms $((ROOMS / LOADGENS)) \
 		-senders "$SENDERS" -rate "$RATE" -hold "$HOLD" -duration "$DURATION" -drain "$DRAIN" \
-		-src "127.0.0.$a-127.0.0.$b" -pid "$(IFS=,; echo "${gw_pids[*]}")" -json -quiet \
+		-src "127.0.0.$a-127.0.0.$b" -pid "$(IFS=,; echo "${gw_pids[*]}")" -json -label "loadgen$i" \
 		>"$OUT/loadgen$i.json" 2>"$OUT/loadgen$i.log" &
 	lg_pids+=($!)
 done
 
-# Sample kernel slab memory while connections are held.
+# Sample kernel slab memory while connections are held, and show each
+# load process's latest progress line every 5 s.
+echo "loadtest: $GATEWAYS gateways on :$PORT, $LOADGENS loadgen processes, $CONNS connections in $ROOMS rooms; logs in $OUT"
 peak=$slab0
+tick=0
 while kill -0 "${lg_pids[0]}" 2>/dev/null; do
 	s=$(mem Slab); (( s > peak )) && peak=$s
+	if (( tick % 5 == 4 )); then
+		for i in $(seq 0 $((LOADGENS - 1))); do
+			tail -n 1 "$OUT/loadgen$i.log" 2>/dev/null || true
+		done
+	fi
+	tick=$((tick + 1))
 	sleep 1
 done
 status=0

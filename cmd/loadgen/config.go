@@ -58,6 +58,7 @@ type config struct {
 	options        string        // query string added to every WebSocket URL
 	replayMessages int           // replay mode: messages to publish and replay
 	remote         bool          // allow targets and sources that are not loopback
+	label          string        // names this process in progress lines (several processes)
 	cid            bool          // senders add a "cid" to each message
 }
 
@@ -97,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of loadgen itself to `file` (go tool pprof)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no live progress line on stderr")
 	fs.IntVar(&c.replayMessages, "replay-messages", 10000, "-mode replay: messages to publish, then replay to a client joining with since=0-0 (the gateway's REDIS_MAXLEN must hold them)")
+	fs.StringVar(&c.label, "label", "", "`name` printed at the start of each progress line, to tell several loadgen processes apart")
 	fs.BoolVar(&c.remote, "remote", false, "allow -url targets and -src addresses that are not loopback (a gateway on another host you are allowed to load)")
 	fs.StringVar(&c.options, "options", "", "query `string` added to every WebSocket URL, e.g. ids=1&ack=1 (the gateway's options)")
 	fs.BoolVar(&c.cid, "cid", false, "senders add a unique \"cid\" to each message (for -options ack=1: acknowledgements and dedupe)")

@@ -78,7 +78,7 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	go func() {
 		defer close(progressDone)
 		if !r.cfg.quiet {
-			r.live.progress(r.stderr, stopProgress, time.Now())
+			r.live.progress(r.stderr, r.cfg.label, stopProgress, time.Now())
 		}
 	}()
 

@@ -125,7 +125,10 @@ type live struct {
 }
 
 // progress prints one status line per second to w until stop is closed.
-func (l *live) progress(w io.Writer, stop <-chan struct{}, start time.Time) {
+func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start time.Time) {
+	if label != "" {
+		label += " "
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var lastOpened, lastSent, lastRecv int64
@@ -139,8 +142,8 @@ func (l *live) progress(w io.Writer, stop <-chan struct{}, start time.Time) {
 			last = now
 			opened, sent, recv := l.opened.Load(), l.sent.Load(), l.received.Load()
 			h := l.latency.takeInterval()
-			fmt.Fprintf(w, "[%5.0fs] %-7s conns %d (+%.0f/s, failed %d) | out %.0f/s in %.0f/s | p50 %s p99 %s | errors %s\n",
-				now.Sub(start).Seconds(), l.phase.Load(), l.connected.Load(),
+			fmt.Fprintf(w, "%s[%5.0fs] %-7s conns %d (+%.0f/s, failed %d) | out %.0f/s in %.0f/s | p50 %s p99 %s | errors %s\n",
+				label, now.Sub(start).Seconds(), l.phase.Load(), l.connected.Load(),
 				float64(opened-lastOpened)/dt, l.failed.Load(),
 				float64(sent-lastSent)/dt, float64(recv-lastRecv)/dt,
 				fmtMicros(h.ValueAtQuantile(50)), fmtMicros(h.ValueAtQuantile(99)),

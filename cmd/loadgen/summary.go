@@ -312,13 +312,31 @@ func (s *Summary) writeText(w io.Writer) error {
 	if m.SendSeconds > 0 {
 		fmt.Fprintf(&b, "  throughput out %.0f msg/s, in %.0f msg/s\n", float64(m.Sent)/m.SendSeconds, float64(m.Received)/m.SendSeconds)
 	}
-	fmt.Fprintf(&b, "  latency    n %d p50 %s p90 %s p99 %s p99.9 %s max %s\n", l.Count,
-		fmtMicros(l.P50), fmtMicros(l.P90), fmtMicros(l.P99), fmtMicros(l.P999), fmtMicros(l.Max))
+	if l.Count == 0 {
+		fmt.Fprintf(&b, "  latency    n 0 (nothing received) p50 - p90 - p99 - p99.9 - max -\n")
+	} else {
+		fmt.Fprintf(&b, "  latency    n %d p50 %s p90 %s p99 %s p99.9 %s max %s\n", l.Count,
+			fmtMicros(l.P50), fmtMicros(l.P90), fmtMicros(l.P99), fmtMicros(l.P999), fmtMicros(l.Max))
+	}
 	fmt.Fprintf(&b, "  errors     %s\n", fmtCounts(s.Errors))
+	// Ratios without a denominator (no connection opened, nothing
+	// received) print as a dash, never as 0.
+	perConn := func(v float64) string {
+		if s.Conns.Opened == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f", v)
+	}
+	perDelivery := func(v float64) string {
+		if s.Messages.Received == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", v)
+	}
 	for _, p := range s.Procs {
-		fmt.Fprintf(&b, "  pid %-7d RSS start %s connected %s end %s | CPU %.2fs in send phase | %.0f B RSS/conn, %.2f µs CPU/delivery\n",
+		fmt.Fprintf(&b, "  pid %-7d RSS start %s connected %s end %s | CPU %.2fs in send phase | %s B RSS/conn, %s µs CPU/delivery\n",
 			p.PID, fmtBytes(p.Start.RSSBytes), fmtBytes(p.Connected.RSSBytes), fmtBytes(p.End.RSSBytes),
-			p.CPUSendSeconds, p.RSSPerConnBytes, p.CPUMicrosPerDelivery)
+			p.CPUSendSeconds, perConn(p.RSSPerConnBytes), perDelivery(p.CPUMicrosPerDelivery))
 		for _, e := range []string{p.Start.Err, p.Connected.Err, p.End.Err} {
 			if e != "" {
 				fmt.Fprintf(&b, "    sample error: %s\n", e)
@@ -326,8 +344,8 @@ func (s *Summary) writeText(w io.Writer) error {
 		}
 	}
 	if t := s.ProcTotal; t != nil {
-		fmt.Fprintf(&b, "  all pids    RSS connected %s | CPU %.2fs in send phase | %.0f B RSS/conn, %.2f µs CPU/delivery\n",
-			fmtBytes(t.RSSConnectedBytes), t.CPUSendSeconds, t.RSSPerConnBytes, t.CPUMicrosPerDelivery)
+		fmt.Fprintf(&b, "  all pids    RSS connected %s | CPU %.2fs in send phase | %s B RSS/conn, %s µs CPU/delivery (totals over all pids)\n",
+			fmtBytes(t.RSSConnectedBytes), t.CPUSendSeconds, perConn(t.RSSPerConnBytes), perDelivery(t.CPUMicrosPerDelivery))
 	}
 	if pr := s.problems(); len(pr) > 0 {
 		fmt.Fprintf(&b, "  verdict    FAIL: %s\n", strings.Join(pr, " "))
