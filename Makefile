@@ -24,6 +24,7 @@ test: deps check unit fuzz smoke
 # deps installs redis-server and redis-cli from Debian's packages when the
 # machine lacks them: the tests start their own servers on free ports.
 deps:
+	@echo "== make test: checking the tools the tests need (redis-server, redis-cli)"
 	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
 		echo "installing redis-server (Debian package) for the tests"; \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
@@ -32,6 +33,7 @@ deps:
 	@redis-server --version
 
 check:
+	@echo "== make test: gofmt and go vet"
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -39,14 +41,18 @@ check:
 # The allocation guards run again without the race detector, which makes
 # sync.Pool drop items and so skips them.
 unit:
+	@echo "== make test: every unit and end-to-end test under the race detector (a few minutes; they start their own redis-server processes)"
 	$(GO) test -race -count=1 -timeout 15m ./...
+	@echo "== make test: allocation guards without the race detector"
 	$(GO) test -count=1 -run 'Allocs|Allocat' ./...
 
 fuzz:
+	@echo "== make test: fuzzing the frame reader and the message decoder, $(FUZZTIME) each"
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./pkg/conn
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime $(FUZZTIME) ./pkg/room
 
 smoke: build
+	@echo "== make test: 1 000-connection smoke load on two gateway nodes and a Redis"
 	scripts/smoke.sh
 
 bench:
