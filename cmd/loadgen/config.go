@@ -59,6 +59,7 @@ type config struct {
 	replayMessages int           // replay mode: messages to publish and replay
 	remote         bool          // allow targets and sources that are not loopback
 	label          string        // names this process in progress lines (several processes)
+	report         string        // write an HTML report here
 	cid            bool          // senders add a "cid" to each message
 }
 
@@ -98,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of loadgen itself to `file` (go tool pprof)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no live progress line on stderr")
 	fs.IntVar(&c.replayMessages, "replay-messages", 10000, "-mode replay: messages to publish, then replay to a client joining with since=0-0 (the gateway's REDIS_MAXLEN must hold them)")
+	fs.StringVar(&c.report, "report", "", "write a self-contained HTML report (verdict, latency percentiles, throughput and connections over time) to `file`; with -mode merge too")
 	fs.StringVar(&c.label, "label", "", "`name` printed at the start of each progress line, to tell several loadgen processes apart")
 	fs.BoolVar(&c.remote, "remote", false, "allow -url targets and -src addresses that are not loopback (a gateway on another host you are allowed to load)")
 	fs.StringVar(&c.options, "options", "", "query `string` added to every WebSocket URL, e.g. ids=1&ack=1 (the gateway's options)")

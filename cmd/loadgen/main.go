@@ -71,6 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitProblem
 		}
 	}
+	if cfg.report != "" {
+		if err := writeReport(cfg.report, s); err != nil {
+			fmt.Fprintln(stderr, "loadgen:", err)
+			return exitProblem
+		}
+	}
 	if cfg.jsonOut {
 		err = s.writeJSON(stdout)
 	} else {

@@ -77,9 +77,11 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	r.live.phase.Store("connect")
 	go func() {
 		defer close(progressDone)
+		var w io.Writer
 		if !r.cfg.quiet {
-			r.live.progress(r.stderr, r.cfg.label, stopProgress, time.Now())
+			w = r.stderr
 		}
+		r.live.progress(w, r.cfg.label, stopProgress, time.Now())
 	}()
 
 	connStart := time.Now()
@@ -108,6 +110,9 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	if serr != nil {
 		return nil, serr
 	}
+	r.live.mu.Lock()
+	s.Timeline = r.live.timeline
+	r.live.mu.Unlock()
 	s.Procs = samples
 	s.derive()
 	return s, err

@@ -114,6 +114,8 @@ func (c *counterSet) snapshot() map[string]int64 {
 // live holds what the progress line shows; everything is safe for
 // concurrent use.
 type live struct {
+	mu        sync.Mutex
+	timeline  []TimePoint  // one point per second; guarded by mu
 	phase     atomic.Value // string
 	connected atomic.Int64 // connections open now
 	opened    atomic.Int64 // successful handshakes
@@ -124,7 +126,8 @@ type live struct {
 	latency   *latencyRecorder
 }
 
-// progress prints one status line per second to w until stop is closed.
+// progress records one TimePoint per second and, when w is not nil,
+// prints it as a status line, until stop is closed.
 func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start time.Time) {
 	if label != "" {
 		label += " "
@@ -142,6 +145,15 @@ func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start t
 			last = now
 			opened, sent, recv := l.opened.Load(), l.sent.Load(), l.received.Load()
 			h := l.latency.takeInterval()
+			phase, _ := l.phase.Load().(string)
+			l.mu.Lock()
+			l.timeline = append(l.timeline, TimePoint{Seconds: now.Sub(start).Seconds(), Phase: phase, Connected: l.connected.Load(),
+				OutPerSec: float64(sent-lastSent) / dt, InPerSec: float64(recv-lastRecv) / dt, P99Micros: h.ValueAtQuantile(99)})
+			l.mu.Unlock()
+			if w == nil {
+				lastOpened, lastSent, lastRecv = opened, sent, recv
+				continue
+			}
 			fmt.Fprintf(w, "%s[%5.0fs] %-7s conns %d (+%.0f/s, failed %d) | out %.0f/s in %.0f/s | p50 %s p99 %s | errors %s\n",
 				label, now.Sub(start).Seconds(), l.phase.Load(), l.connected.Load(),
 				float64(opened-lastOpened)/dt, l.failed.Load(),

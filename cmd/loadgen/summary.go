@@ -34,6 +34,9 @@ type Summary struct {
 	// gateway processes: their RSS growth per connection and their CPU
 	// per delivery together. Set when there are two or more.
 	ProcTotal *ProcTotal `json:"proc_total,omitempty"`
+	// Timeline has one point per second of the run (for -report). Merged
+	// summaries add the points of the same second.
+	Timeline []TimePoint `json:"timeline,omitempty"`
 }
 
 // ProcTotal is the sum over the sampled processes.
@@ -224,6 +227,21 @@ func mergeSummaries(in []*Summary) (*Summary, error) {
 		for _, p := range s.Procs {
 			mergeProc(procs, p)
 		}
+		for j, tp := range s.Timeline {
+			if j == len(out.Timeline) {
+				out.Timeline = append(out.Timeline, TimePoint{Seconds: tp.Seconds, Phase: tp.Phase})
+			}
+			o := &out.Timeline[j]
+			o.Connected += tp.Connected
+			o.OutPerSec += tp.OutPerSec
+			o.InPerSec += tp.InPerSec
+			o.P99Micros = max(o.P99Micros, tp.P99Micros)
+		}
+	}
+	// A rate over processes is computed from the totals, never summed.
+	out.Conns.ConnectRate = 0
+	if out.Conns.ConnectSeconds > 0 {
+		out.Conns.ConnectRate = float64(out.Conns.Opened) / out.Conns.ConnectSeconds
 	}
 	slices.Sort(out.Targets)
 	out.Targets = slices.Compact(out.Targets)
@@ -244,7 +262,6 @@ func addConns(a *ConnStats, b ConnStats) {
 	a.Failed += b.Failed
 	a.Dropped += b.Dropped
 	a.ConnectSeconds = max(a.ConnectSeconds, b.ConnectSeconds)
-	a.ConnectRate += b.ConnectRate
 }
 
 // addMessages adds b's message counts to a.

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
@@ -64,7 +67,7 @@ func TestMergeSummaries(t *testing.T) {
 	if m.Messages != want {
 		t.Errorf("messages %+v, want %+v", m.Messages, want)
 	}
-	wantConns := ConnStats{Target: 20, Opened: 19, Failed: 1, ConnectSeconds: 2, ConnectRate: 14.5}
+	wantConns := ConnStats{Target: 20, Opened: 19, Failed: 1, ConnectSeconds: 2, ConnectRate: 9.5} // 19 opened over 2 s: a total, not a sum of rates
 	if m.Conns != wantConns {
 		t.Errorf("conns %+v, want %+v", m.Conns, wantConns)
 	}
@@ -162,5 +165,40 @@ func TestNothingSentFails(t *testing.T) {
 	idle := &Summary{Rate: 0, Senders: 1}
 	if p := idle.problems(); len(p) != 0 {
 		t.Errorf("idle run: problems %v, want none", p)
+	}
+}
+
+// TestReport: -report writes one self-contained page with the verdict,
+// the latency curve and the time series, and nothing fetched from
+// elsewhere.
+func TestReport(t *testing.T) {
+	f := startFloor(t)
+	path := filepath.Join(t.TempDir(), "r.html")
+	if _, err := parseFlags([]string{"-url", "ws://" + f.Addr().String(), "-conns", "8", "-rooms", "2", "-senders", "1",
+		"-rate", "50", "-duration", "2500ms", "-hold", "0s", "-drain", "300ms", "-quiet", "-report", path}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-url", "ws://" + f.Addr().String(), "-conns", "8", "-rooms", "2", "-senders", "1",
+		"-rate", "50", "-duration", "2500ms", "-hold", "0s", "-drain", "300ms", "-quiet", "-report", path}, &out, io.Discard); code != exitOK {
+		t.Fatalf("run exit %d: %s", code, out.String())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	for _, want := range []string{"Verdict: OK", "Latency by percentile", "<polyline", "Throughput over time", "Connections over time"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Count(page, "<polyline") < 4 {
+		t.Errorf("report has %d curves, want the latency curve, two throughput series and connections", strings.Count(page, "<polyline"))
+	}
+	for _, bad := range []string{"http://", "https://", "<script"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("report contains %q: it must be self-contained", bad)
+		}
 	}
 }
