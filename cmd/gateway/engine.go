@@ -147,6 +147,38 @@ func (c *connecting) Stats() stream.Stats {
 	return stream.Stats{}
 }
 
+// History is Redis's once connected; before, it is unavailable.
+func (c *connecting) History(ctx context.Context, room string, after stream.ID, n int) ([]stream.Message, bool, error) {
+	if r := c.ready.Load(); r != nil {
+		return r.History(ctx, room, after, n)
+	}
+	return nil, false, c.notYet()
+}
+
+// Last is Redis's once connected; before, it is unavailable.
+func (c *connecting) Last(ctx context.Context, room string, n int) ([]stream.Message, error) {
+	if r := c.ready.Load(); r != nil {
+		return r.Last(ctx, room, n)
+	}
+	return nil, c.notYet()
+}
+
+// SetMembers goes to Redis once connected; before, there are no members
+// to count (joins are refused) and nothing is recorded.
+func (c *connecting) SetMembers(room string, n int) {
+	if r := c.ready.Load(); r != nil {
+		r.SetMembers(room, n)
+	}
+}
+
+// Members is Redis's once connected; before, it is unavailable.
+func (c *connecting) Members(ctx context.Context, room string) (int, error) {
+	if r := c.ready.Load(); r != nil {
+		return r.Members(ctx, room)
+	}
+	return 0, c.notYet()
+}
+
 // Close stops the retries and closes Redis if it was reached.
 func (c *connecting) Close(ctx context.Context) error {
 	c.mu.Lock()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,9 +32,9 @@ type endpoints struct {
 	lastErr string // the engine error /readyz last logged; "" while ready
 }
 
-// public returns the handler of the public port: /healthz and /readyz,
-// plus /stats, /metrics and pprof (with DEBUG_PPROF) when there is no
-// admin listener. /readyz answers a generic reason, never the engine's
+// public returns the handler of the public port: /healthz, /readyz and
+// /api/rooms/<room> (presence), plus /stats, /metrics and pprof (with
+// DEBUG_PPROF) when there is no admin listener. /readyz answers a generic reason, never the engine's
 // error, which names internal addresses: that is logged. In production
 // (allowedHosts set) a request whose Host is not allowed gets 400, probes
 // included: orchestrators' probes send an allowed Host header (see
@@ -42,6 +43,9 @@ func (e *endpoints) public(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", e.readyz(false))
+	mux.HandleFunc("GET /api/rooms/{room}", e.roomInfo)
+	mux.HandleFunc("GET /api/rooms/{room}/{$}", e.roomInfo)
+	mux.HandleFunc("GET /api/rooms/{$}", e.roomInfo)
 	if cfg.AdminAddr == "" {
 		e.operational(mux, cfg.Pprof)
 	}
@@ -81,6 +85,36 @@ func (e *endpoints) operational(mux *http.ServeMux, withPprof bool) {
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
+
+// roomInfoTimeout bounds the engine call of GET /api/rooms/<room>.
+const roomInfoTimeout = 5 * time.Second
+
+// roomInfo answers GET /api/rooms/<room> with the room's members on
+// every live node: {"room":"<room>","members":N}. A bad room name gets
+// 400 with the reason the WebSocket upgrade gives, an engine that cannot
+// answer 503.
+func (e *endpoints) roomInfo(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("room")
+	if err := room.ValidRoomName(name); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), roomInfoTimeout)
+	defer cancel()
+	n, err := e.engine.Members(ctx, name)
+	if err != nil {
+		if e.log.Enabled(ctx, slog.LevelDebug) {
+			e.log.Debug("presence unavailable", "room", name, "err", err)
+		}
+		http.Error(w, "the message store is unavailable; retry later", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(struct {
+		Room    string `json:"room"`
+		Members int    `json:"members"`
+	}{name, n})
+}
 
 // readyz answers 200 while the engine is healthy, else 503. With detail
 // the answer carries the engine's error (the admin listener); without,

@@ -95,7 +95,13 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	fatal := make(chan error, 1)
 	switch cfg.Environment {
 	case envDevelopment:
-		engine = stream.NewMemory(hub.Deliver)
+		// REDIS_MAXLEN, REDIS_TTL and REDIS_DEDUPE_WINDOW size the
+		// embedded engine's history as they size Redis's.
+		engine, err = stream.NewMemoryWith(hub.Deliver, cfg.Redis.MemoryConfig())
+		if err != nil {
+			fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
+			return 2
+		}
 	case envProduction:
 		engine, err = connectRedis(cfg, hub.Deliver, logger, func(err error) { fatal <- err })
 		if err != nil {
@@ -166,6 +172,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, conn.ErrServerClosed) {
 		logger.Warn("shutdown incomplete", "err", err)
 	}
+	hub.Close()
 	// The engine publishes what its queues still hold before it closes.
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)

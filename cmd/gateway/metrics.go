@@ -80,6 +80,8 @@ var gatewayMetrics = []metric{
 	counter("messages_received_total", "Chat messages received from clients.", func(s *snapshot) int64 { return s.hub.Received }),
 	counter("messages_published_total", "Chat messages accepted by the engine (stored).", func(s *snapshot) int64 { return s.hub.Published }),
 	counter("deliveries_total", "Frames handed to member connections.", func(s *snapshot) int64 { return s.hub.Delivered }),
+	counter("replayed_total", "Stored messages replayed to clients joining with since= or history=.", func(s *snapshot) int64 { return s.hub.Replayed }),
+	counter("engine_duplicates_total", "Publishes whose cid was already stored within REDIS_DEDUPE_WINDOW: acknowledged with the first ID, not appended again.", func(s *snapshot) int64 { return s.engine.Duplicates }),
 	counter("rate_limit_closes_total", "Connections closed with 1008 for going on over RATE_LIMIT.", func(s *snapshot) int64 { return s.hub.RateClosed }),
 
 	counter("engine_accepted_total", "Publish outcomes: stored.", func(s *snapshot) int64 { return s.engine.Accepted }),

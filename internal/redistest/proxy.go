@@ -20,6 +20,7 @@ type Proxy struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	conns   []net.Conn
+	closed  bool
 }
 
 // streamID matches a RESP bulk string holding a stream ID, "$15\r\n1-2\r\n".
@@ -36,7 +37,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	p := &Proxy{ln: ln, target: target}
 	p.wg.Add(1)
 	go p.accept()
-	t.Cleanup(p.close)
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -61,6 +62,13 @@ func (p *Proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
+		if p.closed {
+			// Close ran between Accept and now.
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			return
+		}
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
 		p.wg.Add(2)
@@ -90,9 +98,14 @@ func (p *Proxy) replies(c, s net.Conn) {
 	}
 }
 
-func (p *Proxy) close() {
+// Close cuts every connection through the proxy and refuses new ones, as
+// a network partition would: the clients behind it lose Redis while the
+// server keeps running for everyone else. Closing twice does nothing
+// more.
+func (p *Proxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
+	p.closed = true
 	for _, c := range p.conns {
 		c.Close()
 	}

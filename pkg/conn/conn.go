@@ -125,6 +125,17 @@ func (c *Conn) Send(f *Frame) {
 	}
 }
 
+// Queued returns the bytes waiting in c's write queue and the most it may
+// hold (Config.MaxQueueBytes) before Send closes c as a slow consumer, so
+// that a sender of many frames (a history replay) can wait for the client
+// to read. It may be called from any goroutine.
+func (c *Conn) Queued() (n, limit int) {
+	c.mu.Lock()
+	n = c.outBytes
+	c.mu.Unlock()
+	return n, c.loop.srv.cfg.MaxQueueBytes
+}
+
 // enqueueLocked appends f. It reports whether the queue was empty and may
 // be written, so the caller must ask the loop to flush it. Otherwise a
 // flush is already due: scheduled, waiting for EPOLLOUT, or waiting for

@@ -12,5 +12,12 @@
 // encodes each message into one frame and queues it on every local member
 // of the room except the sender.
 //
+// Query options of the URL (options.go), all opt-in, add to that without
+// changing what a client that sets none receives: ids=1 (each frame
+// carries its stream ID), since=<id> and history=N (a replay on join,
+// then live with no gap: session.go), ack=1 (acknowledgements, "cid"
+// dedupe: ack.go) and presence=1 (member counts across nodes:
+// presence.go). Hub.Close stops the presence poller.
+//
 // It is the only package that imports both conn and stream.
 package room

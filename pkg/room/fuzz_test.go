@@ -47,6 +47,8 @@ func FuzzDecodeMessage(f *testing.F) {
 		`{"username":"ana","message":"hola"}`,
 		`{"username": "ana", "message": "¡hola! 👋"}`,
 		`{"message":"m","username":"u","room":"lobby"}`,
+		`{"username":"u","message":"m","cid":"c-1"}`,
+		`{"cid":"a","username":"u","c\u0069d":{"x":1}}`,
 		`{"username":7,"message":{"x":[1,2.5e-3,{"y":null}],"t":true}}`,
 		`{"username":"a\"b\\c\/\b\f\n\r\t\u00e9\ud83d\ude00","message":""}`,
 		`{"user\u006eame":"u","message":"m","username":"last"}`,
@@ -112,6 +114,14 @@ func FuzzDecodeMessage(f *testing.F) {
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(data, &fields); err != nil {
 			t.Fatalf("encoding/json cannot decode a valid object: %v", err)
+		}
+		// decodeChat finds the same "cid" (ack=1), errors or not.
+		f, ferr := decodeChat(data)
+		if ferr != derr {
+			t.Fatalf("decodeChat error %s, decodeMessage %s", errCode(ferr), errCode(derr))
+		}
+		if want, ok := fields["cid"]; ok != (f.cid != nil) || !bytes.Equal(f.cid, want) {
+			t.Fatalf("decodeChat cid %q, encoding/json %q (present %v)", f.cid, want, ok)
 		}
 		wantUser, hasUser := fields["username"]
 		wantMsg, hasMsg := fields["message"]

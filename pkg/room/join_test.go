@@ -103,9 +103,15 @@ func (e *gateEngine) Publish(room string, m stream.Message, ack stream.Ack, ref 
 	}
 }
 
-func (e *gateEngine) Health() error               { return nil }
-func (e *gateEngine) Stats() stream.Stats         { return stream.Stats{} }
-func (e *gateEngine) Close(context.Context) error { return nil }
+func (e *gateEngine) History(context.Context, string, stream.ID, int) ([]stream.Message, bool, error) {
+	return nil, false, nil
+}
+func (e *gateEngine) Last(context.Context, string, int) ([]stream.Message, error) { return nil, nil }
+func (e *gateEngine) SetMembers(string, int)                                      {}
+func (e *gateEngine) Members(context.Context, string) (int, error)                { return 0, nil }
+func (e *gateEngine) Health() error                                               { return nil }
+func (e *gateEngine) Stats() stream.Stats                                         { return stream.Stats{} }
+func (e *gateEngine) Close(context.Context) error                                 { return nil }
 
 // startHub runs a Hub with engine e behind a real conn.Server on
 // loopback and returns the server's address.

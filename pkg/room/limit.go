@@ -22,6 +22,11 @@ const (
 	// DefaultRateCloseAfter is the default of Config.RateCloseAfter
 	// (RATE_CLOSE_AFTER).
 	DefaultRateCloseAfter = 20
+	// DefaultHistoryMax is the default of Config.HistoryMax (HISTORY_MAX).
+	DefaultHistoryMax = 100
+	// MaxHistoryMax bounds Config.HistoryMax: a history=N join reads its N
+	// entries in one engine call.
+	MaxHistoryMax = 1000
 )
 
 // RateCloseWindow is the window of Config.RateCloseAfter: a connection
@@ -47,6 +52,9 @@ type Config struct {
 	// refused for RateLimit within RateCloseWindow (10s); the next one
 	// closes it with 1008. Zero means 20.
 	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"rate_limited refusals within 10s after which the connection is closed with 1008"`
+	// HistoryMax caps the N of a history=N join: the most messages it
+	// replays. Zero means 100; at most 1000.
+	HistoryMax int `env:"HISTORY_MAX" help:"the most messages a ?history=N join replays (N above it is capped); at most 1000"`
 	// Auth sets the key of the tokens that every upgrade must then carry
 	// (?token=<JWT>). Zero means no authentication.
 	Auth auth.Config
@@ -58,6 +66,7 @@ func (c Config) Defaulted() Config {
 	c.RateLimit = cmp.Or(c.RateLimit, DefaultRateLimit)
 	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
 	c.RateCloseAfter = cmp.Or(c.RateCloseAfter, DefaultRateCloseAfter)
+	c.HistoryMax = cmp.Or(c.HistoryMax, DefaultHistoryMax)
 	return c
 }
 
@@ -70,6 +79,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("room: RATE_BURST is %d; want a positive number of messages, or unset it for %d", c.RateBurst, DefaultRateBurst)
 	case c.RateCloseAfter < 0:
 		return c, fmt.Errorf("room: RATE_CLOSE_AFTER is %d; want a positive number of refusals, or unset it for %d", c.RateCloseAfter, DefaultRateCloseAfter)
+	case c.HistoryMax < 0 || c.HistoryMax > MaxHistoryMax:
+		return c, fmt.Errorf("room: HISTORY_MAX is %d; want 1 to %d messages, or unset it for %d", c.HistoryMax, MaxHistoryMax, DefaultHistoryMax)
 	}
 	return c.Defaulted(), nil
 }

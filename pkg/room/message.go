@@ -1,5 +1,11 @@
 package room
 
+import (
+	"strconv"
+
+	"github.com/chatgw/gateway/pkg/stream"
+)
+
 // The chat message format of the original app: a client sends a JSON
 // object with "username" and "message"; members receive exactly
 // {"username":<value>,"message":<value>}, each value the JSON the client
@@ -14,7 +20,12 @@ const (
 	CodeUnavailable  = "unavailable"   // the message was not stored: resend it later
 	CodeUnconfirmed  = "unconfirmed"   // the store did not answer in time: the message may or may not be delivered
 	CodeRateLimited  = "rate_limited"  // over the sender's rate limit (RATE_LIMIT): the message was dropped
+	CodeInvalidField = "invalid_field" // ack=1: "cid" is not a string of 1 to MaxCID bytes
 )
+
+// MaxCID is the longest "cid" accepted from an ack=1 client, in bytes
+// (decoded).
+const MaxCID = 128
 
 // decodeError says why a message was refused.
 type decodeError struct {
@@ -28,6 +39,7 @@ var (
 	errNotObject      = &decodeError{code: CodeNotObject, detail: `message must be a JSON object: {"username": "...", "message": "..."}`}
 	errMissingUser    = &decodeError{code: CodeMissingField, field: "username", detail: `message has no "username" key`}
 	errMissingMessage = &decodeError{code: CodeMissingField, field: "message", detail: `message has no "message" key`}
+	errInvalidCID     = &decodeError{code: CodeInvalidField, field: "cid", detail: `"cid" must be a string of 1 to 128 bytes`}
 )
 
 // maxDepth bounds the nesting of JSON values accepted.
@@ -38,16 +50,34 @@ const maxDepth = 128
 // a key repeats, as in Python's json module). It does not allocate; the
 // returned slices point into data.
 func decodeMessage(data []byte) (username, message []byte, err *decodeError) {
+	f, err := decodeChat(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.username, f.message, nil
+}
+
+// chatFields are the raw JSON values of the keys a chat message may
+// carry; nil for a key that is absent.
+type chatFields struct {
+	username, message []byte
+	cid               []byte // the client's message ID (ack=1); never forwarded
+}
+
+// decodeChat is decodeMessage returning "cid" too. On a missing-field
+// error the fields found are still returned, so the error frame of an
+// ack=1 client can name its cid.
+func decodeChat(data []byte) (f chatFields, err *decodeError) {
 	s := scanner{b: data}
 	s.skipSpace()
 	if s.i < len(s.b) && s.b[s.i] != '{' {
 		if s.value(0) && s.end() {
-			return nil, nil, errNotObject
+			return f, errNotObject
 		}
-		return nil, nil, errInvalidJSON
+		return f, errInvalidJSON
 	}
 	if s.i >= len(s.b) {
-		return nil, nil, errInvalidJSON
+		return f, errInvalidJSON
 	}
 	s.i++ // '{'
 	s.skipSpace()
@@ -58,24 +88,26 @@ func decodeMessage(data []byte) (username, message []byte, err *decodeError) {
 			s.skipSpace()
 			k0 := s.i
 			if !s.str() {
-				return nil, nil, errInvalidJSON
+				return chatFields{}, errInvalidJSON
 			}
 			key := keyOf(data[k0+1 : s.i-1])
 			s.skipSpace()
 			if s.peek() != ':' {
-				return nil, nil, errInvalidJSON
+				return chatFields{}, errInvalidJSON
 			}
 			s.i++
 			s.skipSpace()
 			v0 := s.i
 			if !s.value(1) {
-				return nil, nil, errInvalidJSON
+				return chatFields{}, errInvalidJSON
 			}
 			switch key {
 			case keyUsername:
-				username = data[v0:s.i]
+				f.username = data[v0:s.i]
 			case keyMessage:
-				message = data[v0:s.i]
+				f.message = data[v0:s.i]
+			case keyCID:
+				f.cid = data[v0:s.i]
 			}
 			s.skipSpace()
 			if c := s.peek(); c == ',' {
@@ -85,19 +117,19 @@ func decodeMessage(data []byte) (username, message []byte, err *decodeError) {
 				s.i++
 				break
 			}
-			return nil, nil, errInvalidJSON
+			return chatFields{}, errInvalidJSON
 		}
 	}
 	if !s.end() {
-		return nil, nil, errInvalidJSON
+		return chatFields{}, errInvalidJSON
 	}
 	switch {
-	case username == nil:
-		return nil, nil, errMissingUser
-	case message == nil:
-		return nil, nil, errMissingMessage
+	case f.username == nil:
+		return f, errMissingUser
+	case f.message == nil:
+		return f, errMissingMessage
 	}
-	return username, message, nil
+	return f, nil
 }
 
 type key uint8
@@ -106,6 +138,7 @@ const (
 	keyOther key = iota
 	keyUsername
 	keyMessage
+	keyCID
 )
 
 // keyOf classifies a raw object key (without quotes), decoding escapes
@@ -148,6 +181,8 @@ func keyOf(raw []byte) key {
 		return keyUsername
 	case "message":
 		return keyMessage
+	case "cid":
+		return keyCID
 	}
 	return keyOther
 }
@@ -182,6 +217,62 @@ func appendOutboundUser(b []byte, username string, message []byte) []byte {
 	b = append(b, `,"message":`...)
 	b = appendCompact(b, message)
 	return append(b, '}')
+}
+
+// appendWithID appends payload, a chat object as members receive it,
+// with the entry's ID as its last key (ids=1):
+// {"username":…,"message":…,"id":"<ms>-<seq>"}. A payload that is not an
+// object is appended unchanged.
+func appendWithID(b, payload []byte, id stream.ID) []byte {
+	if len(payload) < 2 || payload[len(payload)-1] != '}' {
+		return append(b, payload...)
+	}
+	b = append(b, payload[:len(payload)-1]...)
+	if len(payload) > 2 {
+		b = append(b, ',')
+	}
+	b = append(b, `"id":"`...)
+	b = id.AppendTo(b)
+	return append(b, `"}`...)
+}
+
+// appendAck appends the frame that acknowledges an accepted message to
+// an ack=1 sender: {"ack":"<id>"} or, when it sent one,
+// {"ack":"<id>","cid":<cid as sent>}.
+func appendAck(b []byte, id stream.ID, cid string) []byte {
+	b = append(b, `{"ack":"`...)
+	b = id.AppendTo(b)
+	b = append(b, '"')
+	if cid != "" {
+		b = append(b, `,"cid":`...)
+		b = append(b, cid...)
+	}
+	return append(b, '}')
+}
+
+// appendTruncated appends the frame that tells a since= client that the
+// entries after since were trimmed before it could replay them:
+// {"truncated":{"since":"<id>","from":"<id>"}}, from being the oldest
+// entry still held (what the replay starts with); without "from" when
+// nothing is held.
+func appendTruncated(b []byte, since stream.ID, from stream.ID, held bool) []byte {
+	b = append(b, `{"truncated":{"since":"`...)
+	b = since.AppendTo(b)
+	b = append(b, '"')
+	if held {
+		b = append(b, `,"from":"`...)
+		b = from.AppendTo(b)
+		b = append(b, '"')
+	}
+	return append(b, `}}`...)
+}
+
+// appendPresence appends the presence frame of a presence=1 member:
+// {"presence":{"members":N}}.
+func appendPresence(b []byte, n int) []byte {
+	b = append(b, `{"presence":{"members":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	return append(b, `}}`...)
 }
 
 // appendCompact appends a valid raw JSON value without the insignificant

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,10 +19,16 @@ import (
 // scriptedEngine is an Engine whose Publish answers with the error named
 // by the message text ("unavailable", "unconfirmed") and accepts the rest;
 // it delivers nothing.
-type scriptedEngine struct{ n int }
+type scriptedEngine struct {
+	mu sync.Mutex
+	n  int
+}
 
 func (e *scriptedEngine) Publish(_ string, m stream.Message, ack stream.Ack, ref any) {
+	e.mu.Lock()
 	e.n++
+	n := e.n
+	e.mu.Unlock()
 	var v struct{ Message string }
 	_ = json.Unmarshal(m.Payload, &v)
 	switch v.Message {
@@ -30,14 +37,22 @@ func (e *scriptedEngine) Publish(_ string, m stream.Message, ack stream.Ack, ref
 	case "unconfirmed":
 		ack(ref, stream.ID{}, fmt.Errorf("test: %w", stream.ErrUnconfirmed))
 	default:
-		ack(ref, stream.ID{Ms: uint64(e.n)}, nil)
+		ack(ref, stream.ID{Ms: uint64(n)}, nil)
 	}
 }
-func (e *scriptedEngine) Subscribe(string) error      { return nil }
-func (e *scriptedEngine) Unsubscribe(string) error    { return nil }
-func (e *scriptedEngine) Health() error               { return nil }
-func (e *scriptedEngine) Stats() stream.Stats         { return stream.Stats{} }
-func (e *scriptedEngine) Close(context.Context) error { return nil }
+func (e *scriptedEngine) History(context.Context, string, stream.ID, int) ([]stream.Message, bool, error) {
+	return nil, false, nil
+}
+func (e *scriptedEngine) Last(context.Context, string, int) ([]stream.Message, error) {
+	return nil, nil
+}
+func (e *scriptedEngine) SetMembers(string, int)                       {}
+func (e *scriptedEngine) Members(context.Context, string) (int, error) { return 0, nil }
+func (e *scriptedEngine) Subscribe(string) error                       { return nil }
+func (e *scriptedEngine) Unsubscribe(string) error                     { return nil }
+func (e *scriptedEngine) Health() error                                { return nil }
+func (e *scriptedEngine) Stats() stream.Stats                          { return stream.Stats{} }
+func (e *scriptedEngine) Close(context.Context) error                  { return nil }
 
 // TestPublishOutcomesReachTheSender: the sender learns, with distinct
 // error codes, that a message was not stored ("unavailable") or that its

@@ -34,20 +34,32 @@ var (
 // send to the stream.Engine and delivers what the engine hands back to
 // every member except the sender. It is the conn.Handler of the gateway.
 //
-// Lock order: Hub.mu, then room.mu, then banned's mutex (a leaf).
+// Lock order: Hub.mu, then room.mu, then conn's own locks (Send). The
+// leaves, taken under either and never around another lock: banned's
+// mutex, a session's mu, watchMu.
 type Hub struct {
-	engine stream.Engine
-	log    *slog.Logger
-	ack    stream.Ack // h.published, made once so Publish does not allocate
-	tokens *auth.Verifier
-	rate   rateParams
-	epoch  time.Time   // the limiters' clock starts here
-	limitF *conn.Frame // the rate_limited error frame
-	banned penalties   // addresses recently closed for their rate
+	engine     stream.Engine
+	log        *slog.Logger
+	ack        stream.Ack // h.published, made once so Publish does not allocate
+	tokens     *auth.Verifier
+	rate       rateParams
+	historyMax int          // HISTORY_MAX
+	epoch      time.Time    // the limiters' clock starts here
+	limitE     *decodeError // the rate_limited error
+	limitF     *conn.Frame  // its frame
+	banned     penalties    // addresses recently closed for their rate
 
 	mu    sync.RWMutex
 	rooms map[string]*room
 	stats counters
+
+	// Presence (presence.go): the rooms with presence=1 members, polled
+	// by one goroutine started with the first of them, stopped by Close.
+	watchMu      sync.Mutex
+	watched      map[*room]string // room → its name
+	presenceOnce sync.Once
+	quit         chan struct{} // closed by Close
+	closeOnce    sync.Once
 }
 
 // room holds the local members of one room.
@@ -57,6 +69,8 @@ type room struct {
 	pending []*conn.Conn // joined while the subscription is not ready
 	state   roomState
 	refs    int // members and pending joins; guarded by Hub.mu
+	// watchers counts the members with presence=1; guarded by mu.
+	watchers int
 }
 
 // member is one local member of a room: its connection, whose Slot is
@@ -65,7 +79,8 @@ type room struct {
 // at a time, under room.mu.RLock; the rest changes only under room.mu.Lock.
 type member struct {
 	c    *conn.Conn
-	user string // the username its token forces, as JSON; "" when none
+	user string   // the username its token forces, as JSON; "" when none
+	sess *session // its query options and replay (session.go); nil when it set none
 	rate limiter
 }
 
@@ -82,7 +97,7 @@ const (
 
 type counters struct {
 	received, published, delivered, rejected, unavailable, unconfirmed atomic.Int64
-	rateLimited, rateClosed                                            atomic.Int64
+	rateLimited, rateClosed, replayed                                  atomic.Int64
 }
 
 // Stats are the Hub's counters.
@@ -96,6 +111,7 @@ type Stats struct {
 	Unconfirmed int64 `json:"unconfirmed"`  // messages sent to Redis without an answer in time (sender told "unconfirmed")
 	RateLimited int64 `json:"rate_limited"` // messages dropped over RATE_LIMIT (sender told "rate_limited")
 	RateClosed  int64 `json:"rate_closed"`  // connections closed with 1008 for going on over RATE_LIMIT
+	Replayed    int64 `json:"replayed"`     // stored messages replayed to since= and history= joins
 }
 
 // NewHub returns a Hub. Its Deliver method must be the engine's Handler;
@@ -112,17 +128,25 @@ func NewHub(cfg Config, logger *slog.Logger) (*Hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Hub{log: logger, rooms: make(map[string]*room), tokens: tokens, rate: newRateParams(cfg), epoch: time.Now()}
+	h := &Hub{log: logger, rooms: make(map[string]*room), tokens: tokens, rate: newRateParams(cfg), historyMax: cfg.HistoryMax,
+		epoch: time.Now(), watched: make(map[*room]string), quit: make(chan struct{})}
 	h.ack = h.published
-	h.limitF = conn.NewStaticText(errorJSON(&decodeError{code: CodeRateLimited, detail: fmt.Sprintf(
+	h.limitE = &decodeError{code: CodeRateLimited, detail: fmt.Sprintf(
 		"message dropped: over %g messages per second (bursts of %d); more than %d drops within %v close the connection",
-		cfg.RateLimit, cfg.RateBurst, cfg.RateCloseAfter, RateCloseWindow)}))
+		cfg.RateLimit, cfg.RateBurst, cfg.RateCloseAfter, RateCloseWindow)}
+	h.limitF = conn.NewStaticText(errorJSON(h.limitE))
 	return h, nil
 }
 
 // SetEngine sets the engine messages are published to. It must be called
 // before the server starts.
 func (h *Hub) SetEngine(e stream.Engine) { h.engine = e }
+
+// Close stops the Hub's background work (the presence poller). Call it
+// once the server is shut down, before the engine is closed.
+func (h *Hub) Close() {
+	h.closeOnce.Do(func() { close(h.quit) })
+}
 
 // Stats returns the Hub's counters.
 func (h *Hub) Stats() Stats {
@@ -139,14 +163,16 @@ func (h *Hub) Stats() Stats {
 		Unconfirmed: h.stats.unconfirmed.Load(),
 		RateLimited: h.stats.rateLimited.Load(),
 		RateClosed:  h.stats.rateClosed.Load(),
+		Replayed:    h.stats.replayed.Load(),
 	}
 }
 
 // Route maps a request URI to its room: /ws/chat/<room>/ (extra segments
 // after the room are ignored, as in the original app). Unknown paths get
-// 404, bad room names 400. With a key in Config.Auth, the token query
-// parameter must hold a valid token (else 401) that allows the room (else
-// 403); a username it fixes rides in the key, after the room name (see
+// 404, bad room names 400, a query option with a bad value (options.go)
+// 400. With a key in Config.Auth, the token query parameter must hold a
+// valid token (else 401) that allows the room (else 403); a username it
+// fixes and the options ride in the key, after the room name (see
 // splitKey). Token checks run here, on the event loop: an ES256 or RS256
 // verification costs tens of microseconds per upgrade.
 func (h *Hub) Route(uri []byte) (string, error) {
@@ -167,21 +193,35 @@ func (h *Hub) Route(uri []byte) (string, error) {
 	if err := ValidRoomName(name); err != nil {
 		return "", &conn.HandshakeError{Status: http.StatusBadRequest, Reason: err.Error()}
 	}
-	if h.tokens == nil {
-		return name, nil
+	var opts options
+	if query != "" {
+		var err error
+		if opts, err = parseOptions(query, h.historyMax); err != nil {
+			return "", err
+		}
 	}
-	return h.authorize(name, query)
+	key := name
+	if h.tokens != nil {
+		var err error
+		if key, err = h.authorize(name, query); err != nil {
+			return "", err
+		}
+	}
+	return withOptions(key, opts), nil
 }
 
-// keySep separates the room name from the username a token fixes in a
-// connection's key: "<room>" or "<room>\x00<username as JSON>". Room
-// names never contain it.
+// keySep separates the room name from the username a token fixes, and
+// that from the query options (withOptions), in a connection's key:
+// "<room>", "<room>\x00<username as JSON>" or
+// "<room>\x00<username or nothing>\x00<options>". Room names never
+// contain it, nor does JSON (it escapes control characters).
 const keySep = "\x00"
 
 // splitKey returns the room and the fixed username ("" when none) of a
 // connection's key.
 func splitKey(key string) (name, user string) {
-	name, user, _ = strings.Cut(key, keySep)
+	name, rest, _ := strings.Cut(key, keySep)
+	user, _, _ = strings.Cut(rest, keySep)
 	return name, user
 }
 
@@ -230,7 +270,9 @@ func ValidRoomName(name string) error {
 // OnOpen joins the connection to its room. In a subscribed room that is
 // immediate; otherwise the connection waits (conn.ErrPending) while the
 // room is subscribed on the engine, off the event loop, and its 101 is
-// written once every message published from then on will reach it.
+// written once every message published from then on will reach it. A
+// join that replays history (since=, history=) also waits for the first
+// page of its replay (session.go).
 func (h *Hub) OnOpen(c *conn.Conn) error {
 	name, _ := splitKey(c.Key())
 	h.mu.Lock()
@@ -244,8 +286,17 @@ func (h *Hub) OnOpen(c *conn.Conn) error {
 
 	r.mu.Lock()
 	if r.state == roomSubscribed {
-		r.join(c, h.startLimiter(c))
+		s := h.join(name, r, c)
+		h.engine.SetMembers(name, len(r.members))
 		r.mu.Unlock()
+		if s == nil || !s.async() {
+			return nil
+		}
+		replays := s.opts.replays()
+		go h.start(name, r, c, s, replays)
+		if replays {
+			return conn.ErrPending
+		}
 		return nil
 	}
 	r.pending = append(r.pending, c)
@@ -279,16 +330,36 @@ func (h *Hub) subscribe(name string, r *room) {
 		return
 	}
 	r.state = roomSubscribed
-	for _, c := range pend {
-		r.join(c, h.startLimiter(c))
+	var sessions []*session // of pend, for those with options
+	for i, c := range pend {
+		if s := h.join(name, r, c); s != nil {
+			if sessions == nil {
+				sessions = make([]*session, len(pend))
+			}
+			sessions[i] = s
+		}
 	}
 	empty := len(r.members) == 0
 	if empty {
 		r.state = roomUnsubscribing // every joiner left meanwhile
+	} else if len(pend) > 0 {
+		h.engine.SetMembers(name, len(r.members))
 	}
 	r.mu.Unlock()
-	for _, c := range pend {
-		c.Complete(nil)
+	for i, c := range pend {
+		var s *session
+		if sessions != nil {
+			s = sessions[i]
+		}
+		switch {
+		case s == nil || !s.async():
+			c.Complete(nil)
+		case s.opts.replays():
+			go h.start(name, r, c, s, true) // answers the join itself
+		default:
+			c.Complete(nil)
+			go h.start(name, r, c, s, false)
+		}
 	}
 	if empty {
 		h.unsubscribe(name, r)
@@ -316,11 +387,21 @@ func (h *Hub) unsubscribe(name string, r *room) {
 	h.unref(name, r, 0)
 }
 
-// join makes c a member with the limiter lim. r.mu must be held.
-func (r *room) join(c *conn.Conn, lim limiter) {
+// join makes c a member of r, named name, and returns its session (nil
+// when c set no query option). r.mu must be held. The caller reports the
+// new count to the engine (SetMembers).
+func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
 	_, user := splitKey(c.Key())
+	s := newSession(c)
 	c.SetSlot(len(r.members))
-	r.members = append(r.members, member{c: c, user: user, rate: lim})
+	r.members = append(r.members, member{c: c, user: user, sess: s, rate: h.startLimiter(c)})
+	if s != nil && s.opts.flags&optPresence != 0 {
+		r.watchers++
+		if r.watchers == 1 {
+			h.watch(name, r)
+		}
+	}
+	return s
 }
 
 // now is the limiters' clock: nanoseconds since the Hub was made.
@@ -345,7 +426,11 @@ func (r *room) member(c *conn.Conn) *member {
 
 // OnClose removes the connection from its room (or from its pending
 // joins), unsubscribing the room when its last local member leaves.
-func (h *Hub) OnClose(c *conn.Conn, _ error) {
+func (h *Hub) OnClose(c *conn.Conn, _ error) { h.leave(c) }
+
+// leave is OnClose: it removes c from its room or its pending joins, and
+// stops its replay. It does nothing for a connection already gone.
+func (h *Hub) leave(c *conn.Conn) {
 	name, _ := splitKey(c.Key())
 	h.mu.RLock()
 	r := h.rooms[name]
@@ -356,6 +441,15 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) {
 	r.mu.Lock()
 	found := false
 	if m := r.member(c); m != nil {
+		if s := m.sess; s != nil {
+			s.stop()
+			if s.opts.flags&optPresence != 0 {
+				r.watchers--
+				if r.watchers == 0 {
+					h.unwatch(r)
+				}
+			}
+		}
 		i, last := c.Slot(), len(r.members)-1
 		r.members[i] = r.members[last]
 		r.members[i].c.SetSlot(i)
@@ -363,6 +457,7 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) {
 		r.members = r.members[:last]
 		c.SetSlot(-1)
 		found = true
+		h.engine.SetMembers(name, len(r.members))
 	} else if i := slices.Index(r.pending, c); i >= 0 {
 		r.pending = slices.Delete(r.pending, i, i+1)
 		found = true
@@ -403,7 +498,8 @@ func (h *Hub) unref(name string, r *room, n int) {
 // decodes it and publishes it to the room. A message over the limit is
 // dropped and its sender alone gets a rate_limited frame, or is closed
 // with 1008 when it goes on; an invalid message gets an error frame, only
-// to its sender, and the connection stays open.
+// to its sender, and the connection stays open. An ack=1 sender's frames
+// about a message name the "cid" it carried (ack.go).
 func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	h.stats.received.Add(1)
 	name, _ := splitKey(c.Key())
@@ -422,6 +518,7 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	}
 	v := m.rate.take(now, &h.rate)
 	user := m.user
+	acks := m.sess != nil && m.sess.opts.flags&optAck != 0
 	// alone: no other local member, so this node need not read the
 	// message back.
 	alone := len(r.members)+len(r.pending) <= 1
@@ -429,6 +526,10 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	switch v {
 	case rateRefused:
 		h.stats.rateLimited.Add(1)
+		if acks {
+			h.refuseWithCID(c, msg, nil)
+			return
+		}
 		c.Send(h.limitF)
 		return
 	case rateExceeded:
@@ -439,6 +540,10 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 			h.log.Debug("closing a connection over its rate limit", "room", name, "conn_id", c.ID(), "remote", c.Remote())
 		}
 		c.Close(rateClose)
+		return
+	}
+	if acks {
+		h.publishAcked(c, name, msg, user, alone)
 		return
 	}
 	username, message, derr := decodeMessage(msg)
@@ -454,25 +559,34 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 		*bp = appendOutbound((*bp)[:0], username, message)
 	}
 	h.engine.Publish(name, stream.Message{Sender: c.ID(), Payload: *bp, Alone: alone}, h.ack, c)
-	if cap(*bp) <= 64<<10 {
-		payloadPool.Put(bp)
-	}
+	putPayload(bp)
 }
 
 // published is the engine's Ack for the messages of OnMessage: it counts
 // the outcome and tells the sender when its message was not stored, or
-// may not have been.
-func (h *Hub) published(ref any, _ stream.ID, err error) {
+// may not have been; an ack=1 sender (an *ackRef) also when it was.
+func (h *Hub) published(ref any, id stream.ID, err error) {
 	if err == nil {
 		h.stats.published.Add(1)
+		if a, ok := ref.(*ackRef); ok {
+			h.sendAck(a, id)
+		}
 		return
 	}
-	c := ref.(*conn.Conn)
+	var c *conn.Conn
+	cid := ""
+	switch r := ref.(type) {
+	case *conn.Conn:
+		c = r
+	case *ackRef:
+		c, cid = r.c, r.cid
+	}
 	f := unavailableFrame
+	code := errUnavailable
 	switch {
 	case errors.Is(err, stream.ErrUnconfirmed):
 		h.stats.unconfirmed.Add(1)
-		f = unconfirmedFrame
+		f, code = unconfirmedFrame, errUnconfirmed
 	default:
 		h.stats.unavailable.Add(1)
 	}
@@ -480,13 +594,36 @@ func (h *Hub) published(ref any, _ stream.ID, err error) {
 		name, _ := splitKey(c.Key())
 		h.log.Debug("publish failed", "room", name, "conn_id", c.ID(), "err", err)
 	}
+	if cid != "" {
+		sendError(c, code, cid)
+		return
+	}
 	c.Send(f)
 }
 
 var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
+// putPayload returns a buffer of payloadPool, unless it grew large.
+func putPayload(bp *[]byte) {
+	if cap(*bp) <= 64<<10 {
+		payloadPool.Put(bp)
+	}
+}
+
+// textFrame encodes a frame from the bytes append writes into a pooled
+// buffer. The caller releases the frame.
+func textFrame(enc func([]byte) []byte) *conn.Frame {
+	bp := payloadPool.Get().(*[]byte)
+	*bp = enc((*bp)[:0])
+	f := conn.NewTextFrame(*bp)
+	putPayload(bp)
+	return f
+}
+
 // Deliver is the engine's Handler: it encodes m once and queues the frame
-// on every local member of the room except the sender.
+// on every local member of the room except the sender. A member with a
+// session may get the frame with the ID (ids=1), skip it (replayed
+// already), or hold it while its replay runs (session.go).
 func (h *Hub) Deliver(name string, m stream.Message) {
 	h.mu.RLock()
 	r := h.rooms[name]
@@ -495,16 +632,42 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 		return
 	}
 	f := conn.NewTextFrame(m.Payload)
+	var fid *conn.Frame // f with the ID, made for the first ids=1 member
 	n := 0
 	r.mu.RLock()
 	for i := range r.members {
-		if c := r.members[i].c; c.ID() != m.Sender {
+		mb := &r.members[i]
+		c := mb.c
+		if c.ID() == m.Sender {
+			continue
+		}
+		s := mb.sess
+		if s == nil {
 			c.Send(f)
 			n++
+			continue
 		}
+		switch {
+		case !s.floor.Less(m.ID) && !s.floor.IsZero():
+			continue // replayed already
+		case s.replaying:
+			s.hold(m)
+			continue
+		case s.opts.flags&optIDs != 0:
+			if fid == nil {
+				fid = textFrame(func(b []byte) []byte { return appendWithID(b, m.Payload, m.ID) })
+			}
+			c.Send(fid)
+		default:
+			c.Send(f)
+		}
+		n++
 	}
 	r.mu.RUnlock()
 	f.Release()
+	if fid != nil {
+		fid.Release()
+	}
 	h.stats.delivered.Add(int64(n))
 }
 
@@ -512,25 +675,35 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 var errorFrames = map[*decodeError]*conn.Frame{}
 
 var (
-	unavailableFrame = conn.NewStaticText(errorJSON(&decodeError{
+	errUnavailable = &decodeError{
 		code: CodeUnavailable, detail: "the message was not stored: the message store is unavailable or overloaded; resend it later",
-	}))
-	unconfirmedFrame = conn.NewStaticText(errorJSON(&decodeError{
+	}
+	errUnconfirmed = &decodeError{
 		code: CodeUnconfirmed, detail: "the message store did not confirm the message in time: it may still be delivered; resending it may duplicate it",
-	}))
+	}
+	unavailableFrame = conn.NewStaticText(errorJSON(errUnavailable))
+	unconfirmedFrame = conn.NewStaticText(errorJSON(errUnconfirmed))
 )
 
 func init() {
-	for _, e := range []*decodeError{errInvalidJSON, errNotObject, errMissingUser, errMissingMessage} {
+	for _, e := range []*decodeError{errInvalidJSON, errNotObject, errMissingUser, errMissingMessage, errInvalidCID} {
 		errorFrames[e] = conn.NewStaticText(errorJSON(e))
 	}
 }
 
 // errorJSON encodes an error frame: {"error":code,"field":…,"detail":…}.
-func errorJSON(e *decodeError) []byte {
-	b := fmt.Appendf(nil, `{"error":%q`, e.code)
+func errorJSON(e *decodeError) []byte { return appendError(nil, e, "") }
+
+// appendError appends an error frame: {"error":code,"field":…,"detail":…},
+// with "cid":<cid as sent> before "detail" when cid is set (ack=1).
+func appendError(b []byte, e *decodeError, cid string) []byte {
+	b = fmt.Appendf(b, `{"error":%q`, e.code)
 	if e.field != "" {
 		b = fmt.Appendf(b, `,"field":%q`, e.field)
+	}
+	if cid != "" {
+		b = append(b, `,"cid":`...)
+		b = append(b, cid...)
 	}
 	return fmt.Appendf(b, `,"detail":%q}`, e.detail)
 }

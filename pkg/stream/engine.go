@@ -85,6 +85,12 @@ type Message struct {
 	// Payload is the encoded message that members receive. Engines treat it
 	// as opaque bytes.
 	Payload []byte
+	// CID, when set, is a client-chosen message ID that makes Publish
+	// idempotent: a second Publish of the same CID to the same room within
+	// the engine's dedupe window appends nothing and acks the first one's
+	// ID. Clients make CIDs unique (a UUID, or a per-client prefix and a
+	// counter). Handlers never see it set.
+	CID string
 	// Alone, set by the publisher, says that the sender is the only member
 	// of the room on the publishing node: that node need not deliver the
 	// message to its Handler (it would skip the sender anyway), so an
@@ -135,6 +141,24 @@ type Engine interface {
 	Health() error
 	// Stats returns the engine's counters since it started.
 	Stats() Stats
+	// History returns up to n entries of room published after the entry
+	// with ID after (after itself excluded), oldest first. truncated
+	// reports that entries after it were already trimmed (REDIS_MAXLEN,
+	// the ring's size, or the room expired): the result then starts at the
+	// oldest entry still held. A zero after means from the start of what is
+	// held, and is never truncated. n ≤ 0 returns nothing. The payloads
+	// may be shared with the engine: read-only.
+	History(ctx context.Context, room string, after ID, n int) (msgs []Message, truncated bool, err error)
+	// Last returns the last n entries of room (fewer if it holds fewer),
+	// oldest first; nothing when n ≤ 0. The payloads may be shared with
+	// the engine: read-only.
+	Last(ctx context.Context, room string, n int) ([]Message, error)
+	// SetMembers records that this node has n members in room (0: none).
+	// It never blocks: engines publish the counts in the background.
+	SetMembers(room string, n int)
+	// Members returns the members of room on every live node. A node that
+	// died stops being counted within the engine's presence timeout.
+	Members(ctx context.Context, room string) (int, error)
 	// Close stops delivery and releases the engine's resources; it waits
 	// for running handler calls to return, or for ctx to end.
 	Close(ctx context.Context) error
@@ -147,6 +171,10 @@ type Stats struct {
 	Refused     int64 // Publish outcomes: ErrUnavailable or ErrClosed, not stored
 	Unconfirmed int64 // Publish outcomes: ErrUnconfirmed, maybe stored
 	Delivered   int64 // messages handed to the Handler
+	// Duplicates counts the Publish outcomes whose Message.CID was found
+	// within the dedupe window: acknowledged with the first ID, nothing
+	// appended. They are counted in Accepted too.
+	Duplicates int64
 	// RoundTrips counts the pipelined round trips of the pumps (Redis),
 	// blocking reads not included; RoundTripErrors those that got no
 	// answer (Redis down or too slow, a broken connection).
@@ -164,6 +192,7 @@ type Stats struct {
 // counters are the live form of Stats, updated without locks.
 type counters struct {
 	accepted, refused, unconfirmed, delivered atomic.Int64
+	duplicates                                atomic.Int64
 	roundTrips, roundTripErrors               atomic.Int64
 	readsRefused, malformed                   atomic.Int64
 	publishLatency, roundTripLatency          hist.Histogram
@@ -187,6 +216,7 @@ func (c *counters) snapshot() Stats {
 		Refused:          c.refused.Load(),
 		Unconfirmed:      c.unconfirmed.Load(),
 		Delivered:        c.delivered.Load(),
+		Duplicates:       c.duplicates.Load(),
 		RoundTrips:       c.roundTrips.Load(),
 		RoundTripErrors:  c.roundTripErrors.Load(),
 		ReadsRefused:     c.readsRefused.Load(),

@@ -55,7 +55,10 @@ const slowDelivery = 50 * time.Millisecond
 // Redis Cluster slot. Signal streams ("<prefix>:{<shard>}#signal") tell
 // pumps which rooms got entries: one per shard on a Cluster, one in all
 // ("<prefix>:{0}#signal") on a single server or behind Sentinel. Each node
-// also has a wake stream per pump ("<prefix>:{<shard>}#wake:<node>").
+// also has a wake stream per pump ("<prefix>:{<shard>}#wake:<node>"). A
+// CID lives for DedupeWindow in "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>";
+// presence in "<prefix>:{presence}:node:<node>" and
+// "<prefix>:{presence}:nodes".
 //
 // Pumps. All Redis traffic of the hot path goes through pumps: one per node
 // on a single server or behind Sentinel, one per shard on a Cluster. A
@@ -96,6 +99,17 @@ const slowDelivery = 50 * time.Millisecond
 // published while the room was subscribed, are still delivered, later
 // ones are not.
 //
+// Deduplication. A message with a CID goes through the same pump, in
+// order with the others, as a Lua script call instead of the XADD: it
+// appends the entry unless the CID's dedupe key holds the ID of an earlier
+// one (within DedupeWindow, from any node), which it then acknowledges
+// instead. Messages without CID keep the plain XADD. See redis_dedupe.go.
+//
+// History and Last read the room's stream (XRANGE, XREVRANGE) on the
+// shared client, bounded by Timeout; History's truncated flag is worked
+// out from the entries themselves (redis_history.go). Presence is a hash
+// per node refreshed every PresenceInterval (redis_presence.go).
+//
 // Failures. A pump that fails backs off (exponential, with jitter),
 // reconnects, checks each room's stream (XINFO STREAM) and resumes from
 // its last IDs, so accepted messages are delivered exactly once and in
@@ -112,11 +126,14 @@ type Redis struct {
 	node    string // random ID of this engine, names its wake streams
 	shards  []*redisShard
 	pumps   []*pump
-	cluster bool // Redis Cluster: one pump per shard, signals per shard
+	// presence holds the member counts; its goroutine publishes them.
+	presence *presence
+	cluster  bool // Redis Cluster: one pump per shard, signals per shard
 
-	maxLen string // MAXLEN ~ argument
-	ttlMs  string // PEXPIRE argument
-	block  int64  // XREAD BLOCK, in milliseconds
+	maxLen   string // MAXLEN ~ argument
+	ttlMs    string // PEXPIRE argument
+	dedupeMs string // DedupeWindow in milliseconds, the script's SET PX
+	block    int64  // XREAD BLOCK, in milliseconds
 	// readDeadline bounds one blocking read: Block plus Timeout.
 	readDeadline time.Duration
 
@@ -162,6 +179,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		node:         hex.EncodeToString(nodeID[:]),
 		maxLen:       strconv.FormatInt(cfg.MaxLen, 10),
 		ttlMs:        strconv.FormatInt(cfg.TTL.Milliseconds(), 10),
+		dedupeMs:     strconv.FormatInt(cfg.DedupeWindow.Milliseconds(), 10),
 		block:        cfg.Block.Milliseconds(),
 		readDeadline: cfg.Block + cfg.Timeout,
 		stop:         make(chan struct{}),
@@ -210,7 +228,8 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.cancel = cancel
 	e.shards = make([]*redisShard, cfg.ReadShards)
 	for i := range e.shards {
-		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), rooms: make(map[string]*redisRoom)}
+		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
+			rooms: make(map[string]*redisRoom)}
 	}
 	if e.cluster {
 		for _, s := range e.shards {
@@ -226,6 +245,9 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		e.running.Add(1)
 		go p.run(ctx)
 	}
+	e.presence = newPresence(cfg.Prefix, e.node, cfg.PresenceInterval)
+	e.running.Add(1)
+	go e.runPresence(ctx)
 	return e, nil
 }
 
@@ -250,7 +272,9 @@ func (e *Redis) key(room string) string {
 // when the message is refused at once: engine closed, queue full, Redis
 // known to be down). See the Redis type for what each outcome means.
 // Publish is safe for concurrent use; one caller's messages are stored in
-// the order of its calls.
+// the order of its calls, with or without CID. A message whose CID was
+// published to the room within DedupeWindow, by any node, is acknowledged
+// with the first one's ID and appends nothing.
 func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	s := e.shards[e.shardOf(room)]
 	r := e.reqs.Get().(*pubReq)
@@ -259,6 +283,10 @@ func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	r.b = strconv.AppendUint(r.b, m.Sender, 10)
 	r.ns = len(r.b)
 	r.b = append(r.b, m.Payload...)
+	r.np = len(r.b)
+	if r.dedupe = m.CID != ""; r.dedupe {
+		r.b = appendDedupeKey(r.b, s.cidPre, room, m.CID)
+	}
 	r.room, r.shard, r.ack, r.ref, r.alone = room, s, ack, ref, m.Alone
 	r.deadline = time.Now().Add(e.cfg.Timeout)
 
@@ -497,7 +525,8 @@ func (e *Redis) Health() error {
 
 // Close refuses new messages (ErrClosed), lets the pumps publish what is
 // queued, stops delivery, waiting for Handler calls in progress or for ctx
-// to end, deletes this node's wake streams, and closes the connections.
+// to end, deletes this node's wake streams and presence (other nodes stop
+// counting its members at once), and closes the connections.
 func (e *Redis) Close(ctx context.Context) error {
 	e.pubMu.Lock()
 	first := e.closed.CompareAndSwap(false, true)
@@ -521,7 +550,7 @@ func (e *Redis) Close(ctx context.Context) error {
 	e.cancel()
 	dctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	dels := make([]rueidis.Completed, 0, len(e.pumps))
+	dels := e.closePresence()
 	for _, p := range e.pumps {
 		dels = append(dels, e.client.B().Del().Key(p.wakeKey).Build())
 	}

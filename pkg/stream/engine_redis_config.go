@@ -49,6 +49,13 @@ const (
 	// (PUBLISH_QUEUE).
 	DefaultPublishQueue = 16384
 
+	// DefaultRedisDedupeWindow is the default of RedisConfig.DedupeWindow
+	// (REDIS_DEDUPE_WINDOW) and MemoryConfig.DedupeWindow.
+	DefaultRedisDedupeWindow = 2 * time.Minute
+	// DefaultRedisPresenceInterval is the default of
+	// RedisConfig.PresenceInterval (REDIS_PRESENCE_INTERVAL).
+	DefaultRedisPresenceInterval = time.Second
+
 	// DefaultRedisFlushDelay is the default of RedisConfig.FlushDelay
 	// (REDIS_FLUSH_DELAY).
 	DefaultRedisFlushDelay = 20 * time.Microsecond
@@ -155,6 +162,23 @@ type RedisConfig struct {
 	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting for Redis per pump before senders get unavailable"`
 	// BackoffMax: see BackoffMin.
 	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest pause between retries while Redis is down"`
+	// DedupeWindow is how long a message's client-chosen ID (Message.CID)
+	// is remembered per room: a resend with the same CID within it, from
+	// any node, appends nothing and is acknowledged with the first ID.
+	// Each CID costs one Redis key for this long. Zero means 2m.
+	DedupeWindow time.Duration `env:"REDIS_DEDUPE_WINDOW" help:"how long a message's cid is remembered per room: a resend within it is not appended twice and gets the first ID back"`
+	// PresenceInterval is how often each node publishes its member counts
+	// and heartbeat. A node that dies stops being counted within three
+	// intervals; a count set on one node shows on the others within about
+	// two. Zero means 1s.
+	PresenceInterval time.Duration `env:"REDIS_PRESENCE_INTERVAL" help:"how often each node publishes its room member counts; a dead node stops being counted within 3 intervals"`
+}
+
+// MemoryConfig returns the part of c that the Memory engine shares with
+// Redis (MaxLen, TTL, DedupeWindow), so that one environment configures
+// the history of either engine.
+func (c RedisConfig) MemoryConfig() MemoryConfig {
+	return MemoryConfig{MaxLen: c.MaxLen, TTL: c.TTL, DedupeWindow: c.DedupeWindow}
 }
 
 // Defaulted returns c with every zero field set to the default NewRedis
@@ -178,6 +202,8 @@ func (c RedisConfig) Defaulted() RedisConfig {
 	set(&c.BackoffMax, DefaultRedisBackoffMax)
 	set(&c.FlushDelay, DefaultRedisFlushDelay)
 	set(&c.BatchWindow, DefaultRedisBatchWindow)
+	set(&c.DedupeWindow, DefaultRedisDedupeWindow)
+	set(&c.PresenceInterval, DefaultRedisPresenceInterval)
 	return c
 }
 
@@ -249,6 +275,8 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 		{c.Timeout, DefaultRedisTimeout, "REDIS_TIMEOUT"},
 		{c.BackoffMin, DefaultRedisBackoffMin, "REDIS_BACKOFF_MIN"},
 		{c.BackoffMax, DefaultRedisBackoffMax, "REDIS_BACKOFF_MAX"},
+		{c.DedupeWindow, DefaultRedisDedupeWindow, "REDIS_DEDUPE_WINDOW"},
+		{c.PresenceInterval, DefaultRedisPresenceInterval, "REDIS_PRESENCE_INTERVAL"},
 	} {
 		if d.v < time.Millisecond {
 			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, d.v, d.def)
@@ -283,6 +311,7 @@ func (c RedisConfig) LogValue() slog.Value {
 		slog.Int("db", c.DB), slog.String("prefix", c.Prefix), slog.Int64("maxlen", c.MaxLen), slog.Duration("ttl", c.TTL),
 		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block),
 		slog.Duration("timeout", c.Timeout), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
+		slog.Duration("dedupe_window", c.DedupeWindow), slog.Duration("presence_interval", c.PresenceInterval),
 	)
 }
 

@@ -33,6 +33,8 @@ func testRedisConfig(t testing.TB, addrs ...string) RedisConfig {
 		Timeout:    500 * time.Millisecond,
 		BackoffMin: 10 * time.Millisecond,
 		BackoffMax: 200 * time.Millisecond,
+		// Presence tests wait for a few intervals.
+		PresenceInterval: 100 * time.Millisecond,
 	}
 }
 
@@ -117,6 +119,8 @@ func TestRedisConfig(t *testing.T) {
 		{"backoff inverted", RedisConfig{Host: "redis", BackoffMin: time.Minute, BackoffMax: time.Second}, "REDIS_BACKOFF_MIN"},
 		{"flush delay disabled", RedisConfig{Host: "redis", FlushDelay: -1}, ""},
 		{"flush delay too long", RedisConfig{Host: "redis", FlushDelay: time.Minute}, "REDIS_FLUSH_DELAY"},
+		{"negative dedupe window", RedisConfig{Host: "redis", DedupeWindow: -time.Second}, "REDIS_DEDUPE_WINDOW"},
+		{"negative presence interval", RedisConfig{Host: "redis", PresenceInterval: -time.Second}, "REDIS_PRESENCE_INTERVAL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.cfg.withDefaults()
@@ -142,6 +146,7 @@ func TestRedisConfig(t *testing.T) {
 			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second,
 			Timeout: 2 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 5 * time.Second,
 			FlushDelay: 20 * time.Microsecond, BatchWindow: 2 * time.Millisecond, PublishQueue: 16384,
+			DedupeWindow: 2 * time.Minute, PresenceInterval: time.Second,
 		}
 		if fmt.Sprint(c) != fmt.Sprint(want) {
 			t.Fatalf("defaults\n got %+v\nwant %+v", c, want)
@@ -184,22 +189,24 @@ func TestRedisConfigEnv(t *testing.T) {
 	err := envconfig.ProcessWith(context.Background(), &envconfig.Config{
 		Target: &c,
 		Lookuper: envconfig.MapLookuper(map[string]string{
-			"IP_REDIS":              "10.0.0.1",
-			"PORT_REDIS":            "6380",
-			"REDIS_ADDRS":           "a:1,b:2",
-			"REDIS_SENTINEL_MASTER": "mymaster",
-			"REDIS_USERNAME":        "gw",
-			"REDIS_PASSWORD":        "secret",
-			"REDIS_TLS":             "true",
-			"REDIS_DB":              "2",
-			"REDIS_MAXLEN":          "5000",
-			"REDIS_TTL":             "1h",
-			"REDIS_READ_SHARDS":     "8",
-			"REDIS_READ_COUNT":      "100",
-			"REDIS_BLOCK":           "250ms",
-			"REDIS_TIMEOUT":         "1s",
-			"REDIS_BATCH_WINDOW":    "3ms",
-			"PUBLISH_QUEUE":         "99",
+			"IP_REDIS":                "10.0.0.1",
+			"PORT_REDIS":              "6380",
+			"REDIS_ADDRS":             "a:1,b:2",
+			"REDIS_SENTINEL_MASTER":   "mymaster",
+			"REDIS_USERNAME":          "gw",
+			"REDIS_PASSWORD":          "secret",
+			"REDIS_TLS":               "true",
+			"REDIS_DB":                "2",
+			"REDIS_MAXLEN":            "5000",
+			"REDIS_TTL":               "1h",
+			"REDIS_READ_SHARDS":       "8",
+			"REDIS_READ_COUNT":        "100",
+			"REDIS_BLOCK":             "250ms",
+			"REDIS_TIMEOUT":           "1s",
+			"REDIS_BATCH_WINDOW":      "3ms",
+			"PUBLISH_QUEUE":           "99",
+			"REDIS_DEDUPE_WINDOW":     "30s",
+			"REDIS_PRESENCE_INTERVAL": "500ms",
 		}),
 	})
 	if err != nil {
@@ -210,6 +217,7 @@ func TestRedisConfigEnv(t *testing.T) {
 		Username: "gw", Password: "secret", TLS: true, DB: 2, MaxLen: 5000, TTL: time.Hour,
 		ReadShards: 8, ReadCount: 100, Block: 250 * time.Millisecond, Timeout: time.Second,
 		BatchWindow: 3 * time.Millisecond, PublishQueue: 99,
+		DedupeWindow: 30 * time.Second, PresenceInterval: 500 * time.Millisecond,
 	}
 	if fmt.Sprint(c) != fmt.Sprint(want) {
 		t.Fatalf("parsed\n got %+v\nwant %+v", c, want)
@@ -232,8 +240,8 @@ func TestRedisConfigDefaulted(t *testing.T) {
 
 func TestRedisEngine(t *testing.T) {
 	srv := redistest.Start(t)
-	testEngine(t, func(t *testing.T, h Handler) Engine {
-		return newTestRedis(t, testRedisConfig(t, srv.Addr()), h, nil)
+	testEngine(t, func(t *testing.T, h Handler, o engineOpts) Engine {
+		return newTestRedis(t, o.redis(testRedisConfig(t, srv.Addr())), h, nil)
 	})
 }
 
@@ -266,6 +274,7 @@ func startNodes(t *testing.T, n int, cfg RedisConfig) []node {
 // testNodes is the multi-node suite: n engines sharing cfg's Redis.
 func testNodes(t *testing.T, n int, cfg RedisConfig) {
 	ctx := context.Background()
+	testNodesHistory(t, n, cfg)
 
 	t.Run("CrossNode", func(t *testing.T) {
 		nodes := startNodes(t, n, cfg)
@@ -687,8 +696,8 @@ func TestRedisUnsubscribeDrains(t *testing.T) {
 func TestRedisCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	t.Run("Conformance", func(t *testing.T) {
-		testEngine(t, func(t *testing.T, h Handler) Engine {
-			return newTestRedis(t, testRedisConfig(t, cl.Addrs()...), h, nil)
+		testEngine(t, func(t *testing.T, h Handler, o engineOpts) Engine {
+			return newTestRedis(t, o.redis(testRedisConfig(t, cl.Addrs()...)), h, nil)
 		})
 	})
 	t.Run("Nodes", func(t *testing.T) {
@@ -726,10 +735,10 @@ func TestRedisSentinelFailover(t *testing.T) {
 	cfg := testRedisConfig(t, st.Sentinel.Addr())
 	cfg.SentinelMaster = st.MasterName
 	t.Run("Conformance", func(t *testing.T) {
-		testEngine(t, func(t *testing.T, h Handler) Engine {
+		testEngine(t, func(t *testing.T, h Handler, o engineOpts) Engine {
 			c := testRedisConfig(t, st.Sentinel.Addr())
 			c.SentinelMaster = st.MasterName
-			return newTestRedis(t, c, h, nil)
+			return newTestRedis(t, o.redis(c), h, nil)
 		})
 	})
 	nodes := startNodes(t, 2, cfg)
@@ -951,10 +960,13 @@ func TestRedisIdleReadersBlock(t *testing.T) {
 		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
 		return n
 	}
-	before := xreads()
-	if before == 0 {
-		t.Fatal("INFO commandstats shows no XREAD at all: the readers never ran, or the stats did not parse")
-	}
+	// The pumps' first reads follow their connection and the signal
+	// stream's XINFO: wait for them.
+	var before int
+	testutil.Eventually(t, "INFO commandstats to show an XREAD (the readers never ran, or the stats did not parse)", func() bool {
+		before = xreads()
+		return before > 0
+	})
 	<-time.After(500 * time.Millisecond) // an observation window, not synchronisation
 	// Each shard may re-issue its XREAD once for the last wake; a spinning
 	// reader issues thousands.

@@ -2,17 +2,41 @@ package stream
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
-// newEngineFunc builds an engine under test that delivers to h. The engine
-// is closed by the suite.
-type newEngineFunc func(t *testing.T, h Handler) Engine
+// newEngineFunc builds an engine under test that delivers to h, with the
+// settings of o. The engine is closed by the suite.
+type newEngineFunc func(t *testing.T, h Handler, o engineOpts) Engine
+
+// engineOpts are the settings some conformance tests need; zero fields
+// mean the engine's test defaults.
+type engineOpts struct {
+	maxLen       int64         // REDIS_MAXLEN, the Memory ring's size
+	dedupeWindow time.Duration // REDIS_DEDUPE_WINDOW
+}
+
+// redis returns c with o's settings.
+func (o engineOpts) redis(c RedisConfig) RedisConfig {
+	c.MaxLen = cmp.Or(o.maxLen, c.MaxLen)
+	c.DedupeWindow = cmp.Or(o.dedupeWindow, c.DedupeWindow)
+	return c
+}
+
+// memory returns the MemoryConfig of o.
+func (o engineOpts) memory() MemoryConfig {
+	return MemoryConfig{MaxLen: o.maxLen, DedupeWindow: o.dedupeWindow}
+}
 
 // delivery is one Handler call, with the payload copied.
 type delivery struct {
@@ -104,12 +128,13 @@ func (c *collector) settle(t *testing.T, e Engine, room string) []Message {
 // testEngine runs the conformance suite every Engine must pass.
 func testEngine(t *testing.T, newEngine newEngineFunc) {
 	ctx := context.Background()
-	start := func(t *testing.T) (Engine, *collector) {
+	startWith := func(t *testing.T, o engineOpts) (Engine, *collector) {
 		c := newCollector()
-		e := newEngine(t, c.handle)
+		e := newEngine(t, c.handle, o)
 		t.Cleanup(func() { _ = e.Close(context.Background()) })
 		return e, c
 	}
+	start := func(t *testing.T) (Engine, *collector) { return startWith(t, engineOpts{}) }
 
 	t.Run("DeliversToSubscribedRoom", func(t *testing.T) {
 		e, c := start(t)
@@ -354,11 +379,268 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		}
 	})
 
+	t.Run("History", func(t *testing.T) {
+		e, _ := start(t)
+		const room = "hist"
+		// One buffer for every payload, rewritten once Publish returns:
+		// the engine must keep copies.
+		buf := make([]byte, 0, 16)
+		var ids []ID
+		for i := range 10 {
+			buf = fmt.Appendf(buf[:0], "h%d", i)
+			ids = append(ids, publishAll(t, e, room, []Message{{Sender: uint64(100 + i), Payload: buf}})...)
+		}
+		copy(buf, "garbage")
+		for _, tc := range []struct {
+			name      string
+			after     ID
+			n         int
+			from, to  int // the entries expected: ids[from:to]
+			truncated bool
+		}{
+			{"FromZero", ID{}, 100, 0, 10, false},
+			{"FromZeroLimited", ID{}, 3, 0, 3, false},
+			{"AfterAnID", ids[3], 100, 4, 10, false},
+			{"AfterAnIDLimited", ids[3], 2, 4, 6, false},
+			{"AfterTheLast", ids[9], 100, 10, 10, false},
+			{"AfterAFutureID", ID{Ms: ids[9].Ms + 1000}, 100, 10, 10, false},
+			{"NoneAsked", ids[3], 0, 0, 0, false},
+			{"AllAsked", ids[3], math.MaxInt, 4, 10, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, truncated, err := e.History(ctx, room, tc.after, tc.n)
+				if err != nil {
+					t.Fatalf("History: %v", err)
+				}
+				if truncated != tc.truncated {
+					t.Fatalf("truncated = %v, want %v", truncated, tc.truncated)
+				}
+				checkEntries(t, got, ids, tc.from, tc.to)
+			})
+		}
+		t.Run("UnknownRoom", func(t *testing.T) {
+			got, truncated, err := e.History(ctx, "never-written", ID{}, 10)
+			if err != nil || truncated || len(got) != 0 {
+				t.Fatalf("History of an unknown room from zero = %d entries, truncated %v, %v; want nothing", len(got), truncated, err)
+			}
+			// An ID of a room the engine knows nothing of (expired, lost):
+			// whatever followed it is gone.
+			got, truncated, err = e.History(ctx, "never-written", ids[0], 10)
+			if err != nil || !truncated || len(got) != 0 {
+				t.Fatalf("History of an unknown room after %v = %d entries, truncated %v, %v; want nothing, truncated", ids[0], len(got), truncated, err)
+			}
+		})
+	})
+
+	t.Run("Last", func(t *testing.T) {
+		e, _ := start(t)
+		const room = "last"
+		var msgs []Message
+		for i := range 10 {
+			msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
+		}
+		ids := publishAll(t, e, room, msgs)
+		for _, tc := range []struct {
+			name     string
+			n        int
+			from, to int
+		}{
+			{"FewerThanHeld", 3, 7, 10},
+			{"MoreThanHeld", 100, 0, 10},
+			{"None", 0, 0, 0},
+			{"AllAsked", math.MaxInt, 0, 10},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, err := e.Last(ctx, room, tc.n)
+				if err != nil {
+					t.Fatalf("Last: %v", err)
+				}
+				checkEntries(t, got, ids, tc.from, tc.to)
+			})
+		}
+		if got, err := e.Last(ctx, "never-written", 5); err != nil || len(got) != 0 {
+			t.Fatalf("Last of an unknown room = %d entries, %v; want none", len(got), err)
+		}
+	})
+
+	t.Run("HistoryOutlivesSubscribers", func(t *testing.T) {
+		e, c := start(t)
+		const room = "kept"
+		mustSubscribe(t, e, room)
+		ids := publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h0")}, {Sender: 1, Payload: []byte("h1")}})
+		c.waitFor(t, room, 2)
+		if err := e.Unsubscribe(room); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h2")}})...)
+		got, truncated, err := e.History(ctx, room, ID{}, 10)
+		if err != nil || truncated {
+			t.Fatalf("History after everyone left: truncated %v, %v", truncated, err)
+		}
+		checkEntries(t, got, ids, 0, 3)
+	})
+
+	t.Run("HistoryTruncated", func(t *testing.T) {
+		// MAXLEN 10: the Memory ring keeps exactly 10, Redis (MAXLEN ~)
+		// at least 10, trimming whole nodes of entries.
+		e, _ := startWith(t, engineOpts{maxLen: 10})
+		const room = "trim"
+		const total = 300
+		var msgs []Message
+		for i := range total {
+			msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
+		}
+		ids := publishAll(t, e, room, msgs)
+		held, truncated, err := e.History(ctx, room, ID{}, 2*total)
+		if err != nil || truncated {
+			t.Fatalf("History from zero: truncated %v, %v; want the entries held", truncated, err)
+		}
+		if len(held) < 10 || len(held) >= total {
+			t.Fatalf("the room holds %d entries; want at least MAXLEN (10) and fewer than the %d published", len(held), total)
+		}
+		k := total - len(held) // ids[k] is the oldest held
+		checkEntries(t, held, ids, k, total)
+
+		for _, tc := range []struct {
+			name  string
+			after ID
+			from  int
+		}{
+			{"AfterTheFirst", ids[0], k},
+			{"AfterTheNextToLastTrimmed", ids[k-2], k}, // ids[k-1] was trimmed
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, truncated, err := e.History(ctx, room, tc.after, 2*total)
+				if err != nil || !truncated {
+					t.Fatalf("History after a trimmed entry: truncated %v, %v; want truncated", truncated, err)
+				}
+				checkEntries(t, got, ids, tc.from, total)
+			})
+		}
+		got, truncated, err := e.History(ctx, room, ids[k], 5)
+		if err != nil || truncated {
+			t.Fatalf("History after the oldest entry held: truncated %v, %v; want not truncated", truncated, err)
+		}
+		checkEntries(t, got, ids, k+1, k+6)
+		last, err := e.Last(ctx, room, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEntries(t, last, ids, total-5, total)
+	})
+
+	t.Run("CIDDedupe", func(t *testing.T) {
+		e, c := start(t)
+		const room = "cid"
+		mustSubscribe(t, e, room)
+		first, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("first"), CID: "c-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("resent"), CID: "c-1"})
+		if err != nil || again != first {
+			t.Fatalf("resend of CID c-1 acked %v (%v), want the first ID %v", again, err, first)
+		}
+		// IDs are per room: another room's entry may have the same one.
+		other := mustPublishID(t, e, "cid-elsewhere", Message{Sender: 1, Payload: []byte("x"), CID: "c-1"})
+		if hist, _, err := e.History(ctx, "cid-elsewhere", ID{}, 10); err != nil || len(hist) != 1 || hist[0].ID != other {
+			t.Fatalf("CID c-1 in another room: History %d entries (%v), want an entry of its own, %v", len(hist), err, other)
+		}
+		plain := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("plain")})
+		second := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("second"), CID: "c-2"})
+		ids := []ID{first, plain, second}
+
+		hist, _, err := e.History(ctx, room, ID{}, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := c.settle(t, e, room)
+		for what, ms := range map[string][]Message{"History": hist, "delivered": got} {
+			var ps []string
+			for _, m := range ms {
+				ps = append(ps, string(m.Payload))
+			}
+			if !slices.Equal(ps, []string{"first", "plain", "second"}) {
+				t.Fatalf("%s %q, want [first plain second]", what, ps)
+			}
+			for i, m := range ms {
+				if m.ID != ids[i] || m.CID != "" {
+					t.Fatalf("%s entry %d: ID %v CID %q, want ID %v and no CID", what, i, m.ID, m.CID, ids[i])
+				}
+			}
+		}
+		if s := e.Stats(); s.Duplicates != 1 || s.Accepted != 6 {
+			t.Fatalf("Stats: %d duplicates, %d accepted; want 1 and 6 (the marker included)", s.Duplicates, s.Accepted)
+		}
+	})
+
+	t.Run("CIDWindowExpires", func(t *testing.T) {
+		e, _ := startWith(t, engineOpts{dedupeWindow: 500 * time.Millisecond})
+		const room = "window"
+		first := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
+		var later ID
+		testutil.Eventually(t, "the CID to be forgotten once its window passed", func() bool {
+			later = mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
+			return later != first
+		})
+		got, _, err := e.History(ctx, room, ID{}, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEntries(t, got, []ID{first, later}, 0, 2)
+	})
+
+	t.Run("CIDKeepsOrder", func(t *testing.T) {
+		// One sender, one goroutine, messages with and without CID mixed:
+		// stored and delivered in the order sent.
+		e, c := start(t)
+		const room = "mixed"
+		mustSubscribe(t, e, room)
+		var msgs []Message
+		for i := range 200 {
+			m := Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)}
+			if i%3 != 1 {
+				m.CID = fmt.Sprintf("mixed-%d", i)
+			}
+			msgs = append(msgs, m)
+		}
+		ids := publishAll(t, e, room, msgs)
+		got := c.settle(t, e, room)
+		checkEntries(t, got, ids, 0, len(ids))
+		for i, m := range got {
+			if string(m.Payload) != fmt.Sprint(i) {
+				t.Fatalf("delivery %d = %q, want %d", i, m.Payload, i)
+			}
+		}
+	})
+
+	t.Run("MembersOfThisNode", func(t *testing.T) {
+		e, _ := start(t)
+		e.SetMembers("here", 3)
+		e.SetMembers("gone", 2)
+		e.SetMembers("gone", 0)
+		for room, want := range map[string]int{"here": 3, "gone": 0, "never": 0} {
+			if n, err := e.Members(ctx, room); err != nil || n != want {
+				t.Fatalf("Members(%q) = %d, %v; want %d", room, n, err, want)
+			}
+		}
+	})
+
 	t.Run("Closed", func(t *testing.T) {
 		e, _ := start(t)
 		mustSubscribe(t, e, "room")
 		if err := e.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
+		}
+		if _, _, err := e.History(ctx, "room", ID{}, 10); !errors.Is(err, ErrClosed) {
+			t.Fatalf("History after Close: %v, want ErrClosed", err)
+		}
+		if _, err := e.Last(ctx, "room", 10); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Last after Close: %v, want ErrClosed", err)
+		}
+		e.SetMembers("room", 1) // does nothing, does not panic
+		if _, err := e.Members(ctx, "room"); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Members after Close: %v, want ErrClosed", err)
 		}
 		if _, err := PublishWait(ctx, e, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Publish after Close: %v, want ErrClosed", err)
@@ -381,13 +663,77 @@ func mustSubscribe(t *testing.T, e Engine, room string) {
 
 func mustPublish(t *testing.T, e Engine, room string, m Message) {
 	t.Helper()
-	if _, err := PublishWait(context.Background(), e, room, m); err != nil {
+	mustPublishID(t, e, room, m)
+}
+
+func mustPublishID(t testing.TB, e Engine, room string, m Message) ID {
+	t.Helper()
+	id, err := PublishWait(context.Background(), e, room, m)
+	if err != nil {
 		t.Fatalf("Publish(%q): %v", room, err)
+	}
+	return id
+}
+
+// publishAll publishes msgs to room from one goroutine without waiting in
+// between, as the gateway does, and returns their IDs once every one was
+// accepted.
+func publishAll(t testing.TB, e Engine, room string, msgs []Message) []ID {
+	t.Helper()
+	type result struct {
+		i   int
+		id  ID
+		err error
+	}
+	ch := make(chan result, len(msgs))
+	ack := func(ref any, id ID, err error) { ch <- result{ref.(int), id, err} }
+	for i, m := range msgs {
+		e.Publish(room, m, ack, i)
+	}
+	ids := make([]ID, len(msgs))
+	timeout := time.After(testutil.Timeout)
+	for range msgs {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				t.Fatalf("Publish %d to %q: %v", r.i, room, r.err)
+			}
+			ids[r.i] = r.id
+		case <-timeout:
+			t.Fatalf("Publish to %q: not every message was acknowledged", room)
+		}
+	}
+	return ids
+}
+
+// checkEntries fails unless got holds the entries ids[from:to], in order.
+// Entries published by publishAll in the suite carry their index as the
+// sender minus 100 and "h<index>" as the payload when checked here.
+func checkEntries(t testing.TB, got []Message, ids []ID, from, to int) {
+	t.Helper()
+	if len(got) != to-from {
+		t.Fatalf("got %d entries, want %d (%d to %d)", len(got), to-from, from, to)
+	}
+	for i, m := range got {
+		if m.ID != ids[from+i] {
+			t.Fatalf("entry %d: ID %v, want %v", i, m.ID, ids[from+i])
+		}
+		if m.Sender >= 100 {
+			if j := int(m.Sender) - 100; j != from+i || string(m.Payload) != fmt.Sprintf("h%d", j) {
+				t.Fatalf("entry %d: sender %d payload %q, want entry %d", i, m.Sender, m.Payload, from+i)
+			}
+		}
 	}
 }
 
 func TestMemoryEngine(t *testing.T) {
-	testEngine(t, func(t *testing.T, h Handler) Engine { return NewMemory(h) })
+	testEngine(t, func(t *testing.T, h Handler, o engineOpts) Engine {
+		e, err := NewMemoryWith(h, o.memory())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	})
 }
 
 func TestIDString(t *testing.T) {

@@ -336,15 +336,6 @@ func TestRedisAloneHint(t *testing.T) {
 	}
 }
 
-func mustPublishID(t *testing.T, e Engine, room string, m Message) ID {
-	t.Helper()
-	id, err := PublishWait(context.Background(), e, room, m)
-	if err != nil {
-		t.Fatalf("Publish(%q): %v", room, err)
-	}
-	return id
-}
-
 // TestRedisSignalWriteFails: something else wrote a string at the signal
 // stream's key, so each round trip's signal XADD fails and its XREAD
 // cannot read the signals. Messages are still stored and acknowledged;

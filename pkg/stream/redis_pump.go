@@ -31,22 +31,28 @@ type doer interface {
 }
 
 // pubReq is one message waiting for its pump: b holds the stream key (up
-// to nk), the sender in decimal (up to ns) and the payload.
+// to nk), the sender in decimal (up to ns), the payload (up to np) and,
+// for a message with a CID, its dedupe key.
 type pubReq struct {
-	b        []byte
-	nk, ns   int
-	room     string
-	shard    *redisShard
-	ack      Ack
-	ref      any
-	deadline time.Time // answer by then; send by then or refuse
-	alone    bool      // Message.Alone: no need to read it back on this node
-	cmd      int       // index of its XADD in the round trip
+	b          []byte
+	nk, ns, np int
+	room       string
+	shard      *redisShard
+	ack        Ack
+	ref        any
+	deadline   time.Time // answer by then; send by then or refuse
+	alone      bool      // Message.Alone: no need to read it back on this node
+	dedupe     bool      // it has a CID: published by the script, with its dedupe key
+	scripted   bool      // sent as a script call in the current round trip
+	cmd        int       // index of its XADD or script call in the round trip
 }
 
 func (r *pubReq) key() string     { return unsafe.String(&r.b[0], r.nk) }
 func (r *pubReq) sender() string  { return unsafe.String(&r.b[r.nk], r.ns-r.nk) }
-func (r *pubReq) payload() string { return unsafe.String(unsafe.SliceData(r.b[r.ns:]), len(r.b)-r.ns) }
+func (r *pubReq) payload() string { return unsafe.String(unsafe.SliceData(r.b[r.ns:]), r.np-r.ns) }
+func (r *pubReq) dedupeKey() string {
+	return unsafe.String(unsafe.SliceData(r.b[r.np:]), len(r.b)-r.np)
+}
 
 // blockResult is the outcome of a blocking read of the signal streams.
 type blockResult struct {
@@ -76,6 +82,13 @@ type pump struct {
 	sent     []*pubReq        // in the current round trip
 	cmds     []rueidis.Completed
 	sigRooms map[string]struct{} // rooms named by this round trip's signal
+	// scriptRooms are the rooms that got a script call in this
+	// round trip: later messages to them are scripted too (redis_dedupe.go).
+	scriptRooms map[string]struct{}
+	// evalText sends the script's text (EVAL) instead of its SHA: the
+	// last round trip found it missing from the server's cache.
+	evalText bool
+	requeue  []*pubReq // NOSCRIPT: not run, to send first in the next round trip
 	sigNames []string
 	sigBuf   []byte // the signal's room list, space-separated
 	out      []redisDelivery
@@ -122,19 +135,20 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 	}
 	depth := e.cfg.PublishQueue
 	return &pump{
-		e:          e,
-		shards:     shards,
-		sigKey:     shardKey(e.cfg.Prefix, sig, "#signal"),
-		wakeKey:    shardKey(e.cfg.Prefix, shards[0].idx, "#wake:"+e.node),
-		reqs:       make(chan *pubReq, depth),
-		kick:       make(chan struct{}, 1),
-		blockRes:   make(chan blockResult, 1),
-		sigRooms:   make(map[string]struct{}),
-		expires:    make(map[string]time.Time),
-		refreshTTL: min(e.cfg.TTL/16, time.Hour),
-		peers:      make(map[string]uint64),
-		lastOK:     time.Now(),
-		verifyAll:  true,
+		e:           e,
+		shards:      shards,
+		sigKey:      shardKey(e.cfg.Prefix, sig, "#signal"),
+		wakeKey:     shardKey(e.cfg.Prefix, shards[0].idx, "#wake:"+e.node),
+		reqs:        make(chan *pubReq, depth),
+		kick:        make(chan struct{}, 1),
+		blockRes:    make(chan blockResult, 1),
+		sigRooms:    make(map[string]struct{}),
+		scriptRooms: make(map[string]struct{}),
+		expires:     make(map[string]time.Time),
+		refreshTTL:  min(e.cfg.TTL/16, time.Hour),
+		peers:       make(map[string]uint64),
+		lastOK:      time.Now(),
+		verifyAll:   true,
 	}
 }
 
@@ -386,15 +400,29 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	now := time.Now()
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	clear(p.sigRooms)
+	clear(p.scriptRooms)
 	p.sigNames = p.sigNames[:0]
+	evalText := false
 	for _, r := range p.pending {
 		if now.After(r.deadline) {
 			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w: not sent within REDIS_TIMEOUT (%v)", r.room, ErrUnavailable, e.cfg.Timeout))
 			continue
 		}
 		r.cmd = len(p.cmds)
-		p.cmds = append(p.cmds, e.client.B().Xadd().Key(r.key()).Maxlen().Almost().Threshold(e.maxLen).Id("*").
-			FieldValue().FieldValue(fieldSender, r.sender()).FieldValue(fieldPayload, r.payload()).Build())
+		r.scripted = r.dedupe
+		if !r.scripted && len(p.scriptRooms) > 0 {
+			_, r.scripted = p.scriptRooms[r.room]
+		}
+		if r.scripted {
+			// A CID, or a room that had one earlier in this round trip:
+			// see redis_dedupe.go.
+			p.scriptRooms[r.room] = struct{}{}
+			p.cmds = append(p.cmds, p.scriptCmd(r))
+			evalText = evalText || p.evalText
+		} else {
+			p.cmds = append(p.cmds, e.client.B().Xadd().Key(r.key()).Maxlen().Almost().Threshold(e.maxLen).Id("*").
+				FieldValue().FieldValue(fieldSender, r.sender()).FieldValue(fieldPayload, r.payload()).Build())
+		}
 		if t, ok := p.expires[r.key()]; !ok || now.Sub(t) >= p.refreshTTL {
 			p.cmds = append(p.cmds, e.client.B().Arbitrary("PEXPIRE").Keys(r.key()).Args(e.ttlMs).Build())
 			p.expires[strings.Clone(r.key())] = now // r.key() points into a buffer that is reused
@@ -469,23 +497,41 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 	var failed error
 	published := len(p.sent)
+	p.requeue = p.requeue[:0]
 	for _, r := range p.sent {
-		raw, err := res[r.cmd].ToString()
 		var id ID
-		if err == nil {
-			if id, err = ParseID(raw); err != nil {
-				err = fmt.Errorf("%w: Redis answered XADD with %q", ErrUnconfirmed, raw)
-			}
-		} else if isRedisErr(err) {
-			err = fmt.Errorf("%w: Redis refused: %w", ErrUnavailable, err)
+		var dup bool
+		var err error
+		if r.scripted {
+			id, dup, err = parseScriptReply(res[r.cmd])
 		} else {
+			id, err = parseXaddReply(res[r.cmd])
+		}
+		switch {
+		case err == nil:
+		case !broken && isNoScript(err):
+			// Not run: send it again, first thing, with the script's text.
+			delete(p.expires, r.key()) // its PEXPIRE may have found no key
+			p.requeue = append(p.requeue, r)
+			continue
+		case errors.Is(err, ErrUnconfirmed):
+			// Answered with something that is not an ID.
+		case isRedisErr(err):
+			err = fmt.Errorf("%w: Redis refused: %w", ErrUnavailable, err)
+		default:
 			// Sent, and no answer: it may be stored.
 			err = fmt.Errorf("%w: %w", ErrUnconfirmed, err)
 			failed = err
 		}
+		if err != nil || dup {
+			// Refresh the TTL next time: the PEXPIRE may have found no
+			// key (a duplicate appends nothing).
+			delete(p.expires, r.key())
+		}
 		if err != nil {
-			delete(p.expires, r.key()) // refresh the TTL next time
 			err = fmt.Errorf("stream: publish to room %q: %w", r.room, err)
+		} else if dup {
+			e.stats.duplicates.Add(1)
 		}
 		if broken {
 			e.outcome(r, err)
@@ -495,6 +541,17 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		}
 	}
 	p.sent = p.sent[:0]
+	switch {
+	case len(p.requeue) > 0:
+		// p.pending is empty: the messages taken since come after these.
+		p.pending = append(p.pending, p.requeue...)
+		published -= len(p.requeue)
+		p.evalText = true
+		clear(p.requeue)
+		p.requeue = p.requeue[:0]
+	case evalText && !broken:
+		p.evalText = false // EVAL loaded the script
+	}
 	if sigCmd >= 0 {
 		if err := res[sigCmd].Error(); err != nil {
 			// The messages are stored; other nodes find them on their next
@@ -537,6 +594,19 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.readAgain, p.busy = false, false
 	}
 	return nil
+}
+
+// parseXaddReply decodes XADD's answer: the new entry's ID.
+func parseXaddReply(rr rueidis.RedisResult) (ID, error) {
+	raw, err := rr.ToString()
+	if err != nil {
+		return ID{}, err
+	}
+	id, err := ParseID(raw)
+	if err != nil {
+		return ID{}, fmt.Errorf("%w: Redis answered XADD with %q", ErrUnconfirmed, raw)
+	}
+	return id, nil
 }
 
 // peerActive is how recently (by signal IDs, Redis time) another node

@@ -23,6 +23,7 @@ import (
 type redisShard struct {
 	idx    int
 	keyPre string // "<prefix>:{<shard>}:", the start of its rooms' keys
+	cidPre string // "<prefix>:{<shard>}#cid:", the start of its dedupe keys
 	pump   *pump  // the pump that reads and writes the shard; set once
 
 	mu      sync.Mutex

@@ -175,8 +175,3 @@ func parseStreamInfo(rr rueidis.RedisResult) (streamInfo, error) {
 	}
 	return in, nil
 }
-
-// Subscribe starts delivery of room's messages. It reads the room's last
-// ID, so every message published after it returns is delivered, and wakes
-// the room's reader so that delivery starts at once. When Redis cannot be
-// reached the error wraps ErrUnavailable and the room is not subscribed;

@@ -1,0 +1,334 @@
+package room
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/chatgw/gateway/pkg/stream"
+)
+
+// Replay (since=, history=) and the switch to live delivery.
+//
+// A joiner that replays is a member from the moment it joins, so that
+// nothing delivered after that is lost, but its session is "replaying":
+// Deliver holds what arrives for it (session.hold) instead of sending it.
+// A goroutine (Hub.start, never an event loop) reads the stored entries
+// page by page (engine.Last, engine.History) and sends them, paced so that
+// the connection's queue stays under half of MAX_QUEUE_BYTES. When a page
+// comes back short (the end of the stream), it takes room.mu, so that no
+// Deliver runs, sends the held messages newer than the last one replayed,
+// sets the session's floor to that ID and makes the session live: the
+// next delivery goes straight out. Deliveries of a room come in ID order,
+// and both sources are filtered by the last ID sent (the replay's cursor,
+// then the floor, which also drops a delivery that a faster History had
+// already returned), so the client gets each entry once, in order, with
+// no gap at the switch.
+//
+// Held messages are bounded (half of MAX_QUEUE_BYTES): past that they are
+// dropped and the session marked overflowed; as they are in the stream,
+// the replay reads on and tries the switch again. In a room busier than
+// that, the member keeps receiving everything, from History, until a
+// switch succeeds; a member that does not read is closed as a slow
+// consumer (replayStall).
+
+const (
+	// replayPage is the number of entries read per History call.
+	replayPage = 100
+	// replayStall is how long a replay waits for the client to read
+	// before it closes it as a slow consumer (1008).
+	replayStall = 10 * time.Second
+	// engineTimeout bounds one History, Last or Members call of the Hub.
+	engineTimeout = 5 * time.Second
+	// heldOverhead is counted per held message on top of its payload:
+	// its frame header and "id".
+	heldOverhead = 64
+)
+
+// session is what the Hub keeps about a member that set query options
+// (options.go). Members without options have none (member.sess is nil),
+// so the delivery path of the original protocol is unchanged.
+type session struct {
+	opts   options
+	ctx    context.Context    // ends when the member leaves; nil without background work
+	cancel context.CancelFunc // nil without background work
+
+	// floor and replaying are guarded by room.mu: written under Lock,
+	// read by Deliver under RLock.
+	floor     stream.ID // deliveries at or below it were replayed: skipped
+	replaying bool      // Deliver holds messages instead of sending them
+
+	presence atomic.Int64 // the member count last sent (presence=1); -1 before the first
+
+	mu        sync.Mutex // a leaf: guards the fields below
+	held      []stream.Message
+	heldBytes int
+	holdLimit int  // half of MAX_QUEUE_BYTES
+	overflow  bool // held messages were dropped since the last switch attempt
+}
+
+// newSession returns the session of a joining connection, nil when it
+// set no option.
+func newSession(c *conn.Conn) *session {
+	o := keyOptions(c.Key())
+	if o.flags == 0 {
+		return nil
+	}
+	s := &session{opts: o, replaying: o.replays()}
+	s.presence.Store(-1)
+	if s.async() {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	if s.replaying {
+		_, limit := c.Queued()
+		s.holdLimit = limit / 2
+	}
+	return s
+}
+
+// async reports whether the member needs work off the event loop on
+// joining (Hub.start): a replay or a presence frame.
+func (s *session) async() bool { return s.opts.replays() || s.opts.flags&optPresence != 0 }
+
+// stop ends the session's background work.
+func (s *session) stop() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+}
+
+// hold keeps a delivery for a replaying member (Deliver, under
+// room.mu.RLock). The payload is copied: Deliver's is only lent.
+func (s *session) hold(m stream.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.overflow {
+		return
+	}
+	size := len(m.Payload) + heldOverhead
+	// One message is always held, so that a room of large messages
+	// (up to MAX_MESSAGE_BYTES, at most half the queue) can switch.
+	if len(s.held) > 0 && s.heldBytes+size > s.holdLimit {
+		s.overflow = true
+		clear(s.held)
+		s.held, s.heldBytes = nil, 0
+		return
+	}
+	m.Payload = bytes.Clone(m.Payload)
+	s.held = append(s.held, m)
+	s.heldBytes += size
+}
+
+// replayClose closes a member whose replay failed after its join was
+// answered: the engine did not return its history.
+var replayClose = &conn.CloseError{Code: conn.StatusTryAgainLater,
+	Reason: "history unavailable: the message store did not answer; reconnect with since=<last id>"}
+
+// errReplayRefused answers a replaying join whose first page could not be
+// read.
+var errReplayRefused = &conn.HandshakeError{Status: http.StatusServiceUnavailable,
+	Reason: "the message store is unavailable (history); retry later"}
+
+// start runs, off the event loop, what a member with options gets on
+// joining: its first presence frame, then its replay. With complete set
+// the join is pending (conn.ErrPending) and start answers it: once the
+// first page of the replay is read, or with 503 when it cannot be.
+func (h *Hub) start(name string, r *room, c *conn.Conn, s *session, complete bool) {
+	defer s.stop()
+	if s.opts.flags&optPresence != 0 {
+		ctx, cancel := context.WithTimeout(s.ctx, engineTimeout)
+		n, err := h.engine.Members(ctx, name)
+		cancel()
+		if err == nil { // else the presence poller sends it
+			if f := sendPresence(c, s, n, nil); f != nil {
+				f.Release()
+			}
+		}
+	}
+	if s.opts.replays() {
+		h.replay(name, r, c, s, complete)
+	}
+}
+
+// history reads the page of room after cursor.
+func (h *Hub) history(ctx context.Context, name string, after stream.ID) ([]stream.Message, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, engineTimeout)
+	defer cancel()
+	return h.engine.History(ctx, name, after, replayPage)
+}
+
+// replay sends c the stored entries its options ask for, then makes its
+// session live (goLive).
+func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bool) {
+	cursor := s.opts.since // the last entry sent, or skipped as c's own
+	var (
+		msgs      []stream.Message
+		truncated bool
+		err       error
+	)
+	fromLast := s.opts.flags&optHistory != 0
+	if fromLast {
+		ctx, cancel := context.WithTimeout(s.ctx, engineTimeout)
+		msgs, err = h.engine.Last(ctx, name, s.opts.history)
+		cancel()
+	} else {
+		msgs, truncated, err = h.history(s.ctx, name, cursor)
+	}
+	if complete {
+		if err != nil {
+			h.replayFailed(name, c, s, err)
+			h.leave(c)
+			c.Complete(errReplayRefused)
+			return
+		}
+		c.Complete(nil)
+	}
+	for {
+		if err != nil {
+			if s.ctx.Err() == nil {
+				h.replayFailed(name, c, s, err)
+				c.Close(replayClose)
+			}
+			return
+		}
+		if truncated {
+			var from stream.ID
+			if len(msgs) > 0 {
+				from = msgs[0].ID
+			}
+			fr := textFrame(func(b []byte) []byte { return appendTruncated(b, cursor, from, len(msgs) > 0) })
+			ok := pace(s.ctx, c, fr.Len(), 2)
+			if ok {
+				c.Send(fr)
+			}
+			fr.Release()
+			if !ok {
+				return
+			}
+		}
+		for _, m := range msgs {
+			if !cursor.Less(m.ID) {
+				continue
+			}
+			cursor = m.ID
+			if m.Sender == c.ID() {
+				continue // sent by c during its replay
+			}
+			fr := entryFrame(s, m)
+			ok := pace(s.ctx, c, fr.Len(), 2)
+			if ok {
+				c.Send(fr)
+				h.stats.replayed.Add(1)
+			}
+			fr.Release()
+			if !ok {
+				return
+			}
+		}
+		// Last's entries are followed by what came after them; a short
+		// page of History is the end of the stream: try the switch.
+		if !fromLast && len(msgs) < replayPage {
+			live, ok := h.goLive(r, c, s, cursor)
+			if live || !ok {
+				return
+			}
+		}
+		fromLast = false
+		msgs, truncated, err = h.history(s.ctx, name, cursor)
+	}
+}
+
+// goLive switches a replaying member to live delivery once its replay
+// has sent everything up to cursor: it sends the held messages after
+// cursor and makes the session live, under room.mu so that no delivery
+// comes in between. It reports false live when held messages overflowed
+// meanwhile (the replay must read on), and false ok when the replay must
+// stop (the member left, or does not read).
+func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live, ok bool) {
+	// Room for the held messages (at most half the queue) on top of a
+	// quarter.
+	if !pace(s.ctx, c, 0, 4) {
+		return false, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.member(c) == nil {
+		return false, false
+	}
+	s.mu.Lock()
+	if s.overflow {
+		s.overflow = false
+		s.mu.Unlock()
+		return false, true
+	}
+	held := s.held
+	s.held, s.heldBytes = nil, 0
+	s.mu.Unlock()
+	for _, m := range held {
+		if !cursor.Less(m.ID) {
+			continue // replayed already
+		}
+		cursor = m.ID
+		fr := entryFrame(s, m)
+		c.Send(fr)
+		fr.Release()
+	}
+	s.floor = cursor
+	s.replaying = false
+	return true, true
+}
+
+// entryFrame encodes m as s's member receives it: with its ID for ids=1.
+func entryFrame(s *session, m stream.Message) *conn.Frame {
+	if s.opts.flags&optIDs != 0 {
+		return textFrame(func(b []byte) []byte { return appendWithID(b, m.Payload, m.ID) })
+	}
+	return conn.NewTextFrame(m.Payload)
+}
+
+// pace waits until c's queue can take size more bytes and stay within
+// 1/div of MAX_QUEUE_BYTES (an empty queue takes anything). It reports
+// false when the member left (ctx ended) or the queue did not drain
+// within replayStall: the client does not read, and is closed as a slow
+// consumer.
+func pace(ctx context.Context, c *conn.Conn, size, div int) bool {
+	deadline := time.Now().Add(replayStall)
+	wait := time.Millisecond
+	for {
+		if ctx.Err() != nil {
+			return false
+		}
+		n, limit := c.Queued()
+		if n == 0 || n+size <= limit/div {
+			return true
+		}
+		if time.Now().After(deadline) {
+			c.Close(conn.ErrSlowConsumer)
+			return false
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// replayFailed logs a replay the engine could not serve.
+func (h *Hub) replayFailed(name string, c *conn.Conn, s *session, err error) {
+	if s.ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		return // the member left
+	}
+	if h.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.log.Debug("history replay failed", "room", name, "conn_id", c.ID(), "err", err)
+	}
+}

@@ -1,0 +1,167 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
+)
+
+func newTestMemory(t testing.TB, cfg MemoryConfig, h Handler) *Memory {
+	t.Helper()
+	if h == nil {
+		h = func(string, Message) {}
+	}
+	e, err := NewMemoryWith(h, cfg)
+	if err != nil {
+		t.Fatalf("NewMemoryWith: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Close(context.Background()) })
+	return e
+}
+
+// hMessages returns n messages as checkEntries expects them.
+func hMessages(n int) []Message {
+	msgs := make([]Message, n)
+	for i := range msgs {
+		msgs[i] = Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)}
+	}
+	return msgs
+}
+
+func TestMemoryConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  MemoryConfig
+		want string // substring of the error; "" means valid
+	}{
+		{"zero", MemoryConfig{}, ""},
+		{"negative maxlen", MemoryConfig{MaxLen: -1}, "REDIS_MAXLEN"},
+		{"huge maxlen", MemoryConfig{MaxLen: 1 << 40}, "REDIS_MAXLEN"},
+		{"negative ttl", MemoryConfig{TTL: -time.Second}, "REDIS_TTL"},
+		{"negative window", MemoryConfig{DedupeWindow: -time.Second}, "REDIS_DEDUPE_WINDOW"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewMemoryWith(func(string, Message) {}, tc.cfg)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("NewMemoryWith: %v, want no error", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("NewMemoryWith error %v, want one naming %s", err, tc.want)
+			}
+		})
+	}
+	t.Run("defaults", func(t *testing.T) {
+		c, err := MemoryConfig{}.withDefaults()
+		want := MemoryConfig{MaxLen: DefaultRedisMaxLen, TTL: DefaultRedisTTL, DedupeWindow: DefaultRedisDedupeWindow}
+		if err != nil || c != want {
+			t.Fatalf("defaults %+v (%v), want %+v", c, err, want)
+		}
+		if got := (RedisConfig{}).Defaulted().MemoryConfig(); got != want {
+			t.Fatalf("RedisConfig.Defaulted().MemoryConfig() = %+v, want %+v", got, want)
+		}
+	})
+}
+
+// TestMemoryTruncatedExact: the ring knows exactly what it evicted, so
+// History after the last evicted entry is whole and after any earlier one
+// is truncated.
+func TestMemoryTruncatedExact(t *testing.T) {
+	e := newTestMemory(t, MemoryConfig{MaxLen: 5}, nil)
+	ctx := context.Background()
+	ids := publishAll(t, e, "ring", hMessages(8)) // holds ids[3:8]
+	for _, tc := range []struct {
+		after     ID
+		from      int
+		truncated bool
+	}{
+		{ids[0], 3, true},
+		{ids[1], 3, true},
+		{ids[2], 3, false}, // the last evicted: nothing after it is missing
+		{ids[3], 4, false},
+		{ids[7], 8, false},
+	} {
+		got, truncated, err := e.History(ctx, "ring", tc.after, 100)
+		if err != nil || truncated != tc.truncated {
+			t.Fatalf("History after %v: truncated %v (%v), want %v", tc.after, truncated, err, tc.truncated)
+		}
+		checkEntries(t, got, ids, tc.from, 8)
+	}
+}
+
+// TestMemoryTTL: a room nothing was published to for TTL loses its ring,
+// as a Redis stream expires; a sweep then frees it, unless it is
+// subscribed.
+func TestMemoryTTL(t *testing.T) {
+	e := newTestMemory(t, MemoryConfig{TTL: 100 * time.Millisecond, DedupeWindow: 100 * time.Millisecond}, nil)
+	ctx := context.Background()
+	ids := publishAll(t, e, "idle", hMessages(3))
+	mustSubscribe(t, e, "watched")
+	publishAll(t, e, "watched", hMessages(1))
+	testutil.Eventually(t, "the idle room's ring to expire", func() bool {
+		got, _, err := e.History(ctx, "idle", ID{}, 10)
+		return err == nil && len(got) == 0
+	})
+	if _, truncated, _ := e.History(ctx, "idle", ids[1], 10); !truncated {
+		t.Fatalf("History after an expired entry with a later one: not truncated")
+	}
+	if _, truncated, _ := e.History(ctx, "idle", ids[2], 10); truncated {
+		t.Fatalf("History after the last entry of an expired ring: truncated, want whole")
+	}
+
+	e.sweep(time.Now().Add(time.Hour).UnixMilli())
+	e.mu.RLock()
+	_, idle := e.rooms["idle"]
+	_, watched := e.rooms["watched"]
+	e.mu.RUnlock()
+	if idle || !watched {
+		t.Fatalf("after a sweep: idle room kept %v, subscribed room kept %v; want false, true", idle, watched)
+	}
+	// The engine now knows nothing of the room: an old ID is truncated,
+	// and the room's IDs keep increasing.
+	if _, truncated, _ := e.History(ctx, "idle", ids[2], 10); !truncated {
+		t.Fatalf("History of a swept room after an ID: not truncated")
+	}
+	if id := mustPublishID(t, e, "idle", Message{Sender: 1, Payload: []byte("again")}); !ids[2].Less(id) {
+		t.Fatalf("ID after the sweep %v, not after %v", id, ids[2])
+	}
+}
+
+// TestMemorySweepForgetsCIDs: CIDs outlive their window only until the
+// next sweep.
+func TestMemorySweepForgetsCIDs(t *testing.T) {
+	e := newTestMemory(t, MemoryConfig{DedupeWindow: time.Minute}, nil)
+	mustPublishID(t, e, "r", Message{Sender: 1, Payload: []byte("x"), CID: "a"})
+	e.sweep(time.Now().UnixMilli())
+	if n := len(e.rooms["r"].cids); n != 1 {
+		t.Fatalf("%d CIDs after a sweep within the window, want 1", n)
+	}
+	e.sweep(time.Now().Add(2 * time.Minute).UnixMilli())
+	if r := e.rooms["r"]; r == nil || len(r.cids) != 0 {
+		t.Fatalf("room state after a sweep past the window: %+v, want the ring kept and no CID", r)
+	}
+}
+
+// BenchmarkMemoryHistory reads 100 entries after an ID from a full ring,
+// as a reconnecting client's replay does.
+func BenchmarkMemoryHistory(b *testing.B) {
+	e := newTestMemory(b, MemoryConfig{}, nil)
+	msgs := make([]Message, DefaultRedisMaxLen)
+	for i := range msgs {
+		msgs[i] = Message{Sender: 1, Payload: []byte(`{"username":"u","message":"hello"}`)}
+	}
+	ids := publishAll(b, e, "room", msgs)
+	after := ids[len(ids)-101]
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		got, _, err := e.History(ctx, "room", after, 100)
+		if err != nil || len(got) != 100 {
+			b.Fatalf("History: %d entries, %v", len(got), err)
+		}
+	}
+}
