@@ -17,7 +17,8 @@
 # RATES are messages per second per member: 1, 2.5 and 10 give 2 000,
 # 5 000 and 20 000 messages/s in all. GATEWAY may name another build (an
 # earlier commit) to compare designs in one run; GW_ENV adds variables to
-# the gateways (e.g. "REDIS_BATCH_WINDOW=1ms"). Needs jq. Loopback only,
+# the gateways (e.g. "REDIS_BATCH_WINDOW=1ms"); LG_ARGS adds loadgen flags
+# (e.g. "-options ids=1&ack=1 -cid"). Needs jq. Loopback only,
 # bounded, stops by itself; run nothing else meanwhile (2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ DURATION=${DURATION:-10s}
 GATEWAY=${GATEWAY:-bin/gateway}
 LOADGEN=${LOADGEN:-bin/loadgen}
 GW_ENV=${GW_ENV:-}
+LG_ARGS=${LG_ARGS:-}
 OUT=${OUT:-$(mktemp -d /tmp/redisbench.XXXXXX)}
 mkdir -p "$OUT"
 command -v jq >/dev/null || { echo "redisbench: needs jq (apt-get install jq)" >&2; exit 2; }
@@ -70,7 +72,7 @@ for rate in $RATES; do
 		urls+=("ws://127.0.0.1:$port")
 	done
 	"$LOADGEN" -url "$(IFS=,; echo "${urls[*]}")" -conns $((MEMBERS * ROOMS)) -rooms "$ROOMS" -senders "$SENDERS" -rate "$rate" \
-		-hold 2s -duration "$DURATION" -drain 3s -src 127.0.0.2-127.0.0.9 \
+		-hold 2s -duration "$DURATION" -drain 3s -src 127.0.0.2-127.0.0.9 $LG_ARGS \
 		-pid "$(IFS=,; echo "${gw[*]}"),$redis_pid" -json -quiet >"$OUT/run-$rate.json" 2>"$OUT/run-$rate.log" || true
 	jq -r --arg rate "$rate" --arg r "$redis_pid" '
 		.messages as $m | ($m.sent / (if $m.send_seconds > 0 then $m.send_seconds else 1 end)) as $rps |
