@@ -5,7 +5,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BIN      := bin
 
-.PHONY: all build test deps check unit fuzz smoke bench run clean
+.PHONY: all build test deps check unit browser fuzz smoke bench run clean
 
 all: build
 
@@ -18,8 +18,9 @@ run:
 
 # test: everything CI checks, in order: tools, static checks, unit and
 # end-to-end tests under the race detector, short fuzz runs, and a small
-# load smoke run that asserts zero loss.
-test: deps check unit fuzz smoke
+# load smoke run that asserts zero loss; the chat page in headless Chromium
+# after the unit tests.
+test: deps check unit browser fuzz smoke
 
 # deps installs redis-server and redis-cli from Debian's packages when the
 # machine lacks them: the tests start their own servers on free ports.
@@ -45,6 +46,22 @@ unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@echo "== make test: allocation guards without the race detector"
 	$(GO) test -count=1 -run 'Allocs|Allocat' ./...
+
+# browser runs the chat page in headless Chromium (test/browser, driven by
+# playwright-core): it installs Debian's chromium when /usr/bin/chromium is
+# missing, the pinned npm packages, builds the gateway and runs the test,
+# which starts its own redis-server and gateway. It fails, never skips.
+browser: deps
+	@echo "== make test: the chat page in headless Chromium (two pages, a gateway restart; about 10 s)"
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing chromium (Debian package) for the browser test"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	fi
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: sudo apt-get install -y nodejs npm"; exit 1; }
+	cd test/browser && npm ci --no-audit --no-fund --loglevel=error
+	$(GO) build -o $(BIN)/gateway ./cmd/gateway
+	cd test/browser && GATEWAY_BIN=$(CURDIR)/$(BIN)/gateway CHROMIUM=/usr/bin/chromium node chat.test.mjs
 
 fuzz:
 	@echo "== make test: fuzzing the frame reader and the message decoder, $(FUZZTIME) each"

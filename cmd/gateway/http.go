@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"embed"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,8 +33,8 @@ type endpoints struct {
 	lastErr string // the engine error /readyz last logged; "" while ready
 }
 
-// public returns the handler of the public port: /healthz, /readyz and
-// /api/rooms/<room> (presence), plus /stats, /metrics and pprof (with
+// public returns the handler of the public port: /healthz, /readyz,
+// /api/rooms/<room> (presence), the chat page at / and /<room>/, plus /stats, /metrics and pprof (with
 // DEBUG_PPROF) when there is no admin listener. /readyz answers a generic reason, never the engine's
 // error, which names internal addresses: that is logged. In production
 // (allowedHosts set) a request whose Host is not allowed gets 400, probes
@@ -46,6 +47,11 @@ func (e *endpoints) public(cfg Config) http.Handler {
 	mux.HandleFunc("GET /api/rooms/{room}", e.roomInfo)
 	mux.HandleFunc("GET /api/rooms/{room}/{$}", e.roomInfo)
 	mux.HandleFunc("GET /api/rooms/{$}", e.roomInfo)
+	mux.HandleFunc("GET /{$}", chatPage)
+	mux.HandleFunc("GET /{room}/{$}", chatPage)
+	// Without this, /<name> would redirect to /<name>/ (the page).
+	mux.HandleFunc("GET /{name}", http.NotFound)
+	mux.HandleFunc("GET /static/{file}", chatAsset)
 	if cfg.AdminAddr == "" {
 		e.operational(mux, cfg.Pprof)
 	}
@@ -81,6 +87,63 @@ func (e *endpoints) operational(mux *http.ServeMux, withPprof bool) {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+}
+
+// web holds the chat page: plain HTML, CSS and JavaScript, no build step.
+//
+//go:embed web/index.html web/chat.js web/chat.css
+var web embed.FS
+
+// pageCSP is the Content-Security-Policy of the chat page and its files:
+// scripts and styles from this origin only (no inline code), WebSocket
+// and fetch to this origin only, nothing else.
+const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; " +
+	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// serveWeb writes the embedded file name with its type and the page's
+// security headers.
+func serveWeb(w http.ResponseWriter, name, ctype string) {
+	b, err := web.ReadFile("web/" + name)
+	if err != nil {
+		http.Error(w, "404 page not found", http.StatusNotFound)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Security-Policy", pageCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-cache")
+	_, _ = w.Write(b)
+}
+
+// chatPage serves the chat page at / (pick a room) and /<room>/ (that
+// room). A bad room name gets 400 with the reason the WebSocket upgrade
+// gives.
+func chatPage(w http.ResponseWriter, r *http.Request) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "no WebSocket endpoint here; use /ws/chat/<room>/", http.StatusNotFound)
+		return
+	}
+	if r.URL.Path != "/" {
+		if err := room.ValidRoomName(r.PathValue("room")); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	serveWeb(w, "index.html", "text/html; charset=utf-8")
+}
+
+// chatAsset serves the page's script and style sheet under /static/.
+func chatAsset(w http.ResponseWriter, r *http.Request) {
+	switch f := r.PathValue("file"); f {
+	case "chat.js":
+		serveWeb(w, f, "text/javascript; charset=utf-8")
+	case "chat.css":
+		serveWeb(w, f, "text/css; charset=utf-8")
+	default:
+		http.NotFound(w, r)
 	}
 }
 
