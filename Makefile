@@ -62,6 +62,7 @@ browser: deps
 	cd test/browser && npm ci --no-audit --no-fund --loglevel=error
 	$(GO) build -o $(BIN)/gateway ./cmd/gateway
 	cd test/browser && GATEWAY_BIN=$(CURDIR)/$(BIN)/gateway CHROMIUM=/usr/bin/chromium node chat.test.mjs
+	cd test/browser && node validate-asyncapi.mjs ../../docs/asyncapi.yaml
 
 fuzz:
 	@echo "== make test: fuzzing the frame reader and the message decoder, $(FUZZTIME) each"

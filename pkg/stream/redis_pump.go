@@ -464,12 +464,22 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			FieldValue(fieldNode, e.node).FieldValue(fieldRoom, string(p.sigBuf)).Build())
 	}
 	readCmd := len(p.cmds)
+	readRefused := false
 	if read {
-		if err := p.prepareRead(ctx, now); err != nil {
+		switch err := p.prepareRead(ctx, now); {
+		case err == nil:
+			p.lastTick = now
+		case isRedisErr(err):
+			// Redis refused what the read needs first (XINFO of a key of
+			// the wrong type): the publishes go out anyway, reads back
+			// off, as when the XREAD itself is refused.
+			p.cmds = p.cmds[:readCmd]
+			p.readRefused(err)
+			read, readRefused = false, true
+		default:
 			p.flushSent(err)
 			return err
 		}
-		p.lastTick = now
 	}
 	if len(p.cmds) == 0 {
 		return nil
@@ -584,7 +594,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			p.e.log.Info("stream: Redis reads work again", "pump", p.wakeKey, "refused", p.readFailures)
 			p.readFailures = 0
 		}
-	} else {
+	} else if !readRefused {
 		p.healthy()
 	}
 	switch {
