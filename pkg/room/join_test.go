@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -124,7 +125,14 @@ func startHub(t *testing.T, cfg Config, e *gateEngine) (*Hub, string) {
 	}
 	e.hub = h
 	h.SetEngine(e)
-	srv, err := conn.NewServer(conn.Config{}, h, logger)
+	return h, serveHub(t, h, conn.Config{}, logger)
+}
+
+// serveHub runs h behind a real conn.Server on loopback until the test
+// ends and returns its address.
+func serveHub(t *testing.T, h *Hub, ccfg conn.Config, logger *slog.Logger) string {
+	t.Helper()
+	srv, err := conn.NewServer(ccfg, h, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,20 +140,20 @@ func startHub(t *testing.T, cfg Config, e *gateEngine) (*Hub, string) {
 		t.Fatal(err)
 	}
 	go srv.Serve()
-	// Wait for Serve to run: a Shutdown racing with its start trips the
-	// race detector (conn's WaitGroup Add and Wait).
-	probe, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe.Close()
-	testutil.Eventually(t, "the server to accept", func() bool { return srv.Stats().Accepted > 0 })
+	testutil.Eventually(t, "the server to accept", func() bool {
+		probe, err := net.Dial("tcp", srv.Addr().String())
+		if err == nil {
+			probe.Close()
+		}
+		return err == nil && srv.Stats().Accepted > 0
+	})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
+		h.Close()
 	})
-	return h, srv.Addr().String()
+	return srv.Addr().String()
 }
 
 // wsClient is a test client of the Hub.

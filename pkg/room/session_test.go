@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -159,27 +158,7 @@ func startLogHub(t *testing.T, cfg Config, ccfg conn.Config, e *logEngine) (*Hub
 	}
 	e.hub = h
 	h.SetEngine(e)
-	srv, err := conn.NewServer(ccfg, h, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	probe, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe.Close()
-	testutil.Eventually(t, "the server to accept", func() bool { return srv.Stats().Accepted > 0 })
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		h.Close()
-	})
-	return h, srv.Addr().String()
+	return h, serveHub(t, h, ccfg, logger)
 }
 
 // withID is what an ids=1 member receives for chatMsg(user, text).
