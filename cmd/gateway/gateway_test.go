@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -259,31 +258,11 @@ func TestHandshakeErrors(t *testing.T) {
 	})
 }
 
-// rawUpgrade sends an upgrade request for path and returns the status and
-// body of the response.
+// rawUpgrade sends an upgrade request for path, with the address as Host,
+// and returns the status and body of the response.
 func rawUpgrade(t *testing.T, addr, path string) (int, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, waitTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(waitTimeout))
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path, addr)
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	resp := b.String()
-	var status int
-	fmt.Sscanf(resp, "HTTP/1.1 %d", &status)
-	_, body, _ := strings.Cut(resp, "\r\n\r\n")
-	return status, body
+	return upgrade(t, addr, path, addr)
 }
 
 func TestHTTPEndpoints(t *testing.T) {

@@ -64,19 +64,11 @@ func TestPublishOutcomesReachTheSender(t *testing.T) {
 		t.Fatal(err)
 	}
 	hub.SetEngine(&scriptedEngine{})
-	srv, err := conn.NewServer(conn.Config{}, hub, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	defer srv.Shutdown(context.Background())
+	addr := serveHub(t, hub, conn.Config{}, logger)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, _, _, err := ws.Dial(ctx, "ws://"+srv.Addr().String()+"/ws/chat/outcomes/")
+	c, _, _, err := ws.Dial(ctx, "ws://"+addr+"/ws/chat/outcomes/")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -615,16 +615,7 @@ func TestAckErrorsNameTheCID(t *testing.T) {
 		t.Fatal(err)
 	}
 	hub.SetEngine(&scriptedEngine{})
-	srv, err := conn.NewServer(conn.Config{}, hub, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) }) // after the clients close
-	addr := srv.Addr().String()
+	addr := serveHub(t, hub, conn.Config{}, logger)
 	a := joined(t, dialAsync(t, addr, "/ws/chat/x/?ack=1"))
 	p := joined(t, dialAsync(t, addr, "/ws/chat/x/"))
 	a.send(t, `{"username":"u","message":"unconfirmed","cid":"k1"}`)
