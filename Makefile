@@ -58,7 +58,11 @@ browser: deps
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
 	fi
-	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: sudo apt-get install -y nodejs npm"; exit 1; }
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "installing nodejs and npm (Debian packages) for the browser test"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; \
+	fi
 	cd test/browser && npm ci --no-audit --no-fund --loglevel=error
 	$(GO) build -o $(BIN)/gateway ./cmd/gateway
 	cd test/browser && GATEWAY_BIN=$(CURDIR)/$(BIN)/gateway CHROMIUM=/usr/bin/chromium node chat.test.mjs
