@@ -87,6 +87,12 @@ for rate in $RATES; do
 		/^total_commands_processed|^total_reads_processed|^total_writes_processed/ { v[$1] = $2 }
 		END { printf "  redis totals: %d commands, %d reads, %d writes\n", v["total_commands_processed"], v["total_reads_processed"], v["total_writes_processed"] }'
 	jq -r '"  sent: \(.messages.sent)"' "$OUT/run-$rate.json"
+	# Pump round trips and blocking reads of all gateways, whole run, and
+	# where Redis's time went (INFO commandstats, kept in OUT).
+	for u in "${urls[@]}"; do curl -s "http://${u#ws://}/metrics"; done | awk '
+		/^chat_redis_round_trips_total/ { rt += $2 } /^chat_redis_blocking_reads_total/ { bl += $2 }
+		END { printf "  gateways: %d pump round trips, %d blocking reads\n", rt, bl }' || true
+	redis-cli -p "$rport" info commandstats | tr -d '\r' >"$OUT/commandstats-$rate.txt"
 	cleanup
 done
 

@@ -97,6 +97,13 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			if name == "redis" && after["chat_redis_round_trips_total"] <= before["chat_redis_round_trips_total"] {
 				t.Errorf("chat_redis_round_trips_total did not move (%v)", after["chat_redis_round_trips_total"])
 			}
+			if name == "redis" {
+				// The idle pump was blocked on the signal stream; the
+				// message's signal ended that read.
+				testutil.Eventually(t, "chat_redis_blocking_reads_total to move", func() bool {
+					return scrape(t, g)["chat_redis_blocking_reads_total"] > before["chat_redis_blocking_reads_total"]
+				})
+			}
 			if _, ok := after["go_goroutines"]; !ok {
 				t.Error("the Go runtime metrics are missing")
 			}

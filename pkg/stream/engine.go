@@ -180,6 +180,7 @@ type Stats struct {
 	// answer (Redis down or too slow, a broken connection).
 	RoundTrips      int64
 	RoundTripErrors int64
+	BlockingReads   int64 // blocking reads of idle pumps that ended (Redis)
 	ReadsRefused    int64 // reads Redis answered with an error (Redis)
 	Malformed       int64 // stream entries skipped as undecodable (Redis)
 	// PublishLatency is the time from Publish to its outcome (Redis: the
@@ -191,11 +192,11 @@ type Stats struct {
 
 // counters are the live form of Stats, updated without locks.
 type counters struct {
-	accepted, refused, unconfirmed, delivered atomic.Int64
-	duplicates                                atomic.Int64
-	roundTrips, roundTripErrors               atomic.Int64
-	readsRefused, malformed                   atomic.Int64
-	publishLatency, roundTripLatency          hist.Histogram
+	accepted, refused, unconfirmed, delivered  atomic.Int64
+	duplicates                                 atomic.Int64
+	roundTrips, roundTripErrors, blockingReads atomic.Int64
+	readsRefused, malformed                    atomic.Int64
+	publishLatency, roundTripLatency           hist.Histogram
 }
 
 // outcome counts the outcome of a Publish.
@@ -219,6 +220,7 @@ func (c *counters) snapshot() Stats {
 		Duplicates:       c.duplicates.Load(),
 		RoundTrips:       c.roundTrips.Load(),
 		RoundTripErrors:  c.roundTripErrors.Load(),
+		BlockingReads:    c.blockingReads.Load(),
 		ReadsRefused:     c.readsRefused.Load(),
 		Malformed:        c.malformed.Load(),
 		PublishLatency:   c.publishLatency.Snapshot(),

@@ -300,6 +300,7 @@ func (p *pump) startBlock(ctx context.Context) {
 // onBlock handles the end of a blocking read.
 func (p *pump) onBlock(br blockResult) {
 	p.blocking.Store(false)
+	p.e.stats.blockingReads.Add(1)
 	if br.epoch != p.epoch {
 		// Started before a failure the pump has recovered from: its
 		// connection may have broken with the old one. The next read
