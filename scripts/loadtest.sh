@@ -108,6 +108,8 @@ done
 status=0
 for p in "${lg_pids[@]}"; do wait "$p" || status=1; done
 cpu1=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s += $2 } END { print s }')
+# Where Redis's time went (whole life of the server when the script started it).
+redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/commandstats.txt" || true
 
 "$BIN/loadgen" -mode merge "$OUT"/loadgen*.json | tee "$OUT/summary.txt" || status=1
 sent=$("$BIN/loadgen" -mode merge -json "$OUT"/loadgen*.json 2>/dev/null | awk -F'[:,]' '/"sent"/ { print $2; exit }' | tr -d ' ')

@@ -70,7 +70,8 @@ const slowDelivery = 50 * time.Millisecond
 // (never "$"). It keeps one round trip in flight, so batches grow with the
 // load and a sender's messages are stored in the order sent. Under load
 // (the last round trip carried entries), round trips start at most every
-// BatchWindow; when idle there is no wait. When a read finds nothing new
+// BatchWindow, on multiples of it (wall clock), so that the round trips
+// of all nodes reach Redis together; when idle there is no wait. When a read finds nothing new
 // the pump blocks on its signal and wake streams (XREAD BLOCK, on a
 // connection of its own) until the next signal.
 //

@@ -30,6 +30,7 @@ func testRedisConfig(t testing.TB, addrs ...string) RedisConfig {
 		Addrs:      addrs,
 		Prefix:     "t-" + strings.NewReplacer("/", "-", "{", "", "}", "").Replace(t.Name()),
 		Block:      time.Second,
+		Sweep:      time.Second,
 		Timeout:    500 * time.Millisecond,
 		BackoffMin: 10 * time.Millisecond,
 		BackoffMax: 200 * time.Millisecond,
@@ -143,7 +144,7 @@ func TestRedisConfig(t *testing.T) {
 		}
 		want := RedisConfig{
 			Host: "redis", Port: 6379, Addrs: []string{"redis:6379"}, Prefix: "chat",
-			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second,
+			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second, Sweep: 30 * time.Second,
 			Timeout: 2 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 5 * time.Second,
 			FlushDelay: 20 * time.Microsecond, BatchWindow: 2 * time.Millisecond, PublishQueue: 16384,
 			DedupeWindow: 2 * time.Minute, PresenceInterval: time.Second,
@@ -202,6 +203,7 @@ func TestRedisConfigEnv(t *testing.T) {
 			"REDIS_READ_SHARDS":       "8",
 			"REDIS_READ_COUNT":        "100",
 			"REDIS_BLOCK":             "250ms",
+			"REDIS_SWEEP":             "10s",
 			"REDIS_TIMEOUT":           "1s",
 			"REDIS_BATCH_WINDOW":      "3ms",
 			"PUBLISH_QUEUE":           "99",
@@ -215,7 +217,7 @@ func TestRedisConfigEnv(t *testing.T) {
 	want := RedisConfig{
 		Host: "10.0.0.1", Port: 6380, Addrs: []string{"a:1", "b:2"}, SentinelMaster: "mymaster",
 		Username: "gw", Password: "secret", TLS: true, DB: 2, MaxLen: 5000, TTL: time.Hour,
-		ReadShards: 8, ReadCount: 100, Block: 250 * time.Millisecond, Timeout: time.Second,
+		ReadShards: 8, ReadCount: 100, Block: 250 * time.Millisecond, Sweep: 10 * time.Second, Timeout: time.Second,
 		BatchWindow: 3 * time.Millisecond, PublishQueue: 99,
 		DedupeWindow: 30 * time.Second, PresenceInterval: 500 * time.Millisecond,
 	}

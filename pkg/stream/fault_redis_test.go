@@ -254,8 +254,8 @@ func TestRedisMalformedEntriesDoNotStick(t *testing.T) {
 	pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
 	mustSubscribe(t, e, "bad")
 	key := e.key("bad")
-	// Written without a signal: the pump's periodic full read (every
-	// REDIS_BLOCK) finds them, from the cursor Subscribe set before them.
+	// Written without a signal: the pump's sweep (every REDIS_SWEEP)
+	// finds them, from the cursor Subscribe set before them.
 	for i := range 3 * cfg.ReadCount {
 		srv.MustDo("XADD", key, "*", "junk", strconv.Itoa(i))
 	}
@@ -340,10 +340,12 @@ func TestRedisAloneHint(t *testing.T) {
 // stream's key, so each round trip's signal XADD fails and its XREAD
 // cannot read the signals. Messages are still stored and acknowledged;
 // Health says what is wrong; once the key is a stream again every
-// accepted message is delivered, in order.
+// accepted message is delivered, in order, well before the sweep: the
+// publishing node names the rooms of its failed signals again.
 func TestRedisSignalWriteFails(t *testing.T) {
 	srv := redistest.Start(t)
 	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Sweep = time.Hour // only the re-sent signal can deliver them
 	nodes := startNodes(t, 2, cfg)
 	for _, nd := range nodes {
 		mustSubscribe(t, nd.e, "sig")
@@ -369,6 +371,9 @@ func TestRedisSignalWriteFails(t *testing.T) {
 	}
 	srv.MustDo("DEL", sigKey)
 	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
+	// Nothing else is published until they arrive: only the signal that
+	// node 0 sends again can bring them (the sweep is an hour away).
+	nodes[1].c.waitFor(t, "sig", 3)
 	got := nodes[1].c.settle(t, nodes[1].e, "sig")
 	if len(got) != 3 {
 		t.Fatalf("delivered %d of the 3 accepted messages", len(got))

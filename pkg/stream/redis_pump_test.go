@@ -51,3 +51,38 @@ func TestPumpWindowGrowsWithNodes(t *testing.T) {
 		t.Fatalf("pacing disabled: window %v", w)
 	}
 }
+
+// TestPumpTicksShareAGrid: a busy pump's next round trip starts on a
+// multiple of the window, at least half a window and less than one and a
+// half after the last, so that pumps of different nodes, whatever their
+// phase, start theirs at the same moments; once on the grid, one window
+// apart exactly.
+func TestPumpTicksShareAGrid(t *testing.T) {
+	base := time.Date(2026, 12, 2, 5, 0, 0, 0, time.UTC)
+	for _, w := range []time.Duration{time.Millisecond, 2 * time.Millisecond, 6 * time.Millisecond, 7 * time.Millisecond} {
+		for off := time.Duration(0); off < 3*w; off += w / 7 {
+			last := base.Add(off)
+			next := nextTick(last, w)
+			if !next.Truncate(w).Equal(next) {
+				t.Fatalf("w=%v last=+%v: next %v is not on the grid", w, off, next)
+			}
+			if gap := next.Sub(last); gap < w/2 || gap >= w/2+w {
+				t.Fatalf("w=%v last=+%v: gap %v, want in [%v, %v)", w, off, gap, w/2, w/2+w)
+			}
+			if on := next; !nextTick(on, w).Equal(on.Add(w)) {
+				t.Fatalf("w=%v: from a grid point %v the next tick is %v, want one window later", w, on, nextTick(on, w))
+			}
+		}
+	}
+	// Two nodes out of phase meet on the same tick.
+	a, b := base.Add(300*time.Microsecond), base.Add(1700*time.Microsecond)
+	w := 2 * time.Millisecond
+	ta1 := nextTick(a, w)
+	ta2, tb1 := nextTick(ta1, w), nextTick(b, w)
+	if !tb1.Equal(ta1) && !tb1.Equal(ta2) {
+		t.Fatalf("nodes did not meet: %v, %v and %v", ta1, ta2, tb1)
+	}
+	if !nextTick(tb1, w).Equal(nextTick(ta2, w)) && !nextTick(tb1, w).Equal(nextTick(ta1, w)) {
+		t.Fatalf("nodes drifted apart after meeting")
+	}
+}
