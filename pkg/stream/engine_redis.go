@@ -71,9 +71,10 @@ const slowDelivery = 50 * time.Millisecond
 // load and a sender's messages are stored in the order sent. Under load
 // (the last round trip carried entries), round trips start at most every
 // BatchWindow, on multiples of it (wall clock), so that the round trips
-// of all nodes reach Redis together; when idle there is no wait. When a read finds nothing new
-// the pump blocks on its signal and wake streams (XREAD BLOCK, on a
-// connection of its own) until the next signal.
+// of all nodes reach Redis together; when idle there is no wait. When a
+// read finds nothing new the pump blocks on its signal and wake streams
+// (XREAD BLOCK, on a connection of its own) until the next signal. Every
+// Sweep it reads all its rooms, in case a signal was lost.
 //
 // Publish outcomes. Publish never blocks: the message waits in its pump's
 // queue (PublishQueue; when full it is refused at once with

@@ -258,7 +258,7 @@ func (p *pump) readDue(now time.Time) bool {
 	if now.Before(p.readRetry) {
 		return false
 	}
-	if p.readAgain || p.verifyAll || now.Sub(p.lastFull) >= p.e.cfg.Sweep {
+	if p.readAgain || p.verifyAll || p.sweepDue(now) {
 		return true
 	}
 	for _, s := range p.shards {
@@ -412,10 +412,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	clear(p.scriptRooms)
 	p.sigNames = p.sigNames[:0]
 	for _, name := range p.owed {
-		if _, ok := p.sigRooms[name]; !ok {
-			p.sigRooms[name] = struct{}{}
-			p.sigNames = append(p.sigNames, name)
-		}
+		p.signal(name)
 	}
 	clear(p.owed)
 	p.owed = p.owed[:0]
@@ -445,10 +442,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 			p.expires[strings.Clone(r.key())] = now // r.key() points into a buffer that is reused
 		}
 		p.sent = append(p.sent, r)
-		if _, ok := p.sigRooms[r.room]; !ok {
-			p.sigRooms[r.room] = struct{}{}
-			p.sigNames = append(p.sigNames, r.room)
-		}
+		p.signal(r.room)
 		// Read the room in this round trip too when it has members here
 		// besides the sender: the XREAD runs after the XADD on the same
 		// connection.
@@ -628,6 +622,18 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	return nil
 }
 
+// signal names room in this round trip's signal, once.
+func (p *pump) signal(room string) {
+	if _, ok := p.sigRooms[room]; !ok {
+		p.sigRooms[room] = struct{}{}
+		p.sigNames = append(p.sigNames, room)
+	}
+}
+
+// sweepDue reports whether the pump's next read must read every room:
+// Sweep has passed since it last did.
+func (p *pump) sweepDue(now time.Time) bool { return now.Sub(p.lastFull) >= p.e.cfg.Sweep }
+
 // parseXaddReply decodes XADD's answer: the new entry's ID.
 func parseXaddReply(rr rueidis.RedisResult) (ID, error) {
 	raw, err := rr.ToString()
@@ -750,7 +756,7 @@ func isRedisErr(err error) bool {
 // the rooms that may have lost entries.
 func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	e := p.e
-	full := p.verifyAll || p.sigFull || now.Sub(p.lastFull) >= e.cfg.Sweep
+	full := p.verifyAll || p.sigFull || p.sweepDue(now)
 	if !p.sigInit {
 		// Start from the signal stream's end as it is before the first full
 		// read: later publishes signal after it, earlier ones are found by
