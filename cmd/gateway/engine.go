@@ -116,11 +116,11 @@ func (c *connecting) Publish(room string, m stream.Message, ack stream.Ack, ref 
 
 // Subscribe goes to Redis once connected; before, it fails, so joins are
 // refused with 503.
-func (c *connecting) Subscribe(room string) error {
+func (c *connecting) Subscribe(room string) (stream.ID, error) {
 	if r := c.ready.Load(); r != nil {
 		return r.Subscribe(room)
 	}
-	return c.notYet()
+	return stream.ID{}, c.notYet()
 }
 
 // Unsubscribe goes to Redis once connected; before, nothing is subscribed.
@@ -148,11 +148,11 @@ func (c *connecting) Stats() stream.Stats {
 }
 
 // History is Redis's once connected; before, it is unavailable.
-func (c *connecting) History(ctx context.Context, room string, after stream.ID, n int) ([]stream.Message, bool, error) {
+func (c *connecting) History(ctx context.Context, room string, after stream.ID, n int) (stream.Page, error) {
 	if r := c.ready.Load(); r != nil {
 		return r.History(ctx, room, after, n)
 	}
-	return nil, false, c.notYet()
+	return stream.Page{}, c.notYet()
 }
 
 // Last is Redis's once connected; before, it is unavailable.

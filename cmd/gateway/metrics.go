@@ -93,6 +93,7 @@ var gatewayMetrics = []metric{
 	counter("redis_errors_total", "Redis round trips that got no answer (Redis down or too slow, broken connection).", func(s *snapshot) int64 { return s.engine.RoundTripErrors }),
 	counter("redis_reads_refused_total", "Redis reads answered with an error.", func(s *snapshot) int64 { return s.engine.ReadsRefused }),
 	counter("redis_malformed_entries_total", "Stream entries skipped because they could not be decoded.", func(s *snapshot) int64 { return s.engine.Malformed }),
+	counter("redis_lost_entries_total", "Entries of subscribed rooms that Redis trimmed (REDIS_MAXLEN) or lost before this node read them.", func(s *snapshot) int64 { return s.engine.Lost }),
 	newMetric("engine_healthy", "1 while the engine can accept and deliver messages (what /readyz reports), else 0.", prometheus.GaugeValue,
 		func(s *snapshot) float64 {
 			if s.ready {

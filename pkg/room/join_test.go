@@ -32,6 +32,7 @@ type gateEngine struct {
 	mu         sync.Mutex
 	subscribed map[string]bool
 	calls      []string        // "sub <room>" and "unsub <room>", in order
+	next       uint64          // the last ID handed out (its Ms)
 	hold       bool            // new calls wait at a gate
 	gates      chan chan error // one per held call, for the test to open
 }
@@ -76,14 +77,14 @@ func (e *gateEngine) callLog() string {
 	return strings.Join(e.calls, ", ")
 }
 
-func (e *gateEngine) Subscribe(room string) error {
+func (e *gateEngine) Subscribe(room string) (stream.ID, error) {
 	if err := e.call("sub " + room); err != nil {
-		return err
+		return stream.ID{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.subscribed[room] = true
-	return nil
+	return stream.ID{}, nil
 }
 
 func (e *gateEngine) Unsubscribe(room string) error {
@@ -97,15 +98,17 @@ func (e *gateEngine) Unsubscribe(room string) error {
 func (e *gateEngine) Publish(room string, m stream.Message, ack stream.Ack, ref any) {
 	e.mu.Lock()
 	sub := e.subscribed[room]
-	e.mu.Unlock()
-	ack(ref, stream.ID{Ms: 1}, nil)
+	e.next++
+	m.ID = stream.ID{Ms: e.next}
 	if sub {
-		e.hub.Deliver(room, m)
+		e.hub.Deliver(room, m) // under mu: deliveries in ID order
 	}
+	e.mu.Unlock()
+	ack(ref, m.ID, nil)
 }
 
-func (e *gateEngine) History(context.Context, string, stream.ID, int) ([]stream.Message, bool, error) {
-	return nil, false, nil
+func (e *gateEngine) History(context.Context, string, stream.ID, int) (stream.Page, error) {
+	return stream.Page{}, nil
 }
 func (e *gateEngine) Last(context.Context, string, int) ([]stream.Message, error) { return nil, nil }
 func (e *gateEngine) SetMembers(string, int)                                      {}

@@ -40,15 +40,15 @@ func (e *scriptedEngine) Publish(_ string, m stream.Message, ack stream.Ack, ref
 		ack(ref, stream.ID{Ms: uint64(n)}, nil)
 	}
 }
-func (e *scriptedEngine) History(context.Context, string, stream.ID, int) ([]stream.Message, bool, error) {
-	return nil, false, nil
+func (e *scriptedEngine) History(context.Context, string, stream.ID, int) (stream.Page, error) {
+	return stream.Page{}, nil
 }
 func (e *scriptedEngine) Last(context.Context, string, int) ([]stream.Message, error) {
 	return nil, nil
 }
 func (e *scriptedEngine) SetMembers(string, int)                       {}
 func (e *scriptedEngine) Members(context.Context, string) (int, error) { return 0, nil }
-func (e *scriptedEngine) Subscribe(string) error                       { return nil }
+func (e *scriptedEngine) Subscribe(string) (stream.ID, error)          { return stream.ID{}, nil }
 func (e *scriptedEngine) Unsubscribe(string) error                     { return nil }
 func (e *scriptedEngine) Health() error                                { return nil }
 func (e *scriptedEngine) Stats() stream.Stats                          { return stream.Stats{} }

@@ -116,12 +116,19 @@ func (h *Hub) pollRoom(ctx context.Context, w watchedRoom) {
 }
 
 // sendPresence sends c the presence frame of n members unless it was the
-// last one c got. f is the frame of n when already encoded, else nil; it
-// returns the frame for the next member, which the caller releases.
+// last one c got, or c got one less than PresenceInterval ago (the next
+// poll sends it then). f is the frame of n when already encoded, else
+// nil; it returns the frame for the next member, which the caller
+// releases.
 func sendPresence(c *conn.Conn, s *session, n int, f *conn.Frame) *conn.Frame {
-	if s.presence.Swap(int64(n)) == int64(n) {
+	now := time.Now().UnixNano()
+	s.mu.Lock()
+	if s.presence == n || now-s.presenceAt < int64(PresenceInterval) {
+		s.mu.Unlock()
 		return f
 	}
+	s.presence, s.presenceAt = n, now
+	s.mu.Unlock()
 	if f == nil {
 		f = textFrame(func(b []byte) []byte { return appendPresence(b, n) })
 	}

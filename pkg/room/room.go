@@ -36,7 +36,7 @@ var (
 //
 // Lock order: Hub.mu, then room.mu, then conn's own locks (Send). The
 // leaves, taken under either and never around another lock: banned's
-// mutex, a session's mu, watchMu.
+// mutex, a session's mu, watchMu, room.lastMu.
 type Hub struct {
 	engine     stream.Engine
 	log        *slog.Logger
@@ -71,6 +71,14 @@ type room struct {
 	refs    int // members and pending joins; guarded by Hub.mu
 	// watchers counts the members with presence=1; guarded by mu.
 	watchers int
+
+	// last is the newest entry of the room this node has seen: delivered,
+	// acknowledged to a local sender, or the room's end when it was
+	// subscribed. A joiner's floor: it never gets an entry at or below
+	// it, which is older than its join. lastMu is a leaf, taken under mu
+	// (RLock is enough) or alone.
+	lastMu sync.Mutex
+	last   stream.ID
 }
 
 // member is one local member of a room: its connection, whose Slot is
@@ -81,7 +89,10 @@ type member struct {
 	c    *conn.Conn
 	user string   // the username its token forces, as JSON; "" when none
 	sess *session // its query options and replay (session.go); nil when it set none
-	rate limiter
+	// floor: deliveries at or below it are skipped, as older than the
+	// member's join (room.last then) or replayed already (session.go).
+	floor stream.ID
+	rate  limiter
 }
 
 // roomState is where a room's engine subscription stands. Only one
@@ -314,7 +325,8 @@ func (h *Hub) OnOpen(c *conn.Conn) error {
 // subscribe subscribes the room on the engine and answers its pending
 // joins.
 func (h *Hub) subscribe(name string, r *room) {
-	err := h.engine.Subscribe(name)
+	last, err := h.engine.Subscribe(name)
+	r.seen(last)
 	r.mu.Lock()
 	pend := r.pending
 	r.pending = nil
@@ -394,7 +406,7 @@ func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
 	_, user := splitKey(c.Key())
 	s := newSession(c)
 	c.SetSlot(len(r.members))
-	r.members = append(r.members, member{c: c, user: user, sess: s, rate: h.startLimiter(c)})
+	r.members = append(r.members, member{c: c, user: user, sess: s, floor: r.position(), rate: h.startLimiter(c)})
 	if s != nil && s.opts.flags&optPresence != 0 {
 		r.watchers++
 		if r.watchers == 1 {
@@ -413,6 +425,33 @@ func (h *Hub) now() int64 { return int64(time.Since(h.epoch)) }
 func (h *Hub) startLimiter(c *conn.Conn) limiter {
 	now := h.now()
 	return h.rate.start(now, h.banned.has(clientAddr(c.Remote()), now))
+}
+
+// seen notes that the node has seen entry id of r: delivered it,
+// acknowledged it, or found it as the room's end.
+func (r *room) seen(id stream.ID) {
+	r.lastMu.Lock()
+	if r.last.Less(id) {
+		r.last = id
+	}
+	r.lastMu.Unlock()
+}
+
+// position returns the newest entry of r the node has seen.
+func (r *room) position() stream.ID {
+	r.lastMu.Lock()
+	defer r.lastMu.Unlock()
+	return r.last
+}
+
+// others reports whether r has a member, or a pending join, other than
+// c. r.mu must be held (RLock is enough).
+func (r *room) others(c *conn.Conn) bool {
+	n := len(r.members) + len(r.pending)
+	if r.member(c) != nil {
+		n--
+	}
+	return n > 0
 }
 
 // member returns c's entry in r.members, or nil when c is not a member.
@@ -564,22 +603,36 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 
 // published is the engine's Ack for the messages of OnMessage: it counts
 // the outcome and tells the sender when its message was not stored, or
-// may not have been; an ack=1 sender (an *ackRef) also when it was.
-func (h *Hub) published(ref any, id stream.ID, err error) {
-	if err == nil {
-		h.stats.published.Add(1)
-		if a, ok := ref.(*ackRef); ok {
-			h.sendAck(a, id)
-		}
-		return
-	}
+// may not have been; an ack=1 sender (an *ackRef) also when it was. For
+// a stored message it notes the ID as seen in the room (so a later
+// joiner does not get it) and answers whether someone else in the room
+// here needs it (Message.Alone).
+func (h *Hub) published(ref any, id stream.ID, err error) bool {
 	var c *conn.Conn
 	cid := ""
-	switch r := ref.(type) {
-	case *conn.Conn:
-		c = r
-	case *ackRef:
-		c, cid = r.c, r.cid
+	a, acked := ref.(*ackRef)
+	if acked {
+		c, cid = a.c, a.cid
+	} else {
+		c = ref.(*conn.Conn)
+	}
+	if err == nil {
+		h.stats.published.Add(1)
+		others := true
+		name, _ := splitKey(c.Key())
+		h.mu.RLock()
+		r := h.rooms[name]
+		h.mu.RUnlock()
+		if r != nil {
+			r.mu.RLock()
+			r.seen(id)
+			others = r.others(c)
+			r.mu.RUnlock()
+		}
+		if acked {
+			h.sendAck(a, id)
+		}
+		return others
 	}
 	f := unavailableFrame
 	code := errUnavailable
@@ -596,9 +649,10 @@ func (h *Hub) published(ref any, id stream.ID, err error) {
 	}
 	if cid != "" {
 		sendError(c, code, cid)
-		return
+		return false
 	}
 	c.Send(f)
+	return false
 }
 
 var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -621,9 +675,11 @@ func textFrame(enc func([]byte) []byte) *conn.Frame {
 }
 
 // Deliver is the engine's Handler: it encodes m once and queues the frame
-// on every local member of the room except the sender. A member with a
-// session may get the frame with the ID (ids=1), skip it (replayed
-// already), or hold it while its replay runs (session.go).
+// on every local member of the room except the sender and those that
+// joined after it (their floor). A member with a session may get the
+// frame with the ID (ids=1), or hold it while its replay runs
+// (session.go). A loss notice (m.Lost) goes to the members that follow
+// IDs (notifyLost).
 func (h *Hub) Deliver(name string, m stream.Message) {
 	h.mu.RLock()
 	r := h.rooms[name]
@@ -631,15 +687,20 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 	if r == nil {
 		return
 	}
+	if m.Lost {
+		h.notifyLost(r, m)
+		return
+	}
 	f := conn.NewTextFrame(m.Payload)
 	var fid *conn.Frame // f with the ID, made for the first ids=1 member
 	n := 0
 	r.mu.RLock()
+	r.seen(m.ID)
 	for i := range r.members {
 		mb := &r.members[i]
 		c := mb.c
-		if c.ID() == m.Sender {
-			continue
+		if c.ID() == m.Sender || !mb.floor.Less(m.ID) {
+			continue // its own, or older than its join or replay
 		}
 		s := mb.sess
 		if s == nil {
@@ -648,8 +709,6 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 			continue
 		}
 		switch {
-		case !s.floor.Less(m.ID) && !s.floor.IsZero():
-			continue // replayed already
 		case s.replaying:
 			s.hold(m)
 			continue
@@ -669,6 +728,37 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 		fid.Release()
 	}
 	h.stats.delivered.Add(int64(n))
+}
+
+// notifyLost tells the members of r that follow IDs (ids=1, since=,
+// history=) that entries between m.LostAfter and m.ID were lost before
+// this node could deliver them: {"truncated":{"since":…,"from":…}}, the
+// frame a replay starts with when history was trimmed. A replaying
+// member holds it, and gets it at the switch if the range reaches past
+// its replay. Plain members get nothing: the original protocol has no
+// such frame.
+func (h *Hub) notifyLost(r *room, m stream.Message) {
+	var f *conn.Frame
+	r.mu.RLock()
+	for i := range r.members {
+		mb := &r.members[i]
+		s := mb.sess
+		if s == nil || !s.followsIDs() || !mb.floor.Less(m.ID) {
+			continue
+		}
+		if s.replaying {
+			s.hold(m)
+			continue
+		}
+		if f == nil {
+			f = textFrame(func(b []byte) []byte { return appendTruncated(b, m.LostAfter, m.ID, true) })
+		}
+		mb.c.Send(f)
+	}
+	r.mu.RUnlock()
+	if f != nil {
+		f.Release()
+	}
 }
 
 // errorFrames are the pre-encoded error frames, one per decode error.

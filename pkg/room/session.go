@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/chatgw/gateway/pkg/conn"
@@ -59,18 +58,20 @@ type session struct {
 	ctx    context.Context    // ends when the member leaves; nil without background work
 	cancel context.CancelFunc // nil without background work
 
-	// floor and replaying are guarded by room.mu: written under Lock,
-	// read by Deliver under RLock.
-	floor     stream.ID // deliveries at or below it were replayed: skipped
-	replaying bool      // Deliver holds messages instead of sending them
+	// replaying is guarded by room.mu: written under Lock, read by
+	// Deliver under RLock. While it is set Deliver holds messages instead
+	// of sending them.
+	replaying bool
 
-	presence atomic.Int64 // the member count last sent (presence=1); -1 before the first
-
-	mu        sync.Mutex // a leaf: guards the fields below
-	held      []stream.Message
-	heldBytes int
-	holdLimit int  // half of MAX_QUEUE_BYTES
-	overflow  bool // held messages were dropped since the last switch attempt
+	mu sync.Mutex // a leaf: guards the fields below
+	// presence is the member count last sent (presence=1), -1 before
+	// the first; presenceAt when (unix ns) it was sent.
+	presence   int
+	presenceAt int64
+	held       []stream.Message
+	heldBytes  int
+	holdLimit  int  // half of MAX_QUEUE_BYTES
+	overflow   bool // held messages were dropped since the last switch attempt
 }
 
 // newSession returns the session of a joining connection, nil when it
@@ -80,8 +81,7 @@ func newSession(c *conn.Conn) *session {
 	if o.flags == 0 {
 		return nil
 	}
-	s := &session{opts: o, replaying: o.replays()}
-	s.presence.Store(-1)
+	s := &session{opts: o, replaying: o.replays(), presence: -1}
 	if s.async() {
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 	}
@@ -95,6 +95,12 @@ func newSession(c *conn.Conn) *session {
 // async reports whether the member needs work off the event loop on
 // joining (Hub.start): a replay or a presence frame.
 func (s *session) async() bool { return s.opts.replays() || s.opts.flags&optPresence != 0 }
+
+// followsIDs reports whether the member follows entry IDs (ids=1,
+// since=, history=) and so gets the truncated frame of a loss.
+func (s *session) followsIDs() bool {
+	return s.opts.flags&optIDs != 0 || s.opts.replays()
+}
 
 // stop ends the session's background work.
 func (s *session) stop() {
@@ -157,7 +163,7 @@ func (h *Hub) start(name string, r *room, c *conn.Conn, s *session, complete boo
 }
 
 // history reads the page of room after cursor.
-func (h *Hub) history(ctx context.Context, name string, after stream.ID) ([]stream.Message, bool, error) {
+func (h *Hub) history(ctx context.Context, name string, after stream.ID) (stream.Page, error) {
 	ctx, cancel := context.WithTimeout(ctx, engineTimeout)
 	defer cancel()
 	return h.engine.History(ctx, name, after, replayPage)
@@ -168,9 +174,9 @@ func (h *Hub) history(ctx context.Context, name string, after stream.ID) ([]stre
 func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bool) {
 	cursor := s.opts.since // the last entry sent, or skipped as c's own
 	var (
-		msgs      []stream.Message
-		truncated bool
-		err       error
+		msgs []stream.Message
+		page stream.Page
+		err  error
 	)
 	fromLast := s.opts.flags&optHistory != 0
 	if fromLast {
@@ -178,7 +184,13 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 		msgs, err = h.engine.Last(ctx, name, s.opts.history)
 		cancel()
 	} else {
-		msgs, truncated, err = h.history(s.ctx, name, cursor)
+		page, err = h.history(s.ctx, name, cursor)
+		msgs = page.Messages
+		if page.End.Less(cursor) {
+			// since= beyond the room's newest entry (an ID from the
+			// future): resume from the end, or nothing would ever pass.
+			cursor = page.End
+		}
 	}
 	if complete {
 		if err != nil {
@@ -197,7 +209,7 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 			}
 			return
 		}
-		if truncated {
+		if page.Truncated {
 			var from stream.ID
 			if len(msgs) > 0 {
 				from = msgs[0].ID
@@ -240,7 +252,8 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 			}
 		}
 		fromLast = false
-		msgs, truncated, err = h.history(s.ctx, name, cursor)
+		page, err = h.history(s.ctx, name, cursor)
+		msgs = page.Messages
 	}
 }
 
@@ -258,7 +271,8 @@ func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live,
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.member(c) == nil {
+	mb := r.member(c)
+	if mb == nil {
 		return false, false
 	}
 	s.mu.Lock()
@@ -274,12 +288,20 @@ func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live,
 		if !cursor.Less(m.ID) {
 			continue // replayed already
 		}
-		cursor = m.ID
-		fr := entryFrame(s, m)
+		var fr *conn.Frame
+		if m.Lost {
+			// Lost before this node delivered it, after the replay.
+			fr = textFrame(func(b []byte) []byte { return appendTruncated(b, m.LostAfter, m.ID, true) })
+		} else {
+			cursor = m.ID
+			fr = entryFrame(s, m)
+		}
 		c.Send(fr)
 		fr.Release()
 	}
-	s.floor = cursor
+	if mb.floor.Less(cursor) {
+		mb.floor = cursor
+	}
 	s.replaying = false
 	return true, true
 }

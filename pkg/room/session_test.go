@@ -82,18 +82,18 @@ func (e *logEngine) Publish(room string, m stream.Message, ack stream.Ack, ref a
 // publish publishes a chat message from no connection (sender 0).
 func (e *logEngine) publish(room, user, text string) stream.ID {
 	var id stream.ID
-	e.Publish(room, stream.Message{Payload: []byte(chatMsg(user, text))}, func(_ any, i stream.ID, _ error) { id = i }, nil)
+	e.Publish(room, stream.Message{Payload: []byte(chatMsg(user, text))}, func(_ any, i stream.ID, _ error) bool { id = i; return true }, nil)
 	return id
 }
 
-func (e *logEngine) History(_ context.Context, room string, after stream.ID, n int) ([]stream.Message, bool, error) {
+func (e *logEngine) History(_ context.Context, room string, after stream.ID, n int) (stream.Page, error) {
 	e.mu.Lock()
 	e.calls++
 	call := e.calls
 	e.historyNs = append(e.historyNs, n)
 	if e.failFrom > 0 && call >= e.failFrom {
 		e.mu.Unlock()
-		return nil, false, fmt.Errorf("test: %w", stream.ErrUnavailable)
+		return stream.Page{}, fmt.Errorf("test: %w", stream.ErrUnavailable)
 	}
 	var out []stream.Message
 	for _, m := range e.entries[room] {
@@ -101,13 +101,16 @@ func (e *logEngine) History(_ context.Context, room string, after stream.ID, n i
 			out = append(out, m)
 		}
 	}
-	truncated := !after.IsZero() && after.Less(e.trimmed[room])
+	p := stream.Page{Messages: out, Truncated: !after.IsZero() && after.Less(e.trimmed[room])}
+	if log := e.entries[room]; len(log) > 0 {
+		p.End = log[len(log)-1].ID
+	}
 	hook := e.afterRead
 	e.mu.Unlock()
 	if hook != nil {
 		hook(room, call)
 	}
-	return out, truncated, nil
+	return p, nil
 }
 
 func (e *logEngine) Last(_ context.Context, room string, n int) ([]stream.Message, error) {
@@ -130,11 +133,15 @@ func (e *logEngine) Members(_ context.Context, room string) (int, error) {
 	return e.members[room], nil
 }
 
-func (e *logEngine) Subscribe(room string) error {
+func (e *logEngine) Subscribe(room string) (stream.ID, error) {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.subscribed[room] = true
-	e.mu.Unlock()
-	return nil
+	var last stream.ID
+	if log := e.entries[room]; len(log) > 0 {
+		last = log[len(log)-1].ID
+	}
+	return last, nil
 }
 
 func (e *logEngine) Unsubscribe(room string) error {
@@ -679,5 +686,73 @@ func TestPlainClientUnchanged(t *testing.T) {
 	plain.send(t, `{"username":"u","cid":"q"}`)
 	if f := plain.recvText(t); f != `{"error":"missing_field","field":"message","detail":"message has no \"message\" key"}` {
 		t.Fatalf("plain sender's error frame: %s", f)
+	}
+}
+
+// TestLossNoticeReachesMembersThatFollowIDs (issue 18, item 7): a loss
+// notice from the engine (Message.Lost) becomes a truncated frame for the
+// members that follow IDs (ids=1, since=), before the next message; plain
+// members get nothing, and a member that joined after the loss too.
+func TestLossNoticeReachesMembersThatFollowIDs(t *testing.T) {
+	e := newLogEngine()
+	h, addr := startLogHub(t, Config{}, conn.Config{}, e)
+	plain := joined(t, dialAsync(t, addr, "/ws/chat/lossy/"))
+	ids := joined(t, dialAsync(t, addr, "/ws/chat/lossy/?ids=1"))
+	since := joined(t, dialAsync(t, addr, "/ws/chat/lossy/?since=0"))
+	testutil.Eventually(t, "the replay to go live", func() bool { return !replaying(h, "lossy") })
+	a := e.publish("lossy", "u", "a")
+	for _, c := range []*wsClient{plain, ids, since} {
+		c.recvText(t)
+	}
+	from := stream.ID{Ms: a.Ms + 10}
+	h.Deliver("lossy", stream.Message{ID: from, Lost: true, LostAfter: a})
+	late := joined(t, dialAsync(t, addr, "/ws/chat/lossy/?ids=1"))
+	b := e.publish("lossy", "u", "b")
+	notice := fmt.Sprintf(`{"truncated":{"since":"%s","from":"%s"}}`, a, from)
+	for _, tc := range []struct {
+		name string
+		c    *wsClient
+		want []string
+	}{
+		{"ids=1", ids, []string{notice, withID("u", "b", b)}},
+		{"since=", since, []string{notice, chatMsg("u", "b")}},
+		{"plain", plain, []string{chatMsg("u", "b")}},
+		{"joined after the loss", late, []string{withID("u", "b", b)}},
+	} {
+		for _, want := range tc.want {
+			if got := tc.c.recvText(t); got != want {
+				t.Fatalf("%s member: got %s, want %s", tc.name, got, want)
+			}
+		}
+	}
+}
+
+// TestJoinFloorDropsOlderDeliveries (issue 18, item 1): an entry the node
+// saw before a member joined (acknowledged to a local sender) and that the
+// engine delivers only after the join, as a Redis reader whose cursor
+// lagged does, does not reach the new member; later ones do.
+func TestJoinFloorDropsOlderDeliveries(t *testing.T) {
+	e := newLogEngine()
+	h, addr := startLogHub(t, Config{}, conn.Config{}, e)
+	sender := joined(t, dialAsync(t, addr, "/ws/chat/floor/"))
+	// Stored and acknowledged, not delivered yet.
+	e.mu.Lock()
+	e.subscribed["floor"] = false
+	e.mu.Unlock()
+	sender.send(t, chatMsg("s", "old"))
+	testutil.Eventually(t, "the message to be stored", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.entries["floor"]) == 1
+	})
+	e.mu.Lock()
+	e.subscribed["floor"] = true
+	old := e.entries["floor"][0]
+	e.mu.Unlock()
+	j := joined(t, dialAsync(t, addr, "/ws/chat/floor/"))
+	h.Deliver("floor", old) // the lagging delivery
+	e.publish("floor", "u", "new")
+	if got := j.recvText(t); got != chatMsg("u", "new") {
+		t.Fatalf("the joiner got %s, want only the message after its join", got)
 	}
 }

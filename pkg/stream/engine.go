@@ -91,12 +91,21 @@ type Message struct {
 	// ID. Clients make CIDs unique (a UUID, or a per-client prefix and a
 	// counter). Handlers never see it set.
 	CID string
-	// Alone, set by the publisher, says that the sender is the only member
-	// of the room on the publishing node: that node need not deliver the
-	// message to its Handler (it would skip the sender anyway), so an
-	// engine may save the work. A hint: delivering it is not an error.
-	// Handlers never see it set.
+	// Alone, set by the publisher, says that the sender was the only
+	// member of the room on the publishing node when it published: that
+	// node may then skip delivering the message to its Handler (it would
+	// skip the sender anyway). An engine that skips it asks the Ack first
+	// (see Ack): a member may have joined since. A hint: delivering it is
+	// not an error. Handlers never see it set.
 	Alone bool
+	// Lost marks a notice instead of an entry, in Handler calls only:
+	// entries of the room after LostAfter and before ID were trimmed
+	// (REDIS_MAXLEN) or lost by Redis before this node read them, so its
+	// members never get them. Sender and Payload are empty. A notice may
+	// come after entries of the range were delivered: it names a range
+	// that contains every lost entry, not only lost ones.
+	Lost      bool
+	LostAfter ID
 }
 
 // Handler receives the messages of subscribed rooms, in stream order per
@@ -109,7 +118,13 @@ type Handler func(room string, m Message)
 // Ack receives the outcome of one Publish: the entry's ID when err is nil.
 // ref is the value given to Publish, passed back untouched. Each engine
 // documents the goroutine it calls Ack from; an Ack must not block.
-type Ack func(ref any, id ID, err error)
+//
+// For a stored message published with Alone set, the result says whether
+// this node must deliver it to its Handler after all (true: someone else
+// joined the room on this node since). An engine that skips such
+// messages calls Ack before it decides, and before it delivers any later
+// entry of the room on this node; the result is ignored otherwise.
+type Ack func(ref any, id ID, err error) (deliver bool)
 
 // Engine carries the messages of rooms between the gateway's connections,
 // locally (Memory) or across gateway nodes (Redis). It knows rooms and
@@ -129,10 +144,14 @@ type Engine interface {
 	// ack may run before Publish returns. m.Payload may be reused by the
 	// caller once Publish returns. Publish never blocks.
 	Publish(room string, m Message, ack Ack, ref any)
-	// Subscribe starts delivery of room's messages to the Handler. Every
-	// message published after Subscribe returns is delivered. Subscribing a
-	// subscribed room does nothing.
-	Subscribe(room string) error
+	// Subscribe starts delivery of room's messages to the Handler and
+	// returns the room's newest entry at that moment (zero when it has
+	// none). Every message published after Subscribe returns is
+	// delivered; entries up to the returned ID may be delivered too (a
+	// Subscribe that follows an Unsubscribe whose messages are still being
+	// delivered), and the caller drops them. Subscribing a subscribed room
+	// does nothing but return its position.
+	Subscribe(room string) (ID, error)
 	// Unsubscribe stops delivery of room's messages. Unsubscribing a room
 	// that is not subscribed does nothing.
 	Unsubscribe(room string) error
@@ -142,13 +161,11 @@ type Engine interface {
 	// Stats returns the engine's counters since it started.
 	Stats() Stats
 	// History returns up to n entries of room published after the entry
-	// with ID after (after itself excluded), oldest first. truncated
-	// reports that entries after it were already trimmed (REDIS_MAXLEN,
-	// the ring's size, or the room expired): the result then starts at the
-	// oldest entry still held. A zero after means from the start of what is
-	// held, and is never truncated. n ≤ 0 returns nothing. The payloads
-	// may be shared with the engine: read-only.
-	History(ctx context.Context, room string, after ID, n int) (msgs []Message, truncated bool, err error)
+	// with ID after (after itself excluded), oldest first: fewer than n
+	// only when no more are held. A zero after means from the start of
+	// what is held. n ≤ 0 returns no entries. See Page for what else it
+	// says. The payloads may be shared with the engine: read-only.
+	History(ctx context.Context, room string, after ID, n int) (Page, error)
 	// Last returns the last n entries of room (fewer if it holds fewer),
 	// oldest first; nothing when n ≤ 0. The payloads may be shared with
 	// the engine: read-only.
@@ -162,6 +179,26 @@ type Engine interface {
 	// Close stops delivery and releases the engine's resources; it waits
 	// for running handler calls to return, or for ctx to end.
 	Close(ctx context.Context) error
+}
+
+// Page is one read of a room's history (Engine.History).
+type Page struct {
+	// Messages are the entries after the requested ID, oldest first.
+	Messages []Message
+	// Truncated reports that entries after the requested ID may be gone:
+	// the held entries do not reach back to it, and entries were trimmed
+	// (REDIS_MAXLEN), the room expired (REDIS_TTL), or the store lost
+	// data (a restart, for the embedded engine any restart) since then.
+	// Messages then start at the oldest entry held. It is false when
+	// every entry after the ID is held: when the ID is held, lies within
+	// the held entries, or nothing can have been removed after it. A zero
+	// ID is never truncated.
+	Truncated bool
+	// End is the room's newest entry when the page was read (zero when
+	// the room holds none): every entry published later has a greater
+	// ID. A reader asked for entries after an ID beyond End (an ID from
+	// the future) should resume from End.
+	End ID
 }
 
 // Stats are an engine's counters since it started, for metrics. Fields
@@ -183,6 +220,9 @@ type Stats struct {
 	BlockingReads   int64 // blocking reads of idle pumps that ended (Redis)
 	ReadsRefused    int64 // reads Redis answered with an error (Redis)
 	Malformed       int64 // stream entries skipped as undecodable (Redis)
+	// Lost counts the entries of subscribed rooms that Redis trimmed
+	// (REDIS_MAXLEN) or lost before this node read them (Redis).
+	Lost int64
 	// PublishLatency is the time from Publish to its outcome (Redis: the
 	// Memory engine answers at once); RoundTripLatency the time of one
 	// pump round trip (Redis).
@@ -195,7 +235,7 @@ type counters struct {
 	accepted, refused, unconfirmed, delivered  atomic.Int64
 	duplicates                                 atomic.Int64
 	roundTrips, roundTripErrors, blockingReads atomic.Int64
-	readsRefused, malformed                    atomic.Int64
+	readsRefused, malformed, lost              atomic.Int64
 	publishLatency, roundTripLatency           hist.Histogram
 }
 
@@ -223,6 +263,7 @@ func (c *counters) snapshot() Stats {
 		BlockingReads:    c.blockingReads.Load(),
 		ReadsRefused:     c.readsRefused.Load(),
 		Malformed:        c.malformed.Load(),
+		Lost:             c.lost.Load(),
 		PublishLatency:   c.publishLatency.Snapshot(),
 		RoundTripLatency: c.roundTripLatency.Snapshot(),
 	}
@@ -239,7 +280,7 @@ func PublishWait(ctx context.Context, e Engine, room string, m Message) (ID, err
 		err error
 	}
 	ch := make(chan result, 1)
-	e.Publish(room, m, func(_ any, id ID, err error) { ch <- result{id, err} }, nil)
+	e.Publish(room, m, func(_ any, id ID, err error) bool { ch <- result{id, err}; return true }, nil)
 	select {
 	case r := <-ch:
 		return r.id, r.err

@@ -102,6 +102,9 @@ type Memory struct {
 	// ms<<seqBits | seq. One engine-wide sequence keeps each room's IDs
 	// increasing even after its state was swept.
 	clock atomic.Uint64
+	// start is the first ID this engine could hand out: entries before it
+	// belonged to an earlier process and are gone.
+	start ID
 	// lastSweep is when (unix ms) the last sweep started.
 	lastSweep  atomic.Int64
 	sweepEvery int64 // ms
@@ -124,6 +127,10 @@ type memoryRoom struct {
 	head, n int
 	last    ID    // newest entry ever appended, kept after expiry
 	written int64 // unix ms of the last append
+	// born is when (unix ms) this state was made: entries of the room
+	// from before (an earlier state, swept after it expired) were gone by
+	// then.
+	born int64
 	// trimmed is the newest entry evicted or expired: History after an ID
 	// before it is truncated.
 	trimmed ID
@@ -167,7 +174,9 @@ func NewMemoryWith(h Handler, cfg MemoryConfig) (*Memory, error) {
 		return nil, err
 	}
 	every := min(cfg.TTL, cfg.DedupeWindow, time.Minute)
+	now := time.Now().UnixMilli()
 	return &Memory{
+		start:      ID{Ms: uint64(now)},
 		handler:    h,
 		cfg:        cfg,
 		rooms:      make(map[string]*memoryRoom),
@@ -218,10 +227,11 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 		}
 		r.cids[strings.Clone(m.CID)] = memoryCID{id: m.ID, expires: now + e.cfg.DedupeWindow.Milliseconds()}
 	}
-	deliver := r.subscribed && !m.Alone
+	// Alone is ignored: the Handler would skip the sender, but a member
+	// may have joined since the publisher looked, and delivering under
+	// the room's lock is what keeps the room's order.
+	deliver := r.subscribed
 	if deliver {
-		// Nobody on this node listens but the sender when Alone; there are
-		// no other nodes.
 		m.CID, m.Alone = "", false
 		e.handler(room, m)
 	}
@@ -245,7 +255,7 @@ func (e *Memory) lock(room string, r *memoryRoom) *memoryRoom {
 				return nil
 			}
 			if r = e.rooms[room]; r == nil {
-				r = &memoryRoom{}
+				r = &memoryRoom{born: time.Now().UnixMilli()}
 				e.rooms[room] = r
 			}
 			e.mu.Unlock()
@@ -275,22 +285,24 @@ func (e *Memory) nextID(now int64) ID {
 	}
 }
 
-// Subscribe starts delivery of room's messages.
-func (e *Memory) Subscribe(room string) error {
+// Subscribe starts delivery of room's messages and returns its newest
+// entry.
+func (e *Memory) Subscribe(room string) (ID, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return ID{}, ErrClosed
 	}
 	r := e.rooms[room]
 	if r == nil {
-		r = &memoryRoom{}
+		r = &memoryRoom{born: time.Now().UnixMilli()}
 		e.rooms[room] = r
 	}
 	r.mu.Lock()
 	r.subscribed = true
+	last := r.last
 	r.mu.Unlock()
-	return nil
+	return last, nil
 }
 
 // Unsubscribe stops delivery of room's messages. The room keeps its
@@ -310,23 +322,42 @@ func (e *Memory) Unsubscribe(room string) error {
 }
 
 // History returns up to n entries of room after the entry after, from the
-// room's ring (nothing when n ≤ 0). truncated is exact: entries after
-// after were evicted (MaxLen) or expired (TTL), or the engine holds
-// nothing of the room while after is not zero (it restarted, or the room
-// was swept). The payloads are shared with the ring: read-only.
-func (e *Memory) History(ctx context.Context, room string, after ID, n int) ([]Message, bool, error) {
-	if n <= 0 {
-		return nil, false, e.readable(ctx, room)
-	}
+// room's ring (none when n ≤ 0). Page.Truncated is exact but for rooms
+// the engine no longer remembers: entries after after were evicted
+// (MaxLen) or expired (TTL) while the engine held the room, or after is
+// older than what the engine can know of: its own start, or TTL before
+// the room's state was made (an earlier state was swept once it had
+// expired). The payloads are shared with the ring: read-only.
+func (e *Memory) History(ctx context.Context, room string, after ID, n int) (Page, error) {
 	r, err := e.lookup(ctx, room)
-	if err != nil || r == nil {
-		return nil, err == nil && !after.IsZero(), err
+	if err != nil {
+		return Page{}, err
+	}
+	now := time.Now().UnixMilli()
+	if r == nil {
+		return Page{Truncated: !after.IsZero() && e.beforeRecord(after, now)}, nil
 	}
 	defer r.mu.Unlock()
-	r.expire(time.Now().UnixMilli(), e.cfg.TTL)
-	truncated := !after.IsZero() && (r.last.IsZero() || after.Less(r.trimmed))
+	r.expire(now, e.cfg.TTL)
+	p := Page{End: r.last}
 	i := sort.Search(r.n, func(i int) bool { return after.Less(r.at(i).id) })
-	return r.messages(i, i+min(n, r.n-i)), truncated, nil
+	if n > 0 {
+		p.Messages = r.messages(i, i+min(n, r.n-i))
+	}
+	// Every entry after after is held when after is at or past the
+	// oldest entry held; else what went missing is known exactly for
+	// this state's life (trimmed), and bounded before it.
+	p.Truncated = !after.IsZero() && (r.n == 0 || after.Less(r.at(0).id)) &&
+		(after.Less(r.trimmed) || e.beforeRecord(after, r.born))
+	return p, nil
+}
+
+// beforeRecord reports whether entries after id may have existed before
+// born (unix ms) and be gone: id is older than this engine, or old
+// enough that a state of the room holding entries after it could have
+// expired (TTL after its last entry) by then.
+func (e *Memory) beforeRecord(id ID, born int64) bool {
+	return id.Less(e.start) || (id.Ms < uint64(born) && uint64(born)-id.Ms >= uint64(e.cfg.TTL.Milliseconds()))
 }
 
 // Last returns the last n entries of room, oldest first, from its ring

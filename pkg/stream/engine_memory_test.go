@@ -24,10 +24,13 @@ func newTestMemory(t testing.TB, cfg MemoryConfig, h Handler) *Memory {
 }
 
 // hMessages returns n messages as checkEntries expects them.
-func hMessages(n int) []Message {
-	msgs := make([]Message, n)
-	for i := range msgs {
-		msgs[i] = Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)}
+func hMessages(n int) []Message { return hRange(0, n) }
+
+// hRange returns the messages hMessages would number from to to-1.
+func hRange(from, to int) []Message {
+	msgs := make([]Message, 0, to-from)
+	for i := from; i < to; i++ {
+		msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
 	}
 	return msgs
 }
@@ -84,7 +87,7 @@ func TestMemoryTruncatedExact(t *testing.T) {
 		{ids[3], 4, false},
 		{ids[7], 8, false},
 	} {
-		got, truncated, err := e.History(ctx, "ring", tc.after, 100)
+		got, truncated, err := history(ctx, e, "ring", tc.after, 100)
 		if err != nil || truncated != tc.truncated {
 			t.Fatalf("History after %v: truncated %v (%v), want %v", tc.after, truncated, err, tc.truncated)
 		}
@@ -102,13 +105,13 @@ func TestMemoryTTL(t *testing.T) {
 	mustSubscribe(t, e, "watched")
 	publishAll(t, e, "watched", hMessages(1))
 	testutil.Eventually(t, "the idle room's ring to expire", func() bool {
-		got, _, err := e.History(ctx, "idle", ID{}, 10)
+		got, _, err := history(ctx, e, "idle", ID{}, 10)
 		return err == nil && len(got) == 0
 	})
-	if _, truncated, _ := e.History(ctx, "idle", ids[1], 10); !truncated {
+	if _, truncated, _ := history(ctx, e, "idle", ids[1], 10); !truncated {
 		t.Fatalf("History after an expired entry with a later one: not truncated")
 	}
-	if _, truncated, _ := e.History(ctx, "idle", ids[2], 10); truncated {
+	if _, truncated, _ := history(ctx, e, "idle", ids[2], 10); truncated {
 		t.Fatalf("History after the last entry of an expired ring: truncated, want whole")
 	}
 
@@ -122,11 +125,46 @@ func TestMemoryTTL(t *testing.T) {
 	}
 	// The engine now knows nothing of the room: an old ID is truncated,
 	// and the room's IDs keep increasing.
-	if _, truncated, _ := e.History(ctx, "idle", ids[2], 10); !truncated {
+	if _, truncated, _ := history(ctx, e, "idle", ids[2], 10); !truncated {
 		t.Fatalf("History of a swept room after an ID: not truncated")
 	}
-	if id := mustPublishID(t, e, "idle", Message{Sender: 1, Payload: []byte("again")}); !ids[2].Less(id) {
-		t.Fatalf("ID after the sweep %v, not after %v", id, ids[2])
+	again := mustPublishID(t, e, "idle", Message{Sender: 1, Payload: []byte("again")})
+	if !ids[2].Less(again) {
+		t.Fatalf("ID after the sweep %v, not after %v", again, ids[2])
+	}
+	// Issue 18, item 6: the room has a new entry now; a resume from before
+	// the expiry must still be told that entries are gone, and get the
+	// new one.
+	got, truncated, err := history(ctx, e, "idle", ids[1], 10)
+	if err != nil || !truncated || len(got) != 1 || got[0].ID != again {
+		t.Fatalf("History after an entry swept with its room, once the room has a new entry: %d entries, truncated %v (%v); want the new one, truncated", len(got), truncated, err)
+	}
+	if got, truncated, err := history(ctx, e, "idle", again, 10); err != nil || truncated || len(got) != 0 {
+		t.Fatalf("History after the new entry: %d entries, truncated %v (%v); want nothing, not truncated", len(got), truncated, err)
+	}
+}
+
+// TestMemoryTruncatedAfterRestart: an embedded engine starts with nothing,
+// so a resume from an ID older than its start is truncated (the entries
+// between died with the previous process), and one from after its start
+// is not.
+func TestMemoryTruncatedAfterRestart(t *testing.T) {
+	old := newTestMemory(t, MemoryConfig{}, nil)
+	before := publishAll(t, old, "room", hMessages(1))[0]
+	testutil.Eventually(t, "the clock to pass the old engine's entry", func() bool {
+		return uint64(time.Now().UnixMilli()) > before.Ms
+	})
+	e := newTestMemory(t, MemoryConfig{}, nil)
+	ctx := context.Background()
+	if _, truncated, err := history(ctx, e, "room", before, 10); err != nil || !truncated {
+		t.Fatalf("History after an ID older than the engine: truncated %v (%v), want true", truncated, err)
+	}
+	ids := publishAll(t, e, "room", hMessages(2))
+	if got, truncated, err := history(ctx, e, "room", before, 10); err != nil || !truncated || len(got) != 2 {
+		t.Fatalf("History after an ID older than the engine, with new entries: %d entries, truncated %v (%v); want 2, truncated", len(got), truncated, err)
+	}
+	if got, truncated, err := history(ctx, e, "room", ids[0], 10); err != nil || truncated || len(got) != 1 {
+		t.Fatalf("History after its own entry: %d entries, truncated %v (%v); want 1, not truncated", len(got), truncated, err)
 	}
 }
 
@@ -159,7 +197,7 @@ func BenchmarkMemoryHistory(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		got, _, err := e.History(ctx, "room", after, 100)
+		got, _, err := history(ctx, e, "room", after, 100)
 		if err != nil || len(got) != 100 {
 			b.Fatalf("History: %d entries, %v", len(got), err)
 		}

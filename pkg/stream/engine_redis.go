@@ -231,7 +231,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.shards = make([]*redisShard, cfg.ReadShards)
 	for i := range e.shards {
 		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
-			rooms: make(map[string]*redisRoom)}
+			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
 	}
 	if e.cluster {
 		for _, s := range e.shards {
@@ -367,54 +367,51 @@ func (e *Redis) info(ctx context.Context, key string) (streamInfo, error) {
 	return parseStreamInfo(e.client.Do(ctx, e.client.B().XinfoStream().Key(key).Build()))
 }
 
-// Subscribe starts delivery of room's messages. It reads the room's last
-// ID, so every message published after it returns is delivered, and makes
-// the room's pump read it at once. When Redis cannot be reached the error
-// wraps ErrUnavailable and the room is not subscribed; while a pump is
-// failing it says so at once, without a round trip.
-func (e *Redis) Subscribe(room string) error {
+// Subscribe starts delivery of room's messages and returns the room's
+// last ID. It reads that ID, so every message published after it returns
+// is delivered, and makes the room's pump read it at once. When Redis
+// cannot be reached the error wraps ErrUnavailable and the room is not
+// subscribed; while a pump is failing it says so at once, without a
+// round trip.
+func (e *Redis) Subscribe(room string) (ID, error) {
 	if e.closed.Load() {
-		return ErrClosed
+		return ID{}, ErrClosed
 	}
 	s, key := e.shards[e.shardOf(room)], e.key(room)
-	s.mu.Lock()
-	r := s.rooms[key]
-	done := r != nil && r.subscribed
-	s.mu.Unlock()
-	if done {
-		return nil
-	}
 	if n := e.failing.Load(); n > 0 {
 		// Redis is known to be down: answer at once rather than make the
 		// caller wait for a timeout.
-		return fmt.Errorf("stream: subscribe to room %q: %w: %d of %d pumps cannot reach Redis", room, ErrUnavailable, n, len(e.pumps))
+		return ID{}, fmt.Errorf("stream: subscribe to room %q: %w: %d of %d pumps cannot reach Redis", room, ErrUnavailable, n, len(e.pumps))
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
 	defer cancel()
 	in, err := e.info(ctx, key)
 	if err != nil {
-		return e.opError("subscribe to", room, err)
+		return ID{}, e.opError("subscribe to", room, err)
 	}
 	last := in.lastGen
 	s.mu.Lock()
 	if e.closed.Load() {
 		s.mu.Unlock()
-		return ErrClosed
+		return ID{}, ErrClosed
 	}
-	switch r = s.rooms[key]; {
+	switch r := s.rooms[key]; {
 	case r == nil:
-		r = &redisRoom{name: room, key: key, last: last, subscribed: true,
+		r = &redisRoom{name: room, key: key, last: last, accounted: last, subscribed: true,
 			seq: in.added, seqKnown: in.hasAdded || in.missing}
 		s.rooms[key] = r
 		// Read it once from last: a message published between XINFO and
 		// now may have signalled before the room was listed.
 		s.markDirty(r)
 	case r.subscribed:
-		// A concurrent Subscribe won.
+		// Subscribed already (a concurrent Subscribe won).
+		s.mu.Unlock()
+		return last, nil
 	default:
 		// Unsubscribed, but the reader has not reached its stop yet: keep
-		// the cursor, skip what was published in between.
+		// the cursor, skip what was published in between. Entries up to
+		// stop are still delivered: the caller drops them (up to last).
 		r.subscribed = true
 		r.gen++
 		if r.stop.Less(last) {
@@ -424,7 +421,7 @@ func (e *Redis) Subscribe(room string) error {
 	}
 	s.mu.Unlock()
 	s.pump.poke(ctx)
-	return nil
+	return last, nil
 }
 
 // Unsubscribe stops delivery of room's messages. Messages published

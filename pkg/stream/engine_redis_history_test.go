@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,42 +16,45 @@ import (
 	"github.com/chatgw/gateway/internal/testutil"
 )
 
-// TestAfterID covers how History reads truncation from the entries of
-// XRANGE <after> +.
-func TestAfterID(t *testing.T) {
+// TestRedisTruncatedRules covers how History decides Page.Truncated from
+// XINFO STREAM (redis_history.go), with REDIS_TTL 16h (the expiry bound
+// is 15h: TTL less its refresh slack of TTL/16).
+func TestRedisTruncatedRules(t *testing.T) {
+	e := &Redis{cfg: RedisConfig{TTL: 16 * time.Hour}}
+	const h = uint64(time.Hour / time.Millisecond)
 	id := func(ms, seq uint64) ID { return ID{Ms: ms, Seq: seq} }
-	entries := func(ids ...ID) []Message {
-		ms := make([]Message, len(ids))
-		for i, id := range ids {
-			ms[i].ID = id
-		}
-		return ms
-	}
+	base := 100 * h
+	trimmed := streamInfo{first: id(base, 2), lastGen: id(base+9, 0), length: 5, added: 9, hasAdded: true}
+	whole := streamInfo{first: id(base, 0), lastGen: id(base+9, 0), length: 9, added: 9, hasAdded: true}
 	for _, tc := range []struct {
-		name      string
-		msgs      []Message
-		after     ID
-		exists    bool
-		want      []ID
-		truncated bool
+		name  string
+		after ID
+		held  bool
+		in    streamInfo
+		epoch uint64
+		now   uint64
+		want  bool
 	}{
-		{"after held", entries(id(5, 2), id(6, 0)), id(5, 2), true, []ID{id(6, 0)}, false},
-		{"after held, last", entries(id(5, 2)), id(5, 2), true, []ID{}, false},
-		{"after is the entry before the first held", entries(id(5, 2), id(6, 0)), id(5, 1), true, []ID{id(5, 2), id(6, 0)}, false},
-		{"an entry between them was trimmed", entries(id(5, 2), id(6, 0)), id(5, 0), true, []ID{id(5, 2), id(6, 0)}, true},
-		{"an earlier millisecond", entries(id(5, 2), id(6, 0)), id(4, 7), true, []ID{id(5, 2), id(6, 0)}, true},
-		{"first held starts a millisecond: unknown, truncated", entries(id(6, 0)), id(5, 2), true, []ID{id(6, 0)}, true},
-		{"nothing after, key exists", nil, id(9, 0), true, []ID{}, false},
-		{"nothing after, key gone", nil, id(9, 0), false, []ID{}, true},
+		{"zero after: from the start", ID{}, false, trimmed, 0, base, false},
+		{"after held", id(base, 1), true, trimmed, 0, base, false},
+		{"after within the held entries (bare <ms>, or never an entry)", id(base+5, 0), false, trimmed, 0, base, false},
+		{"after beyond the newest entry", id(base+50, 0), false, trimmed, 0, base, false},
+		{"after is the predecessor of the oldest held", id(base, 1), false, trimmed, 0, base, false},
+		{"after older, entries were trimmed", id(base, 0), false, trimmed, 0, base, true},
+		{"after older, predecessor unknown", id(base-1, 7), false, streamInfo{first: id(base, 0), lastGen: id(base, 5), length: 2, added: 3, hasAdded: true}, 0, base, true},
+		{"nothing removed, after recent: no earlier stream can have expired", id(base-14*h, 0), false, whole, 0, base, false},
+		{"nothing removed, after older than an expiry", id(base-15*h, 0), false, whole, 0, base, true},
+		{"nothing removed, after older than the epoch (Redis lost data)", id(base-h, 0), false, whole, base - h/2, base, true},
+		{"no entries held, all removed after it", id(base+2, 0), false, streamInfo{lastGen: id(base+9, 0), added: 4, hasAdded: true}, 0, base, true},
+		{"no entries held, none after it", id(base+9, 0), false, streamInfo{lastGen: id(base+9, 0), added: 4, hasAdded: true}, 0, base, false},
+		{"key missing, after recent", id(base-h, 0), false, streamInfo{missing: true}, 0, base, false},
+		{"key missing, after older than an expiry", id(base-15*h, 0), false, streamInfo{missing: true}, 0, base, true},
+		{"key missing, after older than the epoch", id(base-h, 0), false, streamInfo{missing: true}, base - 1, base, true},
+		{"Redis before 7: unknown, truncated", id(base-h, 0), false, streamInfo{first: id(base, 0), lastGen: id(base, 0), length: 1}, 0, base, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, truncated := afterID(tc.msgs, tc.after, tc.exists)
-			ids := []ID{}
-			for _, m := range got {
-				ids = append(ids, m.ID)
-			}
-			if !slices.Equal(ids, tc.want) || truncated != tc.truncated {
-				t.Fatalf("afterID = %v, truncated %v; want %v, %v", ids, truncated, tc.want, tc.truncated)
+			if got := e.truncated(tc.after, tc.held, tc.in, tc.epoch, tc.now); got != tc.want {
+				t.Fatalf("truncated(%v) = %v, want %v", tc.after, got, tc.want)
 			}
 		})
 	}
@@ -74,7 +78,7 @@ func TestRedisHistoryTruncation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, tr, err := e.History(ctx, room, a, n)
+		got, tr, err := history(ctx, e, room, a, n)
 		if err != nil {
 			t.Fatalf("History after %s: %v", after, err)
 		}
@@ -255,10 +259,10 @@ func TestRedisReadsUnavailable(t *testing.T) {
 		return err == nil && n == 1
 	})
 	srv.Kill()
-	if _, _, err := a.History(ctx, "room", ID{Ms: 1}, 10); !errors.Is(err, ErrUnavailable) {
+	if _, _, err := history(ctx, a, "room", ID{Ms: 1}, 10); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("History with Redis down: %v, want ErrUnavailable", err)
 	}
-	if _, _, err := a.History(ctx, "room", ID{}, 10); !errors.Is(err, ErrUnavailable) {
+	if _, _, err := history(ctx, a, "room", ID{}, 10); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("History from zero with Redis down: %v, want ErrUnavailable", err)
 	}
 	if _, err := a.Last(ctx, "room", 10); !errors.Is(err, ErrUnavailable) {
@@ -336,7 +340,7 @@ func testNodesHistory(t *testing.T, n int, cfg RedisConfig) {
 }
 
 // BenchmarkRedisHistoryDecode decodes the XRANGE reply of a History call
-// of 100 entries of 128 bytes, with its truncation check.
+// of 100 entries of 128 bytes, with its truncation decision.
 func BenchmarkRedisHistoryDecode(b *testing.B) {
 	srv := redistest.Start(b)
 	e := newTestRedis(b, testRedisConfig(b, srv.Addr()), func(string, Message) {}, nil)
@@ -355,10 +359,191 @@ func BenchmarkRedisHistoryDecode(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		got, truncated := afterID(e.decodeEntries(entries), ids[0], true)
-		if len(got) != batch || truncated {
-			b.Fatalf("decoded %d entries (truncated %v), want %d", len(got), truncated, batch)
+		got := e.decodeEntries(entries)[1:]
+		if len(got) != batch || e.truncated(ids[0], true, streamInfo{first: ids[0], lastGen: ids[batch], length: batch + 1, added: batch + 1, hasAdded: true}, 0, 0) {
+			b.Fatalf("decoded %d entries, want %d, not truncated", len(got), batch)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/msg")
+}
+
+// TestRedisHistoryReadsPastForeignEntries (issue 18, item 4): an entry
+// the gateway did not write (XADD <room key> * note x) among 150 messages
+// takes no place of a page: History and Last read on past it, so a short
+// page still means the end of the stream.
+func TestRedisHistoryReadsPastForeignEntries(t *testing.T) {
+	srv := redistest.Start(t)
+	e := newTestRedis(t, testRedisConfig(t, srv.Addr()), func(string, Message) {}, nil)
+	ctx := context.Background()
+	const room = "foreign"
+	ids := publishAll(t, e, room, hMessages(50))
+	srv.MustDo("XADD", e.key(room), "*", "note", "x")
+	ids = append(ids, publishAll(t, e, room, hRange(50, 150))...)
+
+	p, err := e.History(ctx, room, ID{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, p.Messages, ids, 0, 100)
+	p, err = e.History(ctx, room, ids[99], 100)
+	if err != nil || p.Truncated {
+		t.Fatalf("second page: truncated %v (%v)", p.Truncated, err)
+	}
+	checkEntries(t, p.Messages, ids, 100, 150)
+	// From just before the foreign entry, in a page that ends on it.
+	p, err = e.History(ctx, room, ids[48], 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, p.Messages, ids, 49, 50)
+	p, err = e.History(ctx, room, ids[49], 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, p.Messages, ids, 50, 51)
+
+	last, err := e.Last(ctx, room, 120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, last, ids, 30, 150)
+	if got := e.Stats().Malformed; got == 0 {
+		t.Fatal("the foreign entry was not counted as malformed")
+	}
+}
+
+// TestRedisLaggingNodeReportsTrimmedEntries (issue 18, item 7): a node
+// whose Handler is stalled while another node publishes a burst far
+// beyond REDIS_MAXLEN loses the entries Redis trimmed before it read
+// them; it must count every one (Stats.Lost), log it, and hand its
+// Handler notices whose ranges hold every lost entry, whatever REDIS_MAXLEN
+// is next to REDIS_READ_COUNT.
+func TestRedisLaggingNodeReportsTrimmedEntries(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		maxLen    int64
+		readCount int
+		burst     int
+	}{
+		{"MaxLenBelowReadCount", 200, 0, 3000}, // REDIS_READ_COUNT's default, 512
+		{"MaxLenAboveReadCount", 20, 5, 300},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Small stream nodes, so that MAXLEN ~ trims at a fine granularity.
+			srv := redistest.Start(t, "--stream-node-max-entries", "10")
+			log := newLogSink(t)
+			cfg := testRedisConfig(t, srv.Addr())
+			cfg.MaxLen, cfg.ReadCount = tc.maxLen, tc.readCount
+			stalled, release := make(chan struct{}), make(chan struct{})
+			c := newCollector()
+			var once sync.Once
+			e := newTestRedis(t, cfg, func(room string, m Message) {
+				once.Do(func() { close(stalled); <-release })
+				c.handle(room, m)
+			}, log)
+			pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
+			const room = "lagging"
+			mustSubscribe(t, e, room)
+			ids := []ID{mustPublishID(t, pub, room, Message{Sender: 1, Payload: []byte("0")})}
+			select {
+			case <-stalled:
+			case <-time.After(testutil.Timeout):
+				t.Fatal("the first message did not reach the Handler")
+			}
+			msgs := make([]Message, tc.burst-1)
+			for i := range msgs {
+				msgs[i] = Message{Sender: 1, Payload: strconv.AppendInt(nil, int64(i+1), 10)}
+			}
+			ids = append(ids, publishAll(t, pub, room, msgs)...)
+			close(release)
+			last := strconv.Itoa(tc.burst - 1)
+			var got []Message
+			deadline := time.Now().Add(20 * time.Second)
+			for !slices.ContainsFunc(got, func(m Message) bool { return string(m.Payload) == last }) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the last message did not arrive: %d deliveries", len(got))
+				}
+				got = c.waitFor(t, room, len(got)+1)
+			}
+			var entries []Message
+			for _, m := range got {
+				if !m.Lost {
+					entries = append(entries, m)
+				}
+			}
+			for i := 1; i < len(entries); i++ {
+				if !entries[i-1].ID.Less(entries[i].ID) {
+					t.Fatalf("IDs not increasing: %v then %v", entries[i-1].ID, entries[i].ID)
+				}
+			}
+			lost := len(ids) - len(entries)
+			if lost == 0 {
+				t.Fatalf("got all %d messages; the test meant Redis to trim some", len(entries))
+			}
+			// The count can tell once the reader caught up: its next read.
+			mustPublish(t, pub, room, Message{Sender: 1, Payload: []byte("end")})
+			testutil.EventuallyWithin(t, 10*time.Second, "every lost entry to be counted", func() bool {
+				return e.Stats().Lost == int64(lost)
+			})
+			var notices []Message
+			for _, m := range c.waitFor(t, room, len(got)+1) {
+				if m.Lost {
+					notices = append(notices, m)
+				}
+			}
+			if !strings.Contains(log.String(), "trimmed before this node read them") {
+				t.Fatal("the loss was not logged")
+			}
+			delivered := map[ID]bool{}
+			for _, m := range entries {
+				delivered[m.ID] = true
+			}
+			for _, id := range ids {
+				if delivered[id] {
+					continue
+				}
+				covered := false
+				for _, n := range notices {
+					covered = covered || (n.LostAfter.Less(id) && id.Less(n.ID))
+				}
+				if !covered {
+					t.Fatalf("entry %v was lost and no notice covers it (notices %v)", id, notices)
+				}
+			}
+			t.Logf("%d of %d lost, %d notices", lost, len(ids), len(notices))
+		})
+	}
+}
+
+// TestRedisHistoryAfterDataLoss: Redis restarts without persistence and
+// the room gets new entries: a resume from before the restart is told
+// that entries may be gone (the shard's epoch key, written again when
+// the pump reconnects, says since when Redis holds the data), although
+// the new stream lost nothing itself.
+func TestRedisHistoryAfterDataLoss(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	ctx := context.Background()
+	const room = "amnesia"
+	old := publishAll(t, e, room, hMessages(2))
+	if _, truncated, err := history(ctx, e, room, old[0], 10); err != nil || truncated {
+		t.Fatalf("before the restart: truncated %v (%v)", truncated, err)
+	}
+	srv.Kill()
+	srv.Restart()
+	var id ID
+	testutil.Eventually(t, "a publish after the restart", func() bool {
+		var err error
+		id, err = PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("after")})
+		return err == nil
+	})
+	got, truncated, err := history(ctx, e, room, old[1], 10)
+	if err != nil || !truncated || len(got) != 1 || got[0].ID != id {
+		t.Fatalf("after a restart that lost the data: %d entries, truncated %v (%v); want the new entry, truncated", len(got), truncated, err)
+	}
+	if _, truncated, err := history(ctx, e, room, id, 10); err != nil || truncated {
+		t.Fatalf("after the new entry: truncated %v (%v), want false", truncated, err)
+	}
 }

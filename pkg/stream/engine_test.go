@@ -313,7 +313,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		var ids []ID
 		done := make(chan struct{})
 		for i := range n {
-			e.Publish("acks", Message{Sender: 3, Payload: fmt.Appendf(nil, "%d", i)}, func(ref any, id ID, err error) {
+			e.Publish("acks", Message{Sender: 3, Payload: fmt.Appendf(nil, "%d", i)}, ackOf(func(ref any, id ID, err error) {
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -324,7 +324,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 				if len(ids) == n {
 					close(done)
 				}
-			}, i)
+			}), i)
 		}
 		select {
 		case <-done:
@@ -408,7 +408,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			{"AllAsked", ids[3], math.MaxInt, 4, 10, false},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				got, truncated, err := e.History(ctx, room, tc.after, tc.n)
+				got, truncated, err := history(ctx, e, room, tc.after, tc.n)
 				if err != nil {
 					t.Fatalf("History: %v", err)
 				}
@@ -419,17 +419,54 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			})
 		}
 		t.Run("UnknownRoom", func(t *testing.T) {
-			got, truncated, err := e.History(ctx, "never-written", ID{}, 10)
+			got, truncated, err := history(ctx, e, "never-written", ID{}, 10)
 			if err != nil || truncated || len(got) != 0 {
 				t.Fatalf("History of an unknown room from zero = %d entries, truncated %v, %v; want nothing", len(got), truncated, err)
 			}
-			// An ID of a room the engine knows nothing of (expired, lost):
-			// whatever followed it is gone.
-			got, truncated, err = e.History(ctx, "never-written", ids[0], 10)
-			if err != nil || !truncated || len(got) != 0 {
-				t.Fatalf("History of an unknown room after %v = %d entries, truncated %v, %v; want nothing, truncated", ids[0], len(got), truncated, err)
+			// A recent ID (here of another room): nothing of the room can
+			// have expired since, so nothing is missing (issue 18, item 5).
+			got, truncated, err = history(ctx, e, "never-written", ids[0], 10)
+			if err != nil || truncated || len(got) != 0 {
+				t.Fatalf("History of an unknown room after %v = %d entries, truncated %v, %v; want nothing, not truncated", ids[0], len(got), truncated, err)
 			}
 		})
+		t.Run("End", func(t *testing.T) {
+			for _, after := range []ID{{}, ids[3], ids[9], {Ms: ids[9].Ms + 1000}} {
+				p, err := e.History(ctx, room, after, 2)
+				if err != nil || p.End != ids[9] {
+					t.Fatalf("History after %v: End %v (%v), want the newest entry %v", after, p.End, err, ids[9])
+				}
+			}
+			if p, err := e.History(ctx, "never-written", ids[2], 2); err != nil || !p.End.IsZero() {
+				t.Fatalf("History of an unknown room: End %v (%v), want zero", p.End, err)
+			}
+		})
+	})
+
+	// Issue 18, item 5: an ID that is no entry of the room but lies within
+	// the held ones (between two entries, or the bare <ms> form) is not
+	// truncated: trimming only removes the oldest entries.
+	t.Run("HistoryBetweenEntries", func(t *testing.T) {
+		e, _ := start(t)
+		const room = "between"
+		ids := publishAll(t, e, room, hMessages(3))
+		testutil.Eventually(t, "the clock to pass the first entries", func() bool {
+			return uint64(time.Now().UnixMilli()) > ids[2].Ms+1
+		})
+		ids = append(ids, publishAll(t, e, room, hRange(3, 6))...)
+		between := ID{Ms: ids[2].Ms, Seq: ids[2].Seq + 1}
+		bare := ID{Ms: ids[2].Ms + 1}
+		for _, after := range []ID{between, bare} {
+			got, truncated, err := history(ctx, e, room, after, 10)
+			if err != nil || truncated {
+				t.Fatalf("History after %v (no entry, within the held ones): truncated %v (%v), want false", after, truncated, err)
+			}
+			from := 3
+			for from < len(ids) && !after.Less(ids[from]) {
+				from++
+			}
+			checkEntries(t, got, ids, from, len(ids))
+		}
 	})
 
 	t.Run("Last", func(t *testing.T) {
@@ -473,7 +510,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			t.Fatal(err)
 		}
 		ids = append(ids, publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h2")}})...)
-		got, truncated, err := e.History(ctx, room, ID{}, 10)
+		got, truncated, err := history(ctx, e, room, ID{}, 10)
 		if err != nil || truncated {
 			t.Fatalf("History after everyone left: truncated %v, %v", truncated, err)
 		}
@@ -491,7 +528,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
 		}
 		ids := publishAll(t, e, room, msgs)
-		held, truncated, err := e.History(ctx, room, ID{}, 2*total)
+		held, truncated, err := history(ctx, e, room, ID{}, 2*total)
 		if err != nil || truncated {
 			t.Fatalf("History from zero: truncated %v, %v; want the entries held", truncated, err)
 		}
@@ -510,14 +547,14 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			{"AfterTheNextToLastTrimmed", ids[k-2], k}, // ids[k-1] was trimmed
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				got, truncated, err := e.History(ctx, room, tc.after, 2*total)
+				got, truncated, err := history(ctx, e, room, tc.after, 2*total)
 				if err != nil || !truncated {
 					t.Fatalf("History after a trimmed entry: truncated %v, %v; want truncated", truncated, err)
 				}
 				checkEntries(t, got, ids, tc.from, total)
 			})
 		}
-		got, truncated, err := e.History(ctx, room, ids[k], 5)
+		got, truncated, err := history(ctx, e, room, ids[k], 5)
 		if err != nil || truncated {
 			t.Fatalf("History after the oldest entry held: truncated %v, %v; want not truncated", truncated, err)
 		}
@@ -543,14 +580,14 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		}
 		// IDs are per room: another room's entry may have the same one.
 		other := mustPublishID(t, e, "cid-elsewhere", Message{Sender: 1, Payload: []byte("x"), CID: "c-1"})
-		if hist, _, err := e.History(ctx, "cid-elsewhere", ID{}, 10); err != nil || len(hist) != 1 || hist[0].ID != other {
+		if hist, _, err := history(ctx, e, "cid-elsewhere", ID{}, 10); err != nil || len(hist) != 1 || hist[0].ID != other {
 			t.Fatalf("CID c-1 in another room: History %d entries (%v), want an entry of its own, %v", len(hist), err, other)
 		}
 		plain := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("plain")})
 		second := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("second"), CID: "c-2"})
 		ids := []ID{first, plain, second}
 
-		hist, _, err := e.History(ctx, room, ID{}, 10)
+		hist, _, err := history(ctx, e, room, ID{}, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -583,7 +620,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 			later = mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
 			return later != first
 		})
-		got, _, err := e.History(ctx, room, ID{}, 10)
+		got, _, err := history(ctx, e, room, ID{}, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -632,7 +669,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		if err := e.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		if _, _, err := e.History(ctx, "room", ID{}, 10); !errors.Is(err, ErrClosed) {
+		if _, _, err := history(ctx, e, "room", ID{}, 10); !errors.Is(err, ErrClosed) {
 			t.Fatalf("History after Close: %v, want ErrClosed", err)
 		}
 		if _, err := e.Last(ctx, "room", 10); !errors.Is(err, ErrClosed) {
@@ -645,7 +682,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 		if _, err := PublishWait(ctx, e, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 		}
-		if err := e.Subscribe("room"); !errors.Is(err, ErrClosed) {
+		if _, err := e.Subscribe("room"); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
 		}
 		if err := e.Health(); !errors.Is(err, ErrClosed) {
@@ -656,7 +693,7 @@ func testEngine(t *testing.T, newEngine newEngineFunc) {
 
 func mustSubscribe(t *testing.T, e Engine, room string) {
 	t.Helper()
-	if err := e.Subscribe(room); err != nil {
+	if _, err := e.Subscribe(room); err != nil {
 		t.Fatalf("Subscribe(%q): %v", room, err)
 	}
 }
@@ -686,7 +723,7 @@ func publishAll(t testing.TB, e Engine, room string, msgs []Message) []ID {
 		err error
 	}
 	ch := make(chan result, len(msgs))
-	ack := func(ref any, id ID, err error) { ch <- result{ref.(int), id, err} }
+	ack := ackOf(func(ref any, id ID, err error) { ch <- result{ref.(int), id, err} })
 	for i, m := range msgs {
 		e.Publish(room, m, ack, i)
 	}
@@ -766,16 +803,16 @@ func TestIDString(t *testing.T) {
 func BenchmarkMemoryPublish(b *testing.B) {
 	e := NewMemory(func(string, Message) {})
 	defer e.Close(context.Background())
-	if err := e.Subscribe("room"); err != nil {
+	if _, err := e.Subscribe("room"); err != nil {
 		b.Fatal(err)
 	}
 	m := Message{Sender: 1, Payload: []byte(`{"username":"u","message":"hello"}`)}
 	var failed error
-	ack := func(_ any, _ ID, err error) {
+	ack := ackOf(func(_ any, _ ID, err error) {
 		if err != nil {
 			failed = err
 		}
-	}
+	})
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
@@ -784,4 +821,16 @@ func BenchmarkMemoryPublish(b *testing.B) {
 	if failed != nil {
 		b.Fatal(failed)
 	}
+}
+
+// history is History for the tests that need only its entries and
+// whether it was truncated.
+func history(ctx context.Context, e Engine, room string, after ID, n int) ([]Message, bool, error) {
+	p, err := e.History(ctx, room, after, n)
+	return p.Messages, p.Truncated, err
+}
+
+// ackOf makes an Ack of f, one that never asks for a delivery.
+func ackOf(f func(ref any, id ID, err error)) Ack {
+	return func(ref any, id ID, err error) bool { f(ref, id, err); return false }
 }

@@ -62,11 +62,11 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 				}
 				start := time.Now()
 				e.Publish(room, Message{Sender: uint64(100 + s), Payload: fmt.Appendf(nil, "%d:%d", s, seq)},
-					func(_ any, id ID, err error) {
+					ackOf(func(_ any, id ID, err error) {
 						mu.Lock()
 						outs = append(outs, outcome{s, seq, id, err, time.Since(start)})
 						mu.Unlock()
-					}, nil)
+					}), nil)
 			}
 		})
 	}

@@ -10,43 +10,60 @@ import (
 )
 
 // This file holds the publish path of messages that carry a CID: the Lua
-// script the pump runs instead of the plain XADD, and its keys.
+// script the pump runs instead of plain XADDs, and its keys.
 //
-// A message with a CID is sent as EVALSHA of publishScript, in the same
-// pipelined round trip and at the same place as a plain XADD would be, so
-// a sender's messages keep their order. The script reads the CID's dedupe
-// key, "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>", which shares the
-// hash tag of the room's stream (one Cluster slot, as scripts need): if it
-// holds an ID, the message is a resend and the script returns that ID
-// without appending anything; otherwise it appends the entry exactly as
-// the plain path does (XADD MAXLEN ~, fields s and p) and stores the new
-// ID in the dedupe key for DedupeWindow (SET PX). The room's length in
-// the key keeps room "a:b" with CID "c" apart from room "a" with CID
-// "b:c"; the '#' keeps dedupe keys apart from room streams, as it does
-// signal and wake streams.
+// The first message with a CID of a room in a round trip opens a script
+// call for the room, sent as EVALSHA of publishScript at that message's
+// place in the pipeline; every later message of the room in the round
+// trip, with a CID or not, goes into the same call, in order. The script
+// appends them one by one: for a message with a CID it first reads the
+// CID's dedupe key, "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>",
+// which shares the hash tag of the room's stream (one Cluster slot, as
+// scripts need): if it holds an ID, the message is a resend and the
+// script answers that ID without appending anything; otherwise it
+// appends the entry exactly as the plain path does (XADD MAXLEN ~, fields
+// s and p) and stores the new ID in the dedupe key for DedupeWindow (SET
+// PX). The room's length in the key keeps room "a:b" with CID "c" apart
+// from room "a" with CID "b:c"; the '#' keeps dedupe keys apart from room
+// streams, as it does signal and wake streams. Each XADD runs under
+// pcall, so a refused one (OOM) answers for its message alone.
 //
 // NOSCRIPT (the server lost its script cache: a restart, a failover,
-// SCRIPT FLUSH) means the script did not run, so nothing was stored: the
-// pump sends those messages again, first in its next round trip, with
-// EVAL and the script's text, which loads it again. So that a resent
-// message cannot land after a later message of the same room, every
-// message of a room that follows a scripted one in the same round trip
-// is scripted too (without a dedupe key): a NOSCRIPT then sends them all
-// back, in order.
+// SCRIPT FLUSH) means the script did not run, so nothing of the call was
+// stored: the pump sends its messages again, first in its next round
+// trip, with EVAL and the script's text, which loads it again. As one
+// call carries every message of the room from the first scripted one on,
+// a NOSCRIPT cannot store a later message of the room before an earlier
+// one, whatever other nodes load meanwhile.
 
-// publishScript appends one entry to a room's stream unless its CID was
-// seen. KEYS[1] is the stream, KEYS[2] (absent for a message without CID)
-// the dedupe key; ARGV are the MAXLEN ~ threshold, the dedupe window in
-// milliseconds, the sender and the payload. It returns {id, 1} for a
-// duplicate, {id, 0} for a new entry.
-const publishScript = `local k = KEYS[2]
-if k then
-  local id = redis.call('GET', k)
-  if id then return {id, 1} end
+// publishScript appends entries to one room's stream. KEYS[1] is the
+// stream, KEYS[2...] the dedupe keys of the messages that have a CID;
+// ARGV[1] and ARGV[2] are the MAXLEN ~ threshold and the dedupe window
+// in milliseconds, then three arguments per message: the sender, the
+// payload and the index in KEYS of its dedupe key (0: none). It answers
+// two values per message: the ID and 1 for a duplicate, 0 for a new
+// entry, or Redis's error and -1.
+const publishScript = `local out = {}
+for i = 3, #ARGV, 3 do
+  local k = tonumber(ARGV[i+2])
+  local id = false
+  if k > 0 then id = redis.call('GET', KEYS[k]) end
+  if id then
+    out[#out+1] = id
+    out[#out+1] = 1
+  else
+    id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 's', ARGV[i], 'p', ARGV[i+1])
+    if type(id) == 'table' then
+      out[#out+1] = id
+      out[#out+1] = -1
+    else
+      if k > 0 then redis.call('SET', KEYS[k], id, 'PX', ARGV[2]) end
+      out[#out+1] = id
+      out[#out+1] = 0
+    end
+  end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 's', ARGV[3], 'p', ARGV[4])
-if k then redis.call('SET', k, id, 'PX', ARGV[2]) end
-return {id, 0}`
+return out`
 
 // publishSHA is the SHA1 of publishScript, for EVALSHA.
 var publishSHA = func() string {
@@ -65,38 +82,76 @@ func appendDedupeKey(b []byte, cidPre, room, cid string) []byte {
 	return append(b, cid...)
 }
 
-// scriptCmd builds the script call that publishes r: EVALSHA, or EVAL
-// with the script's text when the last round trip found it missing.
-func (p *pump) scriptCmd(r *pubReq) rueidis.Completed {
-	e := p.e
-	b := e.client.B()
-	if r.dedupe {
-		if p.evalText {
-			return b.Eval().Script(publishScript).Numkeys(2).Key(r.key(), r.dedupeKey()).
-				Arg(e.maxLen, e.dedupeMs, r.sender(), r.payload()).Build()
-		}
-		return b.Evalsha().Sha1(publishSHA).Numkeys(2).Key(r.key(), r.dedupeKey()).
-			Arg(e.maxLen, e.dedupeMs, r.sender(), r.payload()).Build()
-	}
-	if p.evalText {
-		return b.Eval().Script(publishScript).Numkeys(1).Key(r.key()).
-			Arg(e.maxLen, e.dedupeMs, r.sender(), r.payload()).Build()
-	}
-	return b.Evalsha().Sha1(publishSHA).Numkeys(1).Key(r.key()).
-		Arg(e.maxLen, e.dedupeMs, r.sender(), r.payload()).Build()
+// scriptCall is the script call of one room in a round trip: its place
+// among the round trip's commands and its messages, in order.
+type scriptCall struct {
+	cmd  int
+	reqs []*pubReq
 }
 
-// parseScriptReply decodes publishScript's answer: the ID, and whether it
-// is a duplicate's.
-func parseScriptReply(rr rueidis.RedisResult) (ID, bool, error) {
+// script adds r to its room's script call in this round trip, opening
+// one at the end of p.cmds (a placeholder until buildScripts) when the
+// room has none yet.
+func (p *pump) script(r *pubReq) {
+	i, ok := p.scriptRooms[r.room]
+	if !ok {
+		i = len(p.scripts)
+		if i < cap(p.scripts) {
+			p.scripts = p.scripts[:i+1]
+			p.scripts[i].reqs = p.scripts[i].reqs[:0]
+		} else {
+			p.scripts = append(p.scripts, scriptCall{})
+		}
+		p.scripts[i].cmd = len(p.cmds)
+		p.cmds = append(p.cmds, rueidis.Completed{})
+		p.scriptRooms[r.room] = i
+	}
+	sc := &p.scripts[i]
+	r.cmd, r.slot, r.scripted = sc.cmd, len(sc.reqs), true
+	sc.reqs = append(sc.reqs, r)
+}
+
+// buildScripts builds the script calls of the round trip in their places:
+// EVALSHA, or EVAL with the script's text when the last round trip found
+// it missing.
+func (p *pump) buildScripts() {
+	e := p.e
+	for i := range p.scripts {
+		sc := &p.scripts[i]
+		keys := append(p.scriptKeys[:0], sc.reqs[0].key())
+		args := append(p.scriptArgs[:0], e.maxLen, e.dedupeMs)
+		for _, r := range sc.reqs {
+			k := "0"
+			if r.dedupe {
+				keys = append(keys, r.dedupeKey())
+				k = strconv.Itoa(len(keys))
+			}
+			args = append(args, r.sender(), r.payload(), k)
+		}
+		b := e.client.B()
+		if p.evalText {
+			p.cmds[sc.cmd] = b.Eval().Script(publishScript).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+		} else {
+			p.cmds[sc.cmd] = b.Evalsha().Sha1(publishSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+		}
+		p.scriptKeys, p.scriptArgs = keys[:0], args[:0]
+	}
+}
+
+// parseScriptReply decodes the answer to message slot of a script call:
+// the ID, and whether it is a duplicate's.
+func parseScriptReply(rr rueidis.RedisResult, slot int) (ID, bool, error) {
 	arr, err := rr.ToArray()
 	if err != nil {
 		return ID{}, false, err
 	}
-	if len(arr) != 2 {
-		return ID{}, false, fmt.Errorf("%w: Redis answered the publish script with %d values, want 2", ErrUnconfirmed, len(arr))
+	if len(arr) <= 2*slot+1 {
+		return ID{}, false, fmt.Errorf("%w: Redis answered the publish script with %d values, want %d or more", ErrUnconfirmed, len(arr), 2*slot+2)
 	}
-	raw, err := arr[0].ToString()
+	if err := arr[2*slot].Error(); err != nil {
+		return ID{}, false, err // refused (pcall): not stored
+	}
+	raw, err := arr[2*slot].ToString()
 	if err != nil {
 		return ID{}, false, fmt.Errorf("%w: Redis answered the publish script without an ID: %w", ErrUnconfirmed, err)
 	}
@@ -104,7 +159,7 @@ func parseScriptReply(rr rueidis.RedisResult) (ID, bool, error) {
 	if err != nil {
 		return ID{}, false, fmt.Errorf("%w: Redis answered the publish script with %q", ErrUnconfirmed, raw)
 	}
-	dup, _ := arr[1].AsInt64()
+	dup, _ := arr[2*slot+1].AsInt64()
 	return id, dup == 1, nil
 }
 

@@ -5,114 +5,234 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"time"
 
 	"github.com/redis/rueidis"
 )
 
 // This file reads a room's history: History (XRANGE) and Last
 // (XREVRANGE), on the engine's shared client rather than through a pump,
-// each in one round trip bounded by Timeout.
+// bounded by Timeout.
 //
-// Truncation. Redis 7.0 does not record what MAXLEN trimming removed
-// (max-deleted-entry-id only follows XDEL), so History finds out from the
-// entries themselves. It reads from after itself, inclusive:
+// Truncation. Redis 7.0 does not record the IDs that MAXLEN trimming
+// removed, but XINFO STREAM says how many entries the stream ever got
+// (entries-added), how many it holds (length) and the oldest one held
+// (recorded-first-entry-id). History reads them in one MULTI/EXEC with
+// its XRANGE, so both see the same stream, and decides as follows for a
+// read after X:
 //
-//   - after is still held: trimming only removes the oldest entries, so
-//     every entry after it is held too. Not truncated.
-//   - after is not held, and the first entry held after it, F, is F.Ms-k
-//     with k > 0: the entry before F was F.Ms-(k-1), since auto-generated
-//     IDs number the entries of one millisecond 0, 1, 2... Truncated
-//     unless after is that entry.
-//   - after is not held and F is F.Ms-0: the entry before F is not known.
-//     Truncated: this errs only when after is exactly the last entry
-//     trimmed, and then the caller gets every entry it lacks with a
-//     needless warning; it never misses a loss.
-//   - nothing after it is held: truncated when the room's key does not
-//     exist (it expired, or Redis lost it), not when after is the last
-//     entry or later.
+//   - X is held, or X is at or past the oldest entry held F (trimming
+//     only removes the oldest entries): every entry after X is held.
+//   - X is F's predecessor (F is <ms>-<k>, k > 0, and X is <ms>-<k-1>):
+//     nothing between them.
+//   - entries were removed from this stream (entries-added > length):
+//     some may have followed X. Truncated.
+//   - nothing was removed: the stream holds everything since its first
+//     entry F, but an earlier stream of the room may have held entries
+//     after X and be gone. It expired (REDIS_TTL after its last
+//     write, less the refresh slack), so it ended at least that long
+//     before F; or Redis lost data (a restart without persistence, a
+//     failover), which the shard's epoch key records (below). Truncated
+//     when X is older than either bound, not otherwise.
+//   - the key does not exist: the same bounds, against now.
 //
-// The read and the existence check run in one MULTI/EXEC, so they see the
-// same stream.
+// The epoch. "<prefix>:{<shard>}#epoch" holds the time (unix ms, the
+// writer's clock) from which Redis is known to hold the shard's data: it
+// is written with SET NX by each pump when it connects, before it sends
+// anything, and by History itself; after a restart that lost the data it
+// is missing, and the first of them writes the restart's time.
 
 // maxRead caps the COUNT of one read: far more than a stream holds.
 const maxRead = 1 << 30
 
-// History returns up to n entries of room after the entry after (n ≤ 0:
-// none), oldest first, and whether entries after it were trimmed (see
-// the truncation notes above). The payloads point into the reply:
-// read-only. Errors wrap ErrUnavailable, or are ErrClosed.
-func (e *Redis) History(ctx context.Context, room string, after ID, n int) ([]Message, bool, error) {
+// History returns up to n entries of room after the entry after, oldest
+// first, and what Page says about the room (see the notes above).
+// Entries that cannot be decoded are skipped, and more are read in
+// their place, so a short page is the end of the stream. The payloads
+// point into the reply: read-only. Errors wrap ErrUnavailable, or are
+// ErrClosed.
+func (e *Redis) History(ctx context.Context, room string, after ID, n int) (Page, error) {
 	if e.closed.Load() {
-		return nil, false, ErrClosed
+		return Page{}, ErrClosed
 	}
-	if n <= 0 {
-		return nil, false, nil
-	}
-	n = min(n, maxRead)
-	key := e.key(room)
+	n = min(max(n, 0), maxRead)
+	s := e.shards[e.shardOf(room)]
+	key := s.keyPre + room
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	c := e.client
-	if after.IsZero() {
-		entries, err := c.Do(ctx, c.B().Xrange().Key(key).Start("-").End("+").Count(int64(n)).Build()).ToArray()
-		if err != nil {
-			return nil, false, e.readError("read the history of", room, err)
-		}
-		return e.decodeEntries(entries), false, nil
+	start := "-"
+	if !after.IsZero() {
+		start = after.String()
 	}
-	res := c.DoMulti(ctx,
-		c.B().Multi().Build(),
-		c.B().Exists().Key(key).Build(),
-		c.B().Xrange().Key(key).Start(after.String()).End("+").Count(int64(n)+1).Build(),
-		c.B().Exec().Build(),
+	read := func() []rueidis.RedisResult {
+		return c.DoMulti(ctx,
+			c.B().Multi().Build(),
+			c.B().XinfoStream().Key(key).Build(),
+			c.B().Xrange().Key(key).Start(start).End("+").Count(int64(n)+1).Build(),
+			c.B().Set().Key(s.epochKey).Value(nowMs()).Nx().Get().Build(),
+			c.B().Time().Build(),
+			c.B().Exec().Build(),
+		)
+	}
+	res := read()
+	if err := res[len(res)-1].Error(); err != nil && !isRedisErr(err) && ctx.Err() == nil {
+		// A pooled connection that broke while idle (Redis restarted):
+		// rueidis does not retry a transaction; the read is safe to repeat.
+		res = read()
+	}
+	exec, err := res[len(res)-1].ToArray()
+	if err == nil && len(exec) != 4 {
+		err = fmt.Errorf("EXEC answered %d replies, want 4", len(exec))
+	}
+	var (
+		in      streamInfo
+		entries []rueidis.RedisMessage
+		epoch   uint64
+		now     uint64
 	)
-	exec, err := res[3].ToArray()
-	if err == nil && len(exec) != 2 {
-		err = fmt.Errorf("EXEC answered %d replies, want 2", len(exec))
-	}
-	var exists int64
-	var entries []rueidis.RedisMessage
 	if err == nil {
-		exists, err = exec[0].AsInt64()
+		in, err = parseStreamInfoMessage(&exec[0])
 	}
 	if err == nil {
 		entries, err = exec[1].ToArray()
 	}
+	if err == nil {
+		epoch, err = parseEpoch(&exec[2])
+	}
+	if err == nil {
+		now, err = parseTime(&exec[3])
+	}
 	if err != nil {
-		for _, rr := range res[:3] {
+		for _, rr := range res[:len(res)-1] {
 			if rerr := rr.Error(); rerr != nil {
 				err = rerr // the first error says more than EXEC's
 				break
 			}
 		}
-		return nil, false, e.readError("read the history of", room, err)
+		return Page{}, e.readError("read the history of", room, err)
 	}
-	msgs, truncated := afterID(e.decodeEntries(entries), after, exists == 1)
+	if epoch == 0 {
+		epoch = now // just written: Redis held nothing of the shard before
+	}
+	held := false
+	if len(entries) > 0 && !after.IsZero() {
+		id, ok := entryID(&entries[0])
+		held = ok && id == after
+	}
+	raw := len(entries)
+	msgs := e.decodeEntries(entries)
+	if held && len(msgs) > 0 && msgs[0].ID == after {
+		msgs = msgs[1:]
+	}
+	if len(msgs) < n && raw == n+1 {
+		// Undecodable entries took places of the page: read on past them.
+		last, _ := entryID(&entries[raw-1])
+		if msgs, err = e.readOn(ctx, room, key, msgs, last, n); err != nil {
+			return Page{}, err
+		}
+	}
 	if len(msgs) > n {
 		msgs = msgs[:n]
 	}
-	return msgs, truncated, nil
+	return Page{Messages: msgs, End: in.lastGen, Truncated: e.truncated(after, held, in, epoch, now)}, nil
 }
 
-// afterID takes the entries of XRANGE <after> + (after included when
-// held) and returns those after after, and whether entries after it were
-// trimmed, as the notes at the top of this file explain. exists says
-// whether the stream's key exists.
-func afterID(msgs []Message, after ID, exists bool) ([]Message, bool) {
+// readOn appends to msgs the entries of key after from until it holds n
+// or the stream ends, skipping (and counting) those it cannot decode.
+func (e *Redis) readOn(ctx context.Context, room, key string, msgs []Message, from ID, n int) ([]Message, error) {
+	c := e.client
+	for len(msgs) < n {
+		want := n - len(msgs)
+		entries, err := c.Do(ctx, c.B().Xrange().Key(key).Start("("+from.String()).End("+").Count(int64(want)).Build()).ToArray()
+		if err != nil {
+			return nil, e.readError("read the history of", room, err)
+		}
+		msgs = append(msgs, e.decodeEntries(entries)...)
+		if len(entries) < want {
+			break
+		}
+		var ok bool
+		if from, ok = entryID(&entries[len(entries)-1]); !ok {
+			break // an entry whose ID cannot be read: the pump reports the room stuck
+		}
+	}
+	return msgs, nil
+}
+
+// truncated decides Page.Truncated for a read after after (see the notes
+// at the top of this file): held says after itself was read back; in is
+// the stream's XINFO, epoch and now (unix ms) the shard's epoch and
+// Redis's clock.
+func (e *Redis) truncated(after ID, held bool, in streamInfo, epoch, now uint64) bool {
 	switch {
-	case len(msgs) == 0:
-		return nil, !exists
-	case msgs[0].ID == after:
-		return msgs[1:], false
+	case after.IsZero() || held:
+		return false
+	case in.missing:
+		return e.beforeRecord(after, epoch, now)
+	case in.length == 0:
+		// Every entry was removed (XDEL, XTRIM): lost if any came after.
+		return after.Less(in.lastGen)
+	case !after.Less(in.first):
+		return false
+	case in.first.Seq > 0 && after == ID{Ms: in.first.Ms, Seq: in.first.Seq - 1}:
+		return false
+	case !in.hasAdded || in.added > in.length:
+		return true
 	default:
-		f := msgs[0].ID
-		return msgs, !(f.Seq > 0 && after == ID{Ms: f.Ms, Seq: f.Seq - 1})
+		return e.beforeRecord(after, epoch, in.first.Ms)
 	}
 }
 
-// Last returns the last n entries of room (n ≤ 0: none), oldest first.
-// The payloads point into the reply: read-only. Errors wrap
-// ErrUnavailable, or are ErrClosed.
+// beforeRecord reports whether entries after id may have existed before
+// born (unix ms), in a stream of the room that is gone: id is older than
+// the shard's epoch, or old enough that such a stream could have expired
+// by born. A stream expires at least TTL after its last write, less the
+// slack of its refresh (min(TTL/16, 1h)).
+func (e *Redis) beforeRecord(id ID, epoch, born uint64) bool {
+	gap := uint64((e.cfg.TTL - min(e.cfg.TTL/16, time.Hour)).Milliseconds())
+	return id.Ms < epoch || (id.Ms < born && born-id.Ms >= gap)
+}
+
+// nowMs is the local clock in unix milliseconds, as the epoch's value.
+func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+
+// parseEpoch decodes SET NX GET's answer on an epoch key: its value
+// (unix ms) before, 0 when it did not exist.
+func parseEpoch(m *rueidis.RedisMessage) (uint64, error) {
+	if m.IsNil() {
+		return 0, nil
+	}
+	s, err := m.ToString()
+	if err != nil {
+		return 0, fmt.Errorf("epoch key: %w", err)
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("epoch key holds %q, want unix milliseconds (delete it)", s)
+	}
+	return v, nil
+}
+
+// parseTime decodes TIME's answer as unix milliseconds.
+func parseTime(m *rueidis.RedisMessage) (uint64, error) {
+	arr, err := m.ToArray()
+	if err != nil || len(arr) != 2 {
+		return 0, fmt.Errorf("TIME answered %v", m)
+	}
+	sec, err1 := arr[0].AsInt64()
+	usec, err2 := arr[1].AsInt64()
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("TIME answered %v", m)
+	}
+	return uint64(sec)*1000 + uint64(usec)/1000, nil
+}
+
+// Last returns the last n entries of room (n ≤ 0: none), oldest first,
+// skipping (and counting) those it cannot decode, and reading further
+// back in their place. The payloads point into the reply: read-only.
+// Errors wrap ErrUnavailable, or are ErrClosed.
 func (e *Redis) Last(ctx context.Context, room string, n int) ([]Message, error) {
 	if e.closed.Load() {
 		return nil, ErrClosed
@@ -124,11 +244,25 @@ func (e *Redis) Last(ctx context.Context, room string, n int) ([]Message, error)
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	c := e.client
-	entries, err := c.Do(ctx, c.B().Xrevrange().Key(e.key(room)).End("+").Start("-").Count(int64(n)).Build()).ToArray()
-	if err != nil {
-		return nil, e.readError("read the last messages of", room, err)
+	key := e.key(room)
+	var msgs []Message
+	end := "+"
+	for len(msgs) < n {
+		want := n - len(msgs)
+		entries, err := c.Do(ctx, c.B().Xrevrange().Key(key).End(end).Start("-").Count(int64(want)).Build()).ToArray()
+		if err != nil {
+			return nil, e.readError("read the last messages of", room, err)
+		}
+		msgs = append(msgs, e.decodeEntries(entries)...)
+		if len(entries) < want {
+			break
+		}
+		id, ok := entryID(&entries[len(entries)-1])
+		if !ok {
+			break
+		}
+		end = "(" + id.String()
 	}
-	msgs := e.decodeEntries(entries)
 	slices.Reverse(msgs)
 	return msgs, nil
 }

@@ -43,8 +43,9 @@ type pubReq struct {
 	deadline   time.Time // answer by then; send by then or refuse
 	alone      bool      // Message.Alone: no need to read it back on this node
 	dedupe     bool      // it has a CID: published by the script, with its dedupe key
-	scripted   bool      // sent as a script call in the current round trip
+	scripted   bool      // sent in its room's script call in the current round trip
 	cmd        int       // index of its XADD or script call in the round trip
+	slot       int       // its place in its script call
 }
 
 func (r *pubReq) key() string     { return unsafe.String(&r.b[0], r.nk) }
@@ -82,9 +83,13 @@ type pump struct {
 	sent     []*pubReq        // in the current round trip
 	cmds     []rueidis.Completed
 	sigRooms map[string]struct{} // rooms named by this round trip's signal
-	// scriptRooms are the rooms that got a script call in this
-	// round trip: later messages to them are scripted too (redis_dedupe.go).
-	scriptRooms map[string]struct{}
+	// scripts are the script calls of this round trip, one per room
+	// (redis_dedupe.go); scriptRooms maps their rooms to them: later
+	// messages to those rooms join the call.
+	scripts     []scriptCall
+	scriptRooms map[string]int
+	scriptKeys  []string
+	scriptArgs  []string
 	// evalText sends the script's text (EVAL) instead of its SHA: the
 	// last round trip found it missing from the server's cache.
 	evalText bool
@@ -147,7 +152,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		kick:        make(chan struct{}, 1),
 		blockRes:    make(chan blockResult, 1),
 		sigRooms:    make(map[string]struct{}),
-		scriptRooms: make(map[string]struct{}),
+		scriptRooms: make(map[string]int),
 		expires:     make(map[string]time.Time),
 		refreshTTL:  min(e.cfg.TTL/16, time.Hour),
 		peers:       make(map[string]uint64),
@@ -416,24 +421,19 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 	clear(p.owed)
 	p.owed = p.owed[:0]
-	evalText := false
+	p.scripts = p.scripts[:0]
 	for _, r := range p.pending {
 		if now.After(r.deadline) {
 			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w: not sent within REDIS_TIMEOUT (%v)", r.room, ErrUnavailable, e.cfg.Timeout))
 			continue
 		}
-		r.cmd = len(p.cmds)
-		r.scripted = r.dedupe
-		if !r.scripted && len(p.scriptRooms) > 0 {
-			_, r.scripted = p.scriptRooms[r.room]
-		}
-		if r.scripted {
+		r.scripted = false
+		if _, open := p.scriptRooms[r.room]; open || r.dedupe {
 			// A CID, or a room that had one earlier in this round trip:
 			// see redis_dedupe.go.
-			p.scriptRooms[r.room] = struct{}{}
-			p.cmds = append(p.cmds, p.scriptCmd(r))
-			evalText = evalText || p.evalText
+			p.script(r)
 		} else {
+			r.cmd = len(p.cmds)
 			p.cmds = append(p.cmds, e.client.B().Xadd().Key(r.key()).Maxlen().Almost().Threshold(e.maxLen).Id("*").
 				FieldValue().FieldValue(fieldSender, r.sender()).FieldValue(fieldPayload, r.payload()).Build())
 		}
@@ -459,6 +459,8 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 	clear(p.pending)
 	p.pending = p.pending[:0]
+	evalText := p.evalText && len(p.scripts) > 0
+	p.buildScripts()
 	sigCmd := -1
 	if len(p.sigNames) > 0 {
 		sigCmd = len(p.cmds)
@@ -524,7 +526,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		var dup bool
 		var err error
 		if r.scripted {
-			id, dup, err = parseScriptReply(res[r.cmd])
+			id, dup, err = parseScriptReply(res[r.cmd], r.slot)
 		} else {
 			id, err = parseXaddReply(res[r.cmd])
 		}
@@ -556,7 +558,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		}
 		if broken {
 			e.outcome(r, err)
-			r.ack(r.ref, id, err)
+			p.ack(r, id, err)
 		} else {
 			p.answer(r, id, err)
 		}
@@ -802,7 +804,8 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 		s.dirty = s.dirty[:0]
 		s.mu.Unlock()
 		if len(checks) > 0 {
-			if err := e.verify(ctx, p.conn, s, checks); err != nil {
+			var err error
+			if p.out, err = e.verify(ctx, p.conn, s, checks, p.out); err != nil {
 				return err
 			}
 			// verify may have moved cursors: take them again.
@@ -850,7 +853,7 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 				return
 			}
 			n, bad := len(p.out), s.bad
-			p.out = s.collectStream(key, v, e.cfg.ReadCount, p.out)
+			p.out = s.collectStream(key, v, e.cfg.ReadCount, e.cfg.MaxLen, p.out)
 			e.stats.malformed.Add(int64(s.bad - bad))
 			found += len(p.out) - n
 		})
@@ -866,7 +869,9 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 		}
 		d := &p.out[i]
 		e.handler(d.room, d.msg)
-		e.stats.delivered.Add(1)
+		if !d.msg.Lost {
+			e.stats.delivered.Add(1)
+		}
 	}
 	if len(p.out) > 0 && time.Since(start) >= slowDelivery {
 		p.verifyAll = true
@@ -902,8 +907,24 @@ func (p *pump) shardOfKey(key string) *redisShard {
 // answer tells r's sender the outcome and recycles r.
 func (p *pump) answer(r *pubReq, id ID, err error) {
 	p.e.outcome(r, err)
-	r.ack(r.ref, id, err)
+	p.ack(r, id, err)
 	p.e.putReq(r)
+}
+
+// ack calls r's Ack. A stored message that was not read back because
+// its sender was alone on this node (Message.Alone) is read back after
+// all when the Ack says a member joined meanwhile: the room is read in
+// the next round trip.
+func (p *pump) ack(r *pubReq, id ID, err error) {
+	if !r.ack(r.ref, id, err) || err != nil || !r.alone {
+		return
+	}
+	s := r.shard
+	s.mu.Lock()
+	if rm := s.rooms[r.key()]; rm != nil && !rm.stuck {
+		s.markDirty(rm)
+	}
+	s.mu.Unlock()
 }
 
 // flushSent answers the messages of a round trip that was not sent.
@@ -937,12 +958,16 @@ func (p *pump) connect(ctx context.Context) error {
 		return nil
 	}
 	e := p.e
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
 	if e.cluster {
+		// The epoch keys first: Redis may have restarted empty.
+		if err := firstError(e.client.DoMulti(cctx, p.epochCmds()...)); err != nil {
+			return fmt.Errorf("connect pump: %w", err)
+		}
 		p.conn = e.client
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-	defer cancel()
 	var err error
 	// A pooled connection may have broken while idle (Redis restarted):
 	// rueidis drops it when it is given back, so try a few.
@@ -952,14 +977,21 @@ func (p *pump) connect(ctx context.Context) error {
 		if p.sealID != 0 {
 			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
 		}
+		// The epoch keys before anything is published: if Redis lost
+		// the shards' data, they say since when (redis_history.go).
+		epochs := len(cmds)
+		cmds = append(cmds, p.epochCmds()...)
 		res := dc.DoMulti(cctx, cmds...)
 		var id int64
 		id, err = res[0].AsInt64()
-		if err == nil && len(res) > 1 {
+		if err == nil && epochs > 1 {
 			// "No such client" is fine: the old connection is gone.
 			if kerr := res[1].Error(); kerr != nil && !isRedisErr(kerr) {
 				err = kerr
 			}
+		}
+		if err == nil {
+			err = firstError(res[epochs:])
 		}
 		if err == nil {
 			p.conn, p.release, p.clientID, p.sealID = dc, release, id, 0
@@ -971,6 +1003,27 @@ func (p *pump) connect(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("connect pump: %w", err)
+}
+
+// epochCmds writes the epoch key of each of the pump's shards unless it
+// exists (SET NX).
+func (p *pump) epochCmds() []rueidis.Completed {
+	cmds := make([]rueidis.Completed, len(p.shards))
+	v := nowMs()
+	for i, s := range p.shards {
+		cmds[i] = p.e.client.B().Set().Key(s.epochKey).Value(v).Nx().Build()
+	}
+	return cmds
+}
+
+// firstError returns the first error of res other than a nil reply.
+func firstError(res []rueidis.RedisResult) error {
+	for _, rr := range res {
+		if err := rr.Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return err
+		}
+	}
+	return nil
 }
 
 // disconnect gives the dedicated connection back, if any. A broken one

@@ -24,7 +24,10 @@ type redisShard struct {
 	idx    int
 	keyPre string // "<prefix>:{<shard>}:", the start of its rooms' keys
 	cidPre string // "<prefix>:{<shard>}#cid:", the start of its dedupe keys
-	pump   *pump  // the pump that reads and writes the shard; set once
+	// epochKey, "<prefix>:{<shard>}#epoch", holds when (unix ms) Redis
+	// started to hold the shard's data (redis_history.go).
+	epochKey string
+	pump     *pump // the pump that reads and writes the shard; set once
 
 	mu      sync.Mutex
 	scratch []byte                // for building keys in roomByName
@@ -73,8 +76,13 @@ type redisRoom struct {
 	// the reader reached stop.
 	skips []idRange
 	// check asks the reader to look for trimmed entries before its next
-	// read: set after a full batch (the reader is behind) and after errors.
+	// read: set after a read that returned as many entries as a trim
+	// leaves (the reader may be behind), and after errors; it stays set
+	// until the count can tell (verify).
 	check bool
+	// accounted is the last entry up to which every entry was read or
+	// counted as lost: a loss found later lies after it.
+	accounted ID
 	// dirty: the room is listed in its shard's dirty list.
 	dirty bool
 	// stuck: the last read returned an entry whose ID could not be
@@ -119,7 +127,13 @@ func (r *redisRoom) cursor() string {
 // appending what to deliver to out. Entries that cannot be decoded are
 // skipped (the cursor moves past them) and counted for a rate-limited
 // warning; an entry whose very ID cannot be read marks the room stuck.
-func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount int, out []redisDelivery) []redisDelivery {
+//
+// A read that returns readCount entries leaves more to read; one that
+// returns at least as many as a trim leaves (maxLen, or readCount when
+// smaller) may follow a trim past the cursor: when MAXLEN ~ trimmed
+// entries the reader had not read, every entry left is newer than the
+// cursor and there are at least maxLen of them. verify counts.
+func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount int, maxLen int64, out []redisDelivery) []redisDelivery {
 	entries, err := v.ToArray()
 	if err != nil {
 		return out
@@ -130,8 +144,10 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 	if r == nil {
 		return out // dropped since the read started
 	}
-	r.check = len(entries) >= readCount
-	if r.check {
+	if int64(len(entries)) >= min(int64(readCount), maxLen) {
+		r.check = true
+	}
+	if len(entries) >= readCount {
 		s.markDirty(r) // more to read
 	}
 	for i := range entries {
@@ -206,7 +222,12 @@ func skipped(r *redisRoom, id ID) bool {
 // the room counts the entries it read (seq). With length entries left,
 // the first one is number added-length+1; if that is beyond seq+1, the
 // entries in between were trimmed before the reader got to them.
-func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
+//
+// A loss is logged, counted (Stats.Lost) and handed to the Handler as a
+// notice (Message.Lost) naming a range that holds every lost entry, which
+// verify appends to out. While the count cannot tell (the reader is
+// between the oldest and the newest entry held), the room stays checked.
+func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom, out []redisDelivery) ([]redisDelivery, error) {
 	cmds := make([]rueidis.Completed, len(checks))
 	gens := make([]uint64, len(checks))
 	s.mu.Lock()
@@ -222,16 +243,16 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 	for i, rr := range res {
 		var err error
 		if infos[i], err = parseStreamInfo(rr); err != nil {
-			return fmt.Errorf("XINFO STREAM: %w", err)
+			return out, fmt.Errorf("XINFO STREAM: %w", err)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range checks {
-		r.check = false
 		if s.rooms[r.key] != r {
 			continue
 		}
+		r.check = false
 		if r.gen != gens[i] {
 			// Subscribe or Unsubscribe changed the room after XINFO ran:
 			// its answer may predate the room's stop. Check again later.
@@ -251,11 +272,11 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 				e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
 					"room", r.name, "last_id", r.last.String())
 			}
-			r.last, r.seq, r.seqKnown, r.skips = ID{}, 0, true, nil
+			r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
 		case in.lastGen.Less(r.last):
 			e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
 				"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
-			r.last, r.seq, r.seqKnown, r.skips = in.lastGen, in.added, in.hasAdded, nil
+			r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
 		case !in.hasAdded:
 			r.seqKnown = false
 		case r.seqKnown && in.added < r.seq:
@@ -266,24 +287,35 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			// when caught up, those before the first entry left when last
 			// is older than it. Otherwise the count cannot tell yet.
 			var lost int64
+			from := r.last // the range of a loss ends before it
 			switch {
 			case !r.seqKnown:
 			case r.last == in.lastGen:
 				lost = in.added - r.seq
 			case in.length == 0 || r.last.Less(in.first):
 				lost = in.added - in.length - r.seq
+				from = in.first
+			default:
+				r.check = true // the count cannot tell yet: at the next read
 			}
 			if lost > 0 {
+				e.stats.lost.Add(lost)
 				e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
-					"room", r.name, "lost", lost, "last_id", r.last.String())
+					"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
 				r.seq += lost
+				if r.subscribed {
+					out = append(out, redisDelivery{room: r.name, msg: Message{ID: from, Lost: true, LostAfter: r.accounted}})
+				}
+			}
+			if !r.check {
+				r.accounted = r.last
 			}
 		}
 		if r.last == in.lastGen && in.hasAdded {
 			r.seq, r.seqKnown = in.added, true // caught up: count afresh
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // drop forgets r. s.mu must be held.

@@ -141,7 +141,17 @@ type streamInfo struct {
 // parseStreamInfo decodes an XINFO STREAM reply. A missing key is not an
 // error: it is reported in streamInfo.missing.
 func parseStreamInfo(rr rueidis.RedisResult) (streamInfo, error) {
-	m, err := rr.AsMap()
+	m, err := rr.ToMessage()
+	if err != nil && !isRedisErr(err) {
+		return streamInfo{}, err
+	}
+	return parseStreamInfoMessage(&m)
+}
+
+// parseStreamInfoMessage decodes one XINFO STREAM reply message, as in a
+// transaction's EXEC.
+func parseStreamInfoMessage(msg *rueidis.RedisMessage) (streamInfo, error) {
+	m, err := msg.AsMap()
 	if err != nil {
 		if re, ok := rueidis.IsRedisErr(err); ok && strings.Contains(strings.ToLower(re.Error()), "no such key") {
 			return streamInfo{missing: true}, nil
