@@ -226,7 +226,7 @@ func (fo *fanout) stop() {
 func BenchmarkDeliver(b *testing.B) {
 	payload := []byte(`{"username":"ana","message":"hola, ¿qué tal? a message of about 64 B"}`)
 	frameLen := int64(len(payload) + 2)
-	m := stream.Message{Sender: 1, Payload: payload} // no member has ID 1
+	m := stream.Message{ID: stream.ID{Ms: 1}, Sender: 1, Payload: payload} // no member has ID 1
 	for _, members := range []int{10, 100, 1000} {
 		var fo *fanout
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
@@ -237,6 +237,7 @@ func BenchmarkDeliver(b *testing.B) {
 				b.ReportAllocs()
 				b.ResetTimer()
 				for range b.N {
+					m.ID.Seq++ // entries of a room have increasing IDs
 					fo.hub.Deliver(benchRoom, m)
 				}
 				fo.wait(b)
@@ -249,6 +250,7 @@ func BenchmarkDeliver(b *testing.B) {
 				b.ResetTimer()
 				for range b.N {
 					fo.expect(frameLen)
+					m.ID.Seq++
 					fo.hub.Deliver(benchRoom, m)
 					fo.wait(b)
 				}

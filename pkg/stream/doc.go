@@ -14,13 +14,14 @@
 // Both engines also keep each room's recent history, whether anyone is
 // subscribed or not, bounded like a Redis stream (REDIS_MAXLEN entries,
 // gone REDIS_TTL after the last message): History reads what followed an
-// ID and says whether some of it was trimmed, Last the newest entries. A
+// ID and says whether some of it may be gone (a Page), Last the newest
+// entries. A
 // Message.CID makes Publish idempotent within REDIS_DEDUPE_WINDOW. And
 // they count each room's members across nodes: every node reports its
 // own with SetMembers, Members sums the live nodes'.
 //
 //	e, err := stream.NewMemoryWith(hub.Deliver, redisCfg.MemoryConfig())
 //	...
-//	e.Subscribe("lobby")
-//	msgs, truncated, err := e.History(ctx, "lobby", lastSeen, 100)
+//	end, err := e.Subscribe("lobby") // deliveries after end follow
+//	page, err := e.History(ctx, "lobby", lastSeen, 100)
 package stream
