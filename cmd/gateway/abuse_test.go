@@ -23,10 +23,10 @@ import (
 	"github.com/chatgw/gateway/pkg/room"
 )
 
-// floodEnv are the limits of the flood tests: high enough that the
-// bystander (one message per floodPace) stays under them, so that only
-// the flooder is limited.
-var floodEnv = map[string]string{"RATE_LIMIT": "500", "RATE_BURST": "20", "RATE_CLOSE_AFTER": "20"}
+// floodEnv are the limits of the flood tests (RATE_MODE drop): high
+// enough that the bystander (one message per floodPace) stays under them,
+// so that only the flooder is limited.
+var floodEnv = map[string]string{"RATE_LIMIT": "500", "RATE_BURST": "20", "RATE_CLOSE_AFTER": "20", "RATE_MODE": "drop"}
 
 // redisEntryBytes is the most Redis spends on one stream entry of a
 // message of size bytes, as docs/limits-room.md states it: the allocator
@@ -45,15 +45,157 @@ const (
 	floodMembers = 4                    // members of the flooded room besides the flooder
 )
 
-// TestFloodIsLimitedAndIsolated: one client floods its room as fast as it
-// can, reconnecting whenever it is closed. Each of its connections gets
-// rate_limited frames, then a 1008 close; the other members of its room
-// stay open and keep receiving; and another room's send-to-receive
-// latency during the flood stays within a ratio of its latency without
-// it, measured in the same test.
+// TestFloodIsLimitedAndIsolated: with RATE_MODE drop, one client floods
+// its room as fast as it can, reconnecting whenever it is closed. Each of
+// its connections gets rate_limited frames, then a 1008 close; the other
+// members of its room stay open and keep receiving; and another room's
+// send-to-receive latency during the flood stays within a ratio of its
+// latency without it, measured in the same test.
 func TestFloodIsLimitedAndIsolated(t *testing.T) {
 	g := startGateway(t, floodEnv)
 	floodScenario(t, g, g)
+}
+
+// TestFloodIsPacedAndIsolated: with the default limits (RATE_MODE pace),
+// one client floods its room as fast as it can on one connection. It is
+// read more slowly: it is never closed and gets no error frame, its room's
+// members get its messages no faster than RATE_LIMIT allows (after
+// RATE_BURST), in order, and another room's latency during the flood
+// stays within a ratio of its latency without it; on one node and on two
+// sharing a Redis.
+func TestFloodIsPacedAndIsolated(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		g := startGateway(t, nil)
+		paceScenario(t, g, g)
+	})
+	t.Run("redis", func(t *testing.T) {
+		r := redistest.Start(t)
+		env := withEnv(redisEnvFor(r), map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "REDIS_BATCH_WINDOW": "-1ms"})
+		paceScenario(t, startGateway(t, env), startGateway(t, env))
+	})
+}
+
+// bystanderPace keeps the bystander of paceScenario under the default
+// RATE_LIMIT (100 messages per second): 50 per second.
+// (bystanderSamples per window).
+const (
+	bystanderPace    = 20 * time.Millisecond
+	bystanderSamples = 30
+)
+
+// paceScenario floods room "flooded" on a from one connection during
+// alternating windows, as floodScenario does, and checks what pacing
+// promises (TestFloodIsPacedAndIsolated).
+func paceScenario(t *testing.T, a, b *gateway) {
+	members := make([]*watcher, floodMembers)
+	for i := range members {
+		node := b
+		if i%2 == 1 {
+			node = a
+		}
+		members[i] = watch(node.dial(t, "flooded"))
+	}
+	sender, receiver := a.dial(t, "bystander"), b.dial(t, "bystander")
+	fl := a.dial(t, "flooded")
+	flood := watch(fl) // errors or a close would show here
+	sink := discardSink(t)
+	var base, during []time.Duration
+	var flooding, span time.Duration // time spent flooding; from the first flood's start to the last's end
+	var first time.Time
+	for w := range floodWindows {
+		stop := make(chan struct{})
+		done := make(chan error, 1)
+		go func() { done <- floodSink(sink, stop) }()
+		base = append(base, measureLatencyEvery(t, sender, receiver, fmt.Sprint("base", w), nil, bystanderPace, bystanderSamples)...)
+		close(stop)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		stop = make(chan struct{})
+		start := time.Now()
+		if first.IsZero() {
+			first = start
+		}
+		go func() { done <- floodConn(fl, stop) }()
+		during = append(during, measureLatencyEvery(t, sender, receiver, fmt.Sprint("flood", w), nil, bystanderPace, bystanderSamples)...)
+		close(stop)
+		flooding += time.Since(start)
+		span = time.Since(first)
+		<-done
+	}
+	fl.conn.Close()
+	// The members got the flood at the rate at most, and a marker after it.
+	members[0].c.sendChat("marker", "after the flood")
+	for i, m := range members[1:] {
+		if err := m.waitFor(chat("marker", "after the flood")); err != nil {
+			t.Fatalf("member %d: %v", i+1, err)
+		}
+	}
+	got := members[1].count() - 1
+	// The bucket refills between flood windows too.
+	limit := room.DefaultRateBurst + int(room.DefaultRateLimit*span.Seconds()*1.1) + 10
+	if got == 0 || got > limit {
+		t.Fatalf("a member got %d flood messages over %v; want some, at most %d (RATE_BURST + RATE_LIMIT per second)", got, span, limit)
+	}
+	if n := flood.count(); n != 0 {
+		t.Fatalf("the flooder got %d frames (error frames?); want none", n)
+	}
+	bMed, bP90 := percentile(base, 0.5), percentile(base, 0.9)
+	dMed, dP90 := percentile(during, 0.5), percentile(during, 0.9)
+	t.Logf("flooder delivered %d messages in %v (%.0f/s); bystander latency without flood: p50 %v p90 %v max %v; during: p50 %v p90 %v max %v",
+		got, flooding, float64(got)/flooding.Seconds(), bMed, bP90, percentile(base, 1), dMed, dP90, percentile(during, 1))
+	const medianRatio, p90Ratio = 4, 8
+	if dMed > medianRatio*bMed || dP90 > p90Ratio*bP90 {
+		t.Fatalf("another room's latency rose from p50 %v p90 %v to p50 %v p90 %v during the flood: more than %dx (median) or %dx (p90)",
+			bMed, bP90, dMed, dP90, medianRatio, p90Ratio)
+	}
+	s := getStats(t, a)
+	if s.Hub.RatePaused == 0 || s.Hub.RateLimited != 0 || s.Hub.RateClosed != 0 {
+		t.Fatalf("stats: %d paused, %d rate_limited, %d rate_closed; want pauses only", s.Hub.RatePaused, s.Hub.RateLimited, s.Hub.RateClosed)
+	}
+}
+
+// floodConn writes messages to c as fast as it can until stop is closed;
+// the writes block while the gateway reads slowly.
+func floodConn(c *client, stop <-chan struct{}) error {
+	buf := rawFrame(finText, msg("flood"), false)
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		_ = c.conn.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.conn.Write(buf); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue // blocked by the gateway's pacing: look at stop
+			}
+			return err
+		}
+	}
+}
+
+// floodSink writes messages as fast as it can to a sink that discards
+// them, until stop is closed: the flooding client's own cost, without the
+// gateway's.
+func floodSink(addr string, stop <-chan struct{}) error {
+	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := rawFrame(finText, msg("flood"), false)
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+	}
 }
 
 // TestFloodIsLimitedAndIsolatedOnRedis is the same on two production
@@ -394,10 +536,15 @@ func (w *watcher) waitFor(text string) error {
 // floodPace, and returns how long each took to reach receiver. It stops
 // early with a failure when stop reports an error.
 func measureLatency(t *testing.T, sender, receiver *client, phase string, stop <-chan error) []time.Duration {
+	return measureLatencyEvery(t, sender, receiver, phase, stop, floodPace, floodSamples)
+}
+
+// measureLatencyEvery is measureLatency with n messages, one per pace.
+func measureLatencyEvery(t *testing.T, sender, receiver *client, phase string, stop <-chan error, pace time.Duration, n int) []time.Duration {
 	t.Helper()
-	got := make(chan time.Time, floodSamples)
+	got := make(chan time.Time, n)
 	go func() {
-		for range floodSamples {
+		for range n {
 			f, err := receiver.next()
 			if err != nil {
 				close(got)
@@ -410,10 +557,10 @@ func measureLatency(t *testing.T, sender, receiver *client, phase string, stop <
 			got <- time.Now()
 		}
 	}()
-	tick := time.NewTicker(floodPace)
+	tick := time.NewTicker(pace)
 	defer tick.Stop()
 	var lat []time.Duration
-	for i := range floodSamples {
+	for i := range n {
 		start := time.Now()
 		sender.sendChat("bystander", phase+strconv.Itoa(i))
 		select {

@@ -374,7 +374,7 @@ func TestAsyncAPIMatchesServer(t *testing.T) {
 	rn.expect("truncated")
 
 	// rate_limited, with and without cid.
-	gl := startGateway(t, map[string]string{"RATE_LIMIT": "1", "RATE_BURST": "1", "RATE_CLOSE_AFTER": "100"})
+	gl := startGateway(t, map[string]string{"RATE_LIMIT": "1", "RATE_BURST": "1", "RATE_CLOSE_AFTER": "100", "RATE_MODE": "drop"})
 	fast := dial(gl, "/ws/chat/spec-rate/?ack=1")
 	fast.out(`{"username":"f","message":"1","cid":"f-1"}`)
 	fast.out(`{"username":"f","message":"2","cid":"f-2"}`)

@@ -331,6 +331,7 @@ type statsDoc struct {
 		Rooms                                       int
 		Published, Delivered, Rejected, Unavailable int64
 		Unconfirmed                                 int64
+		RatePaused                                  int64 `json:"rate_paused"`
 		RateLimited                                 int64 `json:"rate_limited"`
 		RateClosed                                  int64 `json:"rate_closed"`
 	} `json:"rooms"`

@@ -56,10 +56,6 @@ var (
 	// ErrSlowConsumer: the outbound queue passed Config.MaxQueueBytes
 	// because the client does not read fast enough.
 	ErrSlowConsumer = errors.New("conn: slow consumer")
-	// ErrFrameRate: the client sent frames faster than Config.FrameRate
-	// allows, past Config.FrameBurst (any frame counts, even an empty
-	// continuation or a ping).
-	ErrFrameRate = errors.New("conn: frame rate limit exceeded")
 	// ErrFragmentTimeout: a message stayed unfinished (fragments, or a
 	// frame split across reads) longer than Config.FragmentTimeout.
 	ErrFragmentTimeout = errors.New("conn: message not finished in time")
@@ -107,8 +103,6 @@ func closeFor(err error) *CloseError {
 		return &CloseError{ws.StatusMessageTooBig, "message too large; see MAX_MESSAGE_BYTES"}
 	case errors.Is(err, ErrSlowConsumer):
 		return &CloseError{ws.StatusPolicyViolation, "slow consumer: messages were not read in time"}
-	case errors.Is(err, ErrFrameRate):
-		return &CloseError{ws.StatusPolicyViolation, "too many frames; see FRAME_RATE and FRAME_BURST"}
 	case errors.Is(err, ErrFragmentTimeout):
 		return &CloseError{ws.StatusPolicyViolation, "message not finished in time; see FRAGMENT_TIMEOUT"}
 	case errors.Is(err, ErrServerBusy):

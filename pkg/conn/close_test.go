@@ -30,7 +30,6 @@ func TestCloseFor(t *testing.T) {
 		{"invalid UTF-8", ErrInvalidUTF8, ws.StatusInvalidFramePayloadData},
 		{"too large", ErrTooLarge, ws.StatusMessageTooBig},
 		{"slow consumer", ErrSlowConsumer, ws.StatusPolicyViolation},
-		{"frame rate", ErrFrameRate, ws.StatusPolicyViolation},
 		{"fragment timeout", ErrFragmentTimeout, ws.StatusPolicyViolation},
 		{"server busy", ErrServerBusy, StatusTryAgainLater},
 		{"ping timeout", ErrPingTimeout, ws.StatusGoingAway},

@@ -42,9 +42,11 @@ type Config struct {
 	FragmentTimeout time.Duration `env:"FRAGMENT_TIMEOUT" help:"time a message may stay unfinished (fragments, or a frame split across reads) before the connection is closed with 1008"`
 	// FrameRate is the number of frames per second a client may send on
 	// average; every frame counts (text, continuation, ping, pong, close,
-	// even empty ones). A client over it, past FrameBurst, is closed with
-	// 1008. Zero means 200; -1 means no limit.
-	FrameRate int `env:"FRAME_RATE" help:"frames per second a client may send on average (every frame counts, even empty continuations and pings); over it the connection is closed with 1008; -1 means no limit"`
+	// even empty ones). A client over it, past FrameBurst, is read more
+	// slowly: the server stops reading its socket until the rate allows
+	// the next frame, so TCP slows the client down; nothing is dropped.
+	// Zero means 200; -1 means no limit.
+	FrameRate int `env:"FRAME_RATE" help:"frames per second a client may send on average (every frame counts, even empty continuations and pings); over it the connection is read more slowly, nothing is dropped; -1 means no limit"`
 	// FrameBurst is the number of frames a client may send at once above
 	// FrameRate. Zero means 1000.
 	FrameBurst int `env:"FRAME_BURST" help:"frames a client may send back to back before FRAME_RATE applies"`

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -98,23 +99,39 @@ func maxPartialPerConn(max int) int {
 // It holds bytes only for an unfinished message: the payload of a
 // fragmented message so far (msg) and at most one incomplete frame (in),
 // each in a buffer of at most twice its length (maxPartialPerConn).
+//
+// Pausing. The reader stops at a frame it may not take yet: over the frame
+// rate, or a text message the emit function declines for now (errPause).
+// It keeps that frame and everything after it, masked as it arrived, in
+// in (paused set), and feed returns errPause; resume feeds them again.
+// The caller reads nothing more from the client meanwhile, so TCP flow
+// control slows the client down: nothing is dropped, order is kept.
 type frameReader struct {
 	max        int     // largest message payload accepted, in bytes
-	in         *buffer // bytes of one incomplete frame; nil when none
+	in         *buffer // bytes of one incomplete frame, or the bytes kept by a pause; nil when none
 	msg        *buffer // payload of a fragmented message so far; nil when none
 	fragmented bool    // a fragmented text message is in progress
 	discard    bool    // drop data payloads (closing): fragments are not kept
 	completed  bool    // a text message ended during the last feed
+	paused     bool    // in holds the bytes from the first frame not taken: resume them
 
 	// Frame rate limit, a GCRA token bucket in integer nanoseconds: each
 	// frame moves tat (the theoretical arrival time) interval later; a
-	// frame that finds tat more than tolerance ahead of now is refused
-	// with ErrFrameRate. interval 0 means no limit.
+	// frame that finds tat more than tolerance ahead of now pauses the
+	// reader until it is not. interval 0 means no limit.
 	now       int64 // clock of the current feed, unix ns; set by the caller
 	tat       int64
 	interval  int64
 	tolerance int64
 }
+
+// errPause is returned by feed and resume when the reader paused, and by
+// an emit function that declines a text message for now.
+var errPause = errors.New("conn: reading paused")
+
+// frameWait returns how long a reader paused at the frame rate must wait
+// before the next frame fits.
+func (r *frameReader) frameWait() int64 { return r.tat - r.tolerance - r.now }
 
 // setRate limits the reader to rate frames per second on average and
 // burst frames at once; rate <= 0 means no limit.
@@ -129,13 +146,19 @@ func (r *frameReader) setRate(rate, burst int) {
 
 // emitFunc receives one complete text message (OpText) or control frame
 // (OpPing, OpPong, OpClose). The payload is valid only during the call.
-// Returning an error stops the reader, which returns that error.
+// Returning an error stops the reader, which returns that error;
+// returning errPause for a text message pauses the reader at it: the
+// message is emitted again, whole, after resume.
 type emitFunc func(op ws.OpCode, payload []byte) error
 
 // feed parses data, the next bytes read from the client, and calls emit
 // for every complete message and control frame. It unmasks payloads in
 // place, so data is modified. The bytes of an incomplete frame are kept
 // until the next call.
+//
+// When the reader pauses it returns errPause and keeps the bytes from the
+// frame it stopped at (see frameReader); feed must not be called again
+// before resume.
 func (r *frameReader) feed(data []byte, emit emitFunc) error {
 	r.completed = false
 	// Finish the frame kept from the last read first, taking from data
@@ -145,6 +168,10 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 		r.in = appendBuffer(r.in, data[:take])
 		data = data[take:]
 		n, err := r.next(r.in.b, emit)
+		if err == errPause {
+			r.pause(data) // in keeps the frame, the rest follows it
+			return err
+		}
 		if n > 0 || err != nil {
 			// Consumed, or never to be: after an error the reader starts
 			// afresh with the next read (a closing connection only looks
@@ -157,6 +184,10 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 	}
 	for len(data) > 0 {
 		n, err := r.next(data, emit)
+		if err == errPause {
+			r.pause(data)
+			return err
+		}
 		if err != nil {
 			return err
 		}
@@ -167,6 +198,31 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 		data = data[n:]
 	}
 	return nil
+}
+
+// pause keeps rest, the bytes after the frame the reader stopped at (in
+// holds that frame, or rest starts with it), for resume.
+func (r *frameReader) pause(rest []byte) {
+	r.in = appendBuffer(r.in, rest)
+	r.paused = true
+}
+
+// resume feeds the bytes kept by a pause again; it may pause again.
+func (r *frameReader) resume(emit emitFunc) error {
+	b := r.in
+	r.in, r.paused = nil, false
+	err := r.feed(b.b, emit) // copies what it keeps before b goes back to its pool
+	b.release()
+	return err
+}
+
+// dropPaused forgets the bytes kept by a pause (a closing connection's
+// frames are not delivered).
+func (r *frameReader) dropPaused() {
+	if r.paused {
+		r.releaseIn()
+		r.paused = false
+	}
 }
 
 // frameMissing returns how many more bytes the incomplete frame at the
@@ -295,37 +351,48 @@ func (r *frameReader) next(b []byte, emit emitFunc) (int, error) {
 	if len(b) < hn || uint64(len(b)-hn) < length {
 		return 0, nil
 	}
-	if r.interval > 0 {
+	if r.interval > 0 && !r.discard {
 		if r.tat < r.now {
 			r.tat = r.now
 		}
 		if r.tat-r.now > r.tolerance {
-			return 0, ErrFrameRate
+			return 0, errPause // FRAME_RATE: read on when the bucket allows
 		}
 		r.tat += r.interval
 	}
 	n := hn + int(length)
 	payload := b[hn:n]
+	mask := [4]byte(b[hn-4 : hn])
 
 	switch op {
 	case ws.OpText:
 		if !fin {
 			r.fragmented = true
 			if !r.discard {
-				ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+				ws.Cipher(payload, mask, 0)
 				r.msg = appendBuffer(nil, payload)
 			}
 			return n, nil
 		}
-		r.completed = true
 		if r.discard {
+			r.completed = true
 			return n, nil
 		}
-		ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+		ws.Cipher(payload, mask, 0)
 		if !utf8.Valid(payload) {
 			return 0, ErrInvalidUTF8
 		}
-		return n, emit(ws.OpText, payload)
+		if err := emit(ws.OpText, payload); err != nil {
+			if err == errPause {
+				ws.Cipher(payload, mask, 0) // as it arrived, to be read again
+				r.untake()
+				return 0, err
+			}
+			r.completed = true
+			return n, err
+		}
+		r.completed = true
+		return n, nil
 	case ws.OpContinuation:
 		if r.discard {
 			if fin {
@@ -333,26 +400,49 @@ func (r *frameReader) next(b []byte, emit emitFunc) (int, error) {
 			}
 			return n, nil
 		}
-		ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+		ws.Cipher(payload, mask, 0)
+		before := r.msgLen()
 		r.msg = appendBuffer(r.msg, payload)
 		if !fin {
 			return n, nil
 		}
 		msg := r.msg
-		r.msg, r.fragmented, r.completed = nil, false, true
-		defer msg.release()
+		r.msg, r.fragmented = nil, false
 		if !utf8.Valid(msg.b) {
+			msg.release()
 			return 0, ErrInvalidUTF8
 		}
-		return n, emit(ws.OpText, msg.b)
+		if err := emit(ws.OpText, msg.b); err == errPause {
+			// Back to the fragments before this frame, which is read
+			// again as it arrived.
+			msg.b = msg.b[:before]
+			r.msg, r.fragmented = msg, true
+			ws.Cipher(payload, mask, 0)
+			r.untake()
+			return 0, err
+		} else if err != nil {
+			msg.release()
+			r.completed = true
+			return n, err
+		}
+		msg.release()
+		r.completed = true
+		return n, nil
 	}
-	ws.Cipher(payload, [4]byte(b[hn-4:hn]), 0)
+	ws.Cipher(payload, mask, 0)
 	if op == ws.OpClose {
 		if err := checkClosePayload(payload); err != nil {
 			return 0, err
 		}
 	}
 	return n, emit(op, payload)
+}
+
+// untake gives back the frame-rate token of a frame read again later.
+func (r *frameReader) untake() {
+	if r.interval > 0 {
+		r.tat -= r.interval
+	}
 }
 
 func (r *frameReader) msgLen() int {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -595,9 +596,10 @@ func TestBufferClasses(t *testing.T) {
 
 // TestFrameRate: the reader lets FrameBurst frames through at once, then
 // one per 1/FrameRate; every complete frame counts, whatever its kind or
-// size, once, however it is split across reads.
+// size, once, however it is split across reads. A frame over the rate
+// pauses the reader: it keeps the frame and what follows, untouched, and
+// takes them when resumed in time; nothing is lost.
 func TestFrameRate(t *testing.T) {
-	nop := func(ws.OpCode, []byte) error { return nil }
 	for _, tc := range []struct {
 		name string
 		one  []byte // one frame, after frame(bFragText, "x") for continuations
@@ -612,10 +614,12 @@ func TestFrameRate(t *testing.T) {
 			defer r.reset()
 			r.setRate(10, 5) // 100 ms per frame, 5 at once
 			r.now = int64(time.Hour)
+			frames := 0
+			count := func(ws.OpCode, []byte) error { frames++; return nil }
 			feed := func(b []byte) error {
 				// Byte by byte: a frame counts when it is complete.
 				for i := range b {
-					if err := r.feed([]byte{b[i]}, nop); err != nil {
+					if err := r.feed([]byte{b[i]}, count); err != nil {
 						return err
 					}
 				}
@@ -633,16 +637,28 @@ func TestFrameRate(t *testing.T) {
 					t.Fatalf("frame %d of a burst of 5: %v", i, err)
 				}
 			}
-			if err := feed(tc.one); err != ErrFrameRate {
-				t.Fatalf("frame 6 at once: %v, want ErrFrameRate", err)
+			// Frames 6 and 7 in one read: the reader pauses at 6 and keeps both.
+			before := frames
+			// (Continuations are not emitted: the bytes kept tell.)
+			if err := r.feed(cat(tc.one, tc.one), count); err != errPause || !r.paused || len(r.in.b) != 2*len(tc.one) {
+				t.Fatalf("frames 6 and 7 at once: %v (paused %v), want a pause keeping both", err, r.paused)
 			}
-			// The reader starts afresh after an error: each frame is whole.
+			if frames != before {
+				t.Fatalf("%d frames taken past the burst", frames-before)
+			}
+			if w := r.frameWait(); w <= 0 || w > int64(100*time.Millisecond) {
+				t.Fatalf("wait %v, want up to one interval", time.Duration(w))
+			}
 			r.now += int64(100 * time.Millisecond)
-			if err := feed(tc.one); err != nil {
-				t.Fatalf("one frame 100 ms later: %v", err)
+			if err := r.resume(count); err != errPause || len(r.in.b) != len(tc.one) {
+				t.Fatalf("resumed 100 ms later: %v; want frame 6 taken and a pause at 7", err)
 			}
-			if err := feed(tc.one); err != ErrFrameRate {
-				t.Fatalf("a second one: %v, want ErrFrameRate", err)
+			r.now += int64(100 * time.Millisecond)
+			if err := r.resume(count); err != nil || r.paused || r.in != nil {
+				t.Fatalf("resumed again: %v, paused %v; want frame 7 taken and nothing kept", err, r.paused)
+			}
+			if tc.name != "empty continuation" && frames != before+2 {
+				t.Fatalf("%d frames emitted after the pauses, want 2", frames-before)
 			}
 			r.now += int64(time.Minute)
 			for i := 1; i <= 5; i++ {
@@ -653,6 +669,7 @@ func TestFrameRate(t *testing.T) {
 		})
 	}
 	t.Run("no limit", func(t *testing.T) {
+		nop := func(ws.OpCode, []byte) error { return nil }
 		r := &frameReader{max: 1 << 20}
 		r.setRate(-1, 0)
 		if err := r.feed(bytes.Repeat(frame(bPing, nil), 100_000), nop); err != nil {
@@ -724,4 +741,53 @@ func TestFrameReaderHoldsOneFrame(t *testing.T) {
 		t.Fatalf("held at most %d bytes (bound %d), %d at the end", most, maxPartialPerConn(maxMsg), r.held())
 	}
 	t.Logf("held at most %d bytes for a %d-byte message (bound %d)", most, maxMsg, maxPartialPerConn(maxMsg))
+}
+
+// TestDeclinedMessageIsEmittedAgainWhole: an emit function that declines
+// a text message for now (errPause), single-frame or fragmented, gets it
+// again, the same bytes, after resume, followed by what came after it;
+// frames before it are not emitted twice.
+func TestDeclinedMessageIsEmittedAgainWhole(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"one frame", frame(bText, []byte("declined"))},
+		{"fragments", cat(frame(bFragText, []byte("decl")), frame(bPing, []byte("p")), frame(bCont, []byte("in")), frame(bFinCont, []byte("ed")))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &frameReader{max: 1 << 20}
+			defer r.reset()
+			var got []string
+			decline := true
+			emit := func(op ws.OpCode, p []byte) error {
+				if op == ws.OpText && string(p) == "declined" && decline {
+					decline = false
+					return errPause
+				}
+				got = append(got, fmt.Sprintf("%v:%s", op, p))
+				return nil
+			}
+			data := cat(frame(bText, []byte("first")), tc.msg, frame(bText, []byte("after")))
+			// Split in two reads, in the middle of the declined message.
+			half := len(data) / 2
+			err := r.feed(data[:half], emit)
+			if err == nil {
+				err = r.feed(data[half:], emit)
+			}
+			if err != errPause || !r.paused {
+				t.Fatalf("feed: %v, paused %v; want a pause", err, r.paused)
+			}
+			if err := r.resume(emit); err != nil || r.paused {
+				t.Fatalf("resume: %v, paused %v", err, r.paused)
+			}
+			want := []string{"1:first", "1:declined", "1:after"}
+			if tc.name == "fragments" {
+				want = []string{"1:first", "9:p", "1:declined", "1:after"}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("emitted %q, want %q", got, want)
+			}
+		})
+	}
 }

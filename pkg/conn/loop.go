@@ -78,6 +78,14 @@ type loop struct {
 	efdReady bool // epoll reported the eventfd in this round
 	done     chan struct{}
 
+	// Paused reads (pause.go): connections whose reader waits for its
+	// rate, by when to read them again; wait is the pause a Handler asked
+	// for while its message is emitted; armed is when the poller's
+	// deadline is set.
+	paused pauses
+	wait   int64
+	armed  int64
+
 	mu         sync.Mutex
 	posts      []posted
 	spare      []posted
@@ -176,7 +184,7 @@ func (l *loop) run() {
 	events := make([]unix.EpollEvent, 512)
 	tick := l.srv.tick
 	nextTick := time.Now().UnixNano() + int64(tick)
-	if err := l.poll.setDeadline(time.Unix(0, nextTick)); err != nil {
+	if err := l.arm(nextTick); err != nil {
 		l.srv.log.Error("cannot set the event loop's tick; event loop stopped", "err", err)
 		return
 	}
@@ -193,11 +201,11 @@ func (l *loop) run() {
 		}
 	}
 	for {
-		ticked := false
 		if len(l.again) > 0 {
 			ready(0) // data left to read: do not wait
 		} else if err := l.poll.wait(ready); err == errTick {
-			ticked, n, errno = true, 0, 0
+			n, errno = 0, 0
+			l.armed = 0 // passed: set it again below
 		} else if err != nil {
 			l.srv.log.Error("event loop wait failed; event loop stopped", "err", err)
 			return
@@ -234,14 +242,15 @@ func (l *loop) run() {
 			}
 		}
 		l.readAgain(again)
+		l.resumeDue()
 		l.servePosts()
-		if ticked || l.now >= nextTick {
+		if l.now >= nextTick {
 			l.scan()
 			nextTick = l.now + int64(tick)
-			if err := l.poll.setDeadline(time.Unix(0, nextTick)); err != nil {
-				l.srv.log.Error("cannot set the event loop's tick; event loop stopped", "err", err)
-				return
-			}
+		}
+		if err := l.arm(min(nextTick, l.paused.next())); err != nil {
+			l.srv.log.Error("cannot set the event loop's tick; event loop stopped", "err", err)
+			return
 		}
 		if l.stopping && len(l.conns) == 0 {
 			return
@@ -362,10 +371,15 @@ func (l *loop) closing(c *Conn, cause error) {
 	if c.state == stateOpen {
 		c.state = stateClosing
 		c.cause = cause
-		c.deadline = l.now + int64(l.srv.cfg.CloseTimeout)
+		c.deadline = l.now + int64(l.srv.cfg.CloseTimeout) // no longer a pause
 		c.closeBy = l.now + closeWaitFactor*int64(l.srv.cfg.CloseTimeout)
 		c.acked = bytesAcked(c.fd)
 		c.rd.discardData() // its messages are not delivered any more
+		if c.rd.paused {
+			// What the pause kept is dropped; read on for the close frame.
+			c.rd.dropPaused()
+			l.readNext(c)
+		}
 		l.account(c)
 		l.srv.handler.OnClose(c, cause)
 	}
@@ -451,7 +465,11 @@ func (l *loop) readAgain(again []*Conn) {
 
 // read reads what the socket holds, in what is left of its readsPerWake
 // buffers for this round; if it may hold more, c is read again next round.
+// A paused connection is not read (pause.go).
 func (l *loop) read(c *Conn) {
+	if c.rd.paused {
+		return
+	}
 	if c.readRound != l.round {
 		c.readRound, c.readsLeft = l.round, readsPerWake
 	}
@@ -480,10 +498,15 @@ func (l *loop) read(c *Conn) {
 		case stateOpen, stateClosing:
 			l.frames(c, data)
 		}
-		if c.state == stateClosed || n < len(l.buf) && !c.hup {
+		if c.state == stateClosed || c.rd.paused || n < len(l.buf) && !c.hup {
 			return // a short read drained the socket (edge-triggered)
 		}
 	}
+	l.readNext(c)
+}
+
+// readNext has c read again next round: it may have data left.
+func (l *loop) readNext(c *Conn) {
 	if !c.inAgain {
 		c.inAgain = true
 		l.again = append(l.again, c)
@@ -494,10 +517,18 @@ func (l *loop) read(c *Conn) {
 func (l *loop) frames(c *Conn, data []byte) {
 	l.cur = c
 	c.rd.now = l.now
-	err := c.rd.feed(data, l.emit)
+	l.fed(c, c.rd.feed(data, l.emit))
+}
+
+// fed handles the outcome of feeding c's reader, l.cur.
+func (l *loop) fed(c *Conn, err error) {
 	l.cur = nil
 	if c.state == stateClosed {
 		return // the client answered our close frame
+	}
+	if err == errPause {
+		l.pause(c)
+		err = nil
 	}
 	over := l.account(c)
 	switch {
@@ -507,15 +538,13 @@ func (l *loop) frames(c *Conn, data []byte) {
 		}
 	case c.state == stateClosing:
 		l.release(c, c.cause) // garbage after our close frame
-	case errors.Is(err, ErrFrameRate):
-		l.limit(c, err)
 	default:
 		c.Close(err)
 		l.closing(c, err)
 	}
 }
 
-// limit closes c for passing a limit (FRAME_RATE, MAX_PARTIAL_BYTES).
+// limit closes c for passing a limit (MAX_PARTIAL_BYTES).
 func (l *loop) limit(c *Conn, cause error) {
 	l.srv.stats.limited.Add(1)
 	c.Close(cause)
@@ -574,7 +603,10 @@ func (l *loop) onFrame(op ws.OpCode, payload []byte) error {
 	}
 	switch op {
 	case ws.OpText:
-		l.srv.handler.OnMessage(c, payload)
+		if wait := l.srv.handler.OnMessage(c, payload); wait > 0 {
+			l.wait = int64(wait)
+			return errPause
+		}
 		c.mu.Lock()
 		closing := c.closing
 		c.mu.Unlock()

@@ -43,7 +43,11 @@ type Handler interface {
 	OnOpen(c *Conn) error
 	// OnMessage is called with each complete text message, valid UTF-8 of
 	// at most Config.MaxMessageBytes. msg is only valid during the call.
-	OnMessage(c *Conn, msg []byte)
+	// It returns zero once it has taken msg. A positive wait declines msg
+	// for now: the server reads nothing more from c for that long, then
+	// calls OnMessage again with the same message. So a Handler slows a
+	// client down (its TCP window closes) without dropping anything.
+	OnMessage(c *Conn, msg []byte) (wait time.Duration)
 	// OnClose is called once when an open connection starts closing, with
 	// the cause (one of the errors in close.go, or an I/O error). No
 	// message of c is delivered to OnMessage after it.
@@ -79,13 +83,17 @@ type Stats struct {
 	SlowConsumers int64            `json:"slow_consumers"` // connections closed for MAX_QUEUE_BYTES, since start
 	QueuedBytes   int64            `json:"queued_bytes"`   // bytes queued for clients, not yet written
 	TimedOut      int64            `json:"timed_out"`      // handshakes, HTTP requests and unfinished messages cut by their timeout, since start
-	Limited       int64            `json:"limited"`        // connections closed for FRAME_RATE or MAX_PARTIAL_BYTES, since start
-	PartialBytes  int64            `json:"partial_bytes"`  // buffer held for unfinished messages and frames; MAX_PARTIAL_BYTES bounds it
+	Limited       int64            `json:"limited"`        // connections closed for MAX_PARTIAL_BYTES, since start
+	// Paused counts the times a connection's reads were paused because it
+	// sent faster than its rate (FRAME_RATE, or a message rate of the
+	// Handler's): slowed down, nothing dropped.
+	Paused       int64 `json:"paused"`
+	PartialBytes int64 `json:"partial_bytes"` // buffer held for unfinished messages and frames; MAX_PARTIAL_BYTES bounds it
 }
 
 type stats struct {
 	open, accepted, upgraded, websockets, http atomic.Int64
-	timedOut, limited, partial, slow           atomic.Int64
+	timedOut, limited, partial, slow, paused   atomic.Int64
 	refusedBy                                  [numRefuseReasons]atomic.Int64
 	closes                                     closeCounters
 }
@@ -230,6 +238,7 @@ func (s *Server) Stats() Stats {
 		HTTP:          s.stats.http.Load(),
 		TimedOut:      s.stats.timedOut.Load(),
 		Limited:       s.stats.limited.Load(),
+		Paused:        s.stats.paused.Load(),
 		PartialBytes:  s.stats.partial.Load(),
 		SlowConsumers: s.stats.slow.Load(),
 		RefusedBy:     map[string]int64{},

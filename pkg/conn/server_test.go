@@ -286,11 +286,12 @@ func (r *recorder) OnOpen(c *Conn) error {
 
 // OnMessage and OnClose never block the loop: what does not fit in the
 // channels is dropped.
-func (r *recorder) OnMessage(c *Conn, msg []byte) {
+func (r *recorder) OnMessage(c *Conn, msg []byte) time.Duration {
 	select {
 	case r.msgs <- string(msg):
 	default:
 	}
+	return 0
 }
 func (r *recorder) OnClose(c *Conn, cause error) {
 	select {

@@ -15,10 +15,18 @@ import (
 
 // Defaults of Config's zero fields.
 const (
-	// DefaultRateLimit is the default of Config.RateLimit (RATE_LIMIT).
-	DefaultRateLimit = 10.0
-	// DefaultRateBurst is the default of Config.RateBurst (RATE_BURST).
-	DefaultRateBurst = 20
+	// DefaultRateLimit is the default of Config.RateLimit (RATE_LIMIT):
+	// far above what a person types, so that only scripts meet it, and
+	// high enough that a script's burst of a few hundred messages is
+	// through in a few seconds.
+	DefaultRateLimit = 100.0
+	// DefaultRateBurst is the default of Config.RateBurst (RATE_BURST):
+	// with DefaultRateLimit, 200 messages sent back to back are all read
+	// within a second.
+	DefaultRateBurst = 100
+	// RateModePace and RateModeDrop are the values of Config.RateMode.
+	RateModePace = "pace"
+	RateModeDrop = "drop"
 	// DefaultRateCloseAfter is the default of Config.RateCloseAfter
 	// (RATE_CLOSE_AFTER).
 	DefaultRateCloseAfter = 20
@@ -41,17 +49,25 @@ const maxRateLimit = 1e9
 // the variables cmd/gateway reads them from.
 type Config struct {
 	// RateLimit is how many messages per second one connection may send,
-	// on average. A message over it is not published: its sender alone gets
-	// a "rate_limited" error frame. Zero means 10.
-	RateLimit float64 `env:"RATE_LIMIT" help:"messages per second one connection may send on average; over it the sender gets rate_limited and the message is dropped"`
+	// on average; what happens over it is RateMode's. Zero means 100.
+	RateLimit float64 `env:"RATE_LIMIT" help:"messages per second one connection may send on average; over it the connection is read more slowly (RATE_MODE pace) or its messages dropped (drop)"`
 	// RateBurst is how many messages a connection may send at once, above
 	// RateLimit, after a quiet spell (the token bucket's size). Zero means
-	// 20.
+	// 100.
 	RateBurst int `env:"RATE_BURST" help:"messages one connection may send at once above RATE_LIMIT after a quiet spell"`
-	// RateCloseAfter is how many of its messages a connection may have
-	// refused for RateLimit within RateCloseWindow (10s); the next one
-	// closes it with 1008. Zero means 20.
-	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"rate_limited refusals within 10s after which the connection is closed with 1008"`
+	// RateMode says what happens to a message over RateLimit. "pace" (the
+	// default, also for ""): it waits; the server reads nothing more from
+	// the connection until the rate allows it, so TCP slows the client
+	// down and nothing is lost or reordered. "drop": it is dropped, its
+	// sender gets a rate_limited frame, and a connection refused more than
+	// RateCloseAfter messages within 10s is closed with 1008.
+	RateMode string `env:"RATE_MODE" help:"over RATE_LIMIT: pace reads the connection more slowly (nothing is dropped); drop drops messages with a rate_limited frame and closes a connection that goes on"`
+	// RateCloseAfter is how many messages a connection may have refused
+	// (RateMode drop) or held back (pace) for RateLimit within
+	// RateCloseWindow (10s). Past it, drop closes the connection with 1008;
+	// both make new connections from its address start with an empty
+	// bucket for 10s, so that reconnecting buys no burst. Zero means 20.
+	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"messages refused (drop) or held back (pace) within 10s after which the connection is closed (drop) and its address's new connections start without a burst for 10s"`
 	// HistoryMax caps the N of a history=N join: the most messages it
 	// replays. Zero means 100; at most 1000.
 	HistoryMax int `env:"HISTORY_MAX" help:"the most messages a ?history=N join replays (N above it is capped); at most 1000"`
@@ -66,6 +82,7 @@ func (c Config) Defaulted() Config {
 	c.RateLimit = cmp.Or(c.RateLimit, DefaultRateLimit)
 	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
 	c.RateCloseAfter = cmp.Or(c.RateCloseAfter, DefaultRateCloseAfter)
+	c.RateMode = cmp.Or(c.RateMode, RateModePace)
 	c.HistoryMax = cmp.Or(c.HistoryMax, DefaultHistoryMax)
 	return c
 }
@@ -79,6 +96,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("room: RATE_BURST is %d; want a positive number of messages, or unset it for %d", c.RateBurst, DefaultRateBurst)
 	case c.RateCloseAfter < 0:
 		return c, fmt.Errorf("room: RATE_CLOSE_AFTER is %d; want a positive number of refusals, or unset it for %d", c.RateCloseAfter, DefaultRateCloseAfter)
+	case c.RateMode != "" && c.RateMode != RateModePace && c.RateMode != RateModeDrop:
+		return c, fmt.Errorf("room: RATE_MODE is %q; want %q (read more slowly) or %q (drop and close), or unset it for %q", c.RateMode, RateModePace, RateModeDrop, RateModePace)
 	case c.HistoryMax < 0 || c.HistoryMax > MaxHistoryMax:
 		return c, fmt.Errorf("room: HISTORY_MAX is %d; want 1 to %d messages, or unset it for %d", c.HistoryMax, MaxHistoryMax, DefaultHistoryMax)
 	}
@@ -90,6 +109,7 @@ func (c Config) withDefaults() (Config, error) {
 type rateParams struct {
 	interval, tolerance             int64 // messages: 1/RateLimit, (RateBurst-1)/RateLimit
 	strikeInterval, strikeTolerance int64 // refusals: RateCloseWindow/RateCloseAfter, and (RateCloseAfter-1) of them
+	pace                            bool  // RateMode pace: hold messages back instead of refusing them
 }
 
 func newRateParams(c Config) rateParams {
@@ -100,6 +120,7 @@ func newRateParams(c Config) rateParams {
 		tolerance:       iv * int64(c.RateBurst-1),
 		strikeInterval:  siv,
 		strikeTolerance: siv * int64(c.RateCloseAfter-1),
+		pace:            c.RateMode != RateModeDrop,
 	}
 }
 
@@ -132,6 +153,19 @@ func (l *limiter) take(now int64, p *rateParams) verdict {
 	return rateExceeded
 }
 
+// pace decides about one message arriving at now in RateMode pace: 0 when
+// it is admitted, else how long (ns) until it fits, and whether this hold
+// passed RateCloseAfter, so that the address is to be penalized. Nothing
+// is taken for a message held back: it comes again when it fits.
+func (l *limiter) pace(now int64, p *rateParams) (wait int64, penalize bool) {
+	t := max(l.tat, now)
+	if over := t - now - p.tolerance; over > 0 {
+		return over, !gcra(&l.strikes, now, p.strikeInterval, p.strikeTolerance)
+	}
+	l.tat = t + p.interval
+	return 0, false
+}
+
 // gcra admits one event at now when the bucket whose full time is *tat
 // has room: at most tolerance/interval+1 events at once, one per interval
 // on average.
@@ -158,11 +192,12 @@ func (p *rateParams) start(now int64, penalized bool) limiter {
 const maxPenalties = 1 << 16
 
 // penalties remembers, for RateCloseWindow, the client addresses (IPv4,
-// or IPv6 /64) that had a connection closed for going on over its rate
-// limit. New connections from them start with an empty bucket, so that
-// reconnecting does not buy a flooder a new burst; a person sharing the
-// address (a NAT) can still send one message per 1/RateLimit from the
-// start, which is faster than anyone types. Its mutex is a leaf: taken
+// or IPv6 /64) that had a connection go on over its rate limit (closed in
+// RateMode drop, held back more than RateCloseAfter times in pace). New
+// connections from them start with an empty bucket, so that reconnecting
+// does not buy a flooder a new burst; a person sharing the address (a
+// NAT) can still send one message per 1/RateLimit from the start, which
+// is faster than anyone types, and in pace mode loses nothing. Its mutex is a leaf: taken
 // under Hub.mu or room.mu, never the other way.
 type penalties struct {
 	mu    sync.Mutex

@@ -1,6 +1,7 @@
 package room
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -80,7 +81,7 @@ func TestLimiter(t *testing.T) {
 // other members see only the accepted messages.
 func TestRateLimitedSender(t *testing.T) {
 	e := newGateEngine()
-	h, addr := startHub(t, Config{RateLimit: 0.001, RateBurst: 3, RateCloseAfter: 2}, e)
+	h, addr := startHub(t, Config{RateLimit: 0.001, RateBurst: 3, RateCloseAfter: 2, RateMode: RateModeDrop}, e)
 	a := joined(t, dialAsync(t, addr, "/ws/chat/rl/"))
 	b := joined(t, dialAsync(t, addr, "/ws/chat/rl/"))
 	for i := range 6 {
@@ -124,7 +125,7 @@ func TestRateLimitedSender(t *testing.T) {
 // burst.
 func TestReconnectAfterRateCloseHasNoBurst(t *testing.T) {
 	e := newGateEngine()
-	_, addr := startHub(t, Config{RateLimit: 0.01, RateBurst: 3, RateCloseAfter: 1}, e)
+	_, addr := startHub(t, Config{RateLimit: 0.01, RateBurst: 3, RateCloseAfter: 1, RateMode: RateModeDrop}, e)
 	flooder := joined(t, dialFrom(t, "127.0.0.1", addr, "/ws/chat/pb/"))
 	for range 5 {
 		flooder.send(t, chatMsg("f", "x"))
@@ -149,6 +150,55 @@ func TestReconnectAfterRateCloseHasNoBurst(t *testing.T) {
 		if got := peer.recvText(t); got != chatMsg("o", string(rune('0'+i))) {
 			t.Fatalf("another address lost its burst: peer got %s", got)
 		}
+	}
+}
+
+// TestPacedSenderLosesNothing: in RateMode pace (the default) a sender over
+// its limit is read more slowly: every message reaches the other member,
+// in order, no faster than the rate allows after the burst; the sender
+// gets no error frame and stays open. Held back often enough, its address
+// is penalized: a new connection from it starts without a burst, yet
+// loses nothing either.
+func TestPacedSenderLosesNothing(t *testing.T) {
+	e := newGateEngine()
+	h, addr := startHub(t, Config{RateLimit: 50, RateBurst: 5, RateCloseAfter: 3}, e)
+	a := joined(t, dialAsync(t, addr, "/ws/chat/pace/"))
+	b := joined(t, dialAsync(t, addr, "/ws/chat/pace/"))
+	const n = 30
+	start := time.Now()
+	for i := range n {
+		a.send(t, chatMsg("a", fmt.Sprint(i)))
+	}
+	for i := range n {
+		if got := b.recvText(t); got != chatMsg("a", fmt.Sprint(i)) {
+			t.Fatalf("member got %s, want message %d", got, i)
+		}
+	}
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Fatalf("%d messages delivered in %v: faster than 50/s after a burst of 5", n, d)
+	}
+	s := h.Stats()
+	if s.RatePaused == 0 || s.RateLimited != 0 || s.RateClosed != 0 || s.Received != n {
+		t.Fatalf("stats %+v: want pauses, nothing refused or closed, %d received", s, n)
+	}
+	// The address was held back more than 3 times: a new connection from
+	// it starts without a burst, so its messages are paced from the first.
+	again := joined(t, dialAsync(t, addr, "/ws/chat/pace/"))
+	paused := h.Stats().RatePaused
+	for i := range 3 {
+		again.send(t, chatMsg("again", fmt.Sprint(i)))
+	}
+	for i := range 3 {
+		if got := b.recvText(t); got != chatMsg("again", fmt.Sprint(i)) {
+			t.Fatalf("member got %s, want again's message %d", got, i)
+		}
+	}
+	if h.Stats().RatePaused == paused {
+		t.Fatal("the penalized address's new connection had a burst")
+	}
+	a.send(t, chatMsg("a", "still open"))
+	if got := b.recvText(t); got != chatMsg("a", "still open") {
+		t.Fatalf("member got %s, want the paced sender's last message", got)
 	}
 }
 

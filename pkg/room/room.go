@@ -108,7 +108,7 @@ const (
 
 type counters struct {
 	received, published, delivered, rejected, unavailable, unconfirmed atomic.Int64
-	rateLimited, rateClosed, replayed                                  atomic.Int64
+	rateLimited, rateClosed, ratePaused, replayed                      atomic.Int64
 }
 
 // Stats are the Hub's counters.
@@ -120,8 +120,9 @@ type Stats struct {
 	Rejected    int64 `json:"rejected"`     // messages refused for bad JSON or missing fields
 	Unavailable int64 `json:"unavailable"`  // messages the engine did not store (sender told "unavailable")
 	Unconfirmed int64 `json:"unconfirmed"`  // messages sent to Redis without an answer in time (sender told "unconfirmed")
-	RateLimited int64 `json:"rate_limited"` // messages dropped over RATE_LIMIT (sender told "rate_limited")
-	RateClosed  int64 `json:"rate_closed"`  // connections closed with 1008 for going on over RATE_LIMIT
+	RatePaused  int64 `json:"rate_paused"`  // messages that waited for their sender's RATE_LIMIT (RATE_MODE pace): read later, not dropped
+	RateLimited int64 `json:"rate_limited"` // messages dropped over RATE_LIMIT (RATE_MODE drop; sender told "rate_limited")
+	RateClosed  int64 `json:"rate_closed"`  // connections closed with 1008 for going on over RATE_LIMIT (RATE_MODE drop)
 	Replayed    int64 `json:"replayed"`     // stored messages replayed to since= and history= joins
 }
 
@@ -172,6 +173,7 @@ func (h *Hub) Stats() Stats {
 		Rejected:    h.stats.rejected.Load(),
 		Unavailable: h.stats.unavailable.Load(),
 		Unconfirmed: h.stats.unconfirmed.Load(),
+		RatePaused:  h.stats.ratePaused.Load(),
 		RateLimited: h.stats.rateLimited.Load(),
 		RateClosed:  h.stats.rateClosed.Load(),
 		Replayed:    h.stats.replayed.Load(),
@@ -534,28 +536,45 @@ func (h *Hub) unref(name string, r *room, n int) {
 }
 
 // OnMessage checks a client's message against the sender's rate limit,
-// decodes it and publishes it to the room. A message over the limit is
-// dropped and its sender alone gets a rate_limited frame, or is closed
-// with 1008 when it goes on; an invalid message gets an error frame, only
-// to its sender, and the connection stays open. An ack=1 sender's frames
-// about a message name the "cid" it carried (ack.go).
-func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
-	h.stats.received.Add(1)
+// decodes it and publishes it to the room. Over the limit, with RATE_MODE
+// pace (the default), the message waits: OnMessage returns how long, and
+// the server reads nothing more from the client until then (see
+// conn.Handler); with RATE_MODE drop it is dropped and its sender alone
+// gets a rate_limited frame, or is closed with 1008 when it goes on. An
+// invalid message gets an error frame, only to its sender, and the
+// connection stays open. An ack=1 sender's frames about a message name
+// the "cid" it carried (ack.go).
+func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 	name, _ := splitKey(c.Key())
 	h.mu.RLock()
 	r := h.rooms[name]
 	h.mu.RUnlock()
 	if r == nil {
-		return // not joined: OnMessage follows OnOpen, so never
+		return 0 // not joined: OnMessage follows OnOpen, so never
 	}
 	now := h.now()
 	r.mu.RLock()
 	m := r.member(c)
 	if m == nil {
 		r.mu.RUnlock()
-		return
+		return 0
 	}
-	v := m.rate.take(now, &h.rate)
+	if h.rate.pace {
+		wait, penalize := m.rate.pace(now, &h.rate)
+		if wait > 0 {
+			r.mu.RUnlock()
+			h.stats.ratePaused.Add(1)
+			if penalize {
+				h.banned.add(clientAddr(c.Remote()), now)
+			}
+			return time.Duration(wait)
+		}
+	}
+	h.stats.received.Add(1)
+	v := rateAllowed
+	if !h.rate.pace {
+		v = m.rate.take(now, &h.rate)
+	}
 	user := m.user
 	acks := m.sess != nil && m.sess.opts.flags&optAck != 0
 	// alone: no other local member, so this node need not read the
@@ -567,10 +586,10 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 		h.stats.rateLimited.Add(1)
 		if acks {
 			h.refuseWithCID(c, msg, nil)
-			return
+			return 0
 		}
 		c.Send(h.limitF)
-		return
+		return 0
 	case rateExceeded:
 		h.stats.rateLimited.Add(1)
 		h.stats.rateClosed.Add(1)
@@ -579,17 +598,17 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 			h.log.Debug("closing a connection over its rate limit", "room", name, "conn_id", c.ID(), "remote", c.Remote())
 		}
 		c.Close(rateClose)
-		return
+		return 0
 	}
 	if acks {
 		h.publishAcked(c, name, msg, user, alone)
-		return
+		return 0
 	}
 	username, message, derr := decodeMessage(msg)
 	if derr != nil {
 		h.stats.rejected.Add(1)
 		c.Send(errorFrames[derr])
-		return
+		return 0
 	}
 	bp := payloadPool.Get().(*[]byte)
 	if user != "" {
@@ -599,6 +618,7 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) {
 	}
 	h.engine.Publish(name, stream.Message{Sender: c.ID(), Payload: *bp, Alone: alone}, h.ack, c)
 	putPayload(bp)
+	return 0
 }
 
 // published is the engine's Ack for the messages of OnMessage: it counts

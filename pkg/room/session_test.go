@@ -568,7 +568,7 @@ func TestReplayRefusedWhenHistoryFails(t *testing.T) {
 func TestAckAndCID(t *testing.T) {
 	e := newLogEngine()
 	// Six messages in a burst, then one per 100 s.
-	_, addr := startLogHub(t, Config{RateLimit: 0.01, RateBurst: 6, RateCloseAfter: 1000}, conn.Config{}, e)
+	_, addr := startLogHub(t, Config{RateLimit: 0.01, RateBurst: 6, RateCloseAfter: 1000, RateMode: RateModeDrop}, conn.Config{}, e)
 	member := joined(t, dialAsync(t, addr, "/ws/chat/a/"))
 	s := joined(t, dialAsync(t, addr, "/ws/chat/a/?ack=1"))
 	s.send(t, `{"username":"u","message":"one","cid":"c1"}`)
