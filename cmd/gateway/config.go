@@ -78,6 +78,11 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		}
 		cfg.AdminAddr = addr
 	}
+	cfg.Room.MaxMessageBytes = cfg.Conn.MaxMessageBytes // the byte buckets hold a few
+	if cfg.Environment == envDevelopment && cfg.Conn.MaxConnectionsPerIP == 0 {
+		// One machine, load tests from one address: no per-address cap.
+		cfg.Conn.MaxConnectionsPerIP = -1
+	}
 	if cfg.Environment == envProduction {
 		if len(cfg.AllowedHosts) == 0 {
 			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")

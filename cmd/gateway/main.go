@@ -39,10 +39,6 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], envconfig.OsLookuper(), os.Stdout, os.Stderr, nil))
 }
 
-// fdReserve is the number of file descriptors kept for things other than
-// client connections (listener, epoll, eventfds, Redis, logs).
-const fdReserve = 64
-
 // run is the whole program; ready, when set, is told the bound addresses
 // (admin is nil without ADMIN_ADDR). It returns the exit code: 0 after a
 // clean shutdown, 1 when serving failed, 2 for a bad configuration.
@@ -144,7 +140,8 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		"engine", engineName(engine),
 		"version", versionString(),
 		"open_file_limit", fdLimit,
-		"max_connections", max(int64(fdLimit)-fdReserve, 0),
+		"max_connections", srv.Config().MaxConnections,
+		"max_connections_per_ip", srv.Config().MaxConnectionsPerIP,
 		"event_loops", srv.Config().EventLoops,
 	)
 	if ready != nil {

@@ -73,7 +73,9 @@ var gatewayMetrics = []metric{
 	counter("slow_consumer_closes_total", "Connections closed with 1008 because they did not read (MAX_QUEUE_BYTES).", func(s *snapshot) int64 { return s.conn.SlowConsumers }),
 	gauge("queued_bytes", "Bytes queued for clients and not yet written.", func(s *snapshot) int64 { return s.conn.QueuedBytes }),
 	counter("timeouts_total", "Handshakes, HTTP requests and unfinished messages cut by their timeout.", func(s *snapshot) int64 { return s.conn.TimedOut }),
-	counter("limit_closes_total", "Connections closed for FRAME_RATE or MAX_PARTIAL_BYTES.", func(s *snapshot) int64 { return s.conn.Limited }),
+	counter("limit_closes_total", "Connections closed for MAX_PARTIAL_BYTES.", func(s *snapshot) int64 { return s.conn.Limited }),
+	counter("reads_paused_total", "Times a connection's reads were paused because it sent faster than FRAME_RATE, RATE_LIMIT or BYTE_RATE: slowed, nothing dropped.", func(s *snapshot) int64 { return s.conn.Paused }),
+	counter("heads_evicted_total", "Connections closed with 503 before finishing their request head, to make room at the connection cap.", func(s *snapshot) int64 { return s.conn.Evicted }),
 	gauge("partial_bytes", "Buffer bytes held for unfinished messages and frames.", func(s *snapshot) int64 { return s.conn.PartialBytes }),
 
 	gauge("rooms", "Rooms with members on this node.", func(s *snapshot) int64 { return int64(s.hub.Rooms) }),
@@ -82,7 +84,8 @@ var gatewayMetrics = []metric{
 	counter("deliveries_total", "Frames handed to member connections.", func(s *snapshot) int64 { return s.hub.Delivered }),
 	counter("replayed_total", "Stored messages replayed to clients joining with since= or history=.", func(s *snapshot) int64 { return s.hub.Replayed }),
 	counter("engine_duplicates_total", "Publishes whose cid was already stored within REDIS_DEDUPE_WINDOW: acknowledged with the first ID, not appended again.", func(s *snapshot) int64 { return s.engine.Duplicates }),
-	counter("rate_limit_closes_total", "Connections closed with 1008 for going on over RATE_LIMIT.", func(s *snapshot) int64 { return s.hub.RateClosed }),
+	counter("rate_limit_closes_total", "Connections closed with 1008 for going on over RATE_LIMIT (RATE_MODE drop).", func(s *snapshot) int64 { return s.hub.RateClosed }),
+	counter("messages_paused_total", "Times a message waited for its sender's RATE_LIMIT, BYTE_RATE or BYTE_RATE_PER_IP: read later, not dropped.", func(s *snapshot) int64 { return s.hub.RatePaused }),
 
 	counter("engine_accepted_total", "Publish outcomes: stored.", func(s *snapshot) int64 { return s.engine.Accepted }),
 	counter("engine_refused_total", "Publish outcomes: not stored (unavailable or closed).", func(s *snapshot) int64 { return s.engine.Refused }),

@@ -53,14 +53,25 @@ type Config struct {
 	// MaxConnections bounds the WebSocket connections held at once
 	// (joining, open or closing); over it an upgrade gets 503 with
 	// Retry-After. NewServer lowers it to fit FileLimit (see
-	// Server.Config). Zero means 10 000; -1 means only FileLimit bounds it.
-	MaxConnections int `env:"MAX_CONNECTIONS" help:"WebSocket connections held at once, lowered to fit the open-file limit; over it upgrades get 503; -1 means only the open-file limit"`
+	// Server.Config). Zero or -1 means as many as the open-file limit
+	// allows, less a reserve for the process and plain HTTP.
+	MaxConnections int `env:"MAX_CONNECTIONS" help:"WebSocket connections held at once; over it upgrades get 503; unset or -1: as many as the open-file limit allows"`
 	// MaxConnectionsPerIP bounds the connections of any kind (in
 	// handshake, WebSocket, or plain HTTP) that one client IPv4 address or
 	// IPv6 /64 may hold; a connection over it is answered 503 with
-	// Retry-After at once and closed. Behind a proxy or a large NAT raise it
-	// or set -1. Zero means 100; -1 means no limit.
-	MaxConnectionsPerIP int `env:"MAX_CONNECTIONS_PER_IP" help:"connections of any kind one client IPv4 address or IPv6 /64 may hold; over it new ones get 503 at once; -1 means no limit (behind a proxy)"`
+	// Retry-After at once and closed. The client's address is the real one
+	// behind a trusted proxy (TrustedProxies), and a trusted proxy that
+	// names no client is not counted. Zero means a quarter of
+	// MaxConnections, at least 1 000: more than a NAT'd office or a
+	// carrier-grade NAT brings to one node; -1 means no limit (cmd/gateway
+	// sets that in development).
+	MaxConnectionsPerIP int `env:"MAX_CONNECTIONS_PER_IP" help:"connections of any kind one client address (IPv4, IPv6 /64) may hold, the real client behind a trusted proxy; over it new ones get 503 at once; unset: a quarter of MAX_CONNECTIONS, at least 1000 (production) or none (development); -1 means no limit"`
+	// TrustedProxies lists the peers (CIDRs or addresses) whose PROXY
+	// protocol header, X-Forwarded-For or Forwarded header names the
+	// client (see proxy.go); from other peers they are ignored. Empty
+	// means DefaultTrustedProxies (loopback and private ranges); "none"
+	// trusts no one.
+	TrustedProxies []string `env:"TRUSTED_PROXIES" help:"comma-separated CIDRs or addresses of proxies whose PROXY protocol header or X-Forwarded-For/Forwarded names the client; unset: loopback and private ranges (10/8, 172.16/12, 192.168/16, fc00::/7); none: no one"`
 	// PingInterval is how long a connection may stay silent before the
 	// server pings it. Zero means 30s.
 	PingInterval time.Duration `env:"PING_INTERVAL" help:"silence after which the server pings a connection"`
@@ -149,8 +160,6 @@ func (c Config) Defaulted() Config {
 	c.FragmentTimeout = cmp.Or(c.FragmentTimeout, 15*time.Second)
 	c.FrameRate = cmp.Or(c.FrameRate, 200)
 	c.FrameBurst = cmp.Or(c.FrameBurst, 1000)
-	c.MaxConnections = cmp.Or(c.MaxConnections, 10_000)
-	c.MaxConnectionsPerIP = cmp.Or(c.MaxConnectionsPerIP, 100)
 	c.EventLoops = cmp.Or(c.EventLoops, runtime.GOMAXPROCS(0))
 	c.PingInterval = cmp.Or(c.PingInterval, 30*time.Second)
 	c.PongTimeout = cmp.Or(c.PongTimeout, 30*time.Second)
@@ -212,8 +221,15 @@ func (c *Config) setDefaults() error {
 	if _, err := newOriginList(c.AllowedOrigins); err != nil {
 		return err
 	}
+	if _, err := parseProxies(c.TrustedProxies); err != nil {
+		return err
+	}
 	return nil
 }
+
+// perIPDefault is MaxConnectionsPerIP's default for a server that holds
+// websockets WebSocket connections: a quarter of them, at least 1 000.
+func perIPDefault(websockets int) int { return max(websockets/4, 1000) }
 
 // budget returns the sockets the server may hold at once (every kind)
 // and the WebSocket connections it may hold, MaxConnections lowered to

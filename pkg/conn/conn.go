@@ -43,6 +43,9 @@ type Conn struct {
 	hup          bool   // the peer shut its side down: read until EOF, not a short read
 	perIP        bool   // counted in Server.perIP (MaxConnectionsPerIP)
 	websocket    bool   // counted in Stats.WebSockets (MaxConnections)
+	fromProxy    bool   // the peer is a trusted proxy (proxy.go)
+	proxyRead    bool   // the start of the stream was checked for a PROXY header
+	anonymous    bool   // from a trusted proxy that named no client (yet)
 
 	// Write side, guarded by mu.
 	mu       sync.Mutex
@@ -73,8 +76,15 @@ func (c *Conn) ID() uint64 { return c.id }
 // such as the room it joined.
 func (c *Conn) Key() string { return c.key }
 
-// Remote returns the client's address.
+// Remote returns the client's address: the peer's, or the client a
+// trusted proxy named (proxy.go).
 func (c *Conn) Remote() netip.AddrPort { return c.remote }
+
+// ClientKnown reports whether Remote is a client's own address: false for
+// a connection from a trusted proxy that did not say whom it forwards, so
+// that per-address limits do not count it (they would count every client
+// of the proxy as one).
+func (c *Conn) ClientKnown() bool { return !c.anonymous }
 
 // SetSlot stores an integer for the Handler's bookkeeping (such as the
 // connection's index in a member list). It must only be used from the

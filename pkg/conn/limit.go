@@ -73,13 +73,24 @@ func (l *ipLimit) held(a netip.Addr) int {
 
 // admit decides whether a socket just accepted from addr may be held. It
 // returns whether the socket was counted for its address (to release
-// then), or the reason of a refusal.
-func (s *Server) admit(addr netip.Addr) (perIP bool, reason string) {
-	if s.stats.open.Load()+s.stats.http.Load() >= s.sockets {
-		s.stats.refuse(refusedCapacity)
-		return false, "server at its connection limit; retry later"
+// then), or the reason of a refusal. A trusted proxy's socket is not
+// counted for the proxy: for the client it names, if any (setClient).
+func (s *Server) admit(addr netip.Addr, proxy bool) (perIP bool, reason string) {
+	if held := s.stats.open.Load() + s.stats.http.Load(); held >= s.sockets {
+		// At the cap, an unfinished request head is cheaper to lose than
+		// an established connection: evict the oldest heads to make room
+		// (evictHead), and admit this socket in the meantime, within
+		// evictReserve. So a liveness probe and a fresh join still get in
+		// while slow heads fill the server.
+		if held >= s.sockets+evictReserve {
+			s.stats.refuse(refusedCapacity)
+			return false, "server at its connection limit; retry later"
+		}
+		for _, l := range s.loops {
+			l.post(reqEvict, nil, nil)
+		}
 	}
-	if s.perIP.max == 0 {
+	if s.perIP.max == 0 || proxy {
 		return false, ""
 	}
 	if !s.perIP.acquire(addr) {
@@ -87,6 +98,47 @@ func (s *Server) admit(addr netip.Addr) (perIP bool, reason string) {
 		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(addr), s.perIP.max)
 	}
 	return true, ""
+}
+
+// evictReserve is how many sockets over its budget the server admits
+// while it evicts unfinished heads, taken from the descriptors reserved
+// for the process (fdReserve).
+const evictReserve = 16
+
+// minHeadAge is the youngest unfinished request head evictHead evicts: a
+// client on a slow link sends its head within it.
+const minHeadAge = int64(250 * time.Millisecond)
+
+// evictHead closes the loop's oldest connection that has not finished its
+// request head for minHeadAge, with 503: the server is at its cap.
+func (l *loop) evictHead() {
+	var oldest *Conn
+	started := func(c *Conn) int64 { return c.deadline - int64(l.srv.cfg.HandshakeTimeout) }
+	for _, c := range l.conns {
+		if c.state == stateHandshake && l.now-started(c) >= minHeadAge && (oldest == nil || c.deadline < oldest.deadline) {
+			oldest = c
+		}
+	}
+	if oldest != nil {
+		l.srv.stats.evicted.Add(1)
+		l.reject(oldest, http.StatusServiceUnavailable, "server at its connection limit and the request head unfinished; retry later", nil)
+	}
+}
+
+// setClient makes client, named by the trusted proxy c comes from, c's
+// address, and counts it for MaxConnectionsPerIP. It returns the reason
+// of a refusal when the client holds its share already; the caller
+// refuses the connection and counts it (refusedPerIP).
+func (s *Server) setClient(c *Conn, client netip.AddrPort) string {
+	c.remote, c.anonymous = client, false
+	if s.perIP.max == 0 || c.perIP {
+		return ""
+	}
+	if !s.perIP.acquire(client.Addr()) {
+		return fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(client.Addr()), s.perIP.max)
+	}
+	c.perIP = true
+	return ""
 }
 
 // releaseIP gives back the per-address count of c's socket.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -170,13 +171,60 @@ func TestDescriptorBudget(t *testing.T) {
 			t.Fatalf("half-open socket %d of the budget refused; stats %+v", i, s.Stats())
 		}
 	}
-	_, _, resp, body = send(t, s, "127.0.0.9", []byte("GET /healthz HTTP/1.1\r\nHost: chat.test\r\n\r\n"))
-	wantRefusal(t, resp, body, "connection limit")
 	if st := s.Stats(); st.Open != 100 {
 		t.Fatalf("stats %+v; want 100 sockets held", st)
 	}
+	// At the budget, unfinished heads make room (issue 19, item 2): once
+	// they are older than minHeadAge, a liveness probe and a fresh join
+	// get in, and heads are evicted with 503 instead.
+	filled := time.Now()
+	testutil.Eventually(t, "the heads to age", func() bool { return time.Since(filled) > time.Duration(minHeadAge) })
+	if status, _ := get(t, s, "127.0.0.9", "/healthz"); status != 200 {
+		t.Fatalf("/healthz with the budget full of unfinished heads: %d", status)
+	}
+	if st := s.Stats(); st.Evicted == 0 {
+		t.Fatalf("stats %+v; want unfinished heads evicted", st)
+	}
 	if strings.Contains(logs.String(), "accept failed") {
 		t.Fatalf("accept failures logged:\n%s", logs.String())
+	}
+}
+
+// TestJoinAtCapEvictsHeads: with the socket budget full of unfinished
+// request heads from many addresses (none over its own cap), a fresh
+// client still joins, and /healthz still answers: the oldest heads are
+// evicted with 503. Before, both got 503.
+func TestJoinAtCapEvictsHeads(t *testing.T) {
+	s := startServer(t, Config{
+		FileLimit:        fdReserve + 40,
+		HandshakeTimeout: time.Minute,
+		HTTPHandler:      healthMux(),
+	}, newRecorder())
+	var heads []net.Conn
+	for i := range 40 {
+		nc := dialFrom(t, s, fmt.Sprintf("127.0.3.%d", i), 0)
+		if _, err := nc.Write([]byte("GET /ws/a HTTP/1.1\r\nHost: chat.test\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, nc)
+	}
+	testutil.Eventually(t, "the budget to fill", func() bool { return s.Stats().Open == 40 })
+	filled := time.Now()
+	testutil.Eventually(t, "the heads to age", func() bool { return time.Since(filled) > time.Duration(minHeadAge) })
+	if status, _ := get(t, s, "127.0.4.1", "/healthz"); status != 200 {
+		t.Fatalf("/healthz at the cap: %d", status)
+	}
+	nc, _ := upgrade(t, s, "127.0.4.2")
+	nc.Close()
+	evicted := 0
+	for _, h := range heads {
+		_ = h.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if b, _ := io.ReadAll(h); strings.Contains(string(b), " 503 ") {
+			evicted++
+		}
+	}
+	if evicted == 0 || s.Stats().Evicted == 0 {
+		t.Fatalf("%d heads answered 503, stats %+v; want the oldest evicted", evicted, s.Stats())
 	}
 }
 

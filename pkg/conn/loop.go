@@ -34,6 +34,7 @@ const (
 	reqDrain                       // close n open connections with 1001 (Server.Drain)
 	reqShutdown                    // close every connection with 1001, stop once none is left
 	reqForce                       // the shutdown deadline passed: release every connection now
+	reqEvict                       // the server is at its cap: evict the oldest unfinished head (evictHead)
 )
 
 // posted is a request made to a loop from another goroutine.
@@ -99,7 +100,9 @@ type loop struct {
 	up        ws.Upgrader
 	hsKey     string
 	hsResp    bytes.Buffer
-	hsCounted bool // the refusal was counted by the check that made it
+	hsCounted bool   // the refusal was counted by the check that made it
+	hsXFF     []byte // X-Forwarded-For values of a trusted proxy's request
+	hsFwd     []byte // Forwarded values of a trusted proxy's request
 
 	queued atomic.Int64 // bytes queued for the loop's connections (Stats.QueuedBytes)
 }
@@ -309,6 +312,9 @@ func (l *loop) servePosts() {
 					c.Close(ErrShutdown)
 				}
 			}
+		case reqEvict:
+			l.now = time.Now().UnixNano()
+			l.evictHead()
 		case reqForce:
 			for len(l.conns) > 0 {
 				l.release(l.conns[len(l.conns)-1], ErrShutdown)

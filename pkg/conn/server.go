@@ -87,13 +87,17 @@ type Stats struct {
 	// Paused counts the times a connection's reads were paused because it
 	// sent faster than its rate (FRAME_RATE, or a message rate of the
 	// Handler's): slowed down, nothing dropped.
-	Paused       int64 `json:"paused"`
+	Paused int64 `json:"paused"`
+	// Evicted counts the connections closed with 503 before they finished
+	// their request head, to make room at the connection cap.
+	Evicted      int64 `json:"evicted"`
 	PartialBytes int64 `json:"partial_bytes"` // buffer held for unfinished messages and frames; MAX_PARTIAL_BYTES bounds it
 }
 
 type stats struct {
 	open, accepted, upgraded, websockets, http atomic.Int64
 	timedOut, limited, partial, slow, paused   atomic.Int64
+	evicted                                    atomic.Int64
 	refusedBy                                  [numRefuseReasons]atomic.Int64
 	closes                                     closeCounters
 }
@@ -113,6 +117,7 @@ type Server struct {
 	hosts   hostList    // Config.AllowedHosts; nil: any host
 	origins *originList // Config.AllowedOrigins; nil: any origin
 	perIP   ipLimit     // connections per client address
+	proxies proxyList   // Config.TrustedProxies
 	sockets int64       // sockets held at once, of every kind (Config.FileLimit less the reserve)
 	idBase  uint64
 	nextID  atomic.Uint64
@@ -152,7 +157,11 @@ func NewServer(cfg Config, h Handler, logger *slog.Logger) (*Server, error) {
 		logger.Warn("MAX_CONNECTIONS lowered to fit the open-file limit", "max_connections", websockets, "open_file_limit", cfg.FileLimit)
 	}
 	cfg.MaxConnections = websockets
-	s := &Server{cfg: cfg, handler: h, log: logger, lfd: -1, spare: -1, sockets: int64(sockets), accept: accept4}
+	if cfg.MaxConnectionsPerIP == 0 {
+		cfg.MaxConnectionsPerIP = perIPDefault(websockets)
+	}
+	proxies, _ := parseProxies(cfg.TrustedProxies) // checked by setDefaults
+	s := &Server{cfg: cfg, handler: h, log: logger, lfd: -1, spare: -1, sockets: int64(sockets), accept: accept4, proxies: proxies}
 	s.tick = min(time.Second, cfg.PingInterval/2, cfg.PongTimeout/2, cfg.CloseTimeout/2, cfg.HandshakeTimeout/2, cfg.FragmentTimeout/2)
 	s.tick = max(s.tick, 10*time.Millisecond)
 	s.hosts = newHostList(cfg.AllowedHosts)
@@ -239,6 +248,7 @@ func (s *Server) Stats() Stats {
 		TimedOut:      s.stats.timedOut.Load(),
 		Limited:       s.stats.limited.Load(),
 		Paused:        s.stats.paused.Load(),
+		Evicted:       s.stats.evicted.Load(),
 		PartialBytes:  s.stats.partial.Load(),
 		SlowConsumers: s.stats.slow.Load(),
 		RefusedBy:     map[string]int64{},
@@ -312,18 +322,21 @@ func (s *Server) Serve() error {
 		}
 		s.stats.accepted.Add(1)
 		remote := sockaddrToAddrPort(sa)
-		perIP, reason := s.admit(remote.Addr())
+		proxy := s.proxies.trusts(remote.Addr())
+		perIP, reason := s.admit(remote.Addr(), proxy)
 		if reason != "" {
 			refuse(fd, reason)
 			continue
 		}
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		c := &Conn{
-			id:     s.idBase + s.nextID.Add(1),
-			fd:     fd,
-			remote: remote,
-			slot:   -1,
-			perIP:  perIP,
+			id:        s.idBase + s.nextID.Add(1),
+			fd:        fd,
+			remote:    remote,
+			slot:      -1,
+			perIP:     perIP,
+			fromProxy: proxy,
+			anonymous: proxy,
 		}
 		c.rd.max = s.cfg.MaxMessageBytes
 		c.rd.setRate(s.cfg.FrameRate, s.cfg.FrameBurst)

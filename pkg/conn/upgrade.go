@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strconv"
 
 	"github.com/gobwas/ws"
@@ -36,6 +37,34 @@ func (l *loop) handshake(c *Conn, data []byte) {
 	// The head is not counted in Stats.PartialBytes: MaxHeaderBytes and
 	// HandshakeTimeout bound it.
 	c.rd.in = appendBuffer(c.rd.in, data)
+	if c.fromProxy && !c.proxyRead {
+		// A trusted proxy may start with a PROXY protocol header naming
+		// the client (proxy.go).
+		n, client, need, err := parseProxyHeader(c.rd.in.b)
+		switch {
+		case err != nil:
+			l.reject(c, http.StatusBadRequest, "malformed PROXY protocol header", nil)
+			return
+		case need && len(c.rd.in.b) <= l.srv.cfg.MaxHeaderBytes:
+			return
+		}
+		c.proxyRead = true
+		if n > 0 {
+			c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, c.rd.in.b[n:])]
+			old = 0
+			if client.IsValid() {
+				if reason := l.srv.setClient(c, client); reason != "" {
+					l.srv.stats.refuse(refusedPerIP)
+					_, _ = unix.Write(c.fd, errorResponse(http.StatusServiceUnavailable, reason))
+					l.release(c, nil)
+					return
+				}
+			}
+			if len(c.rd.in.b) == 0 {
+				return
+			}
+		}
+	}
 	req := c.rd.in.b
 	// Look at the new bytes only, and the three before them, where the
 	// blank line may begin.
@@ -61,6 +90,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		return
 	}
 	l.hsKey, l.hsCounted = "", false
+	l.hsXFF, l.hsFwd = l.hsXFF[:0], l.hsFwd[:0]
 	l.hsResp.Reset()
 	l.cur = c
 	_, err := l.up.Upgrade(struct {
@@ -209,8 +239,18 @@ func (l *loop) onHost(host []byte) error {
 
 // onHeader checks the Origin header, which browsers send (RFC 6454, RFC
 // 6455 section 4.2.1 item 8): a page of another site must not open a
-// connection with its visitor's browser.
+// connection with its visitor's browser. From a trusted proxy that has
+// not named the client yet it keeps the forwarding headers
+// (onBeforeUpgrade reads them).
 func (l *loop) onHeader(key, value []byte) error {
+	if c := l.cur; c.anonymous {
+		switch {
+		case bytes.EqualFold(key, []byte("X-Forwarded-For")):
+			l.hsXFF = appendList(l.hsXFF, value)
+		case bytes.EqualFold(key, []byte("Forwarded")):
+			l.hsFwd = appendList(l.hsFwd, value)
+		}
+	}
 	if l.srv.origins == nil || string(key) != "Origin" || l.srv.origins.allow(string(value)) {
 		return nil
 	}
@@ -218,10 +258,29 @@ func (l *loop) onHeader(key, value []byte) error {
 		ws.RejectionReason(fmt.Sprintf("origin %q is not allowed (ALLOWED_ORIGINS)\n", value)))
 }
 
+// appendList appends a header value to the comma-separated list b, as
+// repeated headers combine (RFC 9110 section 5.3).
+func appendList(b, value []byte) []byte {
+	if len(b) > 0 {
+		b = append(b, ',')
+	}
+	return append(b, value...)
+}
+
 func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c := l.cur
 	c.key = l.hsKey
 	s := l.srv
+	if c.anonymous && (len(l.hsXFF) > 0 || len(l.hsFwd) > 0) {
+		if a, ok := s.proxies.forwardedClient(string(l.hsXFF), string(l.hsFwd)); ok {
+			if reason := s.setClient(c, netip.AddrPortFrom(a, 0)); reason != "" {
+				s.stats.refuse(refusedPerIP)
+				l.hsCounted = true
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionHeader(retryAfter),
+					ws.RejectionReason(reason+"\n"))
+			}
+		}
+	}
 	if s.draining.Load() {
 		s.stats.refuse(refusedDraining)
 		l.hsCounted = true

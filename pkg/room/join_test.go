@@ -128,7 +128,7 @@ func startHub(t *testing.T, cfg Config, e *gateEngine) (*Hub, string) {
 	}
 	e.hub = h
 	h.SetEngine(e)
-	return h, serveHub(t, h, conn.Config{}, logger)
+	return h, serveHub(t, h, conn.Config{TrustedProxies: []string{"none"}}, logger)
 }
 
 // serveHub runs h behind a real conn.Server on loopback until the test

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chatgw/gateway/pkg/auth"
@@ -24,6 +25,13 @@ const (
 	// with DefaultRateLimit, 200 messages sent back to back are all read
 	// within a second.
 	DefaultRateBurst = 100
+	// DefaultByteRate is the default of Config.ByteRate (BYTE_RATE): 256
+	// KiB/s, a hundred times what a person writes.
+	DefaultByteRate = 256 << 10
+	// DefaultByteRatePerIP is the default of Config.ByteRatePerIP
+	// (BYTE_RATE_PER_IP): 1 MiB/s from one client address, ten thousand
+	// 100-byte messages a second.
+	DefaultByteRatePerIP = 1 << 20
 	// RateModePace and RateModeDrop are the values of Config.RateMode.
 	RateModePace = "pace"
 	RateModeDrop = "drop"
@@ -68,6 +76,22 @@ type Config struct {
 	// both make new connections from its address start with an empty
 	// bucket for 10s, so that reconnecting buys no burst. Zero means 20.
 	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"messages refused (drop) or held back (pace) within 10s after which the connection is closed (drop) and its address's new connections start without a burst for 10s"`
+	// ByteRate is how many bytes of messages per second one connection
+	// may send on average, with bursts of max(1 MiB, 4 messages of
+	// MAX_MESSAGE_BYTES): over it the connection is read more slowly,
+	// whatever RateMode. It bounds how fast a client can fill Redis with
+	// large messages. Zero means 256 KiB/s; -1 means no limit.
+	ByteRate int64 `env:"BYTE_RATE" help:"bytes of messages per second one connection may send on average (bursts of 1 MiB); over it the connection is read more slowly; -1: no limit"`
+	// ByteRatePerIP is ByteRate for all the connections of one client
+	// address (IPv4, IPv6 /64) together, with bursts of 8 MiB; behind a
+	// trusted proxy the real client's address (conn.Config.TrustedProxies),
+	// and a trusted proxy that names no client is not limited. Zero means
+	// 1 MiB/s; -1 means no limit.
+	ByteRatePerIP int64 `env:"BYTE_RATE_PER_IP" help:"bytes of messages per second all connections of one client address may send together (bursts of 8 MiB); over it they are read more slowly; -1: no limit"`
+	// MaxMessageBytes is the largest message a connection may send
+	// (conn.Config.MaxMessageBytes): the byte buckets hold at least a few.
+	// Zero means 64 KiB. cmd/gateway sets it; it has no variable of its own.
+	MaxMessageBytes int
 	// HistoryMax caps the N of a history=N join: the most messages it
 	// replays. Zero means 100; at most 1000.
 	HistoryMax int `env:"HISTORY_MAX" help:"the most messages a ?history=N join replays (N above it is capped); at most 1000"`
@@ -83,6 +107,9 @@ func (c Config) Defaulted() Config {
 	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
 	c.RateCloseAfter = cmp.Or(c.RateCloseAfter, DefaultRateCloseAfter)
 	c.RateMode = cmp.Or(c.RateMode, RateModePace)
+	c.ByteRate = cmp.Or(c.ByteRate, DefaultByteRate)
+	c.ByteRatePerIP = cmp.Or(c.ByteRatePerIP, DefaultByteRatePerIP)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
 	c.HistoryMax = cmp.Or(c.HistoryMax, DefaultHistoryMax)
 	return c
 }
@@ -98,6 +125,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("room: RATE_CLOSE_AFTER is %d; want a positive number of refusals, or unset it for %d", c.RateCloseAfter, DefaultRateCloseAfter)
 	case c.RateMode != "" && c.RateMode != RateModePace && c.RateMode != RateModeDrop:
 		return c, fmt.Errorf("room: RATE_MODE is %q; want %q (read more slowly) or %q (drop and close), or unset it for %q", c.RateMode, RateModePace, RateModeDrop, RateModePace)
+	case c.ByteRate < -1:
+		return c, fmt.Errorf("room: BYTE_RATE is %d; want bytes per second, -1 for no limit, or unset it for %d", c.ByteRate, DefaultByteRate)
+	case c.ByteRatePerIP < -1:
+		return c, fmt.Errorf("room: BYTE_RATE_PER_IP is %d; want bytes per second, -1 for no limit, or unset it for %d", c.ByteRatePerIP, DefaultByteRatePerIP)
 	case c.HistoryMax < 0 || c.HistoryMax > MaxHistoryMax:
 		return c, fmt.Errorf("room: HISTORY_MAX is %d; want 1 to %d messages, or unset it for %d", c.HistoryMax, MaxHistoryMax, DefaultHistoryMax)
 	}
@@ -110,7 +141,29 @@ type rateParams struct {
 	interval, tolerance             int64 // messages: 1/RateLimit, (RateBurst-1)/RateLimit
 	strikeInterval, strikeTolerance int64 // refusals: RateCloseWindow/RateCloseAfter, and (RateCloseAfter-1) of them
 	pace                            bool  // RateMode pace: hold messages back instead of refusing them
+	conn, addr                      byteRate
 }
+
+// byteRate is a bytes-per-second bucket: rate bytes/s (0: no limit), and
+// burst, the span (ns) of a full bucket.
+type byteRate struct{ rate, burst int64 }
+
+// Bursts of the byte buckets: of a connection, at least a few messages of
+// the largest size; of an address, more.
+const (
+	connByteBurst = 1 << 20
+	addrByteBurst = 8 << 20
+)
+
+func newByteRate(rate, burst int64) byteRate {
+	if rate <= 0 {
+		return byteRate{}
+	}
+	return byteRate{rate: rate, burst: burst * int64(time.Second) / rate}
+}
+
+// cost is the time n bytes take of the bucket (ns).
+func (b byteRate) cost(n int) int64 { return int64(n) * int64(time.Second) / b.rate }
 
 func newRateParams(c Config) rateParams {
 	iv := max(int64(float64(time.Second)/c.RateLimit), 1)
@@ -121,6 +174,8 @@ func newRateParams(c Config) rateParams {
 		strikeInterval:  siv,
 		strikeTolerance: siv * int64(c.RateCloseAfter-1),
 		pace:            c.RateMode != RateModeDrop,
+		conn:            newByteRate(c.ByteRate, max(connByteBurst, 4*int64(c.MaxMessageBytes))),
+		addr:            newByteRate(c.ByteRatePerIP, max(addrByteBurst, 4*int64(c.MaxMessageBytes))),
 	}
 }
 
@@ -133,13 +188,97 @@ const (
 	rateExceeded                // drop it and close the connection with 1008
 )
 
-// limiter is one connection's token bucket for its messages and a second
-// one for the refusals it has had, each kept as the single time of the
-// generic cell rate algorithm (GCRA): 16 bytes, no allocation, no clock
-// of its own. The zero limiter is full.
+// limiter is one connection's token bucket for its messages, one for the
+// refusals it has had and one for its bytes, each kept as the single time
+// of the generic cell rate algorithm (GCRA), and its address's shared
+// byte bucket: 32 bytes, no allocation, no clock of its own. The zero
+// limiter is full and has no address bucket.
 type limiter struct {
-	tat     int64 // when the message bucket is full again (ns since Hub.epoch)
-	strikes int64 // the same for the refusals
+	tat     int64       // when the message bucket is full again (ns since Hub.epoch)
+	strikes int64       // the same for the refusals
+	bytes   int64       // the same for the bytes
+	addr    *addrBucket // the client address's bytes; nil when not limited
+}
+
+// waitBytes returns how long (ns) until n more bytes fit the bucket whose
+// full time is tat, 0 when they fit now (the caller then moves tat).
+func waitBytes(tat, now int64, b byteRate, n int) int64 {
+	if b.rate == 0 {
+		return 0
+	}
+	cost := min(b.cost(n), b.burst) // a message larger than the burst fits an empty bucket
+	return max(max(tat, now)+cost-now-b.burst, 0)
+}
+
+// bytesWait decides about the bytes of one message of n bytes arriving at
+// now: 0 once they are taken from the connection's and the address's
+// buckets, else how long until they fit (nothing is taken).
+func (l *limiter) bytesWait(now int64, p *rateParams, n int) int64 {
+	if w := waitBytes(l.bytes, now, p.conn, n); w > 0 {
+		return w
+	}
+	if l.addr != nil && p.addr.rate > 0 {
+		if w := l.addr.take(now, p.addr, n); w > 0 {
+			return w
+		}
+	}
+	if p.conn.rate > 0 {
+		l.bytes = max(l.bytes, now) + min(p.conn.cost(n), p.conn.burst)
+	}
+	return 0
+}
+
+// addrBucket is the byte bucket shared by the connections of one client
+// address, on every event loop: its time moves by compare-and-swap.
+// refs (the members holding it) is guarded by addrBuckets.mu.
+type addrBucket struct {
+	tat  atomic.Int64
+	refs int32
+}
+
+// take takes n bytes when they fit, else returns how long until they do.
+func (a *addrBucket) take(now int64, b byteRate, n int) int64 {
+	for {
+		old := a.tat.Load()
+		if w := waitBytes(old, now, b, n); w > 0 {
+			return w
+		}
+		if a.tat.CompareAndSwap(old, max(old, now)+min(b.cost(n), b.burst)) {
+			return 0
+		}
+	}
+}
+
+// addrBuckets holds the byte buckets of the client addresses with members
+// on this node. Its mutex is a leaf.
+type addrBuckets struct {
+	mu sync.Mutex
+	m  map[netip.Addr]*addrBucket
+}
+
+// get returns a's bucket, counting one more holder.
+func (b *addrBuckets) get(a netip.Addr) *addrBucket {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = make(map[netip.Addr]*addrBucket)
+	}
+	ab := b.m[a]
+	if ab == nil {
+		ab = &addrBucket{}
+		b.m[a] = ab
+	}
+	ab.refs++
+	return ab
+}
+
+// put counts one holder of a's bucket less, and forgets it with the last.
+func (b *addrBuckets) put(a netip.Addr, ab *addrBucket) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ab.refs--; ab.refs <= 0 && b.m[a] == ab {
+		delete(b.m, a)
+	}
 }
 
 // take decides about one message arriving at now.
@@ -154,17 +293,19 @@ func (l *limiter) take(now int64, p *rateParams) verdict {
 }
 
 // pace decides about one message arriving at now in RateMode pace: 0 when
-// it is admitted, else how long (ns) until it fits, and whether this hold
-// passed RateCloseAfter, so that the address is to be penalized. Nothing
-// is taken for a message held back: it comes again when it fits.
+// it fits (admit then takes it), else how long (ns) until it does, and
+// whether this hold passed RateCloseAfter, so that the address is to be
+// penalized. Nothing is taken for a message held back: it comes again
+// when it fits.
 func (l *limiter) pace(now int64, p *rateParams) (wait int64, penalize bool) {
-	t := max(l.tat, now)
-	if over := t - now - p.tolerance; over > 0 {
+	if over := max(l.tat, now) - now - p.tolerance; over > 0 {
 		return over, !gcra(&l.strikes, now, p.strikeInterval, p.strikeTolerance)
 	}
-	l.tat = t + p.interval
 	return 0, false
 }
+
+// admit takes a message that pace let through from the bucket.
+func (l *limiter) admit(now int64, p *rateParams) { l.tat = max(l.tat, now) + p.interval }
 
 // gcra admits one event at now when the bucket whose full time is *tat
 // has room: at most tolerance/interval+1 events at once, one per interval

@@ -36,7 +36,7 @@ var (
 //
 // Lock order: Hub.mu, then room.mu, then conn's own locks (Send). The
 // leaves, taken under either and never around another lock: banned's
-// mutex, a session's mu, watchMu, room.lastMu.
+// mutex, addrs' mutex, a session's mu, watchMu, room.lastMu.
 type Hub struct {
 	engine     stream.Engine
 	log        *slog.Logger
@@ -48,6 +48,7 @@ type Hub struct {
 	limitE     *decodeError // the rate_limited error
 	limitF     *conn.Frame  // its frame
 	banned     penalties    // addresses recently closed for their rate
+	addrs      addrBuckets  // byte buckets of the client addresses (BYTE_RATE_PER_IP)
 
 	mu    sync.RWMutex
 	rooms map[string]*room
@@ -408,7 +409,11 @@ func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
 	_, user := splitKey(c.Key())
 	s := newSession(c)
 	c.SetSlot(len(r.members))
-	r.members = append(r.members, member{c: c, user: user, sess: s, floor: r.position(), rate: h.startLimiter(c)})
+	lim := h.startLimiter(c)
+	if h.rate.addr.rate > 0 && c.ClientKnown() {
+		lim.addr = h.addrs.get(clientAddr(c.Remote()))
+	}
+	r.members = append(r.members, member{c: c, user: user, sess: s, floor: r.position(), rate: lim})
 	if s != nil && s.opts.flags&optPresence != 0 {
 		r.watchers++
 		if r.watchers == 1 {
@@ -426,7 +431,7 @@ func (h *Hub) now() int64 { return int64(time.Since(h.epoch)) }
 // RateCloseWindow, else full.
 func (h *Hub) startLimiter(c *conn.Conn) limiter {
 	now := h.now()
-	return h.rate.start(now, h.banned.has(clientAddr(c.Remote()), now))
+	return h.rate.start(now, c.ClientKnown() && h.banned.has(clientAddr(c.Remote()), now))
 }
 
 // seen notes that the node has seen entry id of r: delivered it,
@@ -490,6 +495,9 @@ func (h *Hub) leave(c *conn.Conn) {
 					h.unwatch(r)
 				}
 			}
+		}
+		if ab := m.rate.addr; ab != nil {
+			h.addrs.put(clientAddr(c.Remote()), ab)
 		}
 		i, last := c.Slot(), len(r.members)-1
 		r.members[i] = r.members[last]
@@ -564,15 +572,23 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 		if wait > 0 {
 			r.mu.RUnlock()
 			h.stats.ratePaused.Add(1)
-			if penalize {
+			if penalize && c.ClientKnown() {
 				h.banned.add(clientAddr(c.Remote()), now)
 			}
 			return time.Duration(wait)
 		}
 	}
+	// Bytes (BYTE_RATE, BYTE_RATE_PER_IP) are paced in either mode.
+	if wait := m.rate.bytesWait(now, &h.rate, len(msg)); wait > 0 {
+		r.mu.RUnlock()
+		h.stats.ratePaused.Add(1)
+		return time.Duration(wait)
+	}
 	h.stats.received.Add(1)
 	v := rateAllowed
-	if !h.rate.pace {
+	if h.rate.pace {
+		m.rate.admit(now, &h.rate)
+	} else {
 		v = m.rate.take(now, &h.rate)
 	}
 	user := m.user
@@ -593,7 +609,9 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 	case rateExceeded:
 		h.stats.rateLimited.Add(1)
 		h.stats.rateClosed.Add(1)
-		h.banned.add(clientAddr(c.Remote()), now)
+		if c.ClientKnown() {
+			h.banned.add(clientAddr(c.Remote()), now)
+		}
 		if h.log.Enabled(context.Background(), slog.LevelDebug) {
 			h.log.Debug("closing a connection over its rate limit", "room", name, "conn_id", c.ID(), "remote", c.Remote())
 		}
