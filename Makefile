@@ -69,8 +69,9 @@ browser: deps
 	cd test/browser && node validate-asyncapi.mjs ../../docs/asyncapi.yaml
 
 fuzz:
-	@echo "== make test: fuzzing the frame reader and the message decoder, $(FUZZTIME) each"
+	@echo "== make test: fuzzing the frame reader, the request-head rules and the message decoder, $(FUZZTIME) each"
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./pkg/conn
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckHead$$' -fuzztime $(FUZZTIME) ./pkg/conn
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeMessage$$' -fuzztime $(FUZZTIME) ./pkg/room
 
 smoke: build

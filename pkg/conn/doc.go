@@ -39,7 +39,9 @@
 //     descriptor to answer the waiting client 503 instead of spinning on
 //     EMFILE, and backs off (5 ms doubling to 1 s) when even that fails.
 //   - Handshake: HandshakeTimeout and MaxHeaderBytes for the request head;
-//     a head with bare LF line ends is refused at once.
+//     a head with bare LF line ends is refused at once, and a complete one
+//     is held to RFC 9112's syntax (head.go) before it is upgraded or
+//     handed to the HTTP server.
 //   - Plain HTTP: ReadHeaderTimeout (HandshakeTimeout), HTTPReadTimeout,
 //     HTTPWriteTimeout, HTTPIdleTimeout, MaxHeaderBytes, HTTPMaxBodyBytes.
 //     Its connections count in Stats.HTTP and against the connection caps.
@@ -60,12 +62,19 @@
 // Refusals before the upgrade are HTTP responses with a one-line
 // text/plain reason naming the variable involved:
 //
-//	400  bare LF line ends; Host not in AllowedHosts; bad upgrade request;
+//	400  a head that breaks RFC 9112 (head.go: bare LF, malformed request
+//	     line, obs-fold, whitespace before a colon, a control character
+//	     in a value, a missing, repeated or bad Host, a repeated
+//	     Sec-WebSocket-Key, Transfer-Encoding with Content-Length, bad
+//	     Content-Length or Transfer-Encoding), for upgrades and plain
+//	     HTTP alike; Host not in AllowedHosts; bad upgrade request;
 //	     Handler.Route's refusal (or its own *HandshakeError status)
 //	403  browser Origin not in AllowedOrigins (no Origin is accepted)
 //	408  request head not complete within HandshakeTimeout
 //	413  plain-HTTP body over HTTPMaxBodyBytes
 //	431  request head over MaxHeaderBytes
+//	501  a transfer coding other than chunked
+//	505  an HTTP version other than 1.x
 //	503  with Retry-After: MaxConnectionsPerIP, descriptor budget or
 //	     EMFILE (answered as soon as the socket is accepted, before its
 //	     request is read), MaxConnections (at the upgrade), a pending

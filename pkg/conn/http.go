@@ -29,7 +29,7 @@ func (s *Server) newHTTPServer() *http.Server {
 		h = http.NotFoundHandler()
 	}
 	return &http.Server{
-		Handler:           limitBody(h, int64(s.cfg.HTTPMaxBodyBytes)),
+		Handler:           closeAfterChunked(limitBody(h, int64(s.cfg.HTTPMaxBodyBytes))),
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
 		ReadTimeout:       s.cfg.HTTPReadTimeout,
 		WriteTimeout:      s.cfg.HTTPWriteTimeout,
@@ -55,6 +55,24 @@ func limitBody(h http.Handler, limit int64) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// closeAfterChunked closes the connection after answering a request with
+// a chunked body, or an HTTP/1.0 one. The loop checks the first request
+// of a connection (checkHead refuses a Transfer-Encoding with a
+// Content-Length); net/http parses the later ones alone, and when both
+// are present takes the chunked body and drops the Content-Length, so
+// that the handler cannot tell. RFC 9112 section 6.1 requires closing
+// after such a request; as only chunked requests can be one, all of them
+// close. net/http also drops the Transfer-Encoding of HTTP/1.0 requests,
+// whose framing is then faulty (same section).
+func closeAfterChunked(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 || !r.ProtoAtLeast(1, 1) {
+			w.Header().Set("Connection", "close")
+		}
 		h.ServeHTTP(w, r)
 	})
 }

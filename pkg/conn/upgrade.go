@@ -16,8 +16,9 @@ import (
 
 // The upgrade, run by the event loop that owns the connection: collect
 // the request head (HANDSHAKE_TIMEOUT, MAX_HEADER_BYTES, CRLF line ends),
-// hand plain-HTTP requests over (http.go), and run gobwas/ws's Upgrader
-// on the head with the checks below, in this order: the Handler's Route
+// check it (head.go), hand plain-HTTP requests over (http.go), and run
+// gobwas/ws's Upgrader on the head with the checks below, in this order:
+// the Handler's Route
 // (400/404), Host (ALLOWED_HOSTS, 400), Origin (ALLOWED_ORIGINS, 403), the
 // WebSocket cap (MAX_CONNECTIONS, 503) and the Handler's OnOpen, which may
 // defer its answer to Conn.Complete.
@@ -75,7 +76,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		head = req[:end]
 	}
 	if bareLF(head, from) {
-		l.reject(c, http.StatusBadRequest, "request lines must end with CRLF, not a bare LF", nil)
+		l.reject(c, headBareLF.status, headBareLF.reason, nil)
 		return
 	}
 	if end < 0 && len(req) > l.srv.cfg.MaxHeaderBytes || end > l.srv.cfg.MaxHeaderBytes {
@@ -83,6 +84,10 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		return
 	}
 	if end < 0 {
+		return
+	}
+	if bad := checkHead(head); bad != nil {
+		l.reject(c, bad.status, bad.reason, nil)
 		return
 	}
 	if !bytes.HasPrefix(requestPath(req), []byte(l.srv.cfg.WSPrefix)) {
