@@ -22,14 +22,20 @@ run:
 # after the unit tests.
 test: deps check unit browser fuzz smoke
 
-# deps installs redis-server and redis-cli from Debian's packages when the
-# machine lacks them: the tests start their own servers on free ports.
+# deps installs redis-server and redis-cli, and haproxy, from Debian's
+# packages when the machine lacks them: the tests start their own servers
+# on free ports.
 deps:
-	@echo "== make test: checking the tools the tests need (redis-server, redis-cli)"
+	@echo "== make test: checking the tools the tests need (redis-server, redis-cli, haproxy)"
 	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
 		echo "installing redis-server (Debian package) for the tests"; \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools; \
+	fi
+	@if ! command -v haproxy >/dev/null 2>&1 && ! [ -x /usr/sbin/haproxy ]; then \
+		echo "installing haproxy (Debian package) for the proxy test"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends haproxy; \
 	fi
 	@redis-server --version
 

@@ -63,7 +63,7 @@ fi
 slab0=$(mem Slab)
 gw_pids=()
 for i in $(seq "$GATEWAYS"); do
-	env $LOAD_LIMITS ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$REDIS_PORT \
+	env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$REDIS_PORT \
 		PORT=$PORT LISTEN_HOST=127.0.0.1 REUSE_PORT=true LOG_LEVEL=warn \
 		"$BIN/gateway" >"$OUT/gateway$i.log" 2>&1 &
 	pids+=($!)

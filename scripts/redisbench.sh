@@ -65,7 +65,7 @@ for rate in $RATES; do
 	for n in $(seq "$NODES"); do
 		port=$(free_port)
 		env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS="$rport" PORT="$port" \
-			LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $LOAD_LIMITS $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
+			LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
 		pids+=($!)
 		gw+=($!)
 		wait_ready "$port"

@@ -26,7 +26,7 @@ for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sle
 urls=()
 for n in 1 2; do
 	port=$(free_port)
-	env $LOAD_LIMITS ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$rport PORT=$port LISTEN_HOST=127.0.0.1 \
+	env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$rport PORT=$port LISTEN_HOST=127.0.0.1 \
 		"$BIN/gateway" >"$work/gateway$n.log" 2>&1 &
 	pids+=($!)
 	wait_ready "$port"

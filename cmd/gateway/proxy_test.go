@@ -29,6 +29,9 @@ func startHAProxy(t *testing.T, g1, g2 *gateway) (httpAddr, tcpAddr string) {
 	t.Helper()
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/haproxy") // not on a user's PATH
+	}
+	if err != nil {
 		t.Fatal("haproxy is not installed: install it with `apt-get install -y --no-install-recommends haproxy` (or run `make test`, which installs it)")
 	}
 	httpAddr, tcpAddr = freeAddr(t), freeAddr(t)
