@@ -25,6 +25,9 @@ import (
 //
 //	flood         one member sends chat messages as fast as the socket
 //	              takes them; -conns other members in its room read.
+//	reconnect     like flood, but the flooder closes its connection after
+//	              each burst of 200 messages and connects again at once,
+//	              to get a fresh burst each time.
 //	continuation  one connection starts a fragmented message and then
 //	              sends empty continuation frames as fast as it can.
 //	fragments     -conns connections each start a fragmented message of
@@ -145,6 +148,8 @@ func (a *attacker) run(ctx context.Context) (*attackReport, error) {
 		err = a.flood(ctx, rep)
 	case "continuation":
 		err = a.continuation(ctx, rep)
+	case "reconnect":
+		err = a.reconnect(ctx, rep)
 	case "fragments":
 		err = a.fragments(ctx, rep)
 	}
@@ -354,9 +359,26 @@ func (a *attacker) sustain(ctx context.Context, rep *attackReport, room string, 
 			_, _ = nc.Write(first)
 		}
 		ended := ""
+		pending := batch
 		for ended == "" && time.Now().Before(deadline) {
-			_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-			if _, err := nc.Write(batch); err != nil {
+			_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			written, err := nc.Write(pending)
+			pending = pending[written:]
+			if len(pending) == 0 {
+				rep.FramesSent += int64(n)
+				pending = batch
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// The gateway reads slowly (its rates pace this client):
+				// the connection is alive; the rest of the batch follows.
+				select {
+				case ended = <-end:
+				default:
+				}
+				continue
+			}
+			if err != nil {
 				select {
 				case ended = <-end:
 				case <-time.After(time.Second):
@@ -364,7 +386,6 @@ func (a *attacker) sustain(ctx context.Context, rep *attackReport, room string, 
 				}
 				break
 			}
-			rep.FramesSent += int64(n)
 			select {
 			case ended = <-end:
 			default:
@@ -384,6 +405,47 @@ func (a *attacker) sustain(ctx context.Context, rep *attackReport, room string, 
 	}
 	mu.Lock() // the watchers of closed connections are done with ErrorFrames
 	mu.Unlock()
+}
+
+// reconnect: a flooder that reconnects after each burst of 200 messages,
+// to get a fresh burst from each connection; -conns members read.
+func (a *attacker) reconnect(ctx context.Context, rep *attackReport) error {
+	room := a.room + "reconnect"
+	var got atomic.Int64
+	var members []net.Conn
+	for i := range a.cfg.conns {
+		nc, br, err := a.dial(ctx, room)
+		if err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+		members = append(members, nc)
+		go watch(br, nil, &got)
+	}
+	rep.Members = len(members)
+	var burst []byte
+	for i := range 200 {
+		burst = appendClientFrame(burst, ws.OpText, fmt.Appendf(nil, `{"username":"flooder","message":"again %d"}`, i), [4]byte{9, 8, 7, 6})
+	}
+	deadline := time.Now().Add(a.cfg.duration)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		nc, _, err := a.dial(ctx, room)
+		if err != nil {
+			rep.Refused++
+			continue
+		}
+		_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := nc.Write(burst); err == nil {
+			rep.FramesSent += 200
+		}
+		nc.Close()
+		rep.Closed++
+	}
+	rep.AttackerEnd, rep.AttackerTime = "closed by itself after each burst", a.cfg.duration
+	for _, m := range members {
+		m.Close()
+	}
+	rep.MembersGot = got.Load()
+	return nil
 }
 
 // continuation: a fragmented message that never ends, as a flood of
@@ -479,9 +541,13 @@ func (r *attackReport) write(w io.Writer) {
 		fmt.Fprintf(w, "  attacker's first connection: %s after %s\n", r.AttackerEnd, r.AttackerTime.Round(time.Millisecond))
 	}
 	if r.Attack != "fragments" {
-		fmt.Fprintf(w, "  attacker reconnected at once each time: %d connections closed by the gateway, %d dials refused\n", r.Closed, r.Refused)
+		what := "connections closed by the gateway"
+		if r.Attack == "reconnect" {
+			what = "connections it closed itself"
+		}
+		fmt.Fprintf(w, "  attacker reconnected at once each time: %d %s, %d dials refused\n", r.Closed, what, r.Refused)
 	}
-	if r.Attack == "flood" {
+	if r.Attack == "flood" || r.Attack == "reconnect" {
 		fmt.Fprintf(w, "  other members of its room: %d, received %d messages, connections ended: %v\n", r.Members, r.MembersGot, r.MembersShut)
 	}
 	if r.Attack == "fragments" {

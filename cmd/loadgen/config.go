@@ -28,7 +28,7 @@ const (
 // config is the parsed command line.
 type config struct {
 	mode           string        // "run", "merge", "floor" or "attack"
-	attack         string        // attack mode: flood, continuation or fragments
+	attack         string        // attack mode: flood, reconnect, continuation or fragments
 	attackInterval time.Duration // attack fragments: time between the bytes a holder adds
 	attackBytes    int           // attack fragments: size of each holder's first fragment
 	listen         string        // floor mode: loopback address to listen on
@@ -72,7 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(fs, stderr) }
 	fs.StringVar(&c.mode, "mode", "run", "`run` a load test, `merge` the -json summaries named as arguments into one, or run the `floor` relay on -listen (the CPU floor to compare a gateway with)")
-	fs.StringVar(&c.attack, "attack", "flood", "-mode attack: `kind` of hostile client: flood (one member sends as fast as it can; -conns members read), continuation (endless empty continuation frames), fragments (-conns connections hold unfinished messages)")
+	fs.StringVar(&c.attack, "attack", "flood", "-mode attack: `kind` of hostile client: flood (one member sends as fast as it can; -conns members read), reconnect (the same, reconnecting after each burst of 200), continuation (endless empty continuation frames), fragments (-conns connections hold unfinished messages)")
 	fs.DurationVar(&c.attackInterval, "attack-interval", time.Second, "-mode attack fragments: each holder adds one byte every `interval`")
 	fs.IntVar(&c.attackBytes, "attack-bytes", 1, "-mode attack fragments: `bytes` of each holder's first fragment")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
@@ -128,8 +128,8 @@ usage:
   loadgen -mode floor [-listen ADDR]     the cost floor: a minimal relay on one locked
                                          thread, one write(2) per delivery; drive it
                                          with loadgen -url ws://ADDR -pid <its pid>
-  loadgen -mode attack -attack KIND      one hostile client (flood, continuation,
-                                         fragments) against -url, with a bystander
+  loadgen -mode attack -attack KIND      one hostile client (flood, reconnect,
+                                         continuation, fragments) against -url, with a bystander
                                          room measuring latency before and during it
   loadgen -mode replay                   publish -replay-messages into a room, then
                                          time their replay to a client joining
@@ -154,9 +154,9 @@ func (c *config) finish(urls, src, pids string) error {
 		c.rooms, c.senders = 1, 0
 	case "attack":
 		switch c.attack {
-		case "flood", "continuation", "fragments":
+		case "flood", "reconnect", "continuation", "fragments":
 		default:
-			return fmt.Errorf("-attack %q: want flood, continuation or fragments", c.attack)
+			return fmt.Errorf("-attack %q: want flood, reconnect, continuation or fragments", c.attack)
 		}
 		if c.attackInterval <= 0 {
 			return errors.New("-attack-interval must be positive")

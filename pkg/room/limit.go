@@ -25,6 +25,10 @@ const (
 	// with DefaultRateLimit, 200 messages sent back to back are all read
 	// within a second.
 	DefaultRateBurst = 100
+	// DefaultRateLimitPerIP is the default of Config.RateLimitPerIP
+	// (RATE_LIMIT_PER_IP): five times RATE_LIMIT, for all the people
+	// behind one address together.
+	DefaultRateLimitPerIP = 500.0
 	// DefaultByteRate is the default of Config.ByteRate (BYTE_RATE): 256
 	// KiB/s, a hundred times what a person writes.
 	DefaultByteRate = 256 << 10
@@ -71,11 +75,20 @@ type Config struct {
 	// RateCloseAfter messages within 10s is closed with 1008.
 	RateMode string `env:"RATE_MODE" help:"over RATE_LIMIT: pace reads the connection more slowly (nothing is dropped); drop drops messages with a rate_limited frame and closes a connection that goes on"`
 	// RateCloseAfter is how many messages a connection may have refused
-	// (RateMode drop) or held back (pace) for RateLimit within
-	// RateCloseWindow (10s). Past it, drop closes the connection with 1008;
-	// both make new connections from its address start with an empty
-	// bucket for 10s, so that reconnecting buys no burst. Zero means 20.
-	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"messages refused (drop) or held back (pace) within 10s after which the connection is closed (drop) and its address's new connections start without a burst for 10s"`
+	// for RateLimit within RateCloseWindow (10s) in RateMode drop; the next
+	// one closes it with 1008. Zero means 20. (Either mode makes new
+	// connections from an address whose connection went over its rate,
+	// held back or closed, start with an empty bucket for 10s, so that
+	// reconnecting buys no burst; in pace mode they are still never
+	// dropped.)
+	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"RATE_MODE drop: rate_limited refusals within 10s after which the connection is closed with 1008"`
+	// RateLimitPerIP is RateLimit for all the connections of one client
+	// address together (IPv4, IPv6 /64), with bursts of as many; behind a
+	// trusted proxy the real client's address, and a trusted proxy that
+	// names no client is not limited. Over it they are read more slowly,
+	// whatever RateMode: so a flooder gains nothing by opening (or
+	// reopening) many connections. Zero means 500; -1 means no limit.
+	RateLimitPerIP float64 `env:"RATE_LIMIT_PER_IP" help:"messages per second all connections of one client address may send together (bursts of as many); over it they are read more slowly; -1: no limit"`
 	// ByteRate is how many bytes of messages per second one connection
 	// may send on average, with bursts of max(1 MiB, 4 messages of
 	// MAX_MESSAGE_BYTES): over it the connection is read more slowly,
@@ -107,6 +120,7 @@ func (c Config) Defaulted() Config {
 	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
 	c.RateCloseAfter = cmp.Or(c.RateCloseAfter, DefaultRateCloseAfter)
 	c.RateMode = cmp.Or(c.RateMode, RateModePace)
+	c.RateLimitPerIP = cmp.Or(c.RateLimitPerIP, DefaultRateLimitPerIP)
 	c.ByteRate = cmp.Or(c.ByteRate, DefaultByteRate)
 	c.ByteRatePerIP = cmp.Or(c.ByteRatePerIP, DefaultByteRatePerIP)
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
@@ -125,6 +139,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("room: RATE_CLOSE_AFTER is %d; want a positive number of refusals, or unset it for %d", c.RateCloseAfter, DefaultRateCloseAfter)
 	case c.RateMode != "" && c.RateMode != RateModePace && c.RateMode != RateModeDrop:
 		return c, fmt.Errorf("room: RATE_MODE is %q; want %q (read more slowly) or %q (drop and close), or unset it for %q", c.RateMode, RateModePace, RateModeDrop, RateModePace)
+	case c.RateLimitPerIP < -1 || c.RateLimitPerIP > maxRateLimit || math.IsNaN(c.RateLimitPerIP):
+		return c, fmt.Errorf("room: RATE_LIMIT_PER_IP is %g; want messages per second up to %g, -1 for no limit, or unset it for %g", c.RateLimitPerIP, float64(maxRateLimit), DefaultRateLimitPerIP)
 	case c.ByteRate < -1:
 		return c, fmt.Errorf("room: BYTE_RATE is %d; want bytes per second, -1 for no limit, or unset it for %d", c.ByteRate, DefaultByteRate)
 	case c.ByteRatePerIP < -1:
@@ -142,6 +158,7 @@ type rateParams struct {
 	strikeInterval, strikeTolerance int64 // refusals: RateCloseWindow/RateCloseAfter, and (RateCloseAfter-1) of them
 	pace                            bool  // RateMode pace: hold messages back instead of refusing them
 	conn, addr                      byteRate
+	addrMsgs                        byteRate // RateLimitPerIP, as a bucket of one "byte" per message
 }
 
 // byteRate is a bytes-per-second bucket: rate bytes/s (0: no limit), and
@@ -176,6 +193,7 @@ func newRateParams(c Config) rateParams {
 		pace:            c.RateMode != RateModeDrop,
 		conn:            newByteRate(c.ByteRate, max(connByteBurst, 4*int64(c.MaxMessageBytes))),
 		addr:            newByteRate(c.ByteRatePerIP, max(addrByteBurst, 4*int64(c.MaxMessageBytes))),
+		addrMsgs:        newByteRate(int64(c.RateLimitPerIP), int64(c.RateLimitPerIP)),
 	}
 }
 
@@ -217,9 +235,14 @@ func (l *limiter) bytesWait(now int64, p *rateParams, n int) int64 {
 	if w := waitBytes(l.bytes, now, p.conn, n); w > 0 {
 		return w
 	}
-	if l.addr != nil && p.addr.rate > 0 {
-		if w := l.addr.take(now, p.addr, n); w > 0 {
+	if l.addr != nil && p.addrMsgs.rate > 0 {
+		if w := l.addr.msgs.take(now, p.addrMsgs, 1); w > 0 {
 			return w
+		}
+	}
+	if l.addr != nil && p.addr.rate > 0 {
+		if w := l.addr.bytes.take(now, p.addr, n); w > 0 {
+			return w // (the message's token is spent again when it comes back)
 		}
 	}
 	if p.conn.rate > 0 {
@@ -228,16 +251,20 @@ func (l *limiter) bytesWait(now int64, p *rateParams, n int) int64 {
 	return 0
 }
 
-// addrBucket is the byte bucket shared by the connections of one client
-// address, on every event loop: its time moves by compare-and-swap.
-// refs (the members holding it) is guarded by addrBuckets.mu.
+// addrBucket holds the buckets shared by the connections of one client
+// address, on every event loop: its messages (RateLimitPerIP) and bytes
+// (ByteRatePerIP). refs (the members holding it) is guarded by
+// addrBuckets.mu.
 type addrBucket struct {
-	tat  atomic.Int64
-	refs int32
+	msgs, bytes sharedBucket
+	refs        int32
 }
 
-// take takes n bytes when they fit, else returns how long until they do.
-func (a *addrBucket) take(now int64, b byteRate, n int) int64 {
+// sharedBucket is a GCRA time moved by compare-and-swap.
+type sharedBucket struct{ tat atomic.Int64 }
+
+// take takes n units when they fit, else returns how long until they do.
+func (a *sharedBucket) take(now int64, b byteRate, n int) int64 {
 	for {
 		old := a.tat.Load()
 		if w := waitBytes(old, now, b, n); w > 0 {
@@ -293,15 +320,10 @@ func (l *limiter) take(now int64, p *rateParams) verdict {
 }
 
 // pace decides about one message arriving at now in RateMode pace: 0 when
-// it fits (admit then takes it), else how long (ns) until it does, and
-// whether this hold passed RateCloseAfter, so that the address is to be
-// penalized. Nothing is taken for a message held back: it comes again
-// when it fits.
-func (l *limiter) pace(now int64, p *rateParams) (wait int64, penalize bool) {
-	if over := max(l.tat, now) - now - p.tolerance; over > 0 {
-		return over, !gcra(&l.strikes, now, p.strikeInterval, p.strikeTolerance)
-	}
-	return 0, false
+// it fits (admit then takes it), else how long (ns) until it does.
+// Nothing is taken for a message held back: it comes again when it fits.
+func (l *limiter) pace(now int64, p *rateParams) (wait int64) {
+	return max(max(l.tat, now)-now-p.tolerance, 0)
 }
 
 // admit takes a message that pace let through from the bucket.
@@ -334,7 +356,7 @@ const maxPenalties = 1 << 16
 
 // penalties remembers, for RateCloseWindow, the client addresses (IPv4,
 // or IPv6 /64) that had a connection go on over its rate limit (closed in
-// RateMode drop, held back more than RateCloseAfter times in pace). New
+// RateMode drop, held back in pace). New
 // connections from them start with an empty bucket, so that reconnecting
 // does not buy a flooder a new burst; a person sharing the address (a
 // NAT) can still send one message per 1/RateLimit from the start, which

@@ -48,7 +48,7 @@ type Hub struct {
 	limitE     *decodeError // the rate_limited error
 	limitF     *conn.Frame  // its frame
 	banned     penalties    // addresses recently closed for their rate
-	addrs      addrBuckets  // byte buckets of the client addresses (BYTE_RATE_PER_IP)
+	addrs      addrBuckets  // buckets of the client addresses (RATE_LIMIT_PER_IP, BYTE_RATE_PER_IP)
 
 	mu    sync.RWMutex
 	rooms map[string]*room
@@ -410,7 +410,7 @@ func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
 	s := newSession(c)
 	c.SetSlot(len(r.members))
 	lim := h.startLimiter(c)
-	if h.rate.addr.rate > 0 && c.ClientKnown() {
+	if (h.rate.addr.rate > 0 || h.rate.addrMsgs.rate > 0) && c.ClientKnown() {
 		lim.addr = h.addrs.get(clientAddr(c.Remote()))
 	}
 	r.members = append(r.members, member{c: c, user: user, sess: s, floor: r.position(), rate: lim})
@@ -568,17 +568,18 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 		return 0
 	}
 	if h.rate.pace {
-		wait, penalize := m.rate.pace(now, &h.rate)
-		if wait > 0 {
+		if wait := m.rate.pace(now, &h.rate); wait > 0 {
 			r.mu.RUnlock()
 			h.stats.ratePaused.Add(1)
-			if penalize && c.ClientKnown() {
+			if c.ClientKnown() {
+				// Reconnecting buys its address no burst for a while.
 				h.banned.add(clientAddr(c.Remote()), now)
 			}
 			return time.Duration(wait)
 		}
 	}
-	// Bytes (BYTE_RATE, BYTE_RATE_PER_IP) are paced in either mode.
+	// Bytes (BYTE_RATE, BYTE_RATE_PER_IP) and an address's messages
+	// (RATE_LIMIT_PER_IP) are paced in either mode.
 	if wait := m.rate.bytesWait(now, &h.rate, len(msg)); wait > 0 {
 		r.mu.RUnlock()
 		h.stats.ratePaused.Add(1)
