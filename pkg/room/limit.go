@@ -90,17 +90,18 @@ type Config struct {
 	// reopening) many connections. Zero means 500; -1 means no limit.
 	RateLimitPerIP float64 `env:"RATE_LIMIT_PER_IP" help:"messages per second all connections of one client address may send together (bursts of as many); over it they are read more slowly; -1: no limit"`
 	// ByteRate is how many bytes of messages per second one connection
-	// may send on average, with bursts of max(1 MiB, 4 messages of
-	// MAX_MESSAGE_BYTES): over it the connection is read more slowly,
+	// may send on average, with bursts of a second's worth (at least 4
+	// messages of MAX_MESSAGE_BYTES): over it the connection is read more slowly,
 	// whatever RateMode. It bounds how fast a client can fill Redis with
 	// large messages. Zero means 256 KiB/s; -1 means no limit.
-	ByteRate int64 `env:"BYTE_RATE" help:"bytes of messages per second one connection may send on average (bursts of 1 MiB); over it the connection is read more slowly; -1: no limit"`
+	ByteRate int64 `env:"BYTE_RATE" help:"bytes of messages per second one connection may send on average (bursts of a second's worth); over it the connection is read more slowly; -1: no limit"`
 	// ByteRatePerIP is ByteRate for all the connections of one client
-	// address (IPv4, IPv6 /64) together, with bursts of 8 MiB; behind a
+	// address (IPv4, IPv6 /64) together, with bursts of eight seconds'
+	// worth; behind a
 	// trusted proxy the real client's address (conn.Config.TrustedProxies),
 	// and a trusted proxy that names no client is not limited. Zero means
 	// 1 MiB/s; -1 means no limit.
-	ByteRatePerIP int64 `env:"BYTE_RATE_PER_IP" help:"bytes of messages per second all connections of one client address may send together (bursts of 8 MiB); over it they are read more slowly; -1: no limit"`
+	ByteRatePerIP int64 `env:"BYTE_RATE_PER_IP" help:"bytes of messages per second all connections of one client address may send together (bursts of 8 seconds' worth); over it they are read more slowly; -1: no limit"`
 	// MaxMessageBytes is the largest message a connection may send
 	// (conn.Config.MaxMessageBytes): the byte buckets hold at least a few.
 	// Zero means 64 KiB. cmd/gateway sets it; it has no variable of its own.
@@ -165,11 +166,13 @@ type rateParams struct {
 // burst, the span (ns) of a full bucket.
 type byteRate struct{ rate, burst int64 }
 
-// Bursts of the byte buckets: of a connection, at least a few messages of
-// the largest size; of an address, more.
+// Bursts of the byte buckets, in seconds of their rate: a connection's
+// holds a second's worth, an address's eight; both hold at least
+// minBurstMessages messages of the largest size.
 const (
-	connByteBurst = 1 << 20
-	addrByteBurst = 8 << 20
+	connBurstSeconds = 1
+	addrBurstSeconds = 8
+	minBurstMessages = 4
 )
 
 func newByteRate(rate, burst int64) byteRate {
@@ -191,8 +194,8 @@ func newRateParams(c Config) rateParams {
 		strikeInterval:  siv,
 		strikeTolerance: siv * int64(c.RateCloseAfter-1),
 		pace:            c.RateMode != RateModeDrop,
-		conn:            newByteRate(c.ByteRate, max(connByteBurst, 4*int64(c.MaxMessageBytes))),
-		addr:            newByteRate(c.ByteRatePerIP, max(addrByteBurst, 4*int64(c.MaxMessageBytes))),
+		conn:            newByteRate(c.ByteRate, max(connBurstSeconds*c.ByteRate, minBurstMessages*int64(c.MaxMessageBytes))),
+		addr:            newByteRate(c.ByteRatePerIP, max(addrBurstSeconds*c.ByteRatePerIP, minBurstMessages*int64(c.MaxMessageBytes))),
 		addrMsgs:        newByteRate(int64(c.RateLimitPerIP), int64(c.RateLimitPerIP)),
 	}
 }

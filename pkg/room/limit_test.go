@@ -1,6 +1,7 @@
 package room
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -231,5 +232,84 @@ func TestPenaltiesExpireAndStayBounded(t *testing.T) {
 	p.add(a, int64(RateCloseWindow)) // all expired: swept to make room
 	if !p.has(a, int64(RateCloseWindow)) || len(p.until) != 1 {
 		t.Fatalf("after expiry: %d remembered, has(a)=%v", len(p.until), p.has(a, int64(RateCloseWindow)))
+	}
+}
+
+// TestByteRatesPace (issue 19, item 1): large messages are read no faster
+// than BYTE_RATE per connection and BYTE_RATE_PER_IP per client address
+// (the connections of one address together), whatever RATE_LIMIT allows;
+// nothing is dropped.
+func TestByteRatesPace(t *testing.T) {
+	text := strings.Repeat("x", 950) // ~1 KiB a message
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		senders int
+		each    int
+		atLeast time.Duration
+	}{
+		// 8 KiB/s, bursts of 8 KiB: 16 KiB in 1 s at least.
+		{"connection", Config{ByteRate: 8 << 10, ByteRatePerIP: -1, MaxMessageBytes: 1 << 10}, 1, 16, 800 * time.Millisecond},
+		// 4 KiB/s per address, bursts of 32 KiB: 40 KiB from two
+		// connections of one address: past the burst, about 1.6 s.
+		{"address", Config{ByteRate: -1, ByteRatePerIP: 4 << 10, MaxMessageBytes: 1 << 10}, 2, 20, 1400 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newGateEngine()
+			h, addr := startHub(t, tc.cfg, e)
+			recv := joined(t, dialFrom(t, "127.0.0.3", addr, "/ws/chat/bytes/"))
+			var senders []*wsClient
+			for range tc.senders {
+				senders = append(senders, joined(t, dialFrom(t, "127.0.0.2", addr, "/ws/chat/bytes/")))
+			}
+			start := time.Now()
+			for i := range tc.each {
+				for k, c := range senders {
+					c.send(t, chatMsg(fmt.Sprint(k), fmt.Sprint(i, text)))
+				}
+			}
+			next := map[string]int{}
+			for range tc.senders * tc.each {
+				var m struct{ Username, Message string }
+				if err := json.Unmarshal([]byte(recv.recvText(t)), &m); err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprint(next[m.Username], text); m.Message != want {
+					t.Fatalf("from %s: a message out of order, want number %d", m.Username, next[m.Username])
+				}
+				next[m.Username]++
+			}
+			if d := time.Since(start); d < tc.atLeast {
+				t.Fatalf("%d KiB in %v: faster than the byte rate allows (%v)", tc.senders*tc.each, d, tc.atLeast)
+			}
+			if s := h.Stats(); s.RatePaused == 0 || s.RateLimited != 0 {
+				t.Fatalf("stats %+v: want pauses, nothing refused", s)
+			}
+		})
+	}
+}
+
+// TestNeighbourOfAFlooderLosesNothing (issue 19, item 4): once a flooder
+// from an address was held back, another client from the same address (a
+// NAT) still gets every message through: it only starts without a burst.
+func TestNeighbourOfAFlooderLosesNothing(t *testing.T) {
+	e := newGateEngine()
+	_, addr := startHub(t, Config{RateLimit: 100, RateBurst: 10}, e)
+	recv := joined(t, dialFrom(t, "127.0.0.3", addr, "/ws/chat/nat/"))
+	flooder := joined(t, dialFrom(t, "127.0.0.2", addr, "/ws/chat/nat/"))
+	for i := range 50 {
+		flooder.send(t, chatMsg("f", fmt.Sprint(i)))
+	}
+	for range 50 {
+		recv.recvText(t)
+	}
+	neighbour := joined(t, dialFrom(t, "127.0.0.2", addr, "/ws/chat/nat/"))
+	for i := range 30 {
+		neighbour.send(t, chatMsg("n", fmt.Sprint(i)))
+	}
+	for i := range 30 {
+		if got := recv.recvText(t); got != chatMsg("n", fmt.Sprint(i)) {
+			t.Fatalf("the neighbour's message %d: got %s", i, got)
+		}
 	}
 }
