@@ -124,6 +124,7 @@ type pump struct {
 	readAgain     bool      // read without blocking in the next round trip
 	lastFull      time.Time // when every room was last read
 	verifyAll     bool      // check every room for trimmed entries next read
+	epochDue      bool      // write the shards' epoch keys (SET NX) with the next publishes
 	failures      int       // consecutive failed round trips
 	readFailures  int       // consecutive reads refused by Redis
 	sigFailLogged time.Time // when a failed signal write was last logged
@@ -158,6 +159,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		peers:       make(map[string]uint64),
 		lastOK:      time.Now(),
 		verifyAll:   true,
+		epochDue:    true,
 	}
 }
 
@@ -413,6 +415,14 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 	now := time.Now()
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
+	epochCmd := -1
+	if p.epochDue {
+		// The epoch keys before anything is published on a new
+		// connection: if Redis lost the shards' data, they say since when
+		// (redis_history.go).
+		epochCmd = len(p.cmds)
+		p.cmds = append(p.cmds, p.epochCmds()...)
+	}
 	clear(p.sigRooms)
 	clear(p.scriptRooms)
 	p.sigNames = p.sigNames[:0]
@@ -517,6 +527,9 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	}
 	if broken {
 		p.cmds = nil // rueidis may still read the old slice
+	}
+	if epochCmd >= 0 && firstError(res[epochCmd:epochCmd+len(p.shards)]) == nil {
+		p.epochDue = false
 	}
 	var failed error
 	published := len(p.sent)
@@ -961,11 +974,7 @@ func (p *pump) connect(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	if e.cluster {
-		// The epoch keys first: Redis may have restarted empty.
-		if err := firstError(e.client.DoMulti(cctx, p.epochCmds()...)); err != nil {
-			return fmt.Errorf("connect pump: %w", err)
-		}
-		p.conn = e.client
+		p.conn = e.client // the epoch keys go first in the next round trip
 		return nil
 	}
 	var err error
@@ -977,21 +986,14 @@ func (p *pump) connect(ctx context.Context) error {
 		if p.sealID != 0 {
 			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
 		}
-		// The epoch keys before anything is published: if Redis lost
-		// the shards' data, they say since when (redis_history.go).
-		epochs := len(cmds)
-		cmds = append(cmds, p.epochCmds()...)
 		res := dc.DoMulti(cctx, cmds...)
 		var id int64
 		id, err = res[0].AsInt64()
-		if err == nil && epochs > 1 {
+		if err == nil && len(res) > 1 {
 			// "No such client" is fine: the old connection is gone.
 			if kerr := res[1].Error(); kerr != nil && !isRedisErr(kerr) {
 				err = kerr
 			}
-		}
-		if err == nil {
-			err = firstError(res[epochs:])
 		}
 		if err == nil {
 			p.conn, p.release, p.clientID, p.sealID = dc, release, id, 0
@@ -1048,7 +1050,7 @@ func (p *pump) fail(err error) {
 		p.sealID = p.clientID
 	}
 	p.disconnect()
-	p.verifyAll = true
+	p.verifyAll, p.epochDue = true, true
 	p.epoch++
 	p.hmu.Lock()
 	p.lastErr = err
