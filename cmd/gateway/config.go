@@ -79,8 +79,8 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		cfg.AdminAddr = addr
 	}
 	if cfg.Environment == envProduction {
-		if len(cfg.AllowedHosts) == 0 {
-			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
+		if err := missingInProduction(cfg); err != nil {
+			return cfg, err
 		}
 		cfg.Conn.AllowedHosts = cfg.AllowedHosts
 		if len(cfg.Conn.AllowedOrigins) == 0 {
@@ -91,6 +91,25 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// missingInProduction names, in one error, every variable production
+// needs that is unset: the Redis address and ALLOWED_HOSTS. A first start
+// then shows everything to fill in at once rather than one per try.
+func missingInProduction(cfg Config) error {
+	var missing []string
+	if cfg.Redis.Host == "" && len(cfg.Redis.Addrs) == 0 {
+		missing = append(missing, "IP_REDIS (the Redis host; or REDIS_ADDRS for a Cluster or sentinels)")
+	}
+	if len(cfg.AllowedHosts) == 0 {
+		missing = append(missing, "ALLOWED_HOSTS (the host names clients use, comma-separated, or * for any)")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ENVIRONMENT=production needs %d more variable(s):\n  %s\n"+
+		"set them (see deploy/env.production), or run with ENVIRONMENT=development for one node without Redis",
+		len(missing), strings.Join(missing, "\n  "))
 }
 
 // adminAddr checks ADMIN_ADDR and completes a bare ":port" with the
