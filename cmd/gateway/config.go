@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -161,19 +162,24 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// printHelp lists every variable of Config with the default the gateway
-// really uses (see defaultConfig) and its meaning (the help tag), so the
-// list never drifts from the code.
-func printHelp(w io.Writer) {
+// printHelp lists every flag of fs, then every variable of Config with
+// the default the gateway really uses (see defaultConfig) and its meaning
+// (the help tag), so the list never drifts from the code.
+func printHelp(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, `gateway: WebSocket chat gateway, ws://HOST:PORT/ws/chat/<room>/
 
-Usage: gateway            run, configured from the environment
-       gateway -healthcheck  exit 0 if the local gateway answers /healthz
-       gateway -h            this help
+Usage: gateway [flag]   run, configured from the environment (below)
 
-Environment (a dash: no default):
+Flags:
 `)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(tw, "  -%s\t%s\n", f.Name, f.Usage) })
+	fmt.Fprintf(tw, "  -h\tthis help\n")
+	tw.Flush()
+	fmt.Fprint(w, `
+Environment (a dash: no default):
+`)
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
 	for _, v := range envVars(reflect.ValueOf(defaultConfig())) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.name, v.def, v.help)

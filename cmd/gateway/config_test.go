@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
+	"io"
 	"net"
 	"reflect"
 	"regexp"
@@ -122,6 +124,18 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		if !strings.Contains(out, v.name) {
 			t.Errorf("gateway -h does not list %s", v.name)
 		}
+	}
+	// Every flag, with its usage text: -h is the one place they are listed.
+	fs, _ := newFlags(io.Discard)
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		if !regexp.MustCompile(`(?m)^  -` + f.Name + ` +` + regexp.QuoteMeta(f.Usage) + `$`).MatchString(out) {
+			t.Errorf("gateway -h does not list the flag -%s with its usage", f.Name)
+		}
+	})
+	if n < 3 {
+		t.Errorf("found %d flags, want at least -healthcheck, -readycheck and -version", n)
 	}
 	for _, legacy := range []string{"ENVIRONMENT", "IP_REDIS", "PORT_REDIS", "ALLOWED_HOSTS"} {
 		if !strings.Contains(out, "\n  "+legacy+" ") {

@@ -39,6 +39,25 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], envconfig.OsLookuper(), os.Stdout, os.Stderr, nil))
 }
 
+// flags are the command-line flags; everything else comes from the
+// environment.
+type flags struct {
+	healthcheck, readycheck, version *bool
+}
+
+// newFlags defines the flags on a set that reports parse errors to
+// stderr. -h prints printHelp's text, which lists every flag defined here.
+func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // -h prints the help, bad flags only the error
+	return fs, flags{
+		healthcheck: fs.Bool("healthcheck", false, "exit 0 if the local gateway answers /healthz (container health checks; uses PORT, LISTEN_HOST, ALLOWED_HOSTS)"),
+		readycheck:  fs.Bool("readycheck", false, "exit 0 if the local gateway answers /readyz with 200 (ready for traffic)"),
+		version:     fs.Bool("version", false, "print the version, revision and Go version, and exit"),
+	}
+}
+
 // fdReserve is the number of file descriptors kept for things other than
 // client connections (listener, epoll, eventfds, Redis, logs).
 const fdReserve = 64
@@ -47,15 +66,11 @@ const fdReserve = 64
 // (admin is nil without ADMIN_ADDR). It returns the exit code: 0 after a
 // clean shutdown, 1 when serving failed, 2 for a bad configuration.
 func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer, ready func(public, admin net.Addr)) int {
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {} // -h prints the help below, bad flags only the error
-	healthcheck := fs.Bool("healthcheck", false, "exit 0 if the local gateway answers /healthz")
-	readycheck := fs.Bool("readycheck", false, "exit 0 if the local gateway answers /readyz with 200")
-	version := fs.Bool("version", false, "print the version and exit")
+	fs, fl := newFlags(stderr)
+	healthcheck, readycheck, version := fl.healthcheck, fl.readycheck, fl.version
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			printHelp(stdout)
+			printHelp(stdout, fs)
 			return 0
 		}
 		return 2
