@@ -4,14 +4,26 @@
 GO       ?= go
 FUZZTIME ?= 20s
 BIN      := bin
+IMAGE    ?= chat:1
 
-.PHONY: all build test deps check unit browser fuzz smoke bench run clean
+# VERSION and REVISION are stamped into the gateway (gateway -version, the
+# start log line, the chat_build_info metric); set them for a release.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
+
+.PHONY: all build image test deps check unit browser fuzz smoke bench run clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/gateway ./cmd/gateway
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/gateway ./cmd/gateway
 	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+
+# image builds the container image with the same stamp (the build context
+# has no .git, so the Dockerfile takes them as build args).
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 run:
 	$(GO) run ./cmd/gateway

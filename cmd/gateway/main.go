@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -153,11 +152,14 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		go func() { _ = admin.Serve(ln) }()
 		logger.Info("admin endpoints listening (/stats, /readyz, /healthz, pprof with DEBUG_PPROF)", "addr", adminAddr.String())
 	}
+	bi := buildInfo()
 	logger.Info("gateway listening",
 		"addr", srv.Addr().String(),
 		"environment", cfg.Environment,
 		"engine", engineName(engine),
-		"version", versionString(),
+		"version", bi.Version,
+		"revision", bi.Revision,
+		"go", bi.Go,
 		"open_file_limit", fdLimit,
 		"max_connections", max(int64(fdLimit)-fdReserve, 0),
 		"event_loops", srv.Config().EventLoops,
@@ -226,34 +228,6 @@ func engineName(e stream.Engine) string {
 	default:
 		return "redis"
 	}
-}
-
-// versionString is the module version and VCS revision the binary was
-// built from, from its build information.
-func versionString() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "gateway (no build information)"
-	}
-	v := info.Main.Version
-	var rev, modified, when string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "+modified"
-			}
-		case "vcs.time":
-			when = s.Value
-		}
-	}
-	out := "gateway " + v
-	if rev != "" {
-		out += fmt.Sprintf(" (%.12s%s, %s)", rev, modified, when)
-	}
-	return out + " " + info.GoVersion
 }
 
 // humanDurations writes durations in logs as Go writes them ("1.5s"), not

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,7 +140,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds"}
+	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds", descName(buildInfoDesc)}
 	for _, m := range gatewayLabeled {
 		names = append(names, descName(m.desc))
 	}
@@ -325,7 +327,7 @@ func TestHealthAndReadyChecks(t *testing.T) {
 func TestVersionAndLogs(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"-version"}, envconfig.MapLookuper(nil), &out, io.Discard, nil); code != 0 ||
-		!strings.HasPrefix(out.String(), "gateway ") || !strings.Contains(out.String(), "go1.") {
+		!strings.HasPrefix(out.String(), "gateway ") || !strings.Contains(out.String(), "go1.") || !strings.Contains(out.String(), "revision ") {
 		t.Fatalf("-version: exit %d, %q", code, out.String())
 	}
 	r := redistest.Start(t)
@@ -345,4 +347,68 @@ func TestVersionAndLogs(t *testing.T) {
 func readFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return string(b), err
+}
+
+// stamp sets the -ldflags -X variables for one test, as a stamped build
+// has them.
+func stamp(t *testing.T, v, rev string) {
+	t.Helper()
+	oldV, oldRev := version, revision
+	version, revision = v, rev
+	t.Cleanup(func() { version, revision = oldV, oldRev })
+}
+
+// TestBuildInfoStamped: a stamped version and revision show in -version,
+// in the start log line and as chat_build_info's labels.
+func TestBuildInfoStamped(t *testing.T) {
+	const rev = "0123456789abcdef0123456789abcdef01234567"
+	stamp(t, "v1.4.0", rev)
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-version"}, envconfig.MapLookuper(nil), &out, io.Discard, nil); code != 0 ||
+		!strings.HasPrefix(out.String(), "gateway v1.4.0 (revision 0123456789ab") || !strings.HasSuffix(out.String(), " "+runtime.Version()+"\n") {
+		t.Fatalf("-version: exit %d, %q; want the stamped version, a 12-digit revision and %s", code, out.String(), runtime.Version())
+	}
+	g := startGateway(t, map[string]string{"LOG_LEVEL": "info"})
+	if !g.logs.contains(`version=v1.4.0 revision=` + rev + ` go=` + runtime.Version()) {
+		t.Errorf("the start log line lacks the version, revision and Go release")
+	}
+	want := `chat_build_info{go="` + runtime.Version() + `",revision="` + rev + `",version="v1.4.0"}`
+	if v, ok := scrape(t, g)[want]; !ok || v != 1 {
+		t.Errorf("/metrics: %s = %v (present %v), want 1", want, v, ok)
+	}
+}
+
+// TestBuildInfoFallsBack: unstamped, the version and revision come from
+// the toolchain's build information (a test binary has no VCS stamp:
+// "unknown"), never an empty label.
+func TestBuildInfoFallsBack(t *testing.T) {
+	stamp(t, "", "")
+	b := buildInfo()
+	if b.Version == "" || b.Revision == "" || b.Go != runtime.Version() {
+		t.Fatalf("buildInfo() = %+v; want a version, a revision (or \"unknown\") and %s", b, runtime.Version())
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && !strings.HasPrefix(b.Revision, s.Value) {
+				t.Errorf("revision %q, want vcs.revision %q", b.Revision, s.Value)
+			}
+		}
+	}
+}
+
+// TestBuildStampsVersion: the Makefile and the Dockerfile stamp exactly
+// the variables buildInfo reads (a renamed variable would leave every
+// build unstamped without a word).
+func TestBuildStampsVersion(t *testing.T) {
+	for _, f := range []string{"../../Makefile", "../../Dockerfile"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"-X main.version=", "-X main.revision="} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s does not stamp %s", f, want)
+			}
+		}
+	}
 }
