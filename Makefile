@@ -12,7 +12,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
-.PHONY: all build image test deps check unit browser fuzz smoke bench run clean
+.PHONY: all build image test deps check unit deploy-check browser fuzz smoke bench run clean
 
 all: build
 
@@ -32,7 +32,7 @@ run:
 # end-to-end tests under the race detector, short fuzz runs, and a small
 # load smoke run that asserts zero loss; the chat page in headless Chromium
 # after the unit tests.
-test: deps check unit browser fuzz smoke
+test: deps check unit deploy-check browser fuzz smoke
 
 # deps installs redis-server and redis-cli from Debian's packages when the
 # machine lacks them: the tests start their own servers on free ports.
@@ -58,6 +58,14 @@ unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@echo "== make test: allocation guards without the race detector"
 	$(GO) test -count=1 -run 'Allocs|Allocat' ./...
+
+# deploy-check validates deploy/ against the real schemas: the k8s
+# manifests decode strictly into k8s.io/api types, the compose file loads
+# with compose-go, .dockerignore as Docker reads it. deploy/validate is a
+# module of its own, so these libraries stay out of the gateway's go.mod.
+deploy-check:
+	@echo "== make test: deploy files against the Kubernetes API types, the Compose loader and Docker's .dockerignore rules"
+	cd deploy/validate && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # browser runs the chat page in headless Chromium (test/browser, driven by
 # playwright-core): it installs Debian's chromium when /usr/bin/chromium is
