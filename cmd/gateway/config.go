@@ -33,8 +33,11 @@ type Config struct {
 	AdminAddr    string        `env:"ADMIN_ADDR" help:"host:port of a separate HTTP listener for /stats, pprof, /healthz and a detailed /readyz (then not on PORT); keep it on loopback or a private network; :PORT alone binds 127.0.0.1"`
 	LogLevel     string        `env:"LOG_LEVEL, default=info" help:"debug, info, warn or error"`
 	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, after the drain: time the last clients get to answer the 1001 close and the engine to store what its queues hold"`
-	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=5s" help:"on SIGTERM, time /readyz answers 503 while everything else goes on, so load balancers stop sending new clients; then new upgrades get 503"`
-	DrainWindow  time.Duration `env:"DRAIN_WINDOW, default=10s" help:"on SIGTERM, after DRAIN_DELAY: connections are closed with 1001 in batches spread over this time, so clients do not all reconnect at once"`
+	// DrainDelay and DrainWindow serve a load balancer in front of
+	// production nodes: in development, unless set, both are 0 (Ctrl-C
+	// stops at once), and a node with no connection open skips them.
+	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=5s" help:"on SIGTERM, time /readyz answers 503 while everything else goes on, so load balancers stop sending new clients; then new upgrades get 503. Skipped with no connection open; 0 in development unless set"`
+	DrainWindow  time.Duration `env:"DRAIN_WINDOW, default=10s" help:"on SIGTERM, after DRAIN_DELAY: connections are closed with 1001 in batches spread over this time, so clients do not all reconnect at once. 0 in development unless set"`
 	StartTimeout time.Duration `env:"REDIS_START_TIMEOUT, default=0s" help:"production: give up (exit 1) when Redis has not answered this long after start; 0 retries for ever, serving /healthz and a 503 /readyz meanwhile"`
 	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ (on ADMIN_ADDR when set, else on PORT: keep it off on public ports)"`
 	Conn         conn.Config
@@ -71,6 +74,15 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 	if cfg.DrainDelay < 0 || cfg.DrainWindow < 0 || cfg.StartTimeout < 0 {
 		return cfg, fmt.Errorf("DRAIN_DELAY (%s), DRAIN_WINDOW (%s) and REDIS_START_TIMEOUT (%s) must not be negative; 0 turns each off",
 			cfg.DrainDelay, cfg.DrainWindow, cfg.StartTimeout)
+	}
+	if cfg.Environment == envDevelopment {
+		// No load balancer to wait for: Ctrl-C on `go run` stops at once.
+		if _, set := l.Lookup("DRAIN_DELAY"); !set {
+			cfg.DrainDelay = 0
+		}
+		if _, set := l.Lookup("DRAIN_WINDOW"); !set {
+			cfg.DrainWindow = 0
+		}
 	}
 	if cfg.AdminAddr != "" {
 		addr, err := adminAddr(cfg.AdminAddr)

@@ -206,10 +206,17 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 // drain is the first part of a graceful stop (SIGTERM): /readyz already
 // answers 503; for DRAIN_DELAY everything else goes on, so load balancers
 // stop sending new clients; then upgrades are refused and connections are
-// closed with 1001 in batches over DRAIN_WINDOW. A second signal ends the
+// closed with 1001 in batches over DRAIN_WINDOW. With no WebSocket open
+// there is nothing to drain and it returns at once (in development both
+// delays are 0 unless set: see loadConfig). A second signal ends the
 // process at once (see main).
 func drain(cfg Config, srv *conn.Server, logger *slog.Logger) {
-	logger.Info("draining: /readyz answers 503", "open", srv.Stats().WebSockets,
+	open := srv.Stats().WebSockets
+	if open == 0 {
+		logger.Info("stopping: no connection open, nothing to drain")
+		return
+	}
+	logger.Info("draining: /readyz answers 503", "open", open,
 		"drain_delay", cfg.DrainDelay, "drain_window", cfg.DrainWindow, "shutdown_timeout", cfg.ShutdownWait)
 	time.Sleep(cfg.DrainDelay)
 	logger.Info("draining: refusing upgrades, closing connections with 1001", "open", srv.Stats().WebSockets, "over", cfg.DrainWindow)

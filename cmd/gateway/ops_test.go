@@ -217,6 +217,60 @@ func TestDrainSequence(t *testing.T) {
 	}
 }
 
+// TestStopsAtOnceWithNothingToDrain: DRAIN_DELAY and DRAIN_WINDOW serve a
+// load balancer in production. In development (go run, Ctrl-C) they are 0
+// unless set, and a node with no connection open skips them: the process
+// exits at once instead of waiting them out. Both cases are far inside
+// the delays they skip (15 s and 40 s).
+func TestStopsAtOnceWithNothingToDrain(t *testing.T) {
+	exitsWithin := func(t *testing.T, g *gateway, limit time.Duration) {
+		t.Helper()
+		start := time.Now()
+		g.stop() // as Ctrl-C does
+		select {
+		case code := <-g.code:
+			g.code <- code // for the cleanup
+			if code != 0 {
+				t.Fatalf("exit code %d, want 0", code)
+			}
+			if took := time.Since(start); took > limit {
+				t.Fatalf("exited %v after the signal, want within %v", took, limit)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("the gateway did not exit within %v of the signal", waitTimeout)
+		}
+	}
+	t.Run("development, a connection open, default delays", func(t *testing.T) {
+		cfg, err := loadConfig(t.Context(), envconfig.MapLookuper(nil))
+		if err != nil || cfg.DrainDelay != 0 || cfg.DrainWindow != 0 {
+			t.Fatalf("development defaults: DRAIN_DELAY %v, DRAIN_WINDOW %v, %v; want 0 and 0", cfg.DrainDelay, cfg.DrainWindow, err)
+		}
+		g := startGateway(t, map[string]string{"DRAIN_DELAY": unset, "DRAIN_WINDOW": unset})
+		c := g.dial(t, "dev")
+		closed := make(chan ws.StatusCode, 1)
+		go func() {
+			code, _ := c.expectClose(true)
+			c.writeRaw(rawFrame(0x88, ws.NewCloseFrameBody(code, ""), false)) // echo it, as a browser does
+			closed <- code
+		}()
+		exitsWithin(t, g, 3*time.Second)
+		if code := <-closed; code != ws.StatusGoingAway {
+			t.Errorf("the open connection got close code %d, want 1001", code)
+		}
+	})
+	t.Run("production, nobody connected, long delays", func(t *testing.T) {
+		r := redistest.Start(t)
+		g := startGateway(t, withEnv(redisEnvFor(r), map[string]string{
+			"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "DRAIN_DELAY": "30s", "DRAIN_WINDOW": "10s", "LOG_LEVEL": "info"}))
+		g.dial(t, "briefly").conn.Close()
+		testutil.Eventually(t, "the connection to be gone", func() bool { return scrape(t, g)["chat_websockets_open"] == 0 })
+		exitsWithin(t, g, 3*time.Second)
+		if !g.logs.contains("nothing to drain") {
+			t.Error("the log does not say why it stopped at once")
+		}
+	})
+}
+
 // descName is the metric name of a descriptor.
 func descName(d *prometheus.Desc) string {
 	name := d.String()
@@ -335,7 +389,9 @@ func TestVersionAndLogs(t *testing.T) {
 		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
 		"LOG_LEVEL": "info", "DRAIN_DELAY": "10ms",
 	})
+	c := g.dial(t, "logs") // something to drain, so the drain logs its timings
 	g.stop()
+	c.expectClose(true)
 	g.code <- <-g.code // wait for the exit; leave the code for the cleanup
 	for _, want := range []string{`"engine":"redis"`, `"drain_delay":"10ms"`, `"shutdown_timeout":"5s"`} {
 		if !g.logs.contains(want) {
