@@ -32,7 +32,7 @@ run:
 # end-to-end tests under the race detector, the deploy files against their
 # schemas, the chat page in headless Chromium, short fuzz runs, and a
 # small load smoke run that asserts zero loss. On a machine that has run it
-# before it takes about 4-5 min (2 cores); the first run on a new machine
+# before it takes about 3-5 min (2 cores); the first run on a new machine
 # also installs chromium (about 25 Debian packages, without recommends,
 # ~30 s) and the pinned npm packages, downloads the Go modules and compiles
 # everything, the race and fuzz builds and k8s.io/api included: about
@@ -64,7 +64,7 @@ check:
 # tests' output comes at the end. The allocation guards run again without
 # the race detector, which makes sync.Pool drop items and so skips them.
 unit:
-	@echo "== make test: every unit and end-to-end test under the race detector (about 2 min; about 4.5 min the first time; they start their own redis-server processes)"
+	@echo "== make test: every unit and end-to-end test under the race detector (about 1.5-2 min; about 4.5 min the first time; they start their own redis-server processes)"
 	@$(GO) run ./internal/testprogress $(GO) test -race -count=1 -timeout 15m -json ./...
 	@echo "== make test: allocation guards without the race detector (about 15 s)"
 	@$(GO) run ./internal/testprogress $(GO) test -count=1 -run 'Allocs|Allocat' -json ./...
