@@ -8,10 +8,14 @@
 #
 # Usage (all optional, defaults shown):
 #   CONNS=100000 ROOMS=10000 GATEWAYS=6 LOADGENS=6 SENDERS=1 RATE=0.5 \
-#   HOLD=20s DURATION=30s DRAIN=5s PORT=18800 scripts/loadtest.sh
-# REDIS_PORT=<port> uses a running Redis instead of starting one.
-# Results (per-process JSON, logs, merged summary) go to $OUT (a new
-# temporary directory by default).
+#   HOLD=20s DURATION=30s DRAIN=5s scripts/loadtest.sh
+# The gateways' PORT and the Redis port are free loopback ports picked at
+# start (printed); set PORT=<port> to choose the gateways' port, and
+# REDIS_PORT=<port> to use a running Redis instead of starting one.
+# Results go to $OUT (a new temporary directory by default): per-process
+# JSON and logs, the merged summary (summary.txt) and one HTML report of
+# the whole run (report.html: latency, throughput, connections, the
+# gateways' CPU and memory over time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +28,6 @@ RATE=${RATE:-0.5}
 HOLD=${HOLD:-20s}
 DURATION=${DURATION:-30s}
 DRAIN=${DRAIN:-5s}
-PORT=${PORT:-18800}
 BIN=${BIN:-bin}
 OUT=${OUT:-$(mktemp -d /tmp/loadtest.XXXXXX)}
 mkdir -p "$OUT"
@@ -32,6 +35,7 @@ SRC_FIRST=2
 SRC_LAST=20
 
 . scripts/lib.sh
+PORT=${PORT:-$(free_port)}
 [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || make build >/dev/null
 if (( CONNS % LOADGENS != 0 || ROOMS % LOADGENS != 0 )); then
 	echo "loadtest: CONNS and ROOMS must divide by LOADGENS ($LOADGENS)" >&2
@@ -50,7 +54,8 @@ mem() { awk -v k="$1" '$1 == k":" { print $2 }' /proc/meminfo; }
 
 # Redis: our own unless REDIS_PORT names one.
 if [ -z "${REDIS_PORT:-}" ]; then
-	REDIS_PORT=$((PORT + 1))
+	REDIS_PORT=$(free_port)
+	while [ "$REDIS_PORT" = "$PORT" ]; do REDIS_PORT=$(free_port); done
 	redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" \
 		--maxclients 10000 >"$OUT/redis.log" 2>&1 &
 	pids+=($!)
@@ -92,7 +97,7 @@ done
 
 # Sample kernel slab memory while connections are held, and show each
 # load process's latest progress line every 5 s.
-echo "loadtest: $GATEWAYS gateways on :$PORT, $LOADGENS loadgen processes, $CONNS connections in $ROOMS rooms; logs in $OUT"
+echo "loadtest: $GATEWAYS gateways on :$PORT (Redis on :$REDIS_PORT), $LOADGENS loadgen processes, $CONNS connections in $ROOMS rooms; logs in $OUT"
 peak=$slab0
 tick=0
 while kill -0 "${lg_pids[0]}" 2>/dev/null; do
@@ -111,12 +116,13 @@ cpu1=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s
 # Where Redis's time went (whole life of the server when the script started it).
 redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/commandstats.txt" || true
 
-"$BIN/loadgen" -mode merge "$OUT"/loadgen*.json | tee "$OUT/summary.txt" || status=1
+"$BIN/loadgen" -mode merge -report "$OUT/report.html" "$OUT"/loadgen*.json | tee "$OUT/summary.txt" || status=1
 sent=$("$BIN/loadgen" -mode merge -json "$OUT"/loadgen*.json 2>/dev/null | awk -F'[:,]' '/"sent"/ { print $2; exit }' | tr -d ' ')
 redis_rss=$(awk '/VmRSS/ { print $2 }' "/proc/$redis_pid/status" 2>/dev/null || echo 0)
 {
 	echo "redis      CPU $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')s during the run, $(awk -v a="$cpu0" -v b="$cpu1" -v n="${sent:-0}" 'BEGIN { if (n > 0) printf "%.2f", (b - a) * 1e6 / n; else print "-" }') µs per published message, RSS $((redis_rss / 1024)) MiB"
 	echo "kernel     slab memory peak +$(( (peak - slab0) / 1024 )) MiB over the run ($(( (peak - slab0) * 1024 / (CONNS > 0 ? CONNS : 1) )) B per connection, both ends)"
+	echo "report     $OUT/report.html"
 	echo "results    $OUT"
 } | tee -a "$OUT/summary.txt"
 exit $status

@@ -50,12 +50,21 @@ type gateway struct {
 
 // startGateway runs the gateway on 127.0.0.1:0 with env on top of the
 // test defaults and stops it at the end of the test.
+// unset, as a value in startGateway's env, leaves the variable out of the
+// environment (also one startGateway sets by default), so the gateway's
+// own default applies.
+const unset = "\x00unset"
+
 func startGateway(t testing.TB, env map[string]string) *gateway {
 	t.Helper()
 	// No drain by default: tests stop gateways often; the drain tests set it.
 	vars := map[string]string{"PORT": "0", "LISTEN_HOST": "127.0.0.1", "LOG_LEVEL": "warn", "SHUTDOWN_TIMEOUT": "5s",
 		"DRAIN_DELAY": "0s", "DRAIN_WINDOW": "0s"}
 	for k, v := range env {
+		if v == unset {
+			delete(vars, k)
+			continue
+		}
 		vars[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())

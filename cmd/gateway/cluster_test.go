@@ -428,3 +428,31 @@ func TestJoinRefusedWhileRedisIsDown(t *testing.T) {
 	})
 	g.dial(t, "down-new")
 }
+
+// TestRoomsEndpointWhileRedisIsDown: GET /api/rooms/<room> answers 503
+// while the engine is unhealthy, as /readyz does, even on a lone node that
+// could count its own members without Redis; it counts again once Redis
+// is back.
+func TestRoomsEndpointWhileRedisIsDown(t *testing.T) {
+	r := redistest.Start(t)
+	g := startNodes(t, 1, redisEnvFor(r))[0]
+	g.dial(t, "count-me")
+	if status, body := g.httpGet(t, "/api/rooms/count-me"); status != 200 || !strings.Contains(body, `"members":1`) {
+		t.Fatalf("with Redis up: %d %q, want 200 with one member", status, body)
+	}
+	r.Kill()
+	testutil.Eventually(t, "readyz to fail", func() bool {
+		status, _ := g.httpGet(t, "/readyz")
+		return status == 503
+	})
+	for _, room := range []string{"count-me", "nobody-here"} {
+		if status, body := g.httpGet(t, "/api/rooms/"+room); status != 503 || !strings.Contains(body, "unavailable") {
+			t.Errorf("GET /api/rooms/%s while Redis is down: %d %q, want 503 saying the store is unavailable", room, status, body)
+		}
+	}
+	r.Restart()
+	testutil.Eventually(t, "/api/rooms to count again once Redis is back", func() bool {
+		status, body := g.httpGet(t, "/api/rooms/count-me")
+		return status == 200 && strings.Contains(body, `"members":1`)
+	})
+}

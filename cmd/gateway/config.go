@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,8 +33,11 @@ type Config struct {
 	AdminAddr    string        `env:"ADMIN_ADDR" help:"host:port of a separate HTTP listener for /stats, pprof, /healthz and a detailed /readyz (then not on PORT); keep it on loopback or a private network; :PORT alone binds 127.0.0.1"`
 	LogLevel     string        `env:"LOG_LEVEL, default=info" help:"debug, info, warn or error"`
 	ShutdownWait time.Duration `env:"SHUTDOWN_TIMEOUT, default=10s" help:"on SIGTERM, after the drain: time the last clients get to answer the 1001 close and the engine to store what its queues hold"`
-	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=5s" help:"on SIGTERM, time /readyz answers 503 while everything else goes on, so load balancers stop sending new clients; then new upgrades get 503"`
-	DrainWindow  time.Duration `env:"DRAIN_WINDOW, default=10s" help:"on SIGTERM, after DRAIN_DELAY: connections are closed with 1001 in batches spread over this time, so clients do not all reconnect at once"`
+	// DrainDelay and DrainWindow serve a load balancer in front of
+	// production nodes: in development, unless set, both are 0 (Ctrl-C
+	// stops at once), and a node with no connection open skips them.
+	DrainDelay   time.Duration `env:"DRAIN_DELAY, default=5s" help:"on SIGTERM, time /readyz answers 503 while everything else goes on, so load balancers stop sending new clients; then new upgrades get 503. Skipped with no connection open; 0 in development unless set"`
+	DrainWindow  time.Duration `env:"DRAIN_WINDOW, default=10s" help:"on SIGTERM, after DRAIN_DELAY: connections are closed with 1001 in batches spread over this time, so clients do not all reconnect at once. 0 in development unless set"`
 	StartTimeout time.Duration `env:"REDIS_START_TIMEOUT, default=0s" help:"production: give up (exit 1) when Redis has not answered this long after start; 0 retries for ever, serving /healthz and a 503 /readyz meanwhile"`
 	Pprof        bool          `env:"DEBUG_PPROF" help:"serve Go profiles at /debug/pprof/ (on ADMIN_ADDR when set, else on PORT: keep it off on public ports)"`
 	Conn         conn.Config
@@ -71,6 +75,15 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		return cfg, fmt.Errorf("DRAIN_DELAY (%s), DRAIN_WINDOW (%s) and REDIS_START_TIMEOUT (%s) must not be negative; 0 turns each off",
 			cfg.DrainDelay, cfg.DrainWindow, cfg.StartTimeout)
 	}
+	if cfg.Environment == envDevelopment {
+		// No load balancer to wait for: Ctrl-C on `go run` stops at once.
+		if _, set := l.Lookup("DRAIN_DELAY"); !set {
+			cfg.DrainDelay = 0
+		}
+		if _, set := l.Lookup("DRAIN_WINDOW"); !set {
+			cfg.DrainWindow = 0
+		}
+	}
 	if cfg.AdminAddr != "" {
 		addr, err := adminAddr(cfg.AdminAddr)
 		if err != nil {
@@ -84,8 +97,8 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		cfg.Conn.MaxConnectionsPerIP = -1
 	}
 	if cfg.Environment == envProduction {
-		if len(cfg.AllowedHosts) == 0 {
-			return cfg, fmt.Errorf("ALLOWED_HOSTS is empty; in production list the host names clients use (or * for any)")
+		if err := missingInProduction(cfg); err != nil {
+			return cfg, err
 		}
 		cfg.Conn.AllowedHosts = cfg.AllowedHosts
 		if len(cfg.Conn.AllowedOrigins) == 0 {
@@ -96,6 +109,25 @@ func loadConfig(ctx context.Context, l envconfig.Lookuper) (Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// missingInProduction names, in one error, every variable production
+// needs that is unset: the Redis address and ALLOWED_HOSTS. A first start
+// then shows everything to fill in at once rather than one per try.
+func missingInProduction(cfg Config) error {
+	var missing []string
+	if cfg.Redis.Host == "" && len(cfg.Redis.Addrs) == 0 {
+		missing = append(missing, "IP_REDIS (the Redis host; or REDIS_ADDRS for a Cluster or sentinels)")
+	}
+	if len(cfg.AllowedHosts) == 0 {
+		missing = append(missing, "ALLOWED_HOSTS (the host names clients use, comma-separated, or * for any)")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ENVIRONMENT=production needs %d more variable(s):\n  %s\n"+
+		"set them (see deploy/env.production), or run with ENVIRONMENT=development for one node without Redis",
+		len(missing), strings.Join(missing, "\n  "))
 }
 
 // adminAddr checks ADMIN_ADDR and completes a bare ":port" with the
@@ -147,19 +179,24 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// printHelp lists every variable of Config with the default the gateway
-// really uses (see defaultConfig) and its meaning (the help tag), so the
-// list never drifts from the code.
-func printHelp(w io.Writer) {
+// printHelp lists every flag of fs, then every variable of Config with
+// the default the gateway really uses (see defaultConfig) and its meaning
+// (the help tag), so the list never drifts from the code.
+func printHelp(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, `gateway: WebSocket chat gateway, ws://HOST:PORT/ws/chat/<room>/
 
-Usage: gateway            run, configured from the environment
-       gateway -healthcheck  exit 0 if the local gateway answers /healthz
-       gateway -h            this help
+Usage: gateway [flag]   run, configured from the environment (below)
 
-Environment (a dash: no default):
+Flags:
 `)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(tw, "  -%s\t%s\n", f.Name, f.Usage) })
+	fmt.Fprintf(tw, "  -h\tthis help\n")
+	tw.Flush()
+	fmt.Fprint(w, `
+Environment (a dash: no default):
+`)
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
 	for _, v := range envVars(reflect.ValueOf(defaultConfig())) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.name, v.def, v.help)

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
+	"io"
 	"net"
 	"reflect"
 	"regexp"
@@ -73,6 +75,39 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 	}
 }
 
+// TestProductionNamesEveryMissingVariable: a production start that lacks
+// several required variables names all of them in one error, not only
+// the first one checked.
+func TestProductionNamesEveryMissingVariable(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		want    []string
+		notWant []string
+	}{
+		{"nothing set", map[string]string{"ENVIRONMENT": "production"}, []string{"IP_REDIS", "REDIS_ADDRS", "ALLOWED_HOSTS", "2 more"}, nil},
+		{"hosts only", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*"}, []string{"IP_REDIS", "1 more"}, []string{"ALLOWED_HOSTS ("}},
+		{"cluster seeds, no hosts", map[string]string{"ENVIRONMENT": "production", "REDIS_ADDRS": "r1:6379"}, []string{"ALLOWED_HOSTS", "1 more"}, []string{"IP_REDIS ("}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := runOnce(t, tc.env)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; output %q", code, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output does not name %s:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.notWant {
+				if strings.Contains(out, w) {
+					t.Errorf("output names %s, which is set:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
 func TestHelpListsEveryVariable(t *testing.T) {
 	code, out := runOnce(t, nil, "-h")
 	if code != 0 {
@@ -89,6 +124,18 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		if !strings.Contains(out, v.name) {
 			t.Errorf("gateway -h does not list %s", v.name)
 		}
+	}
+	// Every flag, with its usage text: -h is the one place they are listed.
+	fs, _ := newFlags(io.Discard)
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		if !regexp.MustCompile(`(?m)^  -` + f.Name + ` +` + regexp.QuoteMeta(f.Usage) + `$`).MatchString(out) {
+			t.Errorf("gateway -h does not list the flag -%s with its usage", f.Name)
+		}
+	})
+	if n < 3 {
+		t.Errorf("found %d flags, want at least -healthcheck, -readycheck and -version", n)
 	}
 	for _, legacy := range []string{"ENVIRONMENT", "IP_REDIS", "PORT_REDIS", "ALLOWED_HOSTS"} {
 		if !strings.Contains(out, "\n  "+legacy+" ") {
@@ -142,7 +189,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("development must not check Host headers")
 	}
 	cfg, err = loadConfig(context.Background(), envconfig.MapLookuper(map[string]string{
-		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com,api.example.com"}))
+		"ENVIRONMENT": "production", "IP_REDIS": "redis", "ALLOWED_HOSTS": "chat.example.com,api.example.com"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,9 +209,9 @@ func TestOriginDefaults(t *testing.T) {
 	}{
 		{"development", nil, nil},
 		{"development, set", map[string]string{"ALLOWED_ORIGINS": "https://a.example"}, []string{"https://a.example"}},
-		{"production", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com,.example.org"}, []string{"chat.example.com", ".example.org"}},
-		{"production, any host", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*"}, []string{"*"}},
-		{"production, set", map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": "chat.example.com", "ALLOWED_ORIGINS": "https://app.example.net"}, []string{"https://app.example.net"}},
+		{"production", map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "redis", "ALLOWED_HOSTS": "chat.example.com,.example.org"}, []string{"chat.example.com", ".example.org"}},
+		{"production, any host", map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "redis", "ALLOWED_HOSTS": "*"}, []string{"*"}},
+		{"production, set", map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "redis", "ALLOWED_HOSTS": "chat.example.com", "ALLOWED_ORIGINS": "https://app.example.net"}, []string{"https://app.example.net"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(tc.env))

@@ -105,8 +105,8 @@ func TestDockerfileImage(t *testing.T) {
 	// and name what is missing rather than run.
 	var out bytes.Buffer
 	code := run(t.Context(), nil, envconfig.MapLookuper(map[string]string{"ENVIRONMENT": "production", "PORT": "8000"}), io.Discard, &out, nil)
-	if code != 2 || !strings.Contains(out.String(), "ALLOWED_HOSTS") {
-		t.Errorf("image defaults alone: exit %d, %q; want 2 naming ALLOWED_HOSTS", code, out.String())
+	if code != 2 || !strings.Contains(out.String(), "ALLOWED_HOSTS") || !strings.Contains(out.String(), "IP_REDIS") {
+		t.Errorf("image defaults alone: exit %d, %q; want 2 naming ALLOWED_HOSTS and IP_REDIS", code, out.String())
 	}
 }
 

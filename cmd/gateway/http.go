@@ -154,8 +154,10 @@ const roomInfoTimeout = 5 * time.Second
 
 // roomInfo answers GET /api/rooms/<room> with the room's members on
 // every live node: {"room":"<room>","members":N}. A bad room name gets
-// 400 with the reason the WebSocket upgrade gives, an engine that cannot
-// answer 503.
+// 400 with the reason the WebSocket upgrade gives; an engine that is
+// unhealthy (what /readyz reports) or cannot answer gets 503. The health
+// check comes first: a lone node counts its own members without asking
+// Redis, and would otherwise answer a plausible 0 while Redis is down.
 func (e *endpoints) roomInfo(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("room")
 	if err := room.ValidRoomName(name); err != nil {
@@ -164,7 +166,10 @@ func (e *endpoints) roomInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), roomInfoTimeout)
 	defer cancel()
-	n, err := e.engine.Members(ctx, name)
+	n, err := 0, e.engine.Health()
+	if err == nil {
+		n, err = e.engine.Members(ctx, name)
+	}
 	if err != nil {
 		if e.log.Enabled(ctx, slog.LevelDebug) {
 			e.log.Debug("presence unavailable", "room", name, "err", err)

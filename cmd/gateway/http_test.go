@@ -154,7 +154,7 @@ func TestProductionChecksHostAndOrigin(t *testing.T) {
 
 	t.Run("healthcheck sends an allowed Host", func(t *testing.T) {
 		_, port, _ := net.SplitHostPort(g.addr)
-		env := map[string]string{"ENVIRONMENT": "production", "ALLOWED_HOSTS": ".example.org,chat.example.com", "PORT": port}
+		env := map[string]string{"ENVIRONMENT": "production", "IP_REDIS": "127.0.0.1", "ALLOWED_HOSTS": ".example.org,chat.example.com", "PORT": port}
 		if code, out := runOnce(t, env, "-healthcheck"); code != 0 {
 			t.Fatalf("-healthcheck in production: exit %d %q", code, out)
 		}

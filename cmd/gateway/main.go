@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -39,19 +38,34 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], envconfig.OsLookuper(), os.Stdout, os.Stderr, nil))
 }
 
+// flags are the command-line flags; everything else comes from the
+// environment.
+type flags struct {
+	healthcheck, readycheck, version *bool
+}
+
+// newFlags defines the flags on a set that reports parse errors to
+// stderr. -h prints printHelp's text, which lists every flag defined here.
+func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // -h prints the help, bad flags only the error
+	return fs, flags{
+		healthcheck: fs.Bool("healthcheck", false, "exit 0 if the local gateway answers /healthz (container health checks; uses PORT, LISTEN_HOST, ALLOWED_HOSTS)"),
+		readycheck:  fs.Bool("readycheck", false, "exit 0 if the local gateway answers /readyz with 200 (ready for traffic)"),
+		version:     fs.Bool("version", false, "print the version, revision and Go version, and exit"),
+	}
+}
+
 // run is the whole program; ready, when set, is told the bound addresses
 // (admin is nil without ADMIN_ADDR). It returns the exit code: 0 after a
 // clean shutdown, 1 when serving failed, 2 for a bad configuration.
 func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer, ready func(public, admin net.Addr)) int {
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {} // -h prints the help below, bad flags only the error
-	healthcheck := fs.Bool("healthcheck", false, "exit 0 if the local gateway answers /healthz")
-	readycheck := fs.Bool("readycheck", false, "exit 0 if the local gateway answers /readyz with 200")
-	version := fs.Bool("version", false, "print the version and exit")
+	fs, fl := newFlags(stderr)
+	healthcheck, readycheck, version := fl.healthcheck, fl.readycheck, fl.version
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			printHelp(stdout)
+			printHelp(stdout, fs)
 			return 0
 		}
 		return 2
@@ -134,11 +148,14 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		go func() { _ = admin.Serve(ln) }()
 		logger.Info("admin endpoints listening (/stats, /readyz, /healthz, pprof with DEBUG_PPROF)", "addr", adminAddr.String())
 	}
+	bi := buildInfo()
 	logger.Info("gateway listening",
 		"addr", srv.Addr().String(),
 		"environment", cfg.Environment,
 		"engine", engineName(engine),
-		"version", versionString(),
+		"version", bi.Version,
+		"revision", bi.Revision,
+		"go", bi.Go,
 		"open_file_limit", fdLimit,
 		"max_connections", srv.Config().MaxConnections,
 		"max_connections_per_ip", srv.Config().MaxConnectionsPerIP,
@@ -186,10 +203,17 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 // drain is the first part of a graceful stop (SIGTERM): /readyz already
 // answers 503; for DRAIN_DELAY everything else goes on, so load balancers
 // stop sending new clients; then upgrades are refused and connections are
-// closed with 1001 in batches over DRAIN_WINDOW. A second signal ends the
+// closed with 1001 in batches over DRAIN_WINDOW. With no WebSocket open
+// there is nothing to drain and it returns at once (in development both
+// delays are 0 unless set: see loadConfig). A second signal ends the
 // process at once (see main).
 func drain(cfg Config, srv *conn.Server, logger *slog.Logger) {
-	logger.Info("draining: /readyz answers 503", "open", srv.Stats().WebSockets,
+	open := srv.Stats().WebSockets
+	if open == 0 {
+		logger.Info("stopping: no connection open, nothing to drain")
+		return
+	}
+	logger.Info("draining: /readyz answers 503", "open", open,
 		"drain_delay", cfg.DrainDelay, "drain_window", cfg.DrainWindow, "shutdown_timeout", cfg.ShutdownWait)
 	time.Sleep(cfg.DrainDelay)
 	logger.Info("draining: refusing upgrades, closing connections with 1001", "open", srv.Stats().WebSockets, "over", cfg.DrainWindow)
@@ -208,34 +232,6 @@ func engineName(e stream.Engine) string {
 	default:
 		return "redis"
 	}
-}
-
-// versionString is the module version and VCS revision the binary was
-// built from, from its build information.
-func versionString() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "gateway (no build information)"
-	}
-	v := info.Main.Version
-	var rev, modified, when string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "+modified"
-			}
-		case "vcs.time":
-			when = s.Value
-		}
-	}
-	out := "gateway " + v
-	if rev != "" {
-		out += fmt.Sprintf(" (%.12s%s, %s)", rev, modified, when)
-	}
-	return out + " " + info.GoVersion
 }
 
 // humanDurations writes durations in logs as Go writes them ("1.5s"), not

@@ -128,6 +128,12 @@ var gatewayLabeled = []labeled{
 	}},
 }
 
+// buildInfoDesc is chat_build_info: a constant 1 whose labels say what
+// the process runs, so dashboards can tell nodes' builds apart.
+var buildInfoDesc = prometheus.NewDesc("chat_build_info",
+	"Always 1; the labels give the gateway's version, VCS revision and Go release (gateway -version).",
+	[]string{"version", "revision", "go"}, nil)
+
 var (
 	publishLatencyDesc = prometheus.NewDesc("chat_publish_seconds",
 		"Time from publishing a message to the engine's answer (stored, refused or unconfirmed).", nil, nil)
@@ -148,6 +154,7 @@ func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- publishLatencyDesc
 	ch <- roundTripDesc
+	ch <- buildInfoDesc
 }
 
 // Collect reads the Stats once and sends every metric.
@@ -164,6 +171,8 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- constHistogram(publishLatencyDesc, s.engine.PublishLatency)
 	ch <- constHistogram(roundTripDesc, s.engine.RoundTripLatency)
+	b := buildInfo()
+	ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, b.Version, b.Revision, b.Go)
 }
 
 // constHistogram converts a hist.Snapshot to a Prometheus histogram in

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,7 +140,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds"}
+	names := []string{"chat_publish_seconds", "chat_redis_round_trip_seconds", descName(buildInfoDesc)}
 	for _, m := range gatewayLabeled {
 		names = append(names, descName(m.desc))
 	}
@@ -213,6 +215,60 @@ func TestDrainSequence(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("the gateway did not exit after the drain")
 	}
+}
+
+// TestStopsAtOnceWithNothingToDrain: DRAIN_DELAY and DRAIN_WINDOW serve a
+// load balancer in production. In development (go run, Ctrl-C) they are 0
+// unless set, and a node with no connection open skips them: the process
+// exits at once instead of waiting them out. Both cases are far inside
+// the delays they skip (15 s and 40 s).
+func TestStopsAtOnceWithNothingToDrain(t *testing.T) {
+	exitsWithin := func(t *testing.T, g *gateway, limit time.Duration) {
+		t.Helper()
+		start := time.Now()
+		g.stop() // as Ctrl-C does
+		select {
+		case code := <-g.code:
+			g.code <- code // for the cleanup
+			if code != 0 {
+				t.Fatalf("exit code %d, want 0", code)
+			}
+			if took := time.Since(start); took > limit {
+				t.Fatalf("exited %v after the signal, want within %v", took, limit)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("the gateway did not exit within %v of the signal", waitTimeout)
+		}
+	}
+	t.Run("development, a connection open, default delays", func(t *testing.T) {
+		cfg, err := loadConfig(t.Context(), envconfig.MapLookuper(nil))
+		if err != nil || cfg.DrainDelay != 0 || cfg.DrainWindow != 0 {
+			t.Fatalf("development defaults: DRAIN_DELAY %v, DRAIN_WINDOW %v, %v; want 0 and 0", cfg.DrainDelay, cfg.DrainWindow, err)
+		}
+		g := startGateway(t, map[string]string{"DRAIN_DELAY": unset, "DRAIN_WINDOW": unset})
+		c := g.dial(t, "dev")
+		closed := make(chan ws.StatusCode, 1)
+		go func() {
+			code, _ := c.expectClose(true)
+			c.writeRaw(rawFrame(0x88, ws.NewCloseFrameBody(code, ""), false)) // echo it, as a browser does
+			closed <- code
+		}()
+		exitsWithin(t, g, 3*time.Second)
+		if code := <-closed; code != ws.StatusGoingAway {
+			t.Errorf("the open connection got close code %d, want 1001", code)
+		}
+	})
+	t.Run("production, nobody connected, long delays", func(t *testing.T) {
+		r := redistest.Start(t)
+		g := startGateway(t, withEnv(redisEnvFor(r), map[string]string{
+			"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "DRAIN_DELAY": "30s", "DRAIN_WINDOW": "10s", "LOG_LEVEL": "info"}))
+		g.dial(t, "briefly").conn.Close()
+		testutil.Eventually(t, "the connection to be gone", func() bool { return scrape(t, g)["chat_websockets_open"] == 0 })
+		exitsWithin(t, g, 3*time.Second)
+		if !g.logs.contains("nothing to drain") {
+			t.Error("the log does not say why it stopped at once")
+		}
+	})
 }
 
 // descName is the metric name of a descriptor.
@@ -325,7 +381,7 @@ func TestHealthAndReadyChecks(t *testing.T) {
 func TestVersionAndLogs(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"-version"}, envconfig.MapLookuper(nil), &out, io.Discard, nil); code != 0 ||
-		!strings.HasPrefix(out.String(), "gateway ") || !strings.Contains(out.String(), "go1.") {
+		!strings.HasPrefix(out.String(), "gateway ") || !strings.Contains(out.String(), "go1.") || !strings.Contains(out.String(), "revision ") {
 		t.Fatalf("-version: exit %d, %q", code, out.String())
 	}
 	r := redistest.Start(t)
@@ -333,7 +389,9 @@ func TestVersionAndLogs(t *testing.T) {
 		"ENVIRONMENT": "production", "ALLOWED_HOSTS": "*", "IP_REDIS": "127.0.0.1", "PORT_REDIS": strconv.Itoa(r.Port()),
 		"LOG_LEVEL": "info", "DRAIN_DELAY": "10ms",
 	})
+	c := g.dial(t, "logs") // something to drain, so the drain logs its timings
 	g.stop()
+	c.expectClose(true)
 	g.code <- <-g.code // wait for the exit; leave the code for the cleanup
 	for _, want := range []string{`"engine":"redis"`, `"drain_delay":"10ms"`, `"shutdown_timeout":"5s"`} {
 		if !g.logs.contains(want) {
@@ -345,4 +403,68 @@ func TestVersionAndLogs(t *testing.T) {
 func readFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return string(b), err
+}
+
+// stamp sets the -ldflags -X variables for one test, as a stamped build
+// has them.
+func stamp(t *testing.T, v, rev string) {
+	t.Helper()
+	oldV, oldRev := version, revision
+	version, revision = v, rev
+	t.Cleanup(func() { version, revision = oldV, oldRev })
+}
+
+// TestBuildInfoStamped: a stamped version and revision show in -version,
+// in the start log line and as chat_build_info's labels.
+func TestBuildInfoStamped(t *testing.T) {
+	const rev = "0123456789abcdef0123456789abcdef01234567"
+	stamp(t, "v1.4.0", rev)
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-version"}, envconfig.MapLookuper(nil), &out, io.Discard, nil); code != 0 ||
+		!strings.HasPrefix(out.String(), "gateway v1.4.0 (revision 0123456789ab") || !strings.HasSuffix(out.String(), " "+runtime.Version()+"\n") {
+		t.Fatalf("-version: exit %d, %q; want the stamped version, a 12-digit revision and %s", code, out.String(), runtime.Version())
+	}
+	g := startGateway(t, map[string]string{"LOG_LEVEL": "info"})
+	if !g.logs.contains(`version=v1.4.0 revision=` + rev + ` go=` + runtime.Version()) {
+		t.Errorf("the start log line lacks the version, revision and Go release")
+	}
+	want := `chat_build_info{go="` + runtime.Version() + `",revision="` + rev + `",version="v1.4.0"}`
+	if v, ok := scrape(t, g)[want]; !ok || v != 1 {
+		t.Errorf("/metrics: %s = %v (present %v), want 1", want, v, ok)
+	}
+}
+
+// TestBuildInfoFallsBack: unstamped, the version and revision come from
+// the toolchain's build information (a test binary has no VCS stamp:
+// "unknown"), never an empty label.
+func TestBuildInfoFallsBack(t *testing.T) {
+	stamp(t, "", "")
+	b := buildInfo()
+	if b.Version == "" || b.Revision == "" || b.Go != runtime.Version() {
+		t.Fatalf("buildInfo() = %+v; want a version, a revision (or \"unknown\") and %s", b, runtime.Version())
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && !strings.HasPrefix(b.Revision, s.Value) {
+				t.Errorf("revision %q, want vcs.revision %q", b.Revision, s.Value)
+			}
+		}
+	}
+}
+
+// TestBuildStampsVersion: the Makefile and the Dockerfile stamp exactly
+// the variables buildInfo reads (a renamed variable would leave every
+// build unstamped without a word).
+func TestBuildStampsVersion(t *testing.T) {
+	for _, f := range []string{"../../Makefile", "../../Dockerfile"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"-X main.version=", "-X main.revision="} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s does not stamp %s", f, want)
+			}
+		}
+	}
 }

@@ -23,7 +23,9 @@
 // and -connect-timeout), hold (-hold, idle), send (-duration), drain
 // (-drain), close. Processes named by -pid are sampled from /proc at the
 // start, after connect+hold, and after the drain; CPU is counted from
-// after hold to after the drain.
+// after hold to after the drain. They are also sampled every second for
+// -report, which plots (gonum.org/v1/plot, inline SVG) latency, messages
+// sent and received, connections, and their CPU and memory over time.
 //
 // Usage sketch:
 //

@@ -3,13 +3,16 @@ package main
 import (
 	"fmt"
 	"html"
+	"image/color"
 	"io"
 	"math"
 	"os"
 	"strings"
-	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
 )
 
 // TimePoint is one second of a run, as the progress line shows it.
@@ -20,11 +23,23 @@ type TimePoint struct {
 	OutPerSec float64 `json:"out"`       // chat frames sent per second
 	InPerSec  float64 `json:"in"`        // stamped chat frames received per second
 	P99Micros int64   `json:"p99_us"`    // latency p99 over the second
+	// Procs are the -pid processes (the gateways) as sampled at the end
+	// of this second.
+	Procs []ProcPoint `json:"procs,omitempty"`
+}
+
+// ProcPoint is one -pid process in one second of a run.
+type ProcPoint struct {
+	PID      int     `json:"pid"`
+	CPU      float64 `json:"cpu"` // CPU time used over the second, in cores (1 = one core busy)
+	RSSBytes int64   `json:"rss"` // resident memory at the end of the second
 }
 
 // writeReport writes s as a self-contained HTML page to path: the verdict,
-// the latency percentile curve, throughput and connections over time, as
-// inline SVG (no script, no network).
+// the numbers, and plots drawn by gonum.org/v1/plot as inline SVG (no
+// script, no network): latency by percentile and over time, messages sent
+// and received per second (each on its own axis), connections, and the
+// -pid processes' CPU and memory over time.
 func writeReport(path string, s *Summary) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -47,11 +62,10 @@ func renderReport(w io.Writer, s *Summary) error {
 	fmt.Fprintf(&b, `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>loadgen report</title><style>
 body{font:14px system-ui,sans-serif;margin:2em;max-width:60em;color:#222}
-h1{font-size:1.4em}.ok{color:#080}.fail{color:#b00}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}.ok{color:#080}.fail{color:#b00}
 table{border-collapse:collapse}td{padding:.15em .8em .15em 0}
-svg{background:#fafafa;border:1px solid #ddd;margin:.5em 0}
-.axis{stroke:#999}.grid{stroke:#eee}.l1{fill:none;stroke:#06c;stroke-width:2}.l2{fill:none;stroke:#c60;stroke-width:2}
-text{font-size:11px;fill:#555}
+svg{width:100%%;height:auto;margin:.3em 0}
+svg text{font-family:"Liberation Sans",Arial,Helvetica,sans-serif !important}
 </style></head><body>
 <h1>loadgen report</h1>
 <p class="%s"><b>Verdict: %s</b></p>
@@ -62,25 +76,45 @@ text{font-size:11px;fill:#555}
 <tr><td>messages</td><td>%d sent, %d expected, %d delivered, %d lost, %d duplicated, %d out of order</td></tr>
 <tr><td>latency</td><td>%s</td></tr>
 <tr><td>errors</td><td>%s</td></tr>
-</table>
+%s</table>
 `, class, html.EscapeString(verdict), html.EscapeString(strings.Join(s.Targets, ", ")),
 		c.Opened, c.Target, c.Failed, c.Dropped, c.ConnectRate, s.Rooms, s.Senders, s.Rate,
 		m.Sent, m.Expected, m.Delivered, m.Lost, m.Duplicated, m.OutOfOrder,
-		html.EscapeString(latencyLine(s.Latency)), html.EscapeString(fmtCounts(s.Errors)))
+		html.EscapeString(latencyLine(s.Latency)), html.EscapeString(fmtCounts(s.Errors)), procRows(s))
 
-	b.WriteString("<h2>Latency by percentile</h2>\n")
-	if curve, err := percentileCurve(s.Latency); err != nil {
-		fmt.Fprintf(&b, "<p>%s</p>\n", html.EscapeString(err.Error()))
-	} else {
-		b.WriteString(curve)
+	section := func(title string, svg string, err error) {
+		fmt.Fprintf(&b, "<h2>%s</h2>\n", html.EscapeString(title))
+		if err != nil {
+			fmt.Fprintf(&b, "<p>%s</p>\n", html.EscapeString(err.Error()))
+			return
+		}
+		b.WriteString(svg)
+		b.WriteString("\n")
 	}
-	b.WriteString("<h2>Throughput over time</h2>\n<p><span style=\"color:#06c\">■</span> sent per second <span style=\"color:#c60\">■</span> received per second</p>\n")
-	b.WriteString(timeChart(s.Timeline, func(p TimePoint) float64 { return p.OutPerSec }, func(p TimePoint) float64 { return p.InPerSec }, "msg/s"))
-	b.WriteString("<h2>Connections over time</h2>\n")
-	b.WriteString(timeChart(s.Timeline, func(p TimePoint) float64 { return float64(p.Connected) }, nil, "open"))
+	svg, err := percentilePlot(s.Latency)
+	section(fmt.Sprintf("Send-to-receive latency by percentile (%d messages)", s.Latency.Count), svg, err)
+	tl := s.Timeline
+	if len(tl) < 2 {
+		b.WriteString("<p>No time series: the run was shorter than two seconds.</p>\n")
+	} else {
+		for _, p := range timePlots(tl) {
+			svg, err := p.draw()
+			section(p.title, svg, err)
+		}
+	}
 	b.WriteString("</body></html>\n")
-	_, err := io.WriteString(w, b.String())
+	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// procRows are the summary table's lines about the -pid processes.
+func procRows(s *Summary) string {
+	var b strings.Builder
+	for _, p := range s.Procs {
+		fmt.Fprintf(&b, "<tr><td>pid %d</td><td>RSS %s at start, %s connected, %s at the end; CPU %.2f s in the send phase</td></tr>\n",
+			p.PID, fmtBytes(p.Start.RSSBytes), fmtBytes(p.Connected.RSSBytes), fmtBytes(p.End.RSSBytes), p.CPUSendSeconds)
+	}
+	return b.String()
 }
 
 func latencyLine(l LatencyStats) string {
@@ -91,16 +125,11 @@ func latencyLine(l LatencyStats) string {
 		fmtMicros(l.P50), fmtMicros(l.P90), fmtMicros(l.P99), fmtMicros(l.P999), fmtMicros(l.Max))
 }
 
-// Chart geometry, in SVG user units.
-const (
-	chartW, chartH = 720.0, 260.0
-	padL, padB     = 60.0, 30.0
-	padT, padR     = 10.0, 10.0
-)
-
-// percentileCurve draws latency against percentile, the percentile axis
-// stretched towards the tail (x = log10(1/(1-q))), as HdrHistogram plots do.
-func percentileCurve(l LatencyStats) (string, error) {
+// percentilePlot draws latency against percentile, the percentile axis
+// stretched towards the tail (x = log10(1/(1-q)): 90 % at 1, 99 % at 2),
+// as HdrHistogram plots do, up to the percentile the sample count
+// resolves (99.999 % at most).
+func percentilePlot(l LatencyStats) (string, error) {
 	if l.Count == 0 || l.Histogram == "" {
 		return "", fmt.Errorf("no latency recorded")
 	}
@@ -108,81 +137,102 @@ func percentileCurve(l LatencyStats) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("decode the latency histogram: %w", err)
 	}
-	qs := []float64{0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999}
-	const xMax = 5.0 // 99.999 %
-	yMax := float64(h.Max()) * 1.05
-	var pts []string
-	for _, q := range qs {
-		x := math.Min(math.Log10(1/(1-q/100)), xMax)
-		y := float64(h.ValueAtQuantile(q))
-		pts = append(pts, point(x/xMax, y/yMax))
+	xMax := math.Min(5, math.Max(1, math.Ceil(math.Log10(float64(h.TotalCount())))))
+	var xys plotter.XYs
+	for x := 0.0; x <= xMax+1e-9; x += 0.02 {
+		q := 100 * (1 - math.Pow(10, -x))
+		xys = append(xys, plotter.XY{X: x, Y: float64(h.ValueAtQuantile(q))})
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg viewBox="0 0 %g %g" width="100%%" role="img" aria-label="latency by percentile">`, chartW, chartH)
-	for _, t := range []struct {
-		x     float64
-		label string
-	}{{0, "0%"}, {1, "90%"}, {2, "99%"}, {3, "99.9%"}, {4, "99.99%"}, {5, "99.999%"}} {
-		px := padL + t.x/xMax*(chartW-padL-padR)
-		fmt.Fprintf(&b, `<line class="grid" x1="%.1f" y1="%g" x2="%.1f" y2="%g"/><text x="%.1f" y="%g" text-anchor="middle">%s</text>`,
-			px, padT, px, chartH-padB, px, chartH-padB+15, t.label)
+	p := plot.New()
+	p.X.Label.Text = "percentile"
+	p.Y.Label.Text = "latency"
+	p.Add(plotter.NewGrid())
+	var xt []plot.Tick
+	for i, label := range []string{"0 %", "90 %", "99 %", "99.9 %", "99.99 %", "99.999 %"}[:int(xMax)+1] {
+		xt = append(xt, plot.Tick{Value: float64(i), Label: label})
 	}
-	yAxis(&b, yMax, func(v float64) string { return fmtMicros(int64(v)) })
-	fmt.Fprintf(&b, `<polyline class="l1" points="%s"/></svg>`+"\n", strings.Join(pts, " "))
-	return b.String(), nil
+	setTicks(&p.X, xt)
+	setTicks(&p.Y, axisTicks(float64(h.Max()), durationUnits))
+	line, err := plotter.NewLine(xys)
+	if err != nil {
+		return "", err
+	}
+	line.Color, line.Width = colorBlue, vg.Points(1.5)
+	p.Add(line)
+	return renderSVG(p)
 }
 
-// timeChart draws one or two series over the run's seconds.
-func timeChart(tl []TimePoint, a, c func(TimePoint) float64, unit string) string {
-	if len(tl) < 2 {
-		return "<p>no time series (the run was shorter than two seconds)</p>\n"
+// timePlot is one plot over the run's seconds.
+type timePlot struct {
+	title, yLabel string
+	yUnits        []unit
+	series        []series
+}
+
+func (t timePlot) draw() (string, error) {
+	return linePlot("time since the start", secondUnits, t.yLabel, t.yUnits, t.series...)
+}
+
+// timePlots are the plots over time: sent and received each on its own
+// axis (they differ by the fan-out, often 100×), connections, latency p99,
+// and the -pid processes' CPU and memory when they were sampled.
+func timePlots(tl []TimePoint) []timePlot {
+	line := func(name string, c color.Color, f func(TimePoint) (float64, bool)) series {
+		s := series{name: name, c: c}
+		for _, p := range tl {
+			if v, ok := f(p); ok {
+				s.xys = append(s.xys, plotter.XY{X: p.Seconds, Y: v})
+			}
+		}
+		return s
 	}
-	tMax := tl[len(tl)-1].Seconds
-	yMax := 1.0
+	always := func(f func(TimePoint) float64) func(TimePoint) (float64, bool) {
+		return func(p TimePoint) (float64, bool) { return f(p), true }
+	}
+	plots := []timePlot{
+		{"Messages sent per second (all senders)", "sent/s", countUnits,
+			[]series{line("sent", colorBlue, always(func(p TimePoint) float64 { return p.OutPerSec }))}},
+		{"Messages received per second (all receivers)", "received/s", countUnits,
+			[]series{line("received", colorOrange, always(func(p TimePoint) float64 { return p.InPerSec }))}},
+		{"Latency p99, second by second", "latency p99", durationUnits,
+			[]series{line("p99", colorBlue, always(func(p TimePoint) float64 { return float64(p.P99Micros) }))}},
+		{"Connections open", "connections", countUnits,
+			[]series{line("open", colorBlue, always(func(p TimePoint) float64 { return float64(p.Connected) }))}},
+	}
+	sampled := false
 	for _, p := range tl {
-		yMax = math.Max(yMax, a(p))
-		if c != nil {
-			yMax = math.Max(yMax, c(p))
+		sampled = sampled || len(p.Procs) > 0
+	}
+	if !sampled {
+		return plots
+	}
+	// The -pid processes together: with several gateways, their sum.
+	sum := func(f func(ProcPoint) float64) func(TimePoint) (float64, bool) {
+		return func(p TimePoint) (float64, bool) {
+			var v float64
+			for _, q := range p.Procs {
+				v += f(q)
+			}
+			return v, len(p.Procs) > 0
 		}
 	}
-	yMax *= 1.1
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg viewBox="0 0 %g %g" width="100%%" role="img" aria-label="%s over time">`, chartW, chartH, unit)
-	for i := 0; i <= 4; i++ {
-		t := tMax * float64(i) / 4
-		px := padL + float64(i)/4*(chartW-padL-padR)
-		fmt.Fprintf(&b, `<line class="grid" x1="%.1f" y1="%g" x2="%.1f" y2="%g"/><text x="%.1f" y="%g" text-anchor="middle">%s</text>`,
-			px, padT, px, chartH-padB, px, chartH-padB+15, (time.Duration(t) * time.Second).Round(time.Second))
+	what := "gateway (-pid)"
+	if n := maxProcs(tl); n > 1 {
+		what = fmt.Sprintf("%d gateway processes (-pid), together", n)
 	}
-	yAxis(&b, yMax, func(v float64) string { return fmt.Sprintf("%.0f", v) })
-	for k, f := range []func(TimePoint) float64{a, c} {
-		if f == nil {
-			continue
-		}
-		pts := make([]string, len(tl))
-		for i, p := range tl {
-			pts[i] = point(p.Seconds/tMax, f(p)/yMax)
-		}
-		fmt.Fprintf(&b, `<polyline class="l%d" points="%s"/>`, k+1, strings.Join(pts, " "))
-	}
-	b.WriteString("</svg>\n")
-	return b.String()
+	return append(plots,
+		timePlot{"CPU of the " + what + "; 100 % is one core", "CPU", percentUnits,
+			[]series{line("CPU", colorBlue, sum(func(q ProcPoint) float64 { return 100 * q.CPU }))}},
+		timePlot{"Resident memory (RSS) of the " + what, "RSS", byteUnits,
+			[]series{line("RSS", colorOrange, sum(func(q ProcPoint) float64 { return float64(q.RSSBytes) }))}},
+	)
 }
 
-// yAxis draws five horizontal grid lines labelled with format.
-func yAxis(b *strings.Builder, yMax float64, format func(float64) string) {
-	for i := 0; i <= 4; i++ {
-		v := yMax * float64(i) / 4
-		py := chartH - padB - float64(i)/4*(chartH-padB-padT)
-		fmt.Fprintf(b, `<line class="grid" x1="%g" y1="%.1f" x2="%g" y2="%.1f"/><text x="%g" y="%.1f" text-anchor="end">%s</text>`,
-			padL, py, chartW-padR, py, padL-4, py+4, html.EscapeString(format(v)))
+// maxProcs is the largest number of -pid processes sampled in one second.
+func maxProcs(tl []TimePoint) int {
+	n := 0
+	for _, p := range tl {
+		n = max(n, len(p.Procs))
 	}
-	fmt.Fprintf(b, `<line class="axis" x1="%g" y1="%g" x2="%g" y2="%g"/>`, padL, chartH-padB, chartW-padR, chartH-padB)
-}
-
-// point maps fractions of the axes (0..1) to SVG coordinates.
-func point(fx, fy float64) string {
-	x := padL + fx*(chartW-padL-padR)
-	y := chartH - padB - fy*(chartH-padB-padT)
-	return fmt.Sprintf("%.1f,%.1f", x, y)
+	return n
 }

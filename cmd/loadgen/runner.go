@@ -81,7 +81,7 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 		if !r.cfg.quiet {
 			w = r.stderr
 		}
-		r.live.progress(w, r.cfg.label, stopProgress, time.Now())
+		r.live.progress(w, r.cfg.label, r.cfg.pids, stopProgress, time.Now())
 	}()
 
 	connStart := time.Now()

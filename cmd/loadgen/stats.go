@@ -126,9 +126,10 @@ type live struct {
 	latency   *latencyRecorder
 }
 
-// progress records one TimePoint per second and, when w is not nil,
-// prints it as a status line, until stop is closed.
-func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start time.Time) {
+// progress records one TimePoint per second, with the CPU and memory of
+// the pids, and, when w is not nil, prints it as a status line, until stop
+// is closed.
+func (l *live) progress(w io.Writer, label string, pids []int, stop <-chan struct{}, start time.Time) {
 	if label != "" {
 		label += " "
 	}
@@ -136,6 +137,10 @@ func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start t
 	defer t.Stop()
 	var lastOpened, lastSent, lastRecv int64
 	last := start
+	lastCPU := make([]int64, len(pids)) // CPU ticks of each pid at the last sample
+	for i, pid := range pids {
+		lastCPU[i] = sampleProc(pid, start).CPUTicks
+	}
 	for {
 		select {
 		case <-stop:
@@ -146,9 +151,19 @@ func (l *live) progress(w io.Writer, label string, stop <-chan struct{}, start t
 			opened, sent, recv := l.opened.Load(), l.sent.Load(), l.received.Load()
 			h := l.latency.takeInterval()
 			phase, _ := l.phase.Load().(string)
+			var procs []ProcPoint
+			for i, pid := range pids {
+				s := sampleProc(pid, now)
+				if s.Err != "" {
+					continue // gone or unreadable: a gap in its line
+				}
+				procs = append(procs, ProcPoint{PID: pid, CPU: float64(s.CPUTicks-lastCPU[i]) / clockTicks / dt, RSSBytes: s.RSSBytes})
+				lastCPU[i] = s.CPUTicks
+			}
 			l.mu.Lock()
 			l.timeline = append(l.timeline, TimePoint{Seconds: now.Sub(start).Seconds(), Phase: phase, Connected: l.connected.Load(),
-				OutPerSec: float64(sent-lastSent) / dt, InPerSec: float64(recv-lastRecv) / dt, P99Micros: h.ValueAtQuantile(99)})
+				OutPerSec: float64(sent-lastSent) / dt, InPerSec: float64(recv-lastRecv) / dt, P99Micros: h.ValueAtQuantile(99),
+				Procs: procs})
 			l.mu.Unlock()
 			if w == nil {
 				lastOpened, lastSent, lastRecv = opened, sent, recv

@@ -236,6 +236,7 @@ func mergeSummaries(in []*Summary) (*Summary, error) {
 			o.OutPerSec += tp.OutPerSec
 			o.InPerSec += tp.InPerSec
 			o.P99Micros = max(o.P99Micros, tp.P99Micros)
+			o.Procs = mergeProcPoints(o.Procs, tp.Procs)
 		}
 	}
 	// A rate over processes is computed from the totals, never summed.
@@ -281,6 +282,23 @@ func addMessages(a *MessageStats, b MessageStats) {
 	a.Acks += b.Acks
 	a.Info += b.Info
 	a.SendSeconds = max(a.SendSeconds, b.SendSeconds)
+}
+
+// mergeProcPoints adds the processes of b to a. A PID in both is one
+// process sampled by two loadgen processes in the same second (scripts/
+// loadtest.sh has each sample every gateway): it counts once, with the
+// larger readings.
+func mergeProcPoints(a, b []ProcPoint) []ProcPoint {
+	for _, p := range b {
+		i := slices.IndexFunc(a, func(q ProcPoint) bool { return q.PID == p.PID })
+		if i < 0 {
+			a = append(a, p)
+			continue
+		}
+		a[i].CPU = max(a[i].CPU, p.CPU)
+		a[i].RSSBytes = max(a[i].RSSBytes, p.RSSBytes)
+	}
+	return a
 }
 
 // mergeProc folds p into the entry for its PID.

@@ -169,18 +169,15 @@ func TestNothingSentFails(t *testing.T) {
 }
 
 // TestReport: -report writes one self-contained page with the verdict,
-// the latency curve and the time series, and nothing fetched from
+// the latency curve and the time series (sent and received on their own
+// axes, the -pid process's CPU and memory), and nothing fetched from
 // elsewhere.
 func TestReport(t *testing.T) {
 	f := startFloor(t)
 	path := filepath.Join(t.TempDir(), "r.html")
-	if _, err := parseFlags([]string{"-url", "ws://" + f.Addr().String(), "-conns", "8", "-rooms", "2", "-senders", "1",
-		"-rate", "50", "-duration", "2500ms", "-hold", "0s", "-drain", "300ms", "-quiet", "-report", path}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"-url", "ws://" + f.Addr().String(), "-conns", "8", "-rooms", "2", "-senders", "1",
-		"-rate", "50", "-duration", "2500ms", "-hold", "0s", "-drain", "300ms", "-quiet", "-report", path}, &out, io.Discard); code != exitOK {
+		"-rate", "50", "-duration", "2500ms", "-hold", "0s", "-drain", "300ms", "-quiet", "-pid", "self", "-report", path}, &out, io.Discard); code != exitOK {
 		t.Fatalf("run exit %d: %s", code, out.String())
 	}
 	b, err := os.ReadFile(path)
@@ -188,17 +185,49 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(b)
-	for _, want := range []string{"Verdict: OK", "Latency by percentile", "<polyline", "Throughput over time", "Connections over time"} {
+	for _, want := range []string{"Verdict: OK", "latency by percentile", "Messages sent per second", "Messages received per second",
+		"Connections open", "CPU of the gateway (-pid)", "Resident memory (RSS) of the gateway (-pid)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	if strings.Count(page, "<polyline") < 4 {
-		t.Errorf("report has %d curves, want the latency curve, two throughput series and connections", strings.Count(page, "<polyline"))
+	if n := strings.Count(page, "<svg"); n != 7 {
+		t.Errorf("report has %d plots, want 7: latency by percentile, sent, received, p99, connections, CPU, RSS", n)
 	}
-	for _, bad := range []string{"http://", "https://", "<script"} {
-		if strings.Contains(page, bad) {
+	// The SVG namespaces name, they fetch nothing.
+	rest := strings.NewReplacer(`"http://www.w3.org/2000/svg"`, "", `"http://www.w3.org/1999/xlink"`, "").Replace(page)
+	for _, bad := range []string{"http://", "https://", "<script", "url("} {
+		if strings.Contains(rest, bad) {
 			t.Errorf("report contains %q: it must be self-contained", bad)
 		}
+	}
+}
+
+// TestMergeCountsEachGatewayOnce: loadgen processes that all sample the
+// same gateways (scripts/loadtest.sh) merge into one reading per gateway
+// and second, not one per loadgen process.
+func TestMergeCountsEachGatewayOnce(t *testing.T) {
+	h := newLatencyHistogram()
+	_ = h.RecordValue(100)
+	var in []*Summary
+	for i := range 3 {
+		s := &Summary{Version: summaryVersion, Timeline: []TimePoint{{Seconds: 1, Connected: 10, Procs: []ProcPoint{
+			{PID: 100, CPU: 0.5 + float64(i)/10, RSSBytes: 1 << 20}, {PID: 200, CPU: 0.25, RSSBytes: 2 << 20}}}}}
+		if err := s.setLatency(h); err != nil {
+			t.Fatal(err)
+		}
+		in = append(in, s)
+	}
+	m, err := mergeSummaries(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := m.Timeline[0]
+	if tp.Connected != 30 {
+		t.Errorf("connected %d, want 30 (added over loadgen processes)", tp.Connected)
+	}
+	want := []ProcPoint{{PID: 100, CPU: 0.7, RSSBytes: 1 << 20}, {PID: 200, CPU: 0.25, RSSBytes: 2 << 20}}
+	if len(tp.Procs) != 2 || tp.Procs[0] != want[0] || tp.Procs[1] != want[1] {
+		t.Errorf("procs %+v, want each gateway once with its largest reading: %+v", tp.Procs, want)
 	}
 }
