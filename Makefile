@@ -105,6 +105,14 @@ smoke: build
 	@echo "== make test: 1 000-connection smoke load on two gateway nodes and a Redis (about 15 s)"
 	scripts/smoke.sh
 
+# soak runs the model-based test of the message path (cmd/gateway
+# TestModel) over many seeds; make test runs a short budget of 8. A
+# failure prints its seed: MODEL_SEED=<n> go test -run TestModel
+# ./cmd/gateway replays it.
+MODEL_SEEDS ?= 400
+soak: deps
+	MODEL_SEEDS=$(MODEL_SEEDS) $(GO) test -race -count=1 -timeout 4h -run '^TestModel$$' ./cmd/gateway
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 

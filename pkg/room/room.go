@@ -789,8 +789,15 @@ func (h *Hub) notifyLost(r *room, m stream.Message) {
 			s.hold(m)
 			continue
 		}
+		if m.LostAfter.Less(mb.floor) {
+			// Joined within the range: from its start on.
+			g := lostFrame(m, mb.floor)
+			mb.c.Send(g)
+			g.Release()
+			continue
+		}
 		if f == nil {
-			f = textFrame(func(b []byte) []byte { return appendTruncated(b, m.LostAfter, m.ID, true) })
+			f = lostFrame(m, m.LostAfter)
 		}
 		mb.c.Send(f)
 	}
@@ -798,6 +805,17 @@ func (h *Hub) notifyLost(r *room, m stream.Message) {
 	if f != nil {
 		f.Release()
 	}
+}
+
+// lostFrame encodes the truncated frame of notice m for a member that
+// got everything up to after: {"truncated":{"since":…,"from":m.ID}}, since
+// the later of m.LostAfter and after.
+func lostFrame(m stream.Message, after stream.ID) *conn.Frame {
+	since := m.LostAfter
+	if since.Less(after) {
+		since = after
+	}
+	return textFrame(func(b []byte) []byte { return appendTruncated(b, since, m.ID, true) })
 }
 
 // errorFrames are the pre-encoded error frames, one per decode error.

@@ -179,10 +179,20 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 		err  error
 	)
 	fromLast := s.opts.flags&optHistory != 0
+	fromStart := false // the room had no entry at the join: all of it is the member's
 	if fromLast {
 		ctx, cancel := context.WithTimeout(s.ctx, engineTimeout)
-		msgs, err = h.engine.Last(ctx, name, s.opts.history)
+		var end stream.Page
+		if end, err = h.engine.History(ctx, name, stream.ID{}, 0); err == nil {
+			msgs, err = h.engine.Last(ctx, name, s.opts.history)
+		}
 		cancel()
+		if err == nil && len(msgs) == 0 {
+			// The room held nothing: the member follows from its end, or
+			// from its first entry when it had none; what is trimmed
+			// before the next read is announced (truncated), not skipped.
+			cursor, fromStart = end.End, end.End.IsZero()
+		}
 	} else {
 		page, err = h.history(s.ctx, name, cursor)
 		msgs = page.Messages
@@ -209,7 +219,7 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 			}
 			return
 		}
-		if page.Truncated {
+		if page.Truncated || fromStart && !fromLast && page.Trimmed {
 			var from stream.ID
 			if len(msgs) > 0 {
 				from = msgs[0].ID
@@ -251,6 +261,9 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 				return
 			}
 		}
+		if !fromLast {
+			fromStart = false // only the first page after the join can tell
+		}
 		fromLast = false
 		page, err = h.history(s.ctx, name, cursor)
 		msgs = page.Messages
@@ -290,8 +303,9 @@ func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live,
 		}
 		var fr *conn.Frame
 		if m.Lost {
-			// Lost before this node delivered it, after the replay.
-			fr = textFrame(func(b []byte) []byte { return appendTruncated(b, m.LostAfter, m.ID, true) })
+			// Lost before this node delivered it, after the replay: from
+			// the last entry replayed on.
+			fr = lostFrame(m, cursor)
 		} else {
 			cursor = m.ID
 			fr = entryFrame(s, m)

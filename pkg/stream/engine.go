@@ -41,6 +41,22 @@ func (id ID) Less(o ID) bool {
 	return id.Ms < o.Ms || (id.Ms == o.Ms && id.Seq < o.Seq)
 }
 
+// pred returns the greatest ID before id (zero for zero): a read after it
+// begins with id itself.
+func (id ID) pred() ID {
+	switch {
+	case id.Seq > 0:
+		return ID{Ms: id.Ms, Seq: id.Seq - 1}
+	case id.Ms > 0:
+		return ID{Ms: id.Ms - 1, Seq: 1<<64 - 1}
+	}
+	return ID{}
+}
+
+// follows reports whether id is the ID right after prev within the same
+// millisecond, so that no entry can lie between them.
+func (id ID) follows(prev ID) bool { return id.Ms == prev.Ms && id.Seq == prev.Seq+1 }
+
 // IsZero reports whether id is the zero ID "0-0", which precedes every entry.
 func (id ID) IsZero() bool { return id.Ms == 0 && id.Seq == 0 }
 
@@ -99,11 +115,10 @@ type Message struct {
 	// not an error. Handlers never see it set.
 	Alone bool
 	// Lost marks a notice instead of an entry, in Handler calls only:
-	// entries of the room after LostAfter and before ID were trimmed
-	// (REDIS_MAXLEN) or lost by Redis before this node read them, so its
-	// members never get them. Sender and Payload are empty. A notice may
-	// come after entries of the range were delivered: it names a range
-	// that contains every lost entry, not only lost ones.
+	// entries of the room after LostAfter and before ID may have been
+	// trimmed (REDIS_MAXLEN) or lost by Redis before this node read them,
+	// so its members never get them. It comes right before the entry ID,
+	// after the entry LostAfter. Sender and Payload are empty.
 	Lost      bool
 	LostAfter ID
 }
@@ -194,6 +209,10 @@ type Page struct {
 	// the held entries, or nothing can have been removed after it. A zero
 	// ID is never truncated.
 	Truncated bool
+	// Trimmed reports that entries older than the oldest one held were
+	// removed (trimmed, expired, deleted) from the room's current record:
+	// a reader that wanted all of it since it began missed some.
+	Trimmed bool
 	// End is the room's newest entry when the page was read (zero when
 	// the room holds none): every entry published later has a greater
 	// ID. A reader asked for entries after an ID beyond End (an ID from

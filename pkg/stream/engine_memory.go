@@ -339,7 +339,7 @@ func (e *Memory) History(ctx context.Context, room string, after ID, n int) (Pag
 	}
 	defer r.mu.Unlock()
 	r.expire(now, e.cfg.TTL)
-	p := Page{End: r.last}
+	p := Page{End: r.last, Trimmed: !r.trimmed.IsZero()}
 	i := sort.Search(r.n, func(i int) bool { return after.Less(r.at(i).id) })
 	if n > 0 {
 		p.Messages = r.messages(i, i+min(n, r.n-i))

@@ -486,9 +486,21 @@ func TestRedisLaggingNodeReportsTrimmedEntries(t *testing.T) {
 				return e.Stats().Lost == int64(lost)
 			})
 			var notices []Message
-			for _, m := range c.waitFor(t, room, len(got)+1) {
-				if m.Lost {
-					notices = append(notices, m)
+			all := c.waitFor(t, room, len(got)+1)
+			for i, m := range all {
+				if !m.Lost {
+					continue
+				}
+				notices = append(notices, m)
+				// Right before the entry that follows the gap, and nothing
+				// delivered lies inside the range it names.
+				if i+1 >= len(all) || all[i+1].ID != m.ID {
+					t.Fatalf("notice (%v, %v) is not followed by its entry", m.LostAfter, m.ID)
+				}
+				for _, d := range entries {
+					if m.LostAfter.Less(d.ID) && d.ID.Less(m.ID) {
+						t.Fatalf("notice (%v, %v) names %v as lost, which was delivered", m.LostAfter, m.ID, d.ID)
+					}
 				}
 			}
 			if !strings.Contains(log.String(), "trimmed before this node read them") {

@@ -136,7 +136,8 @@ func (e *Redis) History(ctx context.Context, room string, after ID, n int) (Page
 	if len(msgs) > n {
 		msgs = msgs[:n]
 	}
-	return Page{Messages: msgs, End: in.lastGen, Truncated: e.truncated(after, held, in, epoch, now)}, nil
+	return Page{Messages: msgs, End: in.lastGen, Truncated: e.truncated(after, held, in, epoch, now),
+		Trimmed: !in.missing && (!in.hasAdded || in.added > in.length)}, nil
 }
 
 // readOn appends to msgs the entries of key after from until it holds n

@@ -795,7 +795,7 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 			}
 			p.keys = append(p.keys, r.key)
 			p.ids = append(p.ids, r.cursor())
-			if p.verifyAll || r.check {
+			if p.verifyAll || r.check || r.fresh() {
 				checks = append(checks, r)
 			}
 		}
@@ -817,8 +817,7 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 		s.dirty = s.dirty[:0]
 		s.mu.Unlock()
 		if len(checks) > 0 {
-			var err error
-			if p.out, err = e.verify(ctx, p.conn, s, checks, p.out); err != nil {
+			if err := e.verify(ctx, p.conn, s, checks); err != nil {
 				return err
 			}
 			// verify may have moved cursors: take them again.
@@ -834,7 +833,7 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	if full {
 		p.lastFull, p.verifyAll, p.sigFull = now, false, false
 	}
-	count := int64(max(e.cfg.ReadCount, 1))
+	count := int64(max(e.cfg.ReadCount, 1)) + 1 // the last entry read comes first again (redisRoom.cursor)
 	for start := 0; start < len(p.keys); start += scanChunk {
 		end := min(start+scanChunk, len(p.keys))
 		p.cmds = append(p.cmds, e.client.B().Xread().Count(count).Streams().Key(p.keys[start:end]...).Id(p.ids[start:end]...).Build())
@@ -881,10 +880,10 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 			break
 		}
 		d := &p.out[i]
-		e.handler(d.room, d.msg)
 		if !d.msg.Lost {
-			e.stats.delivered.Add(1)
+			e.stats.delivered.Add(1) // first: a Handler's caller may read Stats at once
 		}
+		e.handler(d.room, d.msg)
 	}
 	if len(p.out) > 0 && time.Since(start) >= slowDelivery {
 		p.verifyAll = true

@@ -83,6 +83,12 @@ type redisRoom struct {
 	// accounted is the last entry up to which every entry was read or
 	// counted as lost: a loss found later lies after it.
 	accounted ID
+	// noticed is the cursor of the last loss notice (noticedSet), so that
+	// a loss is announced once; lossAhead says that verify found entries
+	// after the cursor gone, to announce at the next read.
+	noticed    ID
+	noticedSet bool
+	lossAhead  bool
 	// dirty: the room is listed in its shard's dirty list.
 	dirty bool
 	// stuck: the last read returned an entry whose ID could not be
@@ -90,6 +96,15 @@ type redisRoom struct {
 	// room is stuck; the room is read again on every full read.
 	stuck bool
 }
+
+// noticedAt reports whether a loss after cursor was announced already.
+func (r *redisRoom) noticedAt(cursor ID) bool { return r.noticedSet && r.noticed == cursor }
+
+// fresh reports whether r was subscribed to a stream that did not exist
+// and nothing of it was read yet: its cursor is 0-0, before which no
+// entry can be held, so a trim past the first entries can only show in
+// the counts (verify), which its reads check first.
+func (r *redisRoom) fresh() bool { return r.last.IsZero() && r.seqKnown && r.seq == 0 }
 
 // idRange is the range of IDs (from, to].
 type idRange struct{ from, to ID }
@@ -115,10 +130,13 @@ func (s *redisShard) markDirty(r *redisRoom) {
 	}
 }
 
-// cursor returns the ID to read r from, as a string (cached).
+// cursor returns the ID to read r from, as a string (cached): the ID just
+// before the last entry read, so that a read returns that entry first
+// while Redis still holds it. When it does not, entries after it may have
+// been trimmed before this node read them (collectStream).
 func (r *redisRoom) cursor() string {
 	if r.lastStrOf != r.last || r.lastStr == "" {
-		r.lastStr, r.lastStrOf = r.last.String(), r.last
+		r.lastStr, r.lastStrOf = r.last.pred().String(), r.last
 	}
 	return r.lastStr
 }
@@ -147,8 +165,8 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 	if int64(len(entries)) >= min(int64(readCount), maxLen) {
 		r.check = true
 	}
-	if len(entries) >= readCount {
-		s.markDirty(r) // more to read
+	if len(entries) > readCount {
+		s.markDirty(r) // more to read (a read returns ReadCount new entries at most, after the last one read)
 	}
 	for i := range entries {
 		id, ok := entryID(&entries[i])
@@ -160,6 +178,19 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 			s.bad++
 			return out
 		}
+		if i == 0 && r.last.Less(id) && !r.noticedAt(r.last) &&
+			(r.lossAhead || !r.last.IsZero() && !id.follows(r.last)) {
+			// Entries after the last one read are gone: verify counted
+			// them (lossAhead), or the read, which begins just before the
+			// last entry read, did not return it, so it was trimmed and
+			// entries after it may have been too. Tell the members right
+			// before the first entry after the gap (verify counts).
+			r.noticed, r.noticedSet, r.check = r.last, true, true
+			if r.subscribed {
+				out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Lost: true, LostAfter: r.last}})
+			}
+		}
+		r.lossAhead = false
 		if !r.last.Less(id) {
 			continue // already read
 		}
@@ -223,11 +254,11 @@ func skipped(r *redisRoom, id ID) bool {
 // the first one is number added-length+1; if that is beyond seq+1, the
 // entries in between were trimmed before the reader got to them.
 //
-// A loss is logged, counted (Stats.Lost) and handed to the Handler as a
-// notice (Message.Lost) naming a range that holds every lost entry, which
-// verify appends to out. While the count cannot tell (the reader is
-// between the oldest and the newest entry held), the room stays checked.
-func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom, out []redisDelivery) ([]redisDelivery, error) {
+// A loss is logged and counted (Stats.Lost); one ahead of the cursor is
+// announced by the next read (collectStream). While the count cannot tell
+// (the reader is between the oldest and the newest entry held), the room
+// stays checked.
+func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
 	cmds := make([]rueidis.Completed, len(checks))
 	gens := make([]uint64, len(checks))
 	s.mu.Lock()
@@ -243,7 +274,7 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 	for i, rr := range res {
 		var err error
 		if infos[i], err = parseStreamInfo(rr); err != nil {
-			return out, fmt.Errorf("XINFO STREAM: %w", err)
+			return fmt.Errorf("XINFO STREAM: %w", err)
 		}
 	}
 	s.mu.Lock()
@@ -303,8 +334,10 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 				e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
 					"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
 				r.seq += lost
-				if r.subscribed {
-					out = append(out, redisDelivery{room: r.name, msg: Message{ID: from, Lost: true, LostAfter: r.accounted}})
+				if from != r.last {
+					// Lost ahead of the cursor: the next read tells the
+					// members, before what follows the gap.
+					r.lossAhead = true
 				}
 			}
 			if !r.check {
@@ -315,7 +348,7 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			r.seq, r.seqKnown = in.added, true // caught up: count afresh
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // drop forgets r. s.mu must be held.
