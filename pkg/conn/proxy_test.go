@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 func TestParseProxyHeader(t *testing.T) {
@@ -151,6 +153,9 @@ func TestTrustedProxyNamesTheClient(t *testing.T) {
 	if _, _, resp, _ := send(t, s, "127.0.0.2", append([]byte("PROXY TCP4 192.0.2.9 10.0.0.1 1 2\r\n"), upgradeRequest("/ws/p")...)); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("a PROXY header from an untrusted peer: %d, want 400", resp.StatusCode)
 	}
+	testutil.Eventually(t, "the refused connection to be released", func() bool {
+		return s.perIP.held(netip.MustParseAddr("127.0.0.2")) == 0
+	})
 	if _, _, resp, _ := send(t, s, "127.0.0.2", upgradeRequest("/ws/p", "X-Forwarded-For: 192.0.2.10")); resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("X-Forwarded-For from an untrusted peer: %d", resp.StatusCode)
 	}
