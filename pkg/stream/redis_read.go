@@ -89,6 +89,10 @@ type redisRoom struct {
 	noticed    ID
 	noticedSet bool
 	lossAhead  bool
+	// heldFrom, for a room read from the start (cursor 0-0), is the
+	// oldest entry verify saw held: a read that begins after it finds
+	// that entries were trimmed in between.
+	heldFrom ID
 	// dirty: the room is listed in its shard's dirty list.
 	dirty bool
 	// stuck: the last read returned an entry whose ID could not be
@@ -179,18 +183,20 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 			return out
 		}
 		if i == 0 && r.last.Less(id) && !r.noticedAt(r.last) &&
-			(r.lossAhead || !r.last.IsZero() && !id.follows(r.last)) {
+			(r.lossAhead || !r.last.IsZero() && !id.follows(r.last) || r.last.IsZero() && !r.heldFrom.IsZero() && r.heldFrom.Less(id)) {
 			// Entries after the last one read are gone: verify counted
-			// them (lossAhead), or the read, which begins just before the
+			// them (lossAhead); or the read, which begins just before the
 			// last entry read, did not return it, so it was trimmed and
-			// entries after it may have been too. Tell the members right
-			// before the first entry after the gap (verify counts).
+			// entries after it may have been too; or, for a room read
+			// from the start, the oldest entry verify saw held is gone.
+			// Tell the members right before the first entry after the gap
+			// (verify counts).
 			r.noticed, r.noticedSet, r.check = r.last, true, true
 			if r.subscribed {
 				out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Lost: true, LostAfter: r.last}})
 			}
 		}
-		r.lossAhead = false
+		r.lossAhead, r.heldFrom = false, ID{}
 		if !r.last.Less(id) {
 			continue // already read
 		}
@@ -319,6 +325,9 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			// is older than it. Otherwise the count cannot tell yet.
 			var lost int64
 			from := r.last // the range of a loss ends before it
+			if r.last.IsZero() {
+				r.heldFrom = in.first
+			}
 			switch {
 			case !r.seqKnown:
 			case r.last == in.lastGen:
