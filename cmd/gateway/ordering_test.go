@@ -292,3 +292,37 @@ func TestPresenceAtMostOnceASecond(t *testing.T) {
 		c.conn.Close()
 	}
 }
+
+// TestStartLogStatesTheCapsInForce (issue 19, item 5): the "gateway
+// listening" line names the connection caps the server enforces, not a
+// figure derived from the open-file limit beside them.
+func TestStartLogStatesTheCapsInForce(t *testing.T) {
+	g := startGateway(t, map[string]string{"LOG_LEVEL": "info", "MAX_CONNECTIONS": "1234", "MAX_CONNECTIONS_PER_IP": "77"})
+	for _, want := range []string{"max_connections=1234", "max_connections_per_ip=77"} {
+		if !g.logs.contains(want) {
+			t.Fatalf("the start log does not say %s", want)
+		}
+	}
+}
+
+// TestDedupeKeySizeAsDocumented (issue 19, item 5): README says a cid's
+// dedupe key costs Redis about 230 bytes; measure one (MEMORY USAGE) for
+// a 36-byte cid.
+func TestDedupeKeySizeAsDocumented(t *testing.T) {
+	r := redistest.Start(t)
+	g := startNodes(t, 1, redisEnvFor(r))[0]
+	s := g.dial(t, "/ws/chat/dedupe-size/?ack=1")
+	s.send(`{"username":"u","message":"m","cid":"0123456789abcdef0123456789abcdef0123"}`)
+	if w := decodeWire(t, s.recv()); w.Ack == "" {
+		t.Fatalf("no ack: %+v", w)
+	}
+	keys := strings.Fields(r.MustDo("KEYS", "chat:{*}#cid:*"))
+	if len(keys) != 1 {
+		t.Fatalf("dedupe keys %q, want one", keys)
+	}
+	n, err := strconv.Atoi(r.MustDo("MEMORY", "USAGE", keys[0]))
+	if err != nil || n < 150 || n > 280 {
+		t.Fatalf("MEMORY USAGE of the dedupe key: %d (%v); README says about 230 bytes", n, err)
+	}
+	t.Logf("dedupe key %s: %d bytes", keys[0], n)
+}
