@@ -306,8 +306,10 @@ func TestStartLogStatesTheCapsInForce(t *testing.T) {
 }
 
 // TestDedupeKeySizeAsDocumented (issue 19, item 5): README says a cid's
-// dedupe key costs Redis about 230 bytes; measure one (MEMORY USAGE) for
-// a 36-byte cid.
+// dedupe key costs Redis about 230 bytes, of which MEMORY USAGE reports
+// about 150 (the rest is the keyspace's and the expiry's entries: 225 B
+// per key measured as used_memory over 10 000 such keys); check the part
+// Redis reports for one key with a 36-byte cid.
 func TestDedupeKeySizeAsDocumented(t *testing.T) {
 	r := redistest.Start(t)
 	g := startNodes(t, 1, redisEnvFor(r))[0]
@@ -321,8 +323,8 @@ func TestDedupeKeySizeAsDocumented(t *testing.T) {
 		t.Fatalf("dedupe keys %q, want one", keys)
 	}
 	n, err := strconv.Atoi(r.MustDo("MEMORY", "USAGE", keys[0]))
-	if err != nil || n < 150 || n > 280 {
-		t.Fatalf("MEMORY USAGE of the dedupe key: %d (%v); README says about 230 bytes", n, err)
+	if err != nil || n < 120 || n > 190 {
+		t.Fatalf("MEMORY USAGE of the dedupe key: %d (%v); README says about 150 of about 230 bytes", n, err)
 	}
 	t.Logf("dedupe key %s: %d bytes", keys[0], n)
 }
