@@ -90,20 +90,32 @@ func floodRooms(t *testing.T, a, b *gateway) (members []*watcher, sender, receiv
 }
 
 // bystanderUnhurt fails the test when the bystander's latency during the
-// flood passes a ratio of its latency without: the median medianRatio,
-// the 90th percentile p90Ratio. It returns the summary for the log.
+// flood passes a ratio of its latency without plus a slack: the median
+// medianRatio times plus medianSlack, the 90th percentile p90Ratio times
+// plus p90Slack. It returns the summary for the log.
 func bystanderUnhurt(t *testing.T, base, during []time.Duration) string {
 	t.Helper()
-	const medianRatio, p90Ratio = 4, 8
 	bMed, bP90 := percentile(base, 0.5), percentile(base, 0.9)
 	dMed, dP90 := percentile(during, 0.5), percentile(during, 0.9)
-	if dMed > medianRatio*bMed || dP90 > p90Ratio*bP90 {
-		t.Fatalf("another room's latency rose from p50 %v p90 %v to p50 %v p90 %v during the flood: more than %dx (median) or %dx (p90)",
-			bMed, bP90, dMed, dP90, medianRatio, p90Ratio)
+	if dMed > medianRatio*bMed+medianSlack || dP90 > p90Ratio*bP90+p90Slack {
+		t.Fatalf("another room's latency rose from p50 %v p90 %v to p50 %v p90 %v during the flood: more than %dx+%v (median) or %dx+%v (p90)",
+			bMed, bP90, dMed, dP90, medianRatio, medianSlack, p90Ratio, p90Slack)
 	}
 	return fmt.Sprintf("bystander latency without flood: p50 %v p90 %v max %v; during: p50 %v p90 %v max %v",
 		bMed, bP90, percentile(base, 1), dMed, dP90, percentile(during, 1))
 }
+
+// What bystanderUnhurt allows: a ratio of the latency without the flood
+// plus a slack. The slack covers the scheduling of this 2-core machine,
+// where the flooder, the gateway and the bystander share the cores and a
+// sub-millisecond median quadruples from one wake-up more (seen: 0.29 to
+// 1.2ms); it stays far below what a flood did before the limits (issue
+// 9: 4 to 180ms at p99) and below what a person notices.
+const (
+	medianRatio, p90Ratio = 4, 8
+	medianSlack           = 2 * time.Millisecond
+	p90Slack              = 10 * time.Millisecond
+)
 
 // bystanderPace keeps the bystander of paceScenario under the default
 // RATE_LIMIT (100 messages per second): 50 per second.

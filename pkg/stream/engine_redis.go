@@ -233,6 +233,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
 			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
 	}
+	e.writeEpochs()
 	if e.cluster {
 		for _, s := range e.shards {
 			e.pumps = append(e.pumps, newPump(e, []*redisShard{s}))
@@ -251,6 +252,24 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.running.Add(1)
 	go e.runPresence(ctx)
 	return e, nil
+}
+
+// writeEpochs writes every shard's epoch key that does not exist (SET
+// NX), once, before the engine accepts anything: from then on Redis is
+// known to hold the shards' data (see redis_history.go), whichever shards
+// the node's rooms use. A failure is only logged: each pump writes its
+// shards' keys again before it publishes, and History before it reads.
+func (e *Redis) writeEpochs() {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
+	defer cancel()
+	v := nowMs()
+	cmds := make(rueidis.Commands, len(e.shards))
+	for i, s := range e.shards {
+		cmds[i] = e.client.B().Set().Key(s.epochKey).Value(v).Nx().Build()
+	}
+	if err := firstError(e.client.DoMulti(ctx, cmds...)); err != nil {
+		e.log.Warn("stream: could not write the shards' epoch keys at start; the pumps will", "err", err)
+	}
 }
 
 // shardOf returns the shard of room: FNV-1a of its name modulo the shard

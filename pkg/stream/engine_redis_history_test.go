@@ -559,3 +559,25 @@ func TestRedisHistoryAfterDataLoss(t *testing.T) {
 		t.Fatalf("after the new entry: truncated %v (%v), want false", truncated, err)
 	}
 }
+
+// TestRedisEpochsWrittenAtStart: once NewRedis returns, every shard's
+// epoch key exists, also the keys of shards no room of the node uses
+// yet; otherwise History of a room on such a shard would take the first
+// read's time as the epoch and call a read after an older ID truncated
+// (seen on a Cluster, where each shard has its own pump).
+func TestRedisEpochsWrittenAtStart(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	before := time.Now().UnixMilli()
+	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
+	for _, s := range e.shards {
+		v, err := srv.Do("GET", s.epochKey)
+		if err != nil {
+			t.Fatalf("GET %s: %v", s.epochKey, err)
+		}
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < before || ms > time.Now().UnixMilli() {
+			t.Fatalf("epoch key %s = %q once NewRedis returned; want the start time in unix ms", s.epochKey, v)
+		}
+	}
+}
