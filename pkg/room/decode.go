@@ -1,0 +1,191 @@
+package room
+
+// The chat message format of the original app: a client sends a JSON
+// object with "username" and "message"; members receive exactly
+// {"username":<value>,"message":<value>}, each value the JSON the client
+// sent (compacted), every other key dropped.
+
+// Error codes sent to a client whose message was refused. They are stable:
+// clients may match on them.
+const (
+	CodeInvalidJSON  = "invalid_json"  // the message is not JSON
+	CodeNotObject    = "not_object"    // JSON, but not an object
+	CodeMissingField = "missing_field" // "username" or "message" is absent
+	CodeUnavailable  = "unavailable"   // the message was not stored: resend it later
+	CodeUnconfirmed  = "unconfirmed"   // the store did not answer in time: the message may or may not be delivered
+	CodeRateLimited  = "rate_limited"  // over the sender's rate limit (RATE_LIMIT): the message was dropped
+	CodeInvalidField = "invalid_field" // ack=1: "cid" is not a string of 1 to MaxCID bytes
+)
+
+// MaxCID is the longest "cid" accepted from an ack=1 client, in bytes
+// (decoded).
+const MaxCID = 128
+
+// decodeError says why a message was refused.
+type decodeError struct {
+	code   string
+	field  string // for CodeMissingField
+	detail string
+}
+
+var (
+	errInvalidJSON    = &decodeError{code: CodeInvalidJSON, detail: `message is not valid JSON; send {"username": "...", "message": "..."}`}
+	errNotObject      = &decodeError{code: CodeNotObject, detail: `message must be a JSON object: {"username": "...", "message": "..."}`}
+	errMissingUser    = &decodeError{code: CodeMissingField, field: "username", detail: `message has no "username" key`}
+	errMissingMessage = &decodeError{code: CodeMissingField, field: "message", detail: `message has no "message" key`}
+	errInvalidCID     = &decodeError{code: CodeInvalidField, field: "cid", detail: `"cid" must be a string of 1 to 128 bytes`}
+)
+
+// decodeMessage validates data as one JSON value (RFC 8259) and returns
+// the raw JSON of its "username" and "message" keys (the last one wins when
+// a key repeats, as in Python's json module). It does not allocate; the
+// returned slices point into data.
+func decodeMessage(data []byte) (username, message []byte, err *decodeError) {
+	f, err := decodeChat(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.username, f.message, nil
+}
+
+// chatFields are the raw JSON values of the keys a chat message may
+// carry; nil for a key that is absent.
+type chatFields struct {
+	username, message []byte
+	cid               []byte // the client's message ID (ack=1); never forwarded
+}
+
+// decodeChat is decodeMessage returning "cid" too. On a missing-field
+// error the fields found are still returned, so the error frame of an
+// ack=1 client can name its cid.
+func decodeChat(data []byte) (f chatFields, err *decodeError) {
+	s := scanner{b: data}
+	s.skipSpace()
+	if s.i < len(s.b) && s.b[s.i] != '{' {
+		if s.value(0) && s.end() {
+			return f, errNotObject
+		}
+		return f, errInvalidJSON
+	}
+	if s.i >= len(s.b) {
+		return f, errInvalidJSON
+	}
+	s.i++ // '{'
+	s.skipSpace()
+	if s.peek() == '}' {
+		s.i++
+	} else {
+		for {
+			s.skipSpace()
+			k0 := s.i
+			if !s.str() {
+				return chatFields{}, errInvalidJSON
+			}
+			key := keyOf(data[k0+1 : s.i-1])
+			s.skipSpace()
+			if s.peek() != ':' {
+				return chatFields{}, errInvalidJSON
+			}
+			s.i++
+			s.skipSpace()
+			v0 := s.i
+			if !s.value(1) {
+				return chatFields{}, errInvalidJSON
+			}
+			switch key {
+			case keyUsername:
+				f.username = data[v0:s.i]
+			case keyMessage:
+				f.message = data[v0:s.i]
+			case keyCID:
+				f.cid = data[v0:s.i]
+			}
+			s.skipSpace()
+			if c := s.peek(); c == ',' {
+				s.i++
+				continue
+			} else if c == '}' {
+				s.i++
+				break
+			}
+			return chatFields{}, errInvalidJSON
+		}
+	}
+	if !s.end() {
+		return chatFields{}, errInvalidJSON
+	}
+	switch {
+	case f.username == nil:
+		return f, errMissingUser
+	case f.message == nil:
+		return f, errMissingMessage
+	}
+	return f, nil
+}
+
+type key uint8
+
+const (
+	keyOther key = iota
+	keyUsername
+	keyMessage
+	keyCID
+)
+
+// keyOf classifies a raw object key (without quotes), decoding escapes
+// such as "user\u006eame" as a JSON parser would.
+func keyOf(raw []byte) key {
+	var buf [8]byte
+	n := 0
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c == '\\' {
+			if i+1 >= len(raw) {
+				return keyOther
+			}
+			switch raw[i+1] {
+			case 'u':
+				if i+5 >= len(raw) {
+					return keyOther
+				}
+				r := 0
+				for _, h := range raw[i+2 : i+6] {
+					r = r<<4 | int(unhex(h))
+				}
+				if r >= 0x80 {
+					return keyOther // not part of an ASCII key
+				}
+				c = byte(r)
+				i += 5
+			default:
+				return keyOther // \n, \" ... never occur in our keys
+			}
+		}
+		if n == len(buf) {
+			return keyOther
+		}
+		buf[n] = c
+		n++
+	}
+	switch string(buf[:n]) {
+	case "username":
+		return keyUsername
+	case "message":
+		return keyMessage
+	case "cid":
+		return keyCID
+	}
+	return keyOther
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10
+	}
+	return 0
+}
