@@ -5,48 +5,26 @@ package room
 // {"username":<value>,"message":<value>}, each value the JSON the client
 // sent (compacted), every other key dropped.
 
-// Error codes sent to a client whose message was refused. They are stable:
-// clients may match on them.
-const (
-	CodeInvalidJSON  = "invalid_json"  // the message is not JSON
-	CodeNotObject    = "not_object"    // JSON, but not an object
-	CodeMissingField = "missing_field" // "username" or "message" is absent
-	CodeUnavailable  = "unavailable"   // the message was not stored: resend it later
-	CodeUnconfirmed  = "unconfirmed"   // the store did not answer in time: the message may or may not be delivered
-	CodeRateLimited  = "rate_limited"  // over the sender's rate limit (RATE_LIMIT): the message was dropped
-	CodeInvalidField = "invalid_field" // ack=1: "cid" is not a string of 1 to MaxCID bytes
-)
-
 // MaxCID is the longest "cid" accepted from an ack=1 client, in bytes
 // (decoded).
 const MaxCID = 128
 
-// decodeError says why a message was refused.
-type decodeError struct {
-	code   string
-	field  string // for CodeMissingField
-	detail string
+// decodeError says why a message did not decode, or carried a bad
+// field: its error frame, encoded once.
+type decodeError struct{ errorFrame }
+
+// newDecodeError returns the decode error of code and its frame.
+func newDecodeError(code, field, detail string) *decodeError {
+	return &decodeError{*newErrorFrame(code, field, detail)}
 }
 
 var (
-	errInvalidJSON    = &decodeError{code: CodeInvalidJSON, detail: `message is not valid JSON; send {"username": "...", "message": "..."}`}
-	errNotObject      = &decodeError{code: CodeNotObject, detail: `message must be a JSON object: {"username": "...", "message": "..."}`}
-	errMissingUser    = &decodeError{code: CodeMissingField, field: "username", detail: `message has no "username" key`}
-	errMissingMessage = &decodeError{code: CodeMissingField, field: "message", detail: `message has no "message" key`}
-	errInvalidCID     = &decodeError{code: CodeInvalidField, field: "cid", detail: `"cid" must be a string of 1 to 128 bytes`}
+	errInvalidJSON    = newDecodeError(CodeInvalidJSON, "", `message is not valid JSON; send {"username": "...", "message": "..."}`)
+	errNotObject      = newDecodeError(CodeNotObject, "", `message must be a JSON object: {"username": "...", "message": "..."}`)
+	errMissingUser    = newDecodeError(CodeMissingField, "username", `message has no "username" key`)
+	errMissingMessage = newDecodeError(CodeMissingField, "message", `message has no "message" key`)
+	errInvalidCID     = newDecodeError(CodeInvalidField, "cid", `"cid" must be a string of 1 to 128 bytes`)
 )
-
-// decodeMessage validates data as one JSON value (RFC 8259) and returns
-// the raw JSON of its "username" and "message" keys (the last one wins when
-// a key repeats, as in Python's json module). It does not allocate; the
-// returned slices point into data.
-func decodeMessage(data []byte) (username, message []byte, err *decodeError) {
-	f, err := decodeChat(data)
-	if err != nil {
-		return nil, nil, err
-	}
-	return f.username, f.message, nil
-}
 
 // chatFields are the raw JSON values of the keys a chat message may
 // carry; nil for a key that is absent.
@@ -55,9 +33,12 @@ type chatFields struct {
 	cid               []byte // the client's message ID (ack=1); never forwarded
 }
 
-// decodeChat is decodeMessage returning "cid" too. On a missing-field
-// error the fields found are still returned, so the error frame of an
-// ack=1 client can name its cid.
+// decodeChat validates data as one JSON value (RFC 8259) and returns the
+// raw JSON of its "username", "message" and "cid" fields (the last one
+// wins when a name repeats, as in Python's json module). It does not
+// allocate; the returned slices point into data. On a missing-field error
+// the fields found are still returned, so the error frame of an ack=1
+// client can name its cid.
 func decodeChat(data []byte) (f chatFields, err *decodeError) {
 	s := scanner{b: data}
 	s.skipSpace()

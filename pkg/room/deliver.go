@@ -12,9 +12,7 @@ import (
 // (session.go). A loss notice (m.Lost) goes to the members that follow
 // IDs (notifyLost).
 func (h *Hub) Deliver(name string, m stream.Message) {
-	h.mu.RLock()
-	r := h.rooms[name]
-	h.mu.RUnlock()
+	r := h.lookup(name)
 	if r == nil {
 		return
 	}

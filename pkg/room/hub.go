@@ -2,7 +2,6 @@ package room
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -26,17 +25,16 @@ var (
 // leaves, taken under either and never around another lock: banned's
 // mutex, addrs' mutex, a session's mu, watchMu, room.lastMu.
 type Hub struct {
-	engine     stream.Engine
-	log        *slog.Logger
-	ack        stream.Ack // h.published, made once so Publish does not allocate
-	tokens     *auth.Verifier
-	rate       rateParams
-	historyMax int          // HISTORY_MAX
-	epoch      time.Time    // the limiters' clock starts here
-	limitE     *decodeError // the rate_limited error
-	limitF     *conn.Frame  // its frame
-	banned     penalties    // addresses recently closed for their rate
-	addrs      addrBuckets  // buckets of the client addresses (RATE_LIMIT_PER_IP, BYTE_RATE_PER_IP)
+	engine      stream.Engine
+	log         *slog.Logger
+	ack         stream.Ack // h.published, made once so Publish does not allocate
+	tokens      *auth.Verifier
+	rate        rateParams
+	historyMax  int         // HISTORY_MAX
+	epoch       time.Time   // the limiters' clock starts here
+	rateLimited *errorFrame // the rate_limited frame, stating the limits
+	banned      penalties   // addresses recently closed for their rate
+	addrs       addrBuckets // buckets of the client addresses (RATE_LIMIT_PER_IP, BYTE_RATE_PER_IP)
 
 	mu    sync.RWMutex
 	rooms map[string]*room
@@ -88,10 +86,7 @@ func NewHub(cfg Config, logger *slog.Logger) (*Hub, error) {
 	h := &Hub{log: logger, rooms: make(map[string]*room), tokens: tokens, rate: newRateParams(cfg), historyMax: cfg.HistoryMax,
 		epoch: time.Now(), watched: make(map[*room]string), quit: make(chan struct{})}
 	h.ack = h.published
-	h.limitE = &decodeError{code: CodeRateLimited, detail: fmt.Sprintf(
-		"message dropped: over %g messages per second (bursts of %d); more than %d drops within %v close the connection",
-		cfg.RateLimit, cfg.RateBurst, cfg.RateCloseAfter, RateCloseWindow)}
-	h.limitF = conn.NewStaticText(errorJSON(h.limitE))
+	h.rateLimited = newRateLimited(cfg)
 	return h, nil
 }
 
@@ -123,6 +118,15 @@ func (h *Hub) Stats() Stats {
 		RateClosed:  h.stats.rateClosed.Load(),
 		Replayed:    h.stats.replayed.Load(),
 	}
+}
+
+// lookup returns the room named name, nil when it has no member or
+// pending join on this node.
+func (h *Hub) lookup(name string) *room {
+	h.mu.RLock()
+	r := h.rooms[name]
+	h.mu.RUnlock()
+	return r
 }
 
 // now is the limiters' clock: nanoseconds since the Hub was made.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/chatgw/gateway/pkg/auth"
 	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/gobwas/ws"
 )
 
 // Defaults of Config's zero fields.
@@ -416,16 +417,13 @@ func (p *penalties) has(a netip.Addr, now int64) bool {
 	return ok
 }
 
-// statusPolicyViolation is the close code of a connection that keeps
-// sending over its rate limit (RFC 6455 section 7.4.1).
-const statusPolicyViolation = 1008
-
 // ErrRateExceeded is the cause of closing a connection that kept sending
 // over its rate limit; OnClose receives it inside the *conn.CloseError
 // sent to the client (1008).
 var ErrRateExceeded = errors.New("room: rate limit exceeded")
 
-// rateClose is the close frame of such a connection.
+// rateClose is the close frame of such a connection: 1008, policy
+// violation (RFC 6455 section 7.4.1).
 var rateClose = fmt.Errorf("%w: %w", ErrRateExceeded, &conn.CloseError{
-	Code: statusPolicyViolation, Reason: "rate limit exceeded: too many messages refused; see RATE_LIMIT",
+	Code: ws.StatusPolicyViolation, Reason: "rate limit exceeded: too many messages refused; see RATE_LIMIT",
 })

@@ -248,9 +248,7 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) { h.leave(c) }
 // stops its replay. It does nothing for a connection already gone.
 func (h *Hub) leave(c *conn.Conn) {
 	name, _ := splitKey(c.Key())
-	h.mu.RLock()
-	r := h.rooms[name]
-	h.mu.RUnlock()
+	r := h.lookup(name)
 	if r == nil {
 		return
 	}

@@ -10,6 +10,16 @@ import (
 	"github.com/chatgw/gateway/pkg/stream"
 )
 
+// sender is what OnMessage reads about the sender of a message under
+// room.mu, so that the rest runs without the lock.
+type sender struct {
+	wait    time.Duration // > 0: the message waits that long (see conn.Handler); nothing else is set
+	verdict verdict       // of its rate limiter (RATE_MODE drop); rateAllowed in pace mode
+	user    string        // the username its token fixes, as JSON; "" when none
+	acks    bool          // it set ack=1
+	alone   bool          // no other local member or pending join: stream.Message.Alone
+}
+
 // OnMessage checks a client's message against the sender's rate limit,
 // decodes it and publishes it to the room. Over the limit, with RATE_MODE
 // pace (the default), the message waits: OnMessage returns how long, and
@@ -21,18 +31,58 @@ import (
 // the "cid" it carried (ack.go).
 func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 	name, _ := splitKey(c.Key())
-	h.mu.RLock()
-	r := h.rooms[name]
-	h.mu.RUnlock()
+	r := h.lookup(name)
 	if r == nil {
 		return 0 // not joined: OnMessage follows OnOpen, so never
 	}
 	now := h.now()
+	s, ok := h.admit(r, c, now, len(msg))
+	if !ok || s.wait > 0 {
+		return s.wait
+	}
+	switch s.verdict {
+	case rateRefused:
+		h.stats.rateLimited.Add(1)
+		var f chatFields
+		if s.acks {
+			f, _ = decodeChat(msg) // for its cid
+		}
+		h.refuse(c, h.rateLimited, f, s.acks)
+		return 0
+	case rateExceeded:
+		h.closeOverRate(c, name, now)
+		return 0
+	}
+	f, derr := decodeChat(msg)
+	if derr != nil {
+		h.stats.rejected.Add(1)
+		h.refuse(c, &derr.errorFrame, f, s.acks)
+		return 0
+	}
+	var ref any = c // what published gets back
+	cid := ""
+	if s.acks {
+		a, id, ok := newAckRef(c, f)
+		if !ok {
+			h.stats.rejected.Add(1)
+			errInvalidCID.send(c, "")
+			return 0
+		}
+		ref, cid = a, id
+	}
+	h.publish(c, name, s, f, cid, ref)
+	return 0
+}
+
+// admit checks c's message of n bytes, arriving at now, against c's
+// limits and reads what the rest of OnMessage needs, under r.mu.RLock.
+// It reports false when c is not a member of r.
+func (h *Hub) admit(r *room, c *conn.Conn, now int64, n int) (s sender, ok bool) {
 	r.mu.RLock()
 	m := r.member(c)
 	if m == nil {
 		r.mu.RUnlock()
-		return 0
+		return s, false
 	}
 	if h.rate.pace {
 		if wait := m.rate.pace(now, &h.rate); wait > 0 {
@@ -42,69 +92,58 @@ func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
 				// Reconnecting buys its address no burst for a while.
 				h.banned.add(clientAddr(c.Remote()), now)
 			}
-			return time.Duration(wait)
+			return sender{wait: time.Duration(wait)}, true
 		}
 	}
 	// Bytes (BYTE_RATE, BYTE_RATE_PER_IP) and an address's messages
 	// (RATE_LIMIT_PER_IP) are paced in either mode.
-	if wait := m.rate.bytesWait(now, &h.rate, len(msg)); wait > 0 {
+	if wait := m.rate.bytesWait(now, &h.rate, n); wait > 0 {
 		r.mu.RUnlock()
 		h.stats.ratePaused.Add(1)
-		return time.Duration(wait)
+		return sender{wait: time.Duration(wait)}, true
 	}
 	h.stats.received.Add(1)
-	v := rateAllowed
+	s.verdict = rateAllowed
 	if h.rate.pace {
 		m.rate.admit(now, &h.rate)
 	} else {
-		v = m.rate.take(now, &h.rate)
+		s.verdict = m.rate.take(now, &h.rate)
 	}
-	user := m.user
-	acks := m.sess != nil && m.sess.opts.flags&optAck != 0
+	s.user = m.user
+	s.acks = m.sess != nil && m.sess.opts.flags&optAck != 0
 	// alone: no other local member, so this node need not read the
 	// message back.
-	alone := len(r.members)+len(r.pending) <= 1
+	s.alone = len(r.members)+len(r.pending) <= 1
 	r.mu.RUnlock()
-	switch v {
-	case rateRefused:
-		h.stats.rateLimited.Add(1)
-		if acks {
-			h.refuseWithCID(c, msg, nil)
-			return 0
-		}
-		c.Send(h.limitF)
-		return 0
-	case rateExceeded:
-		h.stats.rateLimited.Add(1)
-		h.stats.rateClosed.Add(1)
-		if c.ClientKnown() {
-			h.banned.add(clientAddr(c.Remote()), now)
-		}
-		if h.log.Enabled(context.Background(), slog.LevelDebug) {
-			h.log.Debug("closing a connection over its rate limit", "room", name, "conn_id", c.ID(), "remote", c.Remote())
-		}
-		c.Close(rateClose)
-		return 0
+	return s, true
+}
+
+// closeOverRate closes c, which went on over its rate limit (RATE_MODE
+// drop), with 1008, and penalizes its address.
+func (h *Hub) closeOverRate(c *conn.Conn, name string, now int64) {
+	h.stats.rateLimited.Add(1)
+	h.stats.rateClosed.Add(1)
+	if c.ClientKnown() {
+		h.banned.add(clientAddr(c.Remote()), now)
 	}
-	if acks {
-		h.publishAcked(c, name, msg, user, alone)
-		return 0
+	if h.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.log.Debug("closing a connection over its rate limit", "room", name, "conn_id", c.ID(), "remote", c.Remote())
 	}
-	username, message, derr := decodeMessage(msg)
-	if derr != nil {
-		h.stats.rejected.Add(1)
-		c.Send(errorFrames[derr])
-		return 0
-	}
+	c.Close(rateClose)
+}
+
+// publish encodes the message members receive from f, with the username
+// s's token fixes if any, and hands it to the engine with cid (ack=1;
+// "" for none). The engine's Ack (published) gets ref: c, or its *ackRef.
+func (h *Hub) publish(c *conn.Conn, name string, s sender, f chatFields, cid string, ref any) {
 	bp := payloadPool.Get().(*[]byte)
-	if user != "" {
-		*bp = appendOutboundUser((*bp)[:0], user, message)
+	if s.user != "" {
+		*bp = appendOutboundUser((*bp)[:0], s.user, f.message)
 	} else {
-		*bp = appendOutbound((*bp)[:0], username, message)
+		*bp = appendOutbound((*bp)[:0], f.username, f.message)
 	}
-	h.engine.Publish(name, stream.Message{Sender: c.ID(), Payload: *bp, Alone: alone}, h.ack, c)
+	h.engine.Publish(name, stream.Message{Sender: c.ID(), Payload: *bp, CID: cid, Alone: s.alone}, h.ack, ref)
 	putPayload(bp)
-	return 0
 }
 
 // published is the engine's Ack for the messages of OnMessage: it counts
@@ -122,41 +161,39 @@ func (h *Hub) published(ref any, id stream.ID, err error) bool {
 	} else {
 		c = ref.(*conn.Conn)
 	}
-	if err == nil {
-		h.stats.published.Add(1)
-		others := true
-		name, _ := splitKey(c.Key())
-		h.mu.RLock()
-		r := h.rooms[name]
-		h.mu.RUnlock()
-		if r != nil {
-			r.mu.RLock()
-			r.seen(id)
-			others = r.others(c)
-			r.mu.RUnlock()
-		}
-		if acked {
-			h.sendAck(a, id)
-		}
-		return others
+	if err != nil {
+		h.notStored(c, cid, err)
+		return false
 	}
-	f := unavailableFrame
-	code := errUnavailable
-	switch {
-	case errors.Is(err, stream.ErrUnconfirmed):
+	h.stats.published.Add(1)
+	others := true
+	name, _ := splitKey(c.Key())
+	if r := h.lookup(name); r != nil {
+		r.mu.RLock()
+		r.seen(id)
+		others = r.others(c)
+		r.mu.RUnlock()
+	}
+	if acked {
+		h.sendAck(a, id)
+	}
+	return others
+}
+
+// notStored counts a message the engine did not store, or did not
+// confirm, and sends its sender, c, the error frame, naming cid (as
+// sent) when set (ack=1).
+func (h *Hub) notStored(c *conn.Conn, cid string, err error) {
+	e := errUnavailable
+	if errors.Is(err, stream.ErrUnconfirmed) {
 		h.stats.unconfirmed.Add(1)
-		f, code = unconfirmedFrame, errUnconfirmed
-	default:
+		e = errUnconfirmed
+	} else {
 		h.stats.unavailable.Add(1)
 	}
 	if h.log.Enabled(context.Background(), slog.LevelDebug) {
 		name, _ := splitKey(c.Key())
 		h.log.Debug("publish failed", "room", name, "conn_id", c.ID(), "err", err)
 	}
-	if cid != "" {
-		sendError(c, code, cid)
-		return false
-	}
-	c.Send(f)
-	return false
+	e.send(c, cid)
 }

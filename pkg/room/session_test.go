@@ -265,7 +265,7 @@ func TestNewFrames(t *testing.T) {
 		{"truncated, nothing held", string(appendTruncated(nil, stream.ID{Ms: 5}, stream.ID{}, false)), `{"truncated":{"since":"5-0"}}`},
 		{"presence", string(appendPresence(nil, 42)), `{"presence":{"members":42}}`},
 		{"error with cid", string(appendError(nil, errUnconfirmed, `"abc"`)), `{"error":"unconfirmed","cid":"abc","detail":"` + errUnconfirmed.detail + `"}`},
-		{"error, field and cid", string(appendError(nil, errMissingMessage, `"abc"`)), `{"error":"missing_field","field":"message","cid":"abc","detail":"message has no \"message\" key"}`},
+		{"error, field and cid", string(appendError(nil, &errMissingMessage.errorFrame, `"abc"`)), `{"error":"missing_field","field":"message","cid":"abc","detail":"message has no \"message\" key"}`},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, tc.got, tc.want)
