@@ -3,7 +3,7 @@ package room
 // The chat message format of the original app: a client sends a JSON
 // object with "username" and "message"; members receive exactly
 // {"username":<value>,"message":<value>}, each value the JSON the client
-// sent (compacted), every other key dropped.
+// sent (compacted), every other member dropped.
 
 // MaxCID is the longest "cid" accepted from an ack=1 client, in bytes
 // (decoded).
@@ -26,8 +26,8 @@ var (
 	errInvalidCID     = newDecodeError(CodeInvalidField, "cid", `"cid" must be a string of 1 to 128 bytes`)
 )
 
-// chatFields are the raw JSON values of the keys a chat message may
-// carry; nil for a key that is absent.
+// chatFields are the raw JSON values of the fields a chat message may
+// carry; nil for a field that is absent.
 type chatFields struct {
 	username, message []byte
 	cid               []byte // the client's message ID (ack=1); never forwarded
@@ -62,7 +62,7 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 			if !s.str() {
 				return chatFields{}, errInvalidJSON
 			}
-			key := keyOf(data[k0+1 : s.i-1])
+			name := fieldNameOf(data[k0+1 : s.i-1])
 			s.skipSpace()
 			if s.peek() != ':' {
 				return chatFields{}, errInvalidJSON
@@ -73,12 +73,12 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 			if !s.value(1) {
 				return chatFields{}, errInvalidJSON
 			}
-			switch key {
-			case keyUsername:
+			switch name {
+			case nameUsername:
 				f.username = data[v0:s.i]
-			case keyMessage:
+			case nameMessage:
 				f.message = data[v0:s.i]
-			case keyCID:
+			case nameCID:
 				f.cid = data[v0:s.i]
 			}
 			s.skipSpace()
@@ -104,59 +104,61 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 	return f, nil
 }
 
-type key uint8
+// fieldName is the name of an object member that a chat message may
+// carry (RFC 8259 section 4), as fieldNameOf classifies it.
+type fieldName uint8
 
 const (
-	keyOther key = iota
-	keyUsername
-	keyMessage
-	keyCID
+	nameOther fieldName = iota
+	nameUsername
+	nameMessage
+	nameCID
 )
 
-// keyOf classifies a raw object key (without quotes), decoding escapes
+// fieldNameOf classifies the raw name of an object member (without quotes), decoding escapes
 // such as "user\u006eame" as a JSON parser would.
-func keyOf(raw []byte) key {
+func fieldNameOf(raw []byte) fieldName {
 	var buf [8]byte
 	n := 0
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
 		if c == '\\' {
 			if i+1 >= len(raw) {
-				return keyOther
+				return nameOther
 			}
 			switch raw[i+1] {
 			case 'u':
 				if i+5 >= len(raw) {
-					return keyOther
+					return nameOther
 				}
 				r := 0
 				for _, h := range raw[i+2 : i+6] {
 					r = r<<4 | int(unhex(h))
 				}
 				if r >= 0x80 {
-					return keyOther // not part of an ASCII key
+					return nameOther // not part of an ASCII name
 				}
 				c = byte(r)
 				i += 5
 			default:
-				return keyOther // \n, \" ... never occur in our keys
+				return nameOther // \n, \" ... never occur in our names
 			}
 		}
 		if n == len(buf) {
-			return keyOther
+			return nameOther
 		}
 		buf[n] = c
 		n++
 	}
 	switch string(buf[:n]) {
 	case "username":
-		return keyUsername
+		return nameUsername
 	case "message":
-		return keyMessage
+		return nameMessage
 	case "cid":
-		return keyCID
+		return nameCID
 	}
-	return keyOther
+	return nameOther
 }
 
 func unhex(c byte) byte {

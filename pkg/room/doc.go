@@ -2,7 +2,7 @@
 // (package conn) and the message engine (package stream).
 //
 // Hub implements conn.Handler: a connection to /ws/chat/<room>/ joins that
-// room (with a token, when Config.Auth sets a key: package auth); each
+// room (with a token, when Config.Auth sets a verification key: package auth); each
 // text message it sends is counted against its rate limit (over it: a
 // "rate_limited" error frame, then a 1008 close), checked (a JSON object
 // with "username" and "message", else an error frame to the sender

@@ -29,7 +29,7 @@ func appendOutboundUser(b []byte, username string, message []byte) []byte {
 }
 
 // appendWithID appends payload, a chat object as members receive it,
-// with the entry's ID as its last key (ids=1):
+// with the entry's ID as its last member (ids=1):
 // {"username":…,"message":…,"id":"<ms>-<seq>"}. A payload that is not an
 // object is appended unchanged.
 func appendWithID(b, payload []byte, id stream.ID) []byte {

@@ -110,8 +110,8 @@ type Config struct {
 	// HistoryMax caps the N of a history=N join: the most messages it
 	// replays. Zero means 100; at most 1000.
 	HistoryMax int `env:"HISTORY_MAX" help:"the most messages a ?history=N join replays (N above it is capped); at most 1000"`
-	// Auth sets the key of the tokens that every upgrade must then carry
-	// (?token=<JWT>). Zero means no authentication.
+	// Auth sets the verification key (or secret) of the tokens that every
+	// upgrade must then carry (?token=<JWT>). Zero means no authentication.
 	Auth auth.Config
 }
 
@@ -393,16 +393,21 @@ func (p *penalties) add(a netip.Addr, now int64) {
 		p.until = make(map[netip.Addr]int64)
 	}
 	if _, ok := p.until[a]; !ok && len(p.until) >= maxPenalties {
-		for k, t := range p.until {
-			if t <= now {
-				delete(p.until, k)
-			}
-		}
-		if len(p.until) >= maxPenalties {
+		if p.prune(now); len(p.until) >= maxPenalties {
 			return
 		}
 	}
 	p.until[a] = now + int64(RateCloseWindow)
+}
+
+// prune forgets the addresses whose penalty has expired at now. p.mu
+// must be held.
+func (p *penalties) prune(now int64) {
+	for a, t := range p.until {
+		if t <= now {
+			delete(p.until, a)
+		}
+	}
 }
 
 // has reports whether a is penalized at now.

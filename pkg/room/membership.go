@@ -61,7 +61,7 @@ const (
 // join that replays history (since=, history=) also waits for the first
 // page of its replay (session.go).
 func (h *Hub) OnOpen(c *conn.Conn) error {
-	name, _ := splitKey(c.Key())
+	name, _ := splitConnKey(c.Key())
 	h.mu.Lock()
 	r := h.rooms[name]
 	if r == nil {
@@ -179,7 +179,7 @@ func (h *Hub) unsubscribe(name string, r *room) {
 // when c set no query option). r.mu must be held. The caller reports the
 // new count to the engine (SetMembers).
 func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
-	_, user := splitKey(c.Key())
+	_, user := splitConnKey(c.Key())
 	s := newSession(c)
 	c.SetSlot(len(r.members))
 	lim := h.startLimiter(c)
@@ -247,7 +247,7 @@ func (h *Hub) OnClose(c *conn.Conn, _ error) { h.leave(c) }
 // leave is OnClose: it removes c from its room or its pending joins, and
 // stops its replay. It does nothing for a connection already gone.
 func (h *Hub) leave(c *conn.Conn) {
-	name, _ := splitKey(c.Key())
+	name, _ := splitConnKey(c.Key())
 	r := h.lookup(name)
 	if r == nil {
 		return

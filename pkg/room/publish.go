@@ -30,7 +30,7 @@ type sender struct {
 // connection stays open. An ack=1 sender's frames about a message name
 // the "cid" it carried (ack.go).
 func (h *Hub) OnMessage(c *conn.Conn, msg []byte) time.Duration {
-	name, _ := splitKey(c.Key())
+	name, _ := splitConnKey(c.Key())
 	r := h.lookup(name)
 	if r == nil {
 		return 0 // not joined: OnMessage follows OnOpen, so never
@@ -167,7 +167,7 @@ func (h *Hub) published(ref any, id stream.ID, err error) bool {
 	}
 	h.stats.published.Add(1)
 	others := true
-	name, _ := splitKey(c.Key())
+	name, _ := splitConnKey(c.Key())
 	if r := h.lookup(name); r != nil {
 		r.mu.RLock()
 		r.seen(id)
@@ -192,7 +192,7 @@ func (h *Hub) notStored(c *conn.Conn, cid string, err error) {
 		h.stats.unavailable.Add(1)
 	}
 	if h.log.Enabled(context.Background(), slog.LevelDebug) {
-		name, _ := splitKey(c.Key())
+		name, _ := splitConnKey(c.Key())
 		h.log.Debug("publish failed", "room", name, "conn_id", c.ID(), "err", err)
 	}
 	e.send(c, cid)

@@ -20,10 +20,10 @@ const MaxRoomName = 100
 // Route maps a request URI to its room: /ws/chat/<room>/ (extra segments
 // after the room are ignored, as in the original app). Unknown paths get
 // 404, bad room names 400, a query option with a bad value (options.go)
-// 400. With a key in Config.Auth, the token query parameter must hold a
+// 400. With a verification key in Config.Auth, the token query parameter must hold a
 // valid token (else 401) that allows the room (else 403); a username it
-// fixes and the options ride in the key, after the room name (see
-// splitKey). Token checks run here, on the event loop: an ES256 or RS256
+// fixes and the options ride in the connection key (conn.Conn.Key), after the room name (see
+// splitConnKey). Token checks run here, on the event loop: an ES256 or RS256
 // verification costs tens of microseconds per upgrade.
 func (h *Hub) Route(uri []byte) (string, error) {
 	path, query, _ := strings.Cut(string(uri), "?")
@@ -50,33 +50,33 @@ func (h *Hub) Route(uri []byte) (string, error) {
 			return "", err
 		}
 	}
-	key := name
+	connKey := name
 	if h.tokens != nil {
 		var err error
-		if key, err = h.authorize(name, query); err != nil {
+		if connKey, err = h.authorize(name, query); err != nil {
 			return "", err
 		}
 	}
-	return withOptions(key, opts), nil
+	return withOptions(connKey, opts), nil
 }
 
-// keySep separates the room name from the username a token fixes, and
-// that from the query options (withOptions), in a connection's key:
+// connKeySep separates the room name from the username a token fixes, and
+// that from the query options (withOptions), in a connection key:
 // "<room>", "<room>\x00<username as JSON>" or
 // "<room>\x00<username or nothing>\x00<options>". Room names never
 // contain it, nor does JSON (it escapes control characters).
-const keySep = "\x00"
+const connKeySep = "\x00"
 
-// splitKey returns the room and the fixed username ("" when none) of a
-// connection's key.
-func splitKey(key string) (name, user string) {
-	name, rest, _ := strings.Cut(key, keySep)
-	user, _, _ = strings.Cut(rest, keySep)
+// splitConnKey returns the room and the fixed username ("" when none) of a
+// connection key.
+func splitConnKey(connKey string) (name, user string) {
+	name, rest, _ := strings.Cut(connKey, connKeySep)
+	user, _, _ = strings.Cut(rest, connKeySep)
 	return name, user
 }
 
 // authorize checks the token of a request for room name (the token query
-// parameter) and returns the connection's key.
+// parameter) and returns the connection key.
 func (h *Hub) authorize(name, query string) (string, error) {
 	q, err := url.ParseQuery(query)
 	if err != nil {
@@ -96,7 +96,7 @@ func (h *Hub) authorize(name, query string) (string, error) {
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(*claims.Username) // a string always encodes
-	return name + keySep + strings.TrimSuffix(b.String(), "\n"), nil
+	return name + connKeySep + strings.TrimSuffix(b.String(), "\n"), nil
 }
 
 // ValidRoomName checks a room name: 1 to 100 bytes of ASCII letters,

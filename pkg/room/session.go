@@ -77,7 +77,7 @@ type session struct {
 // newSession returns the session of a joining connection, nil when it
 // set no option.
 func newSession(c *conn.Conn) *session {
-	o := keyOptions(c.Key())
+	o := connKeyOptions(c.Key())
 	if o.flags == 0 {
 		return nil
 	}
@@ -353,7 +353,7 @@ func entryFrame(s *session, m stream.Message) *conn.Frame {
 
 // pace waits until c's queue can take size more bytes and stay within
 // 1/div of MAX_QUEUE_BYTES (an empty queue takes anything). It reports
-// false when the member left (ctx ended) or the queue did not drain
+// false when the member left (ctx ended) or the queue did not empty
 // within replayStall: the client does not read, and is closed as a slow
 // consumer.
 func pace(ctx context.Context, c *conn.Conn, size, div int) bool {
