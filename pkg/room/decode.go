@@ -1,5 +1,7 @@
 package room
 
+import "fmt"
+
 // The chat message format of the original app: a client sends a JSON
 // object with "username" and "message"; members receive exactly
 // {"username":<value>,"message":<value>}, each value the JSON the client
@@ -23,7 +25,7 @@ var (
 	errNotObject      = newDecodeError(CodeNotObject, "", `message must be a JSON object: {"username": "...", "message": "..."}`)
 	errMissingUser    = newDecodeError(CodeMissingField, "username", `message has no "username" key`)
 	errMissingMessage = newDecodeError(CodeMissingField, "message", `message has no "message" key`)
-	errInvalidCID     = newDecodeError(CodeInvalidField, "cid", `"cid" must be a string of 1 to 128 bytes`)
+	errInvalidCID     = newDecodeError(CodeInvalidField, "cid", fmt.Sprintf(`"cid" must be a string of 1 to %d bytes`, MaxCID))
 )
 
 // chatFields are the raw JSON values of the fields a chat message may

@@ -113,11 +113,15 @@ func appendCompact(b, v []byte) []byte {
 	return b
 }
 
+// maxPooledPayload is the largest buffer putPayload keeps in payloadPool.
+const maxPooledPayload = 64 << 10
+
+// payloadPool holds the buffers messages and frames are encoded into.
 var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // putPayload returns a buffer of payloadPool, unless it grew large.
 func putPayload(bp *[]byte) {
-	if cap(*bp) <= 64<<10 {
+	if cap(*bp) <= maxPooledPayload {
 		payloadPool.Put(bp)
 	}
 }

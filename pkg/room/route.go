@@ -2,7 +2,6 @@ package room
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -99,11 +98,11 @@ func (h *Hub) authorize(name, query string) (string, error) {
 	return name + connKeySep + strings.TrimSuffix(b.String(), "\n"), nil
 }
 
-// ValidRoomName checks a room name: 1 to 100 bytes of ASCII letters,
+// ValidRoomName checks a room name: 1 to MaxRoomName bytes of ASCII letters,
 // digits, '_', '-' and '.'.
 func ValidRoomName(name string) error {
 	if name == "" {
-		return errors.New("room name is empty; use /ws/chat/<room>/")
+		return fmt.Errorf("room name is empty; use %s<room>/", PathPrefix)
 	}
 	if len(name) > MaxRoomName {
 		return fmt.Errorf("room name is %d bytes; the limit is %d", len(name), MaxRoomName)

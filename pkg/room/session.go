@@ -20,9 +20,9 @@ import (
 // Deliver holds what arrives for it (session.hold) instead of sending it.
 // A goroutine (Hub.start, never an event loop) reads the stored entries
 // page by page (engine.Last, engine.History) and sends them, paced so that
-// the connection's queue stays under half of MAX_QUEUE_BYTES. When a page
-// comes back short (the end of the stream), it takes room.mu, so that no
-// Deliver runs, sends the held messages newer than the last one replayed,
+// the connection's queue stays under 1/replayShare of MAX_QUEUE_BYTES.
+// When a page comes back short (the end of the stream), it takes room.mu,
+// so that no Deliver runs, sends the held messages newer than the last one replayed,
 // sets the session's floor to that ID and makes the session live: the
 // next delivery goes straight out. Deliveries of a room come in ID order,
 // and both sources are filtered by the last ID sent (the replay's cursor,
@@ -30,8 +30,8 @@ import (
 // already returned), so the client gets each entry once, in order, with
 // no gap at the switch.
 //
-// Held messages are bounded (half of MAX_QUEUE_BYTES): past that they are
-// dropped and the session marked overflowed; as they are in the stream,
+// Held messages are bounded (1/replayShare of MAX_QUEUE_BYTES): past that
+// they are dropped and the session marked overflowed; as they are in the stream,
 // the replay reads on and tries the switch again. In a room busier than
 // that, the member keeps receiving everything, from History, until a
 // switch succeeds; a member that does not read is closed as a slow
@@ -48,6 +48,13 @@ const (
 	// heldOverhead is counted per held message on top of its payload:
 	// its frame header and "id".
 	heldOverhead = 64
+	// replayShare: a replay keeps its member's queue under 1/replayShare
+	// of MAX_QUEUE_BYTES, and holds at most as much of live deliveries.
+	replayShare = 2
+	// switchShare: the switch to live waits until the queue is under
+	// 1/switchShare of MAX_QUEUE_BYTES, so that the held messages fit on
+	// top.
+	switchShare = 4
 )
 
 // session is what the Hub keeps about a member that set query options
@@ -70,7 +77,7 @@ type session struct {
 	presenceAt int64
 	held       []stream.Message
 	heldBytes  int
-	holdLimit  int  // half of MAX_QUEUE_BYTES
+	holdLimit  int  // 1/replayShare of MAX_QUEUE_BYTES
 	overflow   bool // held messages were dropped since the last switch attempt
 }
 
@@ -87,7 +94,7 @@ func newSession(c *conn.Conn) *session {
 	}
 	if s.replaying {
 		_, limit := c.Queued()
-		s.holdLimit = limit / 2
+		s.holdLimit = limit / replayShare
 	}
 	return s
 }
@@ -282,10 +289,10 @@ func (h *Hub) sendRead(c *conn.Conn, s *session, rd *replayRead) bool {
 }
 
 // sendPaced sends fr to c once c's queue has room for it (pace, within
-// half of MAX_QUEUE_BYTES) and releases it. It reports false, sending
+// 1/replayShare of MAX_QUEUE_BYTES) and releases it. It reports false, sending
 // nothing, when the member left or does not read.
 func sendPaced(ctx context.Context, c *conn.Conn, fr *conn.Frame) bool {
-	ok := pace(ctx, c, fr.Len(), 2)
+	ok := pace(ctx, c, fr.Len(), replayShare)
 	if ok {
 		c.Send(fr)
 	}
@@ -300,9 +307,9 @@ func sendPaced(ctx context.Context, c *conn.Conn, fr *conn.Frame) bool {
 // meanwhile (the replay must read on), and false ok when the replay must
 // stop (the member left, or does not read).
 func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live, ok bool) {
-	// Room for the held messages (at most half the queue) on top of a
-	// quarter.
-	if !pace(s.ctx, c, 0, 4) {
+	// Room for the held messages (at most 1/replayShare of the queue) on
+	// top of 1/switchShare.
+	if !pace(s.ctx, c, 0, switchShare) {
 		return false, false
 	}
 	r.mu.Lock()
