@@ -159,7 +159,7 @@ func startFanout(b *testing.B, members int) *fanout {
 	go func() { _ = srv.Serve() }()
 	url := "ws://" + srv.Addr().String() + PathPrefix + benchRoom + "/"
 	for range members {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 		nc, br, _, err := ws.Dial(ctx, url)
 		cancel()
 		if err != nil {
@@ -204,7 +204,7 @@ func (fo *fanout) stop() {
 	for _, d := range fo.members {
 		d.nc.Close()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	_ = fo.srv.Shutdown(ctx)
 	_ = fo.engine.Close(ctx)
