@@ -53,29 +53,15 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 	if s.i >= len(s.b) {
 		return f, errInvalidJSON
 	}
-	s.i++ // '{'
-	s.skipSpace()
-	if s.peek() == '}' {
-		s.i++
-	} else {
+	if !s.emptyAfterOpen('}') {
 		for {
 			s.skipSpace()
-			k0 := s.i
-			if !s.str() {
-				return chatFields{}, errInvalidJSON
-			}
-			name := fieldNameOf(data[k0+1 : s.i-1])
-			s.skipSpace()
-			if s.peek() != ':' {
-				return chatFields{}, errInvalidJSON
-			}
-			s.i++
-			s.skipSpace()
+			name, ok := s.memberName()
 			v0 := s.i
-			if !s.value(1) {
+			if !ok || !s.value(1) {
 				return chatFields{}, errInvalidJSON
 			}
-			switch name {
+			switch fieldNameOf(name) {
 			case nameUsername:
 				f.username = data[v0:s.i]
 			case nameMessage:
@@ -83,15 +69,13 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 			case nameCID:
 				f.cid = data[v0:s.i]
 			}
-			s.skipSpace()
-			if c := s.peek(); c == ',' {
-				s.i++
-				continue
-			} else if c == '}' {
-				s.i++
+			more, ok := s.next('}')
+			if !ok {
+				return chatFields{}, errInvalidJSON
+			}
+			if !more {
 				break
 			}
-			return chatFields{}, errInvalidJSON
 		}
 	}
 	if !s.end() {
