@@ -26,8 +26,8 @@ const (
 // errorFrame is one error frame: the stable code that says why a message
 // was refused, the field at fault, and what to do about it, with the
 // frame encoded once without "cid". A decode failure is a decodeError
-// (decode.go); the engine's refusals and the rate limit's are
-// errorFrames of their own.
+// (decode.go); the engine's refusals and the rate limit's are plain
+// errorFrame values.
 type errorFrame struct {
 	code   string
 	field  string // the field at fault (CodeMissingField, CodeInvalidField); "" for none

@@ -49,6 +49,7 @@ type Hub struct {
 	closeOnce    sync.Once
 }
 
+// counters are the atomics behind Stats.
 type counters struct {
 	received, published, delivered, rejected, unavailable, unconfirmed atomic.Int64
 	rateLimited, rateClosed, ratePaused, replayed                      atomic.Int64
