@@ -21,59 +21,19 @@ type ackRef struct {
 	cid string // the cid as the client sent it (a JSON string); "" when none
 }
 
-// publishAcked is the rest of OnMessage for an ack=1 sender: decode,
-// check the cid, publish with it.
-func (h *Hub) publishAcked(c *conn.Conn, name string, msg []byte, user string, alone bool) {
-	f, derr := decodeChat(msg)
-	if derr != nil {
-		h.stats.rejected.Add(1)
-		h.refuseWithCID(c, msg, derr)
-		return
-	}
-	cid, ok := checkCID(f.cid)
+// newAckRef checks the cid of an ack=1 sender's message, f, and returns
+// the ref its Publish carries and the cid decoded ("" when it sent none);
+// ok is false when the cid is not a string of 1 to MaxCID bytes.
+func newAckRef(c *conn.Conn, f chatFields) (ref *ackRef, cid string, ok bool) {
+	cid, ok = checkCID(f.cid)
 	if !ok {
-		h.stats.rejected.Add(1)
-		c.Send(errorFrames[errInvalidCID])
-		return
+		return nil, "", false
 	}
-	ref := &ackRef{c: c}
+	ref = &ackRef{c: c}
 	if cid != "" {
 		ref.cid = string(f.cid)
 	}
-	bp := payloadPool.Get().(*[]byte)
-	if user != "" {
-		*bp = appendOutboundUser((*bp)[:0], user, f.message)
-	} else {
-		*bp = appendOutbound((*bp)[:0], f.username, f.message)
-	}
-	h.engine.Publish(name, stream.Message{Sender: c.ID(), Payload: *bp, CID: cid, Alone: alone}, h.ack, ref)
-	putPayload(bp)
-}
-
-// refuseWithCID sends an ack=1 sender the error frame of a message it
-// sent, msg, refused for e (nil: the rate limit), naming the message's
-// cid when it has a valid one.
-func (h *Hub) refuseWithCID(c *conn.Conn, msg []byte, e *decodeError) {
-	if e == nil {
-		e = h.limitE
-	}
-	f, _ := decodeChat(msg)
-	if cid, ok := checkCID(f.cid); !ok || cid == "" {
-		if e == h.limitE {
-			c.Send(h.limitF)
-		} else {
-			c.Send(errorFrames[e])
-		}
-		return
-	}
-	sendError(c, e, string(f.cid))
-}
-
-// sendError sends c the error frame of e naming cid (as sent).
-func sendError(c *conn.Conn, e *decodeError, cid string) {
-	fr := textFrame(func(b []byte) []byte { return appendError(b, e, cid) })
-	c.Send(fr)
-	fr.Release()
+	return ref, cid, true
 }
 
 // sendAck sends the sender of an accepted message its ack frame.

@@ -65,12 +65,12 @@ func TestTokens(t *testing.T) {
 
 func TestSplitKey(t *testing.T) {
 	for key, want := range map[string][2]string{
-		"lobby":                    {"lobby", ""},
-		"lobby" + keySep + `"ana"`: {"lobby", `"ana"`},
-		"":                         {"", ""},
+		"lobby":                        {"lobby", ""},
+		"lobby" + connKeySep + `"ana"`: {"lobby", `"ana"`},
+		"":                             {"", ""},
 	} {
-		if n, u := splitKey(key); n != want[0] || u != want[1] {
-			t.Errorf("splitKey(%q) = %q, %q; want %q, %q", key, n, u, want[0], want[1])
+		if n, u := splitConnKey(key); n != want[0] || u != want[1] {
+			t.Errorf("splitConnKey(%q) = %q, %q; want %q, %q", key, n, u, want[0], want[1])
 		}
 	}
 }

@@ -88,10 +88,10 @@ func BenchmarkAppendOutbound(b *testing.B) {
 	}
 }
 
-// drainer is a WebSocket client that reads everything it is sent into one
+// sink is a WebSocket client that reads everything it is sent into one
 // buffer, without parsing or allocating, and tells its fanout when it has
 // read the bytes it expects.
-type drainer struct {
+type sink struct {
 	fo       *fanout
 	nc       net.Conn
 	r        io.Reader
@@ -100,7 +100,7 @@ type drainer struct {
 	signaled atomic.Bool  // got reached want and pending was decremented
 }
 
-func (d *drainer) run() {
+func (d *sink) run() {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := d.r.Read(buf)
@@ -127,7 +127,7 @@ type fanout struct {
 	srv     *conn.Server
 	hub     *Hub
 	engine  *stream.Memory
-	members []*drainer
+	members []*sink
 	pending atomic.Int64 // members still reading the batch
 	done    chan error   // nil when the batch is read, or a read error
 	timer   *time.Timer  // bounds wait; reused, as time.After allocates
@@ -159,14 +159,14 @@ func startFanout(b *testing.B, members int) *fanout {
 	go func() { _ = srv.Serve() }()
 	url := "ws://" + srv.Addr().String() + PathPrefix + benchRoom + "/"
 	for range members {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 		nc, br, _, err := ws.Dial(ctx, url)
 		cancel()
 		if err != nil {
 			fo.stop()
 			b.Fatalf("dial member %d: %v", len(fo.members), err)
 		}
-		d := &drainer{fo: fo, nc: nc, r: nc}
+		d := &sink{fo: fo, nc: nc, r: nc}
 		if br != nil {
 			d.r = br
 		}
@@ -204,7 +204,7 @@ func (fo *fanout) stop() {
 	for _, d := range fo.members {
 		d.nc.Close()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	_ = fo.srv.Shutdown(ctx)
 	_ = fo.engine.Close(ctx)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/chatgw/gateway/pkg/auth"
 	"github.com/chatgw/gateway/pkg/conn"
+	"github.com/gobwas/ws"
 )
 
 // Defaults of Config's zero fields.
@@ -26,9 +27,9 @@ const (
 	// within a second.
 	DefaultRateBurst = 100
 	// DefaultRateLimitPerIP is the default of Config.RateLimitPerIP
-	// (RATE_LIMIT_PER_IP): five times RATE_LIMIT, for all the people
-	// behind one address together.
-	DefaultRateLimitPerIP = 500.0
+	// (RATE_LIMIT_PER_IP): five times DefaultRateLimit, for all the
+	// people behind one address together.
+	DefaultRateLimitPerIP = 5 * DefaultRateLimit
 	// DefaultByteRate is the default of Config.ByteRate (BYTE_RATE): 256
 	// KiB/s, a hundred times what a person writes.
 	DefaultByteRate = 256 << 10
@@ -47,6 +48,9 @@ const (
 	// MaxHistoryMax bounds Config.HistoryMax: a history=N join reads its N
 	// entries in one engine call.
 	MaxHistoryMax = 1000
+	// defaultMaxMessageBytes is the default of Config.MaxMessageBytes, the
+	// same as conn.Config.MaxMessageBytes's (MAX_MESSAGE_BYTES).
+	defaultMaxMessageBytes = 64 << 10
 )
 
 // RateCloseWindow is the window of Config.RateCloseAfter: a connection
@@ -58,27 +62,32 @@ const RateCloseWindow = 10 * time.Second
 const maxRateLimit = 1e9
 
 // Config tunes the Hub. A zero field takes its default; the env tags give
-// the variables cmd/gateway reads them from.
+// the variables cmd/gateway reads them from. A help text that states a
+// constant's value (RateCloseWindow, addrBurstSeconds, MaxHistoryMax) is
+// checked against it by TestConfigHelpStatesConstants, as a struct tag
+// cannot refer to a constant.
 type Config struct {
 	// RateLimit is how many messages per second one connection may send,
-	// on average; what happens over it is RateMode's. Zero means 100.
+	// on average; what happens over it is RateMode's. Zero means
+	// DefaultRateLimit.
 	RateLimit float64 `env:"RATE_LIMIT" help:"messages per second one connection may send on average; over it the connection is read more slowly (RATE_MODE pace) or its messages dropped (drop)"`
 	// RateBurst is how many messages a connection may send at once, above
 	// RateLimit, after a quiet spell (the token bucket's size). Zero means
-	// 100.
+	// DefaultRateBurst.
 	RateBurst int `env:"RATE_BURST" help:"messages one connection may send at once above RATE_LIMIT after a quiet spell"`
 	// RateMode says what happens to a message over RateLimit. "pace" (the
 	// default, also for ""): it waits; the server reads nothing more from
 	// the connection until the rate allows it, so TCP slows the client
 	// down and nothing is lost or reordered. "drop": it is dropped, its
 	// sender gets a rate_limited frame, and a connection refused more than
-	// RateCloseAfter messages within 10s is closed with 1008.
+	// RateCloseAfter messages within RateCloseWindow is closed with 1008.
 	RateMode string `env:"RATE_MODE" help:"over RATE_LIMIT: pace reads the connection more slowly (nothing is dropped); drop drops messages with a rate_limited frame and closes a connection that goes on"`
 	// RateCloseAfter is how many messages a connection may have refused
-	// for RateLimit within RateCloseWindow (10s) in RateMode drop; the next
-	// one closes it with 1008. Zero means 20. (Either mode makes new
-	// connections from an address whose connection went over its rate,
-	// held back or closed, start with an empty bucket for 10s, so that
+	// for RateLimit within RateCloseWindow in RateMode drop; the next one
+	// closes it with 1008. Zero means DefaultRateCloseAfter. (Either mode
+	// makes new connections from an address whose connection went over its
+	// rate, held back or closed, start with an empty bucket for
+	// RateCloseWindow, so that
 	// reconnecting buys no burst; in pace mode they are still never
 	// dropped.)
 	RateCloseAfter int `env:"RATE_CLOSE_AFTER" help:"RATE_MODE drop: rate_limited refusals within 10s after which the connection is closed with 1008"`
@@ -87,30 +96,33 @@ type Config struct {
 	// trusted proxy the real client's address, and a trusted proxy that
 	// names no client is not limited. Over it they are read more slowly,
 	// whatever RateMode: so a flooder gains nothing by opening (or
-	// reopening) many connections. Zero means 500; -1 means no limit.
+	// reopening) many connections. Zero means DefaultRateLimitPerIP; -1
+	// means no limit.
 	RateLimitPerIP float64 `env:"RATE_LIMIT_PER_IP" help:"messages per second all connections of one client address may send together (bursts of as many); over it they are read more slowly; -1: no limit"`
 	// ByteRate is how many bytes of messages per second one connection
-	// may send on average, with bursts of a second's worth (at least 4
-	// messages of MAX_MESSAGE_BYTES): over it the connection is read more slowly,
-	// whatever RateMode. It bounds how fast a client can fill Redis with
-	// large messages. Zero means 256 KiB/s; -1 means no limit.
+	// may send on average, with bursts of connBurstSeconds' worth (at least
+	// minBurstMessages messages of MAX_MESSAGE_BYTES): over it the
+	// connection is read more slowly, whatever RateMode. It bounds how fast
+	// a client can fill Redis with large messages. Zero means
+	// DefaultByteRate; -1 means no limit.
 	ByteRate int64 `env:"BYTE_RATE" help:"bytes of messages per second one connection may send on average (bursts of a second's worth); over it the connection is read more slowly; -1: no limit"`
 	// ByteRatePerIP is ByteRate for all the connections of one client
-	// address (IPv4, IPv6 /64) together, with bursts of eight seconds'
-	// worth; behind a
-	// trusted proxy the real client's address (conn.Config.TrustedProxies),
-	// and a trusted proxy that names no client is not limited. Zero means
-	// 1 MiB/s; -1 means no limit.
+	// address (IPv4, IPv6 /64) together, with bursts of addrBurstSeconds'
+	// worth; behind a trusted proxy the real client's address
+	// (conn.Config.TrustedProxies), and a trusted proxy that names no
+	// client is not limited. Zero means DefaultByteRatePerIP; -1 means no
+	// limit.
 	ByteRatePerIP int64 `env:"BYTE_RATE_PER_IP" help:"bytes of messages per second all connections of one client address may send together (bursts of 8 seconds' worth); over it they are read more slowly; -1: no limit"`
 	// MaxMessageBytes is the largest message a connection may send
 	// (conn.Config.MaxMessageBytes): the byte buckets hold at least a few.
-	// Zero means 64 KiB. cmd/gateway sets it; it has no variable of its own.
+	// Zero means defaultMaxMessageBytes. cmd/gateway sets it; it has no
+	// variable of its own.
 	MaxMessageBytes int
 	// HistoryMax caps the N of a history=N join: the most messages it
-	// replays. Zero means 100; at most 1000.
+	// replays. Zero means DefaultHistoryMax; at most MaxHistoryMax.
 	HistoryMax int `env:"HISTORY_MAX" help:"the most messages a ?history=N join replays (N above it is capped); at most 1000"`
-	// Auth sets the key of the tokens that every upgrade must then carry
-	// (?token=<JWT>). Zero means no authentication.
+	// Auth sets the verification key (or secret) of the tokens that every
+	// upgrade must then carry (?token=<JWT>). Zero means no authentication.
 	Auth auth.Config
 }
 
@@ -124,7 +136,7 @@ func (c Config) Defaulted() Config {
 	c.RateLimitPerIP = cmp.Or(c.RateLimitPerIP, DefaultRateLimitPerIP)
 	c.ByteRate = cmp.Or(c.ByteRate, DefaultByteRate)
 	c.ByteRatePerIP = cmp.Or(c.ByteRatePerIP, DefaultByteRatePerIP)
-	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, defaultMaxMessageBytes)
 	c.HistoryMax = cmp.Or(c.HistoryMax, DefaultHistoryMax)
 	return c
 }
@@ -392,16 +404,21 @@ func (p *penalties) add(a netip.Addr, now int64) {
 		p.until = make(map[netip.Addr]int64)
 	}
 	if _, ok := p.until[a]; !ok && len(p.until) >= maxPenalties {
-		for k, t := range p.until {
-			if t <= now {
-				delete(p.until, k)
-			}
-		}
-		if len(p.until) >= maxPenalties {
+		if p.prune(now); len(p.until) >= maxPenalties {
 			return
 		}
 	}
 	p.until[a] = now + int64(RateCloseWindow)
+}
+
+// prune forgets the addresses whose penalty has expired at now. p.mu
+// must be held.
+func (p *penalties) prune(now int64) {
+	for a, t := range p.until {
+		if t <= now {
+			delete(p.until, a)
+		}
+	}
 }
 
 // has reports whether a is penalized at now.
@@ -416,16 +433,13 @@ func (p *penalties) has(a netip.Addr, now int64) bool {
 	return ok
 }
 
-// statusPolicyViolation is the close code of a connection that keeps
-// sending over its rate limit (RFC 6455 section 7.4.1).
-const statusPolicyViolation = 1008
-
 // ErrRateExceeded is the cause of closing a connection that kept sending
 // over its rate limit; OnClose receives it inside the *conn.CloseError
 // sent to the client (1008).
 var ErrRateExceeded = errors.New("room: rate limit exceeded")
 
-// rateClose is the close frame of such a connection.
+// rateClose is the close frame of such a connection: 1008, policy
+// violation (RFC 6455 section 7.4.1).
 var rateClose = fmt.Errorf("%w: %w", ErrRateExceeded, &conn.CloseError{
-	Code: statusPolicyViolation, Reason: "rate limit exceeded: too many messages refused; see RATE_LIMIT",
+	Code: ws.StatusPolicyViolation, Reason: "rate limit exceeded: too many messages refused; see RATE_LIMIT",
 })

@@ -118,25 +118,27 @@ func optionError(format string, args ...any) error {
 	return &conn.HandshakeError{Status: http.StatusBadRequest, Reason: fmt.Sprintf(format, args...)}
 }
 
-// The options ride in the connection's key after the room and the
-// username (see splitKey): "<room>\x00<user>\x00<flags>:<since>:<history>".
-// A connection without options keeps the key of the original protocol.
+// The options ride in the connection key after the room and the
+// username (see splitConnKey): "<room>\x00<user>\x00<flags>:<since>:<history>".
+// A connection without options keeps the connection key of the original
+// protocol.
 
-// withOptions appends o to a key made by Route.
-func withOptions(key string, o options) string {
+// withOptions appends o to a connection key made by Route.
+func withOptions(connKey string, o options) string {
 	if o.flags == 0 {
-		return key
+		return connKey
 	}
-	if !strings.Contains(key, keySep) {
-		key += keySep // no username
+	if !strings.Contains(connKey, connKeySep) {
+		connKey += connKeySep // no username
 	}
-	return key + keySep + strconv.Itoa(int(o.flags)) + ":" + o.since.String() + ":" + strconv.Itoa(o.history)
+	return connKey + connKeySep + strconv.Itoa(int(o.flags)) + ":" + o.since.String() + ":" + strconv.Itoa(o.history)
 }
 
-// keyOptions returns the options in a key made by withOptions.
-func keyOptions(key string) options {
-	_, rest, _ := strings.Cut(key, keySep)
-	_, enc, ok := strings.Cut(rest, keySep)
+// connKeyOptions returns the options in a connection key made by
+// withOptions.
+func connKeyOptions(connKey string) options {
+	_, rest, _ := strings.Cut(connKey, connKeySep)
+	_, enc, ok := strings.Cut(rest, connKeySep)
 	if !ok {
 		return options{}
 	}

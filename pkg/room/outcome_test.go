@@ -66,14 +66,14 @@ func TestPublishOutcomesReachTheSender(t *testing.T) {
 	hub.SetEngine(&scriptedEngine{})
 	addr := serveHub(t, hub, conn.Config{}, logger)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	c, _, _, err := ws.Dial(ctx, "ws://"+addr+"/ws/chat/outcomes/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(testutil.Timeout))
 	for _, text := range []string{"fine", "unavailable", "fine", "unconfirmed"} {
 		if err := wsutil.WriteClientText(c, fmt.Appendf(nil, `{"username":"u","message":%q}`, text)); err != nil {
 			t.Fatal(err)

@@ -20,9 +20,9 @@ import (
 // Deliver holds what arrives for it (session.hold) instead of sending it.
 // A goroutine (Hub.start, never an event loop) reads the stored entries
 // page by page (engine.Last, engine.History) and sends them, paced so that
-// the connection's queue stays under half of MAX_QUEUE_BYTES. When a page
-// comes back short (the end of the stream), it takes room.mu, so that no
-// Deliver runs, sends the held messages newer than the last one replayed,
+// the connection's queue stays under 1/replayShare of MAX_QUEUE_BYTES.
+// When a page comes back short (the end of the stream), it takes room.mu,
+// so that no Deliver runs, sends the held messages newer than the last one replayed,
 // sets the session's floor to that ID and makes the session live: the
 // next delivery goes straight out. Deliveries of a room come in ID order,
 // and both sources are filtered by the last ID sent (the replay's cursor,
@@ -30,8 +30,8 @@ import (
 // already returned), so the client gets each entry once, in order, with
 // no gap at the switch.
 //
-// Held messages are bounded (half of MAX_QUEUE_BYTES): past that they are
-// dropped and the session marked overflowed; as they are in the stream,
+// Held messages are bounded (1/replayShare of MAX_QUEUE_BYTES): past that
+// they are dropped and the session marked overflowed; as they are in the stream,
 // the replay reads on and tries the switch again. In a room busier than
 // that, the member keeps receiving everything, from History, until a
 // switch succeeds; a member that does not read is closed as a slow
@@ -48,6 +48,13 @@ const (
 	// heldOverhead is counted per held message on top of its payload:
 	// its frame header and "id".
 	heldOverhead = 64
+	// replayShare: a replay keeps its member's queue under 1/replayShare
+	// of MAX_QUEUE_BYTES, and holds at most as much of live deliveries.
+	replayShare = 2
+	// switchShare: the switch to live waits until the queue is under
+	// 1/switchShare of MAX_QUEUE_BYTES, so that the held messages fit on
+	// top.
+	switchShare = 4
 )
 
 // session is what the Hub keeps about a member that set query options
@@ -70,14 +77,14 @@ type session struct {
 	presenceAt int64
 	held       []stream.Message
 	heldBytes  int
-	holdLimit  int  // half of MAX_QUEUE_BYTES
+	holdLimit  int  // 1/replayShare of MAX_QUEUE_BYTES
 	overflow   bool // held messages were dropped since the last switch attempt
 }
 
 // newSession returns the session of a joining connection, nil when it
 // set no option.
 func newSession(c *conn.Conn) *session {
-	o := keyOptions(c.Key())
+	o := connKeyOptions(c.Key())
 	if o.flags == 0 {
 		return nil
 	}
@@ -87,7 +94,7 @@ func newSession(c *conn.Conn) *session {
 	}
 	if s.replaying {
 		_, limit := c.Queued()
-		s.holdLimit = limit / 2
+		s.holdLimit = limit / replayShare
 	}
 	return s
 }
@@ -169,42 +176,23 @@ func (h *Hub) history(ctx context.Context, name string, after stream.ID) (stream
 	return h.engine.History(ctx, name, after, replayPage)
 }
 
+// replayRead is where a replay stands after a read of the engine.
+type replayRead struct {
+	msgs      []stream.Message // the entries read
+	page      stream.Page      // the History page they came from (zero for Last)
+	err       error            // of the read
+	cursor    stream.ID        // the last entry sent, or skipped as the member's own
+	fromLast  bool             // msgs came from Last (history=N): what follows them is read next
+	fromStart bool             // the room had no entry at the join: all of it is the member's
+}
+
 // replay sends c the stored entries its options ask for, then makes its
 // session live (goLive).
 func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bool) {
-	cursor := s.opts.since // the last entry sent, or skipped as c's own
-	var (
-		msgs []stream.Message
-		page stream.Page
-		err  error
-	)
-	fromLast := s.opts.flags&optHistory != 0
-	fromStart := false // the room had no entry at the join: all of it is the member's
-	if fromLast {
-		ctx, cancel := context.WithTimeout(s.ctx, engineTimeout)
-		var end stream.Page
-		if end, err = h.engine.History(ctx, name, stream.ID{}, 0); err == nil {
-			msgs, err = h.engine.Last(ctx, name, s.opts.history)
-		}
-		cancel()
-		if err == nil && len(msgs) == 0 {
-			// The room held nothing: the member follows from its end, or
-			// from its first entry when it had none; what is trimmed
-			// before the next read is announced (truncated), not skipped.
-			cursor, fromStart = end.End, end.End.IsZero()
-		}
-	} else {
-		page, err = h.history(s.ctx, name, cursor)
-		msgs = page.Messages
-		if page.End.Less(cursor) {
-			// since= beyond the room's newest entry (an ID from the
-			// future): resume from the end, or nothing would ever pass.
-			cursor = page.End
-		}
-	}
+	rd := h.firstRead(name, s)
 	if complete {
-		if err != nil {
-			h.replayFailed(name, c, s, err)
+		if rd.err != nil {
+			h.replayFailed(name, c, s, rd.err)
 			h.leave(c)
 			c.Complete(errReplayRefused)
 			return
@@ -212,62 +200,104 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 		c.Complete(nil)
 	}
 	for {
-		if err != nil {
+		if rd.err != nil {
 			if s.ctx.Err() == nil {
-				h.replayFailed(name, c, s, err)
+				h.replayFailed(name, c, s, rd.err)
 				c.Close(replayClose)
 			}
 			return
 		}
-		if page.Truncated || fromStart && !fromLast && page.Trimmed {
-			var from stream.ID
-			if len(msgs) > 0 {
-				from = msgs[0].ID
-			}
-			fr := textFrame(func(b []byte) []byte { return appendTruncated(b, cursor, from, len(msgs) > 0) })
-			ok := pace(s.ctx, c, fr.Len(), 2)
-			if ok {
-				c.Send(fr)
-			}
-			fr.Release()
-			if !ok {
-				return
-			}
-		}
-		for _, m := range msgs {
-			if !cursor.Less(m.ID) {
-				continue
-			}
-			cursor = m.ID
-			if m.Sender == c.ID() {
-				continue // sent by c during its replay
-			}
-			fr := entryFrame(s, m)
-			ok := pace(s.ctx, c, fr.Len(), 2)
-			if ok {
-				c.Send(fr)
-				h.stats.replayed.Add(1)
-			}
-			fr.Release()
-			if !ok {
-				return
-			}
+		if !h.sendRead(c, s, &rd) {
+			return
 		}
 		// Last's entries are followed by what came after them; a short
 		// page of History is the end of the stream: try the switch.
-		if !fromLast && len(msgs) < replayPage {
-			live, ok := h.goLive(r, c, s, cursor)
+		if !rd.fromLast && len(rd.msgs) < replayPage {
+			live, ok := h.goLive(r, c, s, rd.cursor)
 			if live || !ok {
 				return
 			}
 		}
-		if !fromLast {
-			fromStart = false // only the first page after the join can tell
+		if !rd.fromLast {
+			rd.fromStart = false // only the first page after the join can tell
 		}
-		fromLast = false
-		page, err = h.history(s.ctx, name, cursor)
-		msgs = page.Messages
+		rd.fromLast = false
+		rd.page, rd.err = h.history(s.ctx, name, rd.cursor)
+		rd.msgs = rd.page.Messages
 	}
+}
+
+// firstRead reads what a replay starts with: the last N entries
+// (history=N), or the page after since=.
+func (h *Hub) firstRead(name string, s *session) (rd replayRead) {
+	rd.cursor = s.opts.since
+	rd.fromLast = s.opts.flags&optHistory != 0
+	if !rd.fromLast {
+		rd.page, rd.err = h.history(s.ctx, name, rd.cursor)
+		rd.msgs = rd.page.Messages
+		if rd.page.End.Less(rd.cursor) {
+			// since= beyond the room's newest entry (an ID from the
+			// future): resume from the end, or nothing would ever pass.
+			rd.cursor = rd.page.End
+		}
+		return rd
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, engineTimeout)
+	var end stream.Page
+	if end, rd.err = h.engine.History(ctx, name, stream.ID{}, 0); rd.err == nil {
+		rd.msgs, rd.err = h.engine.Last(ctx, name, s.opts.history)
+	}
+	cancel()
+	if rd.err == nil && len(rd.msgs) == 0 {
+		// The room held nothing: the member follows from its end, or
+		// from its first entry when it had none; what is trimmed
+		// before the next read is announced (truncated), not skipped.
+		rd.cursor, rd.fromStart = end.End, end.End.IsZero()
+	}
+	return rd
+}
+
+// sendRead sends c what rd read, paced: the truncated frame when entries
+// after the cursor were trimmed, then the entries after the cursor but
+// c's own, moving the cursor. It reports false when the replay must stop
+// (the member left, or does not read).
+func (h *Hub) sendRead(c *conn.Conn, s *session, rd *replayRead) bool {
+	if rd.page.Truncated || rd.fromStart && !rd.fromLast && rd.page.Trimmed {
+		var from stream.ID
+		if len(rd.msgs) > 0 {
+			from = rd.msgs[0].ID
+		}
+		since, held := rd.cursor, len(rd.msgs) > 0
+		if !sendPaced(s.ctx, c, textFrame(func(b []byte) []byte { return appendTruncated(b, since, from, held) })) {
+			return false
+		}
+	}
+	for _, m := range rd.msgs {
+		if !rd.cursor.Less(m.ID) {
+			continue
+		}
+		rd.cursor = m.ID
+		if m.Sender == c.ID() {
+			continue // sent by c during its replay
+		}
+		if !sendPaced(s.ctx, c, entryFrame(s, m)) {
+			return false
+		}
+		h.stats.replayed.Add(1)
+	}
+	return true
+}
+
+// sendPaced sends fr to c once c's queue has room for it (pace, within
+// 1/replayShare of MAX_QUEUE_BYTES) and releases it. It reports false, sending
+// nothing, when the member left or does not read.
+func sendPaced(ctx context.Context, c *conn.Conn, fr *conn.Frame) bool {
+	ok := pace(ctx, c, fr.Len(), replayShare)
+	if ok {
+		c.Send(fr)
+	}
+	fr.Release()
+	return ok
 }
 
 // goLive switches a replaying member to live delivery once its replay
@@ -277,9 +307,9 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 // meanwhile (the replay must read on), and false ok when the replay must
 // stop (the member left, or does not read).
 func (h *Hub) goLive(r *room, c *conn.Conn, s *session, cursor stream.ID) (live, ok bool) {
-	// Room for the held messages (at most half the queue) on top of a
-	// quarter.
-	if !pace(s.ctx, c, 0, 4) {
+	// Room for the held messages (at most 1/replayShare of the queue) on
+	// top of 1/switchShare.
+	if !pace(s.ctx, c, 0, switchShare) {
 		return false, false
 	}
 	r.mu.Lock()
@@ -330,7 +360,7 @@ func entryFrame(s *session, m stream.Message) *conn.Frame {
 
 // pace waits until c's queue can take size more bytes and stay within
 // 1/div of MAX_QUEUE_BYTES (an empty queue takes anything). It reports
-// false when the member left (ctx ended) or the queue did not drain
+// false when the member left (ctx ended) or the queue did not empty
 // within replayStall: the client does not read, and is closed as a slow
 // consumer.
 func pace(ctx context.Context, c *conn.Conn, size, div int) bool {

@@ -236,14 +236,14 @@ func TestOptionsRideInTheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := options{flags: optIDs | optHistory | optPresence, history: 7}
-	if name, user := splitKey(key); name != "r" || user != "" || keyOptions(key) != want {
-		t.Fatalf("key %q: room %q, user %q, options %+v; want r, none, %+v", key, name, user, keyOptions(key), want)
+	if name, user := splitConnKey(key); name != "r" || user != "" || connKeyOptions(key) != want {
+		t.Fatalf("key %q: room %q, user %q, options %+v; want r, none, %+v", key, name, user, connKeyOptions(key), want)
 	}
-	withUser := withOptions("r"+keySep+`"ana"`, want)
-	if name, user := splitKey(withUser); name != "r" || user != `"ana"` || keyOptions(withUser) != want {
-		t.Fatalf("key %q: room %q, user %q, options %+v", withUser, name, user, keyOptions(withUser))
+	withUser := withOptions("r"+connKeySep+`"ana"`, want)
+	if name, user := splitConnKey(withUser); name != "r" || user != `"ana"` || connKeyOptions(withUser) != want {
+		t.Fatalf("key %q: room %q, user %q, options %+v", withUser, name, user, connKeyOptions(withUser))
 	}
-	if keyOptions("r"+keySep+`"ana"`) != (options{}) {
+	if connKeyOptions("r"+connKeySep+`"ana"`) != (options{}) {
 		t.Fatal("a key with a username and no options has options")
 	}
 	_, err = h.Route([]byte("/ws/chat/r/?since=nope"))
@@ -265,7 +265,7 @@ func TestNewFrames(t *testing.T) {
 		{"truncated, nothing held", string(appendTruncated(nil, stream.ID{Ms: 5}, stream.ID{}, false)), `{"truncated":{"since":"5-0"}}`},
 		{"presence", string(appendPresence(nil, 42)), `{"presence":{"members":42}}`},
 		{"error with cid", string(appendError(nil, errUnconfirmed, `"abc"`)), `{"error":"unconfirmed","cid":"abc","detail":"` + errUnconfirmed.detail + `"}`},
-		{"error, field and cid", string(appendError(nil, errMissingMessage, `"abc"`)), `{"error":"missing_field","field":"message","cid":"abc","detail":"message has no \"message\" key"}`},
+		{"error, field and cid", string(appendError(nil, &errMissingMessage.errorFrame, `"abc"`)), `{"error":"missing_field","field":"message","cid":"abc","detail":"message has no \"message\" key"}`},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, tc.got, tc.want)
