@@ -3,9 +3,6 @@ package conn
 import (
 	"encoding/binary"
 	"errors"
-	"math/bits"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -19,70 +16,6 @@ const maxControlPayload = 125
 // length and the masking key (RFC 6455 5.2).
 const maxFrameHeader = 14
 
-// Buffers come in power-of-two size classes, from minBuffer to
-// maxPooledBuffer, each with its own pool: a connection that holds a few
-// bytes of an unfinished message gets a small buffer, never one a large
-// message left in a shared pool.
-const (
-	minBufferShift  = 9 // 512 B
-	maxBufferShift  = 18
-	minBuffer       = 1 << minBufferShift
-	maxPooledBuffer = 1 << maxBufferShift // larger buffers are not kept for reuse
-)
-
-// buffer is a pooled byte slice. A connection holds one only while a frame
-// or a fragmented message is incomplete, so idle connections hold none.
-type buffer struct{ b []byte }
-
-var bufferPools [maxBufferShift - minBufferShift + 1]sync.Pool
-
-// bufferClass returns the index of the smallest class that holds n bytes;
-// it is len(bufferPools) or more for buffers too large to pool.
-func bufferClass(n int) int {
-	if n <= minBuffer {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minBufferShift
-}
-
-// getBuffer returns an empty buffer with room for at least n bytes.
-func getBuffer(n int) *buffer {
-	k := bufferClass(n)
-	if k >= len(bufferPools) {
-		return &buffer{b: make([]byte, 0, n)}
-	}
-	if b, ok := bufferPools[k].Get().(*buffer); ok {
-		return b
-	}
-	return &buffer{b: make([]byte, 0, 1<<(k+minBufferShift))}
-}
-
-// release returns the buffer to the pool of its size class.
-func (b *buffer) release() {
-	c := cap(b.b)
-	if c > maxPooledBuffer || c < minBuffer {
-		return
-	}
-	b.b = b.b[:0]
-	bufferPools[bits.Len(uint(c))-1-minBufferShift].Put(b)
-}
-
-// appendBuffer appends data to b, moving the bytes to a buffer of the
-// next size class that fits when b is full; b may be nil.
-func appendBuffer(b *buffer, data []byte) *buffer {
-	if b == nil {
-		b = getBuffer(len(data))
-	} else if n := len(b.b) + len(data); n > cap(b.b) {
-		nb := getBuffer(n)
-		nb.b = append(nb.b, b.b...)
-		b.release()
-		b = nb
-	}
-	b.b = append(b.b, data...)
-	return b
-}
-
-// maxPartialPerConn bounds the buffer capacity one connection's reader
 // holds with messages of at most max bytes: an unfinished message of at
 // most max bytes, one incomplete frame (a data frame whose payload fits
 // in what the message has left, or a control frame) and, as buffers grow
@@ -466,92 +399,4 @@ func checkClosePayload(p []byte) error {
 		return ErrInvalidUTF8
 	}
 	return nil
-}
-
-// Frame is one encoded server frame, shared by every connection it is sent
-// to: a message is encoded once however many members receive it. Frames
-// are pooled and reference-counted; whoever creates one with NewTextFrame
-// calls Release once it has handed it to every Send.
-type Frame struct {
-	buf    []byte
-	refs   atomic.Int32
-	static bool // never released (pre-encoded pings)
-}
-
-var framePool = sync.Pool{New: func() any { return new(Frame) }}
-
-// NewTextFrame encodes payload as one unmasked, final text frame. The
-// caller holds one reference and must call Release.
-func NewTextFrame(payload []byte) *Frame {
-	return newFrame(ws.OpText, payload)
-}
-
-func newFrame(op ws.OpCode, payload []byte) *Frame {
-	f := framePool.Get().(*Frame)
-	f.refs.Store(1)
-	f.buf = appendFrame(f.buf[:0], op, payload)
-	return f
-}
-
-// appendFrame appends an unmasked final frame of op and payload to b.
-func appendFrame(b []byte, op ws.OpCode, payload []byte) []byte {
-	n := len(payload)
-	switch {
-	case n < 126:
-		b = append(b, 0x80|byte(op), byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|byte(op), 126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|byte(op), 127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	return append(b, payload...)
-}
-
-// Len returns the encoded size of the frame in bytes.
-func (f *Frame) Len() int { return len(f.buf) }
-
-func (f *Frame) retain() {
-	if !f.static {
-		f.refs.Add(1)
-	}
-}
-
-// Release drops one reference; the last one returns the frame to the pool.
-func (f *Frame) Release() {
-	if f.static || f.refs.Add(-1) != 0 {
-		return
-	}
-	if cap(f.buf) > maxPooledBuffer {
-		f.buf = nil
-	}
-	framePool.Put(f)
-}
-
-// NewStaticFrame encodes a frame that is never released, for constant
-// frames such as pings and fixed error messages. Release does nothing on it.
-func NewStaticFrame(op ws.OpCode, payload []byte) *Frame {
-	return &Frame{buf: appendFrame(nil, op, payload), static: true}
-}
-
-// NewStaticText encodes payload as a final text frame that is never
-// released (NewStaticFrame with ws.OpText), for fixed messages such as
-// the error frames of a protocol; its users need not import gobwas/ws.
-func NewStaticText(payload []byte) *Frame {
-	return NewStaticFrame(ws.OpText, payload)
-}
-
-// closeFrame encodes the close frame for ce (an empty one for nil).
-func closeFrame(ce *CloseError) *Frame {
-	if ce == nil {
-		return newFrame(ws.OpClose, nil)
-	}
-	reason := ce.Reason
-	if len(reason) > maxControlPayload-2 {
-		reason = reason[:maxControlPayload-2]
-		for !utf8.ValidString(reason) { // never cut a character in two
-			reason = reason[:len(reason)-1]
-		}
-	}
-	return newFrame(ws.OpClose, ws.NewCloseFrameBody(ce.Code, reason))
 }
