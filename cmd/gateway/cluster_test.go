@@ -81,7 +81,7 @@ func TestNodesShareRooms(t *testing.T) {
 		for i := range sendersC {
 			sendersC[i] = nodes[i%3].dial(t, "x-order")
 		}
-		// Senders receive each other's messages: drain them so nothing
+		// Senders receive each other's messages: read them so nothing
 		// backs up.
 		for _, s := range sendersC {
 			go func() {

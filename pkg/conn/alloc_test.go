@@ -57,8 +57,8 @@ func flushAll(l *loop) {
 	}
 }
 
-// drainPeers reads what the connections wrote, into one buffer.
-func drainPeers(t *testing.T, peers []int, buf []byte) {
+// readPeers reads what the connections wrote, into one buffer.
+func readPeers(t *testing.T, peers []int, buf []byte) {
 	for _, fd := range peers {
 		for {
 			n, err := rawRead(fd, buf)
@@ -113,7 +113,7 @@ func TestSendFlushAllocs(t *testing.T) {
 		c.Send(pingFrame)
 		f.Release()
 		flushAll(l)
-		drainPeers(t, peers, buf)
+		readPeers(t, peers, buf)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per Send and flush, want 0", allocs)
@@ -131,7 +131,7 @@ func TestFanOutAllocs(t *testing.T) {
 		}
 		f.Release()
 		flushAll(l)
-		drainPeers(t, peers, buf)
+		readPeers(t, peers, buf)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per fan-out to %d connections, want 0", allocs, len(conns))

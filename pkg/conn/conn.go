@@ -17,12 +17,12 @@ import (
 // Handler's callbacks for one Conn are all made from its event loop, one
 // at a time.
 type Conn struct {
-	id     uint64
-	fd     int
-	loop   *loop
-	key    string
-	remote netip.AddrPort
-	slot   int // Handler's bookkeeping, see SetSlot
+	id       uint64
+	fd       int
+	loop     *loop
+	routeKey string // Handler.Route's answer: Key
+	remote   netip.AddrPort
+	slot     int // Handler's bookkeeping, see SetSlot
 
 	// Owned by the event loop.
 	state        connState
@@ -72,9 +72,9 @@ const (
 // per-process base plus a counter).
 func (c *Conn) ID() uint64 { return c.id }
 
-// Key returns what Handler.Route returned for this connection's request,
-// such as the room it joined.
-func (c *Conn) Key() string { return c.key }
+// Key returns the route key of the connection: what Handler.Route
+// returned for its request, such as the room it joined.
+func (c *Conn) Key() string { return c.routeKey }
 
 // Remote returns the client's address: the peer's, or the client a
 // trusted proxy named (proxy.go).

@@ -91,7 +91,7 @@ func (l *loop) release(c *Conn, cause error) {
 		c.mu.Lock()
 		c.flushLocked() // what can still go, such as the close frame, goes
 		c.mu.Unlock()
-		drain(c.fd, l.buf) // FIN after what the client still has to read, not RST
+		discardInput(c.fd, l.buf) // FIN after what the client still has to read, not RST
 	}
 	fd := c.fd
 	wasOpen := l.detach(c)

@@ -154,7 +154,7 @@ func (s *Server) releaseIP(c *Conn) {
 func refuse(fd int, reason string) {
 	_, _ = unix.Write(fd, errorResponse(http.StatusServiceUnavailable, reason))
 	var buf [2048]byte
-	drain(fd, buf[:])
+	discardInput(fd, buf[:])
 	unix.Close(fd)
 }
 
@@ -218,11 +218,11 @@ func errorResponse(status int, reason string) []byte {
 	return b
 }
 
-// drain reads and drops what a non-blocking socket holds, so that closing
+// discardInput reads and drops what a non-blocking socket holds, so that closing
 // it sends FIN after the bytes queued to the client rather than RST,
 // which could discard them. It reads two buffers at most: a client that
 // is still flooding gets RST.
-func drain(fd int, buf []byte) {
+func discardInput(fd int, buf []byte) {
 	for range 2 {
 		n, err := rawRead(fd, buf)
 		if err != nil || n < len(buf) {

@@ -60,12 +60,12 @@ type loop struct {
 	wakeup     bool
 
 	// Handshake state, valid during one call of upgrade (upgrade.go).
-	up        ws.Upgrader
-	hsKey     string
-	hsResp    bytes.Buffer
-	hsCounted bool   // the refusal was counted by the check that made it
-	hsXFF     []byte // X-Forwarded-For values of a trusted proxy's request
-	hsFwd     []byte // Forwarded values of a trusted proxy's request
+	up         ws.Upgrader
+	hsRouteKey string // what Handler.Route returned
+	hsResp     bytes.Buffer
+	hsCounted  bool   // the refusal was counted by the check that made it
+	hsXFF      []byte // X-Forwarded-For values of a trusted proxy's request
+	hsFwd      []byte // Forwarded values of a trusted proxy's request
 
 	queued atomic.Int64 // bytes queued for the loop's connections (Stats.QueuedBytes)
 }

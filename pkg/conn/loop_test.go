@@ -313,7 +313,7 @@ func TestSlowReaderGetsCloseFrame(t *testing.T) {
 		c.Send(f)
 		f.Release()
 		if !full {
-			testutil.Eventually(t, "the queue to drain or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
+			testutil.Eventually(t, "the queue to empty or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
 		}
 	}
 	c.mu.Lock()

@@ -67,9 +67,9 @@ func (l *loop) wakeLocked() {
 
 // servePosts runs the requests posted since the last round.
 func (l *loop) servePosts() {
-	// Drain the eventfd before taking the lists, never after: a request
+	// Clear the eventfd before taking the lists, never after: a request
 	// posted in between would find wakeup set, write nothing, and wait in
-	// the list with the eventfd already drained (a lost wakeup).
+	// the list with the eventfd already cleared (a lost wakeup).
 	if l.efdReady {
 		l.efdReady = false
 		var b [8]byte
@@ -99,7 +99,7 @@ func (l *loop) servePosts() {
 		case reqComplete:
 			l.complete(p.c, p.err)
 		case reqDrain:
-			l.drain(p.n)
+			l.closeNewest(p.n)
 		case reqShutdown:
 			l.stopping = true
 			for _, c := range append([]*Conn(nil), l.conns...) {
@@ -120,9 +120,9 @@ func (l *loop) servePosts() {
 	}
 }
 
-// drain starts the close of up to n open WebSocket connections, newest
-// first, with 1001.
-func (l *loop) drain(n int) {
+// closeNewest starts the close of up to n open WebSocket connections,
+// newest first, with 1001: one batch of Server.Drain.
+func (l *loop) closeNewest(n int) {
 	for i := len(l.conns) - 1; i >= 0 && n > 0; i-- {
 		if c := l.conns[i]; c.websocket && c.state == stateOpen {
 			c.Close(ErrShutdown)

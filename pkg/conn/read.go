@@ -75,7 +75,7 @@ func (l *loop) read(c *Conn) {
 			l.frames(c, data)
 		}
 		if c.state == stateClosed || c.rd.paused || n < len(l.buf) && !c.hup {
-			return // a short read drained the socket (edge-triggered)
+			return // a short read emptied the socket (edge-triggered)
 		}
 	}
 	l.readNext(c)

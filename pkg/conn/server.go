@@ -30,11 +30,11 @@ var ErrPending = errors.New("conn: open pending")
 // a slow Handler delays every connection of that loop.
 type Handler interface {
 	// Route is called with the request URI of an upgrade request under
-	// Config.WSPrefix. It returns the key the connection will carry
-	// (Conn.Key), such as the room it joins, or an error that refuses the
+	// Config.WSPrefix. It returns the route key the connection will
+	// carry (Conn.Key), such as the room it joins, or an error that refuses the
 	// upgrade: a *HandshakeError chooses the HTTP status, any other error
 	// answers 400.
-	Route(uri []byte) (key string, err error)
+	Route(uri []byte) (routeKey string, err error)
 	// OnOpen is called once the request is valid, before the 101 response
 	// is written: frames sent to c from now on reach the client after the
 	// response. An error refuses the upgrade (503 unless it is a

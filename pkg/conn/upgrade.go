@@ -94,7 +94,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		l.toHTTP(c)
 		return
 	}
-	l.hsKey, l.hsCounted = "", false
+	l.hsRouteKey, l.hsCounted = "", false
 	l.hsXFF, l.hsFwd = l.hsXFF[:0], l.hsFwd[:0]
 	l.hsResp.Reset()
 	l.cur = c
@@ -226,11 +226,11 @@ func requestPath(req []byte) []byte {
 }
 
 func (l *loop) onRequest(uri []byte) error {
-	key, err := l.srv.handler.Route(uri)
+	routeKey, err := l.srv.handler.Route(uri)
 	if err != nil {
 		return rejection(err, http.StatusBadRequest)
 	}
-	l.hsKey = key
+	l.hsRouteKey = routeKey
 	return nil
 }
 
@@ -274,7 +274,7 @@ func appendList(b, value []byte) []byte {
 
 func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c := l.cur
-	c.key = l.hsKey
+	c.routeKey = l.hsRouteKey
 	s := l.srv
 	if c.anonymous && (len(l.hsXFF) > 0 || len(l.hsFwd) > 0) {
 		if a, ok := s.proxies.forwardedClient(string(l.hsXFF), string(l.hsFwd)); ok {
