@@ -62,7 +62,7 @@ type connState uint8
 
 const (
 	stateHandshake connState = iota
-	stateJoining             // upgrade valid, waiting for Conn.Complete (ErrPending)
+	stateJoining             // upgrade valid, waiting for Conn.Complete (OpenPending)
 	stateOpen
 	stateClosing // close frame queued; waiting for it to flush and for EOF
 	stateClosed
@@ -95,7 +95,7 @@ func (c *Conn) SetSlot(i int) { c.slot = i }
 func (c *Conn) Slot() int { return c.slot }
 
 // Complete completes an upgrade for which Handler.OnOpen returned
-// ErrPending. With a nil err the 101 response is written, frames sent to c
+// OpenPending. With a nil err the 101 response is written, frames sent to c
 // since OnOpen follow it, and the connection is open. Otherwise the client
 // gets an HTTP error response (the status of a *HandshakeError, else 503
 // with Retry-After) and the socket is closed, without OnClose. It may be

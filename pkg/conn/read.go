@@ -1,7 +1,6 @@
 package conn
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/gobwas/ws"
@@ -12,9 +11,6 @@ import (
 // in one round before serving the others; the rest is read in the next
 // round.
 const readsPerWake = 4
-
-// errStop stops the reader after a frame that closed or released its connection.
-var errStop = errors.New("conn: stop reading")
 
 // startRound starts a round of reads: it returns the connections left
 // with data last round, to be read after this round's events with what
@@ -93,22 +89,23 @@ func (l *loop) readNext(c *Conn) {
 func (l *loop) frames(c *Conn, data []byte) {
 	l.cur = c
 	c.rd.now = l.now
-	l.fed(c, c.rd.feed(data, l.emit))
+	res, err := c.rd.feed(data, l.emit)
+	l.fed(c, res, err)
 }
 
-// fed handles the outcome of feeding c's reader, l.cur.
-func (l *loop) fed(c *Conn, err error) {
+// fed handles the outcome of feeding c's reader, l.cur: res, or the
+// protocol violation err.
+func (l *loop) fed(c *Conn, res readResult, err error) {
 	l.cur = nil
 	if c.state == stateClosed {
 		return // the client answered our close frame
 	}
-	if err == errPause {
+	if res == readPause {
 		l.pause(c)
-		err = nil
 	}
 	over := l.account(c)
 	switch {
-	case err == nil || err == errStop:
+	case err == nil:
 		if over && c.state == stateOpen {
 			l.limit(c, ErrServerBusy)
 		}
@@ -168,26 +165,26 @@ func (l *loop) account(c *Conn) bool {
 }
 
 // onFrame handles one complete message or control frame of l.cur.
-func (l *loop) onFrame(op ws.OpCode, payload []byte) error {
+func (l *loop) onFrame(op ws.OpCode, payload []byte) readResult {
 	c := l.cur
 	if c.state == stateClosing {
 		if op == ws.OpClose { // the answer to our close frame
 			l.release(c, c.cause)
-			return errStop
+			return readStop
 		}
-		return nil // discard frames in flight
+		return readOn // discard frames in flight
 	}
 	switch op {
 	case ws.OpText:
 		if wait := l.srv.handler.OnMessage(c, payload); wait > 0 {
 			l.wait = int64(wait)
-			return errPause
+			return readPause
 		}
 		c.mu.Lock()
 		closing := c.closing
 		c.mu.Unlock()
 		if closing {
-			return errStop
+			return readStop
 		}
 	case ws.OpPing:
 		f := newFrame(ws.OpPong, payload)
@@ -199,7 +196,7 @@ func (l *loop) onFrame(op ws.OpCode, payload []byte) error {
 			code, _ = ws.ParseCloseFrameDataUnsafe(payload)
 		}
 		c.Close(fmt.Errorf("%w: %w", ErrPeerClosed, &CloseError{Code: code}))
-		return errStop
+		return readStop
 	}
-	return nil
+	return readOn
 }

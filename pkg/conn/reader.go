@@ -2,7 +2,6 @@ package conn
 
 import (
 	"encoding/binary"
-	"errors"
 	"time"
 	"unicode/utf8"
 
@@ -34,9 +33,9 @@ func maxPartialPerConn(max int) int {
 // each in a buffer of at most twice its length (maxPartialPerConn).
 //
 // Pausing. The reader stops at a frame it may not take yet: over the frame
-// rate, or a text message the emit function declines for now (errPause).
+// rate, or a text message the emit function declines for now (readPause).
 // It keeps that frame and everything after it, masked as it arrived, in
-// in (paused set), and feed returns errPause; resume feeds them again.
+// in (paused set), and feed returns readPause; resume feeds them again.
 // The caller reads nothing more from the client meanwhile, so TCP flow
 // control slows the client down: nothing is dropped, order is kept.
 type frameReader struct {
@@ -58,9 +57,22 @@ type frameReader struct {
 	tolerance int64
 }
 
-// errPause is returned by feed and resume when the reader paused, and by
-// an emit function that declines a text message for now.
-var errPause = errors.New("conn: reading paused")
+// readResult is what an emit function tells the reader after a frame, and
+// what feed and resume tell their caller: read on, stop, or pause. Errors
+// are kept for protocol violations; these are not errors.
+type readResult uint8
+
+const (
+	// readOn: go on with the next frame (feed and resume: all of data was
+	// taken or kept).
+	readOn readResult = iota
+	// readStop: the frame closed or released the connection; the reader
+	// parses nothing more of this read.
+	readStop
+	// readPause: the reader paused at a frame, over the frame rate or a
+	// text message the emit function declined for now; resume later.
+	readPause
+)
 
 // frameWait returns how long a reader paused at the frame rate must wait
 // before the next frame fits.
@@ -79,20 +91,21 @@ func (r *frameReader) setRate(rate, burst int) {
 
 // emitFunc receives one complete text message (OpText) or control frame
 // (OpPing, OpPong, OpClose). The payload is valid only during the call.
-// Returning an error stops the reader, which returns that error;
-// returning errPause for a text message pauses the reader at it: the
-// message is emitted again, whole, after resume.
-type emitFunc func(op ws.OpCode, payload []byte) error
+// Returning readStop stops the reader, which returns readStop; returning
+// readPause for a text message pauses the reader at it: the message is
+// emitted again, whole, after resume.
+type emitFunc func(op ws.OpCode, payload []byte) readResult
 
 // feed parses data, the next bytes read from the client, and calls emit
 // for every complete message and control frame. It unmasks payloads in
 // place, so data is modified. The bytes of an incomplete frame are kept
 // until the next call.
 //
-// When the reader pauses it returns errPause and keeps the bytes from the
-// frame it stopped at (see frameReader); feed must not be called again
-// before resume.
-func (r *frameReader) feed(data []byte, emit emitFunc) error {
+// A protocol violation is returned as an error (close.go). When the reader
+// pauses it returns readPause and keeps the bytes from the frame it
+// stopped at (see frameReader); feed must not be called again before
+// resume.
+func (r *frameReader) feed(data []byte, emit emitFunc) (readResult, error) {
 	r.completed = false
 	// Finish the frame kept from the last read first, taking from data
 	// only the bytes it lacks: the kept buffer never holds more than it.
@@ -100,10 +113,10 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 		take := min(frameMissing(r.in.b), len(data))
 		r.in = appendBuffer(r.in, data[:take])
 		data = data[take:]
-		n, err := r.next(r.in.b, emit)
-		if err == errPause {
+		n, res, err := r.next(r.in.b, emit)
+		if res == readPause {
 			r.pause(data) // in keeps the frame, the rest follows it
-			return err
+			return res, nil
 		}
 		if n > 0 || err != nil {
 			// Consumed, or never to be: after an error the reader starts
@@ -111,26 +124,26 @@ func (r *frameReader) feed(data []byte, emit emitFunc) error {
 			// for the close frame).
 			r.releaseIn()
 		}
-		if err != nil {
-			return err
+		if err != nil || res == readStop {
+			return res, err
 		}
 	}
 	for len(data) > 0 {
-		n, err := r.next(data, emit)
-		if err == errPause {
+		n, res, err := r.next(data, emit)
+		if res == readPause {
 			r.pause(data)
-			return err
+			return res, nil
 		}
-		if err != nil {
-			return err
+		if err != nil || res == readStop {
+			return res, err
 		}
 		if n == 0 {
 			r.in = appendBuffer(nil, data)
-			return nil
+			return readOn, nil
 		}
 		data = data[n:]
 	}
-	return nil
+	return readOn, nil
 }
 
 // pause keeps rest, the bytes after the frame the reader stopped at (in
@@ -141,12 +154,12 @@ func (r *frameReader) pause(rest []byte) {
 }
 
 // resume feeds the bytes kept by a pause again; it may pause again.
-func (r *frameReader) resume(emit emitFunc) error {
+func (r *frameReader) resume(emit emitFunc) (readResult, error) {
 	b := r.in
 	r.in, r.paused = nil, false
-	err := r.feed(b.b, emit) // copies what it keeps before b goes back to its pool
+	res, err := r.feed(b.b, emit) // copies what it keeps before b goes back to its pool
 	b.release()
-	return err
+	return res, err
 }
 
 // dropPaused forgets the bytes kept by a pause (a closing connection's
@@ -229,146 +242,180 @@ func (r *frameReader) releaseMsg() {
 	}
 }
 
-// next parses the frame at the start of b. It returns the number of bytes
-// the frame took, or 0 when b does not hold the whole frame yet. Header
-// fields are checked as soon as they arrive, so a bad or oversized frame is
-// refused before its payload is read.
-func (r *frameReader) next(b []byte, emit emitFunc) (int, error) {
+// frameHeader is what next needs of a frame's header.
+type frameHeader struct {
+	op  ws.OpCode
+	fin bool
+	hn  int // header length, the masking key included
+	n   int // frame length: header and payload
+}
+
+// header checks the header of the frame at the start of b as far as b
+// holds it, so that a bad or oversized frame is refused before its
+// payload is read. It reports whether b holds the whole frame.
+func (r *frameReader) header(b []byte) (h frameHeader, whole bool, err error) {
 	if len(b) < 2 {
-		return 0, nil
+		return h, false, nil
 	}
-	fin := b[0]&0x80 != 0
-	op := ws.OpCode(b[0] & 0x0f)
+	h.fin = b[0]&0x80 != 0
+	h.op = ws.OpCode(b[0] & 0x0f)
 	length := uint64(b[1] & 0x7f)
 	switch {
 	case b[0]&0x70 != 0:
-		return 0, ErrReservedBits
-	case op.IsReserved():
-		return 0, ErrReservedOpcode
+		return h, false, ErrReservedBits
+	case h.op.IsReserved():
+		return h, false, ErrReservedOpcode
 	case b[1]&0x80 == 0:
-		return 0, ErrUnmasked
-	case op.IsControl():
-		if !fin || length > maxControlPayload {
-			return 0, ErrBadControl
+		return h, false, ErrUnmasked
+	case h.op.IsControl():
+		if !h.fin || length > maxControlPayload {
+			return h, false, ErrBadControl
 		}
-	case op == ws.OpContinuation:
+	case h.op == ws.OpContinuation:
 		if !r.fragmented {
-			return 0, ErrBadContinuation
+			return h, false, ErrBadContinuation
 		}
 	case r.fragmented:
-		return 0, ErrBadContinuation
-	case op == ws.OpBinary:
-		return 0, ErrBinary
+		return h, false, ErrBadContinuation
+	case h.op == ws.OpBinary:
+		return h, false, ErrBinary
 	}
 
-	hn := 2
+	h.hn = 2
 	switch length {
 	case 126:
 		if len(b) < 4 {
-			return 0, nil
+			return h, false, nil
 		}
-		length, hn = uint64(binary.BigEndian.Uint16(b[2:])), 4
+		length, h.hn = uint64(binary.BigEndian.Uint16(b[2:])), 4
 	case 127:
 		if len(b) < 10 {
-			return 0, nil
+			return h, false, nil
 		}
-		length, hn = binary.BigEndian.Uint64(b[2:]), 10
+		length, h.hn = binary.BigEndian.Uint64(b[2:]), 10
 		if length>>63 != 0 {
-			return 0, ErrBadLength
+			return h, false, ErrBadLength
 		}
 	}
-	if !op.IsControl() && length > uint64(r.max-r.msgLen()) {
-		return 0, ErrTooLarge
+	if !h.op.IsControl() && length > uint64(r.max-r.msgLen()) {
+		return h, false, ErrTooLarge
 	}
-	hn += 4 // masking key
-	if len(b) < hn || uint64(len(b)-hn) < length {
-		return 0, nil
+	h.hn += 4 // masking key
+	if len(b) < h.hn || uint64(len(b)-h.hn) < length {
+		return h, false, nil
 	}
-	if r.interval > 0 && !r.discard {
-		if r.tat < r.now {
-			r.tat = r.now
-		}
-		if r.tat-r.now > r.tolerance {
-			return 0, errPause // FRAME_RATE: read on when the bucket allows
-		}
-		r.tat += r.interval
-	}
-	n := hn + int(length)
-	payload := b[hn:n]
-	mask := [4]byte(b[hn-4 : hn])
+	h.n = h.hn + int(length)
+	return h, true, nil
+}
 
-	switch op {
+// next parses the frame at the start of b. It returns the number of bytes
+// the frame took, or 0 when b does not hold the whole frame yet, when the
+// frame is refused (err) or when the reader pauses at it (readPause).
+func (r *frameReader) next(b []byte, emit emitFunc) (int, readResult, error) {
+	h, whole, err := r.header(b)
+	if !whole {
+		return 0, readOn, err
+	}
+	if !r.take() {
+		return 0, readPause, nil // FRAME_RATE: read on when the bucket allows
+	}
+	payload := b[h.hn:h.n]
+	mask := [4]byte(b[h.hn-4 : h.hn])
+	switch h.op {
 	case ws.OpText:
-		if !fin {
-			r.fragmented = true
-			if !r.discard {
-				ws.Cipher(payload, mask, 0)
-				r.msg = appendBuffer(nil, payload)
-			}
-			return n, nil
-		}
-		if r.discard {
-			r.completed = true
-			return n, nil
-		}
-		ws.Cipher(payload, mask, 0)
-		if !utf8.Valid(payload) {
-			return 0, ErrInvalidUTF8
-		}
-		if err := emit(ws.OpText, payload); err != nil {
-			if err == errPause {
-				ws.Cipher(payload, mask, 0) // as it arrived, to be read again
-				r.untake()
-				return 0, err
-			}
-			r.completed = true
-			return n, err
-		}
-		r.completed = true
-		return n, nil
+		return r.text(h, payload, mask, emit)
 	case ws.OpContinuation:
-		if r.discard {
-			if fin {
-				r.fragmented, r.completed = false, true
-			}
-			return n, nil
-		}
-		ws.Cipher(payload, mask, 0)
-		before := r.msgLen()
-		r.msg = appendBuffer(r.msg, payload)
-		if !fin {
-			return n, nil
-		}
-		msg := r.msg
-		r.msg, r.fragmented = nil, false
-		if !utf8.Valid(msg.b) {
-			msg.release()
-			return 0, ErrInvalidUTF8
-		}
-		if err := emit(ws.OpText, msg.b); err == errPause {
-			// Back to the fragments before this frame, which is read
-			// again as it arrived.
-			msg.b = msg.b[:before]
-			r.msg, r.fragmented = msg, true
-			ws.Cipher(payload, mask, 0)
-			r.untake()
-			return 0, err
-		} else if err != nil {
-			msg.release()
-			r.completed = true
-			return n, err
-		}
-		msg.release()
-		r.completed = true
-		return n, nil
+		return r.continuation(h, payload, mask, emit)
 	}
 	ws.Cipher(payload, mask, 0)
-	if op == ws.OpClose {
+	if h.op == ws.OpClose {
 		if err := checkClosePayload(payload); err != nil {
-			return 0, err
+			return 0, readOn, err
 		}
 	}
-	return n, emit(op, payload)
+	return h.n, emit(h.op, payload), nil
+}
+
+// take takes the frame rate's token for the next frame. It reports false,
+// taking nothing, when the frame must wait; a closing reader (discard) is
+// not limited.
+func (r *frameReader) take() bool {
+	if r.interval == 0 || r.discard {
+		return true
+	}
+	if r.tat < r.now {
+		r.tat = r.now
+	}
+	if r.tat-r.now > r.tolerance {
+		return false
+	}
+	r.tat += r.interval
+	return true
+}
+
+// text handles a text frame: a whole message, emitted, or the first
+// fragment of one, kept.
+func (r *frameReader) text(h frameHeader, payload []byte, mask [4]byte, emit emitFunc) (int, readResult, error) {
+	if !h.fin {
+		r.fragmented = true
+		if !r.discard {
+			ws.Cipher(payload, mask, 0)
+			r.msg = appendBuffer(nil, payload)
+		}
+		return h.n, readOn, nil
+	}
+	if r.discard {
+		r.completed = true
+		return h.n, readOn, nil
+	}
+	ws.Cipher(payload, mask, 0)
+	if !utf8.Valid(payload) {
+		return 0, readOn, ErrInvalidUTF8
+	}
+	res := emit(ws.OpText, payload)
+	if res == readPause {
+		ws.Cipher(payload, mask, 0) // as it arrived, to be read again
+		r.untake()
+		return 0, res, nil
+	}
+	r.completed = true
+	return h.n, res, nil
+}
+
+// continuation handles a continuation frame: it adds to the fragmented
+// message, and emits the message with its final fragment.
+func (r *frameReader) continuation(h frameHeader, payload []byte, mask [4]byte, emit emitFunc) (int, readResult, error) {
+	if r.discard {
+		if h.fin {
+			r.fragmented, r.completed = false, true
+		}
+		return h.n, readOn, nil
+	}
+	ws.Cipher(payload, mask, 0)
+	before := r.msgLen()
+	r.msg = appendBuffer(r.msg, payload)
+	if !h.fin {
+		return h.n, readOn, nil
+	}
+	msg := r.msg
+	r.msg, r.fragmented = nil, false
+	if !utf8.Valid(msg.b) {
+		msg.release()
+		return 0, readOn, ErrInvalidUTF8
+	}
+	res := emit(ws.OpText, msg.b)
+	if res == readPause {
+		// Back to the fragments before this frame, which is read again
+		// as it arrived.
+		msg.b = msg.b[:before]
+		r.msg, r.fragmented = msg, true
+		ws.Cipher(payload, mask, 0)
+		r.untake()
+		return 0, res, nil
+	}
+	msg.release()
+	r.completed = true
+	return h.n, res, nil
 }
 
 // untake gives back the frame-rate token of a frame read again later.

@@ -20,10 +20,19 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("conn: server closed")
 
-// ErrPending, returned by Handler.OnOpen, defers the decision: the 101
-// response waits until the Handler calls Conn.Complete, so OnOpen never
-// has to block the event loop (for example on a Redis round trip).
-var ErrPending = errors.New("conn: open pending")
+// Opening is how Handler.OnOpen lets an upgrade it does not refuse go on:
+// now, or once the Handler calls Conn.Complete.
+type Opening uint8
+
+const (
+	// OpenNow writes the 101 response at once: the connection is open.
+	OpenNow Opening = iota
+	// OpenPending defers the answer: the 101 response waits until the
+	// Handler calls Conn.Complete, so OnOpen never has to block the event
+	// loop (for example on a Redis round trip). From then on OnClose is
+	// called if the client goes away first.
+	OpenPending
+)
 
 // Handler is what the server calls about connections. All calls for one
 // connection come from its event loop, one at a time, and must not block:
@@ -37,10 +46,10 @@ type Handler interface {
 	Route(uri []byte) (routeKey string, err error)
 	// OnOpen is called once the request is valid, before the 101 response
 	// is written: frames sent to c from now on reach the client after the
-	// response. An error refuses the upgrade (503 unless it is a
-	// *HandshakeError). ErrPending defers the answer to Conn.Complete;
-	// from then on OnClose is called if the client goes away first.
-	OnOpen(c *Conn) error
+	// response. A non-nil error refuses the upgrade (503 unless it is a
+	// *HandshakeError), whatever the Opening; otherwise OpenNow opens the
+	// connection and OpenPending defers the answer to Conn.Complete.
+	OnOpen(c *Conn) (Opening, error)
 	// OnMessage is called with each complete text message, valid UTF-8 of
 	// at most Config.MaxMessageBytes. msg is only valid during the call.
 	// It returns zero once it has taken msg. A positive wait declines msg

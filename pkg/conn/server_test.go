@@ -280,11 +280,11 @@ func newRecorder() *recorder {
 }
 
 func (r *recorder) Route(uri []byte) (string, error) { return string(uri), nil }
-func (r *recorder) OnOpen(c *Conn) error {
+func (r *recorder) OnOpen(c *Conn) (Opening, error) {
 	if r.opened != nil {
 		r.opened <- c
 	}
-	return nil
+	return OpenNow, nil
 }
 
 // OnMessage and OnClose never block the loop: what does not fit in the

@@ -302,15 +302,15 @@ func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c.websocket = true
 	// From here on OnClose must be called: mark the connection open (or
 	// joining) now, while Send still only queues (the 101 is not written).
-	switch err := s.handler.OnOpen(c); {
-	case err == nil:
-		c.state = stateOpen
-	case errors.Is(err, ErrPending):
-		c.state = stateJoining
-	default:
+	switch opening, err := s.handler.OnOpen(c); {
+	case err != nil:
 		c.websocket = false
 		s.stats.websockets.Add(-1)
 		return nil, rejection(err, http.StatusServiceUnavailable)
+	case opening == OpenPending:
+		c.state = stateJoining
+	default:
+		c.state = stateOpen
 	}
 	return nil, nil
 }

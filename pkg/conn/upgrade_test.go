@@ -164,16 +164,16 @@ func TestFramesBehindUpgrade(t *testing.T) {
 	}
 }
 
-// pendingRecorder defers every upgrade (ErrPending) and hands the Conn to
+// pendingRecorder defers every upgrade (OpenPending) and hands the Conn to
 // the test, which completes it.
 type pendingRecorder struct {
 	*recorder
 	pending chan *Conn
 }
 
-func (p *pendingRecorder) OnOpen(c *Conn) error {
+func (p *pendingRecorder) OnOpen(c *Conn) (Opening, error) {
 	p.pending <- c
-	return ErrPending
+	return OpenPending, nil
 }
 
 // TestFramesWhileJoinPending: frames a client sends before its upgrade is
@@ -271,4 +271,4 @@ func TestHandlerRefusalRetryAfter(t *testing.T) {
 
 type refusingHandler struct{ *recorder }
 
-func (refusingHandler) OnOpen(*Conn) error { return errors.New("store down") }
+func (refusingHandler) OnOpen(*Conn) (Opening, error) { return OpenNow, errors.New("store down") }
