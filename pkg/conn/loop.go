@@ -132,7 +132,7 @@ func (l *loop) run() {
 	for {
 		if len(l.again) > 0 {
 			ready(0) // data left to read: do not wait
-		} else if err := l.poll.wait(ready); err == errTick {
+		} else if timedOut, err := l.poll.wait(ready); timedOut {
 			n, errno = 0, 0
 			l.armed = 0 // passed: set it again below
 		} else if err != nil {
@@ -148,28 +148,7 @@ func (l *loop) run() {
 		l.inRound = true // posts from now on are served at the end of this round
 		l.mu.Unlock()
 		again := l.startRound()
-		for i := range n {
-			ev := &events[i]
-			if int(ev.Fd) == l.efd {
-				l.efdReady = true // posted requests are served below
-				continue
-			}
-			c := l.lookup(int(ev.Fd))
-			if c == nil {
-				continue // closed earlier in this batch
-			}
-			if ev.Events&unix.EPOLLOUT != 0 {
-				c.mu.Lock()
-				c.flushLocked()
-				c.mu.Unlock()
-			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				c.hup = true // read to EOF: no event will tell of it again
-			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				l.read(c)
-			}
-		}
+		l.serveEvents(events[:n])
 		l.readAgain(again)
 		l.resumeDue()
 		l.servePosts()
@@ -187,6 +166,35 @@ func (l *loop) run() {
 	}
 }
 
+// serveEvents handles what epoll_wait reported: it notes the eventfd
+// (posted requests are served at the end of the round), writes to the
+// sockets that can take more and reads those with input.
+func (l *loop) serveEvents(events []unix.EpollEvent) {
+	for i := range events {
+		ev := &events[i]
+		if int(ev.Fd) == l.efd {
+			l.efdReady = true // posted requests are served by servePosts
+			continue
+		}
+		c := l.lookup(int(ev.Fd))
+		if c == nil {
+			continue // closed earlier in this batch
+		}
+		if ev.Events&unix.EPOLLOUT != 0 {
+			c.mu.Lock()
+			c.flushLocked()
+			c.mu.Unlock()
+		}
+		if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.hup = true // read to EOF: no event will tell of it again
+		}
+		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			l.read(c)
+		}
+	}
+}
+
+// lookup returns the connection the loop owns on fd, or nil.
 func (l *loop) lookup(fd int) *Conn {
 	if fd < 0 || fd >= len(l.byFD) {
 		return nil

@@ -10,7 +10,7 @@ import (
 )
 
 // TestPollerWait: the poller parks until the epoll descriptor has events
-// and returns errTick once its deadline passes.
+// and reports timedOut once its deadline passes.
 func TestPollerWait(t *testing.T) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -42,8 +42,8 @@ func TestPollerWait(t *testing.T) {
 	if err := p.setDeadline(start.Add(30 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.wait(ready); err != errTick {
-		t.Fatalf("wait with nothing ready = %v, want errTick", err)
+	if timedOut, err := p.wait(ready); !timedOut || err != nil {
+		t.Fatalf("wait with nothing ready = %v, %v; want timedOut", timedOut, err)
 	}
 	if d := time.Since(start); d < 25*time.Millisecond {
 		t.Fatalf("wait returned after %v, before its deadline", d)
@@ -57,8 +57,8 @@ func TestPollerWait(t *testing.T) {
 		one := [8]byte{1}
 		_, _ = rawWrite(efd, one[:])
 	}()
-	if err := p.wait(ready); err != nil {
-		t.Fatalf("wait after an eventfd write = %v", err)
+	if timedOut, err := p.wait(ready); timedOut || err != nil {
+		t.Fatalf("wait after an eventfd write = %v, %v; want events", timedOut, err)
 	}
 	if n != 1 || events[0].Fd != int32(efd) {
 		t.Fatalf("epoll reported %d events %v, want the eventfd", n, events[:n])
