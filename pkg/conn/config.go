@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/fdlimit"
 )
 
 // Config sets the limits of the WebSocket server. A zero field takes its
@@ -127,8 +129,8 @@ type Config struct {
 	// accepted. Empty means any.
 	AllowedOrigins []string `env:"ALLOWED_ORIGINS" help:"comma-separated Origin values accepted for upgrades (https://host[:port], a host name or .domain); others get 403; * accepts any; requests without Origin are accepted; unset: any, or the ALLOWED_HOSTS names in production"`
 	// FileLimit is the process's open-file limit, as RaiseFileLimit
-	// returns it: the server keeps 64 descriptors of it for the process
-	// and refuses (503 at once) connections past the rest, so it never
+	// returns it: the server keeps fdlimit.Reserve descriptors of it for
+	// the process and refuses (503 at once) connections past the rest, so it never
 	// runs out of descriptors. Zero means the soft RLIMIT_NOFILE when
 	// NewServer runs. Tests set a small value to act out exhaustion.
 	FileLimit int
@@ -138,17 +140,14 @@ type Config struct {
 }
 
 // Descriptor budget: what NewServer keeps of Config.FileLimit for other
-// uses than client connections.
-const (
-	// fdReserve descriptors are for the process: listener, epoll and
-	// eventfds, the spare descriptor, Redis, logs, and the dup made when a
-	// connection is handed to the HTTP server.
-	fdReserve = 64
-	// httpReserve descriptors (at most a quarter of the rest) are kept
-	// from MaxConnections for handshakes and plain HTTP, so /healthz
-	// still answers when WebSocket connections are capped.
-	httpReserve = 64
-)
+// uses than client connections; fdlimit.Reserve descriptors are for
+// the process (listener, epoll and eventfds, the spare descriptor, Redis,
+// logs, and the dup made when a connection is handed to the HTTP server).
+//
+// httpReserve descriptors (at most a quarter of the rest) are kept from
+// MaxConnections for handshakes and plain HTTP, so /healthz still answers
+// when WebSocket connections are capped.
+const httpReserve = 64
 
 // Defaulted returns c with every zero field set to the default the
 // server uses for it, without checking anything: what `gateway -h` prints.
@@ -235,11 +234,11 @@ func perIPDefault(websockets int) int { return max(websockets/4, 1000) }
 // and the WebSocket connections it may hold, MaxConnections lowered to
 // fit FileLimit. It fails when FileLimit leaves no room.
 func (c *Config) budget() (sockets, websockets int, err error) {
-	sockets = c.FileLimit - fdReserve
+	sockets = c.FileLimit - fdlimit.Reserve
 	websockets = sockets - min(httpReserve, sockets/4)
 	if sockets < 2 {
 		return 0, 0, fmt.Errorf("conn: the open-file limit (%d) leaves no room for connections; raise it (ulimit -n, or docker run --ulimit nofile=N) to %d or more",
-			c.FileLimit, fdReserve+2)
+			c.FileLimit, fdlimit.Reserve+2)
 	}
 	if c.MaxConnections > 0 {
 		websockets = min(websockets, c.MaxConnections)

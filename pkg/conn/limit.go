@@ -12,7 +12,7 @@ import (
 )
 
 // Connection caps. Serve admits a socket only while the server holds
-// fewer than its descriptor budget (Config.FileLimit less fdReserve) and
+// fewer than its descriptor budget (Config.FileLimit less fdlimit.Reserve) and
 // the client's address fewer than Config.MaxConnectionsPerIP; otherwise
 // the socket is answered 503 with Retry-After at once and closed. The
 // WebSocket cap (Config.MaxConnections, below the budget so that plain
@@ -102,7 +102,7 @@ func (s *Server) admit(addr netip.Addr, proxy bool) (perIP bool, reason string) 
 
 // evictReserve is how many sockets over its budget the server admits
 // while it evicts unfinished heads, taken from the descriptors reserved
-// for the process (fdReserve).
+// for the process (fdlimit.Reserve).
 const evictReserve = 16
 
 // minHeadAge is the youngest unfinished request head evictHead evicts: a

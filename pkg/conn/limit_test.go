@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/chatgw/gateway/internal/fdlimit"
 	"github.com/chatgw/gateway/internal/testutil"
 )
 
@@ -115,7 +116,7 @@ func TestConnectionsPerIP(t *testing.T) {
 func TestDescriptorBudget(t *testing.T) {
 	var logs logBuffer
 	s := startLoggedServer(t, Config{
-		FileLimit:           fdReserve + 100,
+		FileLimit:           fdlimit.Reserve + 100,
 		MaxConnectionsPerIP: 20,
 		MaxConnections:      30,
 		HandshakeTimeout:    time.Minute, // the half-open sockets stay for the whole test
@@ -196,7 +197,7 @@ func TestDescriptorBudget(t *testing.T) {
 // evicted with 503. Before, both got 503.
 func TestJoinAtCapEvictsHeads(t *testing.T) {
 	s := startServer(t, Config{
-		FileLimit:        fdReserve + 40,
+		FileLimit:        fdlimit.Reserve + 40,
 		HandshakeTimeout: time.Minute,
 		HTTPHandler:      healthMux(),
 	}, newRecorder())

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/fdlimit"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -462,15 +464,9 @@ func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
 // returns the new soft limit: roughly the most connections one process can
 // hold, one file descriptor each.
 func RaiseFileLimit() (uint64, error) {
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("conn: getrlimit: %w", err)
+	n, err := fdlimit.Raise()
+	if err != nil {
+		return 0, fmt.Errorf("conn: %w", err)
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, fmt.Errorf("conn: raise open-file limit to %d: %w", rl.Max, err)
-		}
-	}
-	return rl.Cur, nil
+	return n, nil
 }
