@@ -125,7 +125,7 @@ type Server struct {
 	log     *slog.Logger
 	loops   []*loop
 	tick    time.Duration
-	hosts   hostList    // Config.AllowedHosts; nil: any host
+	hosts   HostList    // Config.AllowedHosts
 	origins *originList // Config.AllowedOrigins; nil: any origin
 	perIP   ipLimit     // connections per client address
 	proxies proxyList   // Config.TrustedProxies
@@ -175,7 +175,7 @@ func NewServer(cfg Config, h Handler, logger *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, handler: h, log: logger, lfd: -1, spare: -1, sockets: int64(sockets), accept: accept4, proxies: proxies}
 	s.tick = min(time.Second, cfg.PingInterval/2, cfg.PongTimeout/2, cfg.CloseTimeout/2, cfg.HandshakeTimeout/2, cfg.FragmentTimeout/2)
 	s.tick = max(s.tick, 10*time.Millisecond)
-	s.hosts = newHostList(cfg.AllowedHosts)
+	s.hosts = NewHostList(cfg.AllowedHosts)
 	s.origins, _ = newOriginList(cfg.AllowedOrigins) // checked by setDefaults
 	s.perIP.max = max(cfg.MaxConnectionsPerIP, 0)
 	var b [8]byte
@@ -447,7 +447,7 @@ func (s *Server) closeLoops() {
 
 // hostAllowed checks a Host header against Config.AllowedHosts.
 func (s *Server) hostAllowed(host []byte) bool {
-	return s.hosts.matchHeader(string(host))
+	return s.hosts.Allows(string(host))
 }
 
 func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
