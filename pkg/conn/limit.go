@@ -197,10 +197,10 @@ func accept4(lfd int) (int, unix.Sockaddr, error) {
 
 // warnAccept logs an accept failure at most once a second, with the
 // number of failures since the last line.
-func (s *Server) warnAccept(msg string, err error, backoff time.Duration) {
+func (s *Server) warnAccept(msg string, err error, retryIn time.Duration) {
 	s.failures++
 	if now := time.Now(); now.Sub(s.lastWarned) >= time.Second {
-		s.log.Warn(msg, "err", err, "failures", s.failures, "retry_in", backoff, "open", s.stats.open.Load(), "http", s.stats.http.Load())
+		s.log.Warn(msg, "err", err, "failures", s.failures, "retry_in", retryIn, "open", s.stats.open.Load(), "http", s.stats.http.Load())
 		s.lastWarned, s.failures = now, 0
 	}
 }

@@ -289,7 +289,7 @@ func upgradeAfterRecovery(t *testing.T, s *Server) {
 }
 
 // TestAcceptBackoff: when even the spare descriptor does not help (another
-// thread took it), Serve backs off, doubling from 5 ms, and logs the
+// thread took it), Serve backs off as acceptBackoff says, and logs the
 // failures at most once a second; then it recovers.
 func TestAcceptBackoff(t *testing.T) {
 	var logs logBuffer
@@ -318,14 +318,12 @@ func TestAcceptBackoff(t *testing.T) {
 	mu.Lock()
 	got := append([]time.Time(nil), calls[:2*episodes]...)
 	mu.Unlock()
-	backoff := minAcceptBackoff
 	for k := 1; k < episodes; k++ {
 		// Sleeps never end early: the gap before each round is at least
 		// the back-off, whatever the machine's load.
-		if gap := got[2*k].Sub(got[2*k-1]); gap < backoff {
-			t.Fatalf("round %d started %v after the last failure, before its back-off %v", k, gap, backoff)
+		if gap, wait := got[2*k].Sub(got[2*k-1]), acceptBackoff.Wait(k); gap < wait {
+			t.Fatalf("round %d started %v after the last failure, before its back-off %v", k, gap, wait)
 		}
-		backoff *= 2
 	}
 	upgradeAfterRecovery(t, s)
 	if n := strings.Count(logs.String(), "accept failed"); n < 1 || n > 2 {

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/chatgw/gateway/internal/backoff"
 	"github.com/chatgw/gateway/internal/fdlimit"
 )
 
@@ -277,13 +278,10 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// Accept back-off: how long Serve waits after an accept failure it cannot
-// answer (out of memory, or out of descriptors without a spare one),
-// doubling up to the maximum while failures go on.
-const (
-	minAcceptBackoff = 5 * time.Millisecond
-	maxAcceptBackoff = time.Second
-)
+// acceptBackoff is how long Serve waits after an accept failure it cannot
+// answer (out of memory, or out of descriptors without a spare one): Min
+// after the first, doubling up to Max while failures go on.
+var acceptBackoff = backoff.Policy{Min: 5 * time.Millisecond, Max: time.Second}
 
 // Serve accepts connections until Shutdown, then returns ErrServerClosed.
 func (s *Server) Serve() error {
@@ -299,7 +297,7 @@ func (s *Server) Serve() error {
 	s.served = done
 	s.serveMu.Unlock()
 	defer close(done)
-	var backoff time.Duration
+	failed := 0 // accept failures in a row that Serve waited after
 	next := 0
 	for {
 		fd, sa, err := s.accept(s.lfd)
@@ -311,7 +309,7 @@ func (s *Server) Serve() error {
 		}
 		switch err {
 		case nil:
-			backoff = 0
+			failed = 0
 		case unix.EINTR, unix.ECONNABORTED, unix.EAGAIN:
 			continue
 		case unix.EMFILE, unix.ENFILE:
@@ -319,14 +317,15 @@ func (s *Server) Serve() error {
 			// client 503, so it learns why and the backlog empties instead
 			// of the loop spinning on EMFILE.
 			if s.refuseWithSpare() {
-				backoff = 0
+				failed = 0
 				continue
 			}
 			fallthrough
 		case unix.ENOBUFS, unix.ENOMEM:
-			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
-			s.warnAccept("accept failed; retrying", err, backoff)
-			time.Sleep(backoff)
+			failed++
+			wait := acceptBackoff.Wait(failed)
+			s.warnAccept("accept failed; retrying", err, wait)
+			time.Sleep(wait)
 			continue
 		default:
 			return fmt.Errorf("conn: accept: %w", err)
