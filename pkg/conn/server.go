@@ -404,7 +404,7 @@ const drainStep = 100 * time.Millisecond
 // Drain starts a graceful stop without stopping the listener: from now on
 // upgrades are refused with 503 and Retry-After, plain HTTP is still
 // served, and the open WebSocket connections are closed with 1001 in
-// batches spread evenly over window (every 100 ms), so that their clients
+// batches spread evenly over window (one every drainStep), so that their clients
 // do not all reconnect elsewhere at the same instant. It returns when
 // every connection open at the start has been asked to close, or when ctx
 // ends. Shutdown then stops the listener and releases what is left. A
