@@ -206,7 +206,7 @@ func floodConn(c *client, stop <-chan struct{}) error {
 // them, until stop is closed: the flooding client's own cost, without the
 // gateway's.
 func floodSink(addr string, stop <-chan struct{}) error {
-	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	c, err := net.DialTimeout("tcp", addr, testutil.Timeout)
 	if err != nil {
 		return err
 	}
@@ -327,7 +327,7 @@ func (f *flooder) start(t *testing.T) {
 			f.rounds.Add(1)
 		}
 	})
-	deadline := time.After(waitTimeout)
+	deadline := time.After(testutil.Timeout)
 	for f.rounds.Load() == from {
 		select {
 		case err := <-f.errc:
@@ -378,7 +378,7 @@ func discardSink(t *testing.T) string {
 // many messages, one per write, as a flooding connection gets to write
 // before the gateway closes it, then disconnects.
 func floodSinkOnce(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	c, err := net.DialTimeout("tcp", addr, testutil.Timeout)
 	if err != nil {
 		return err
 	}
@@ -521,7 +521,7 @@ func (w *watcher) count() int {
 // waitFor waits until the member received text, and fails if it was
 // closed first.
 func (w *watcher) waitFor(text string) error {
-	deadline := time.After(waitTimeout)
+	deadline := time.After(testutil.Timeout)
 	for {
 		w.mu.Lock()
 		seen, err := w.seen[text], w.err
@@ -579,7 +579,7 @@ func measureLatencyEvery(t *testing.T, sender, receiver *client, phase string, s
 			lat = append(lat, at.Sub(start))
 		case err := <-stop:
 			t.Fatalf("flooder: %v", err)
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatalf("%s: message %d not received", phase, i)
 		}
 		<-tick.C
@@ -727,7 +727,7 @@ func TestOverloadedReply(t *testing.T) {
 	resumed = true
 	// Whatever was queued may be delivered (or answered unconfirmed);
 	// then a new message goes through on the same connection.
-	sender.timeout, peer.timeout = 2*waitTimeout, 2*waitTimeout
+	sender.timeout, peer.timeout = 2*testutil.Timeout, 2*testutil.Timeout
 	testutil.Eventually(t, "every message to be answered", func() bool {
 		h := getStats(t, g).Hub
 		return h.Published+h.Unavailable+h.Unconfirmed >= sent

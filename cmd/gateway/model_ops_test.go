@@ -11,6 +11,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/stream"
 )
 
@@ -269,7 +270,7 @@ func (m *model) restartNode() {
 	select {
 	case code := <-n.g.code:
 		n.g.code <- code // startGateway's cleanup waits for it too
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		m.t.Fatalf("seed %d: node n%d did not stop", m.seed, n.idx)
 	}
 	m.startNode()
@@ -281,7 +282,7 @@ func (m *model) restartNode() {
 		if c.node != n {
 			continue
 		}
-		if !m.waitFor(waitTimeout, func() bool {
+		if !m.waitFor(testutil.Timeout, func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return !c.dialing && (c.joinDone.IsZero() || !c.ended.IsZero())
@@ -306,7 +307,7 @@ func (m *model) reconnect(a *actor) {
 		query = "since=" + since
 	}
 	var c *mconn
-	if !m.waitFor(waitTimeout, func() bool {
+	if !m.waitFor(testutil.Timeout, func() bool {
 		c = m.dial(a, m.pickNode(), query, false)
 		c.resume = true
 		return c.open()

@@ -7,6 +7,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // TestPollerWait: the poller parks until the epoll descriptor has events
@@ -50,7 +52,7 @@ func TestPollerWait(t *testing.T) {
 	}
 
 	// A write from another goroutine wakes the parked wait.
-	if err := p.setDeadline(time.Now().Add(waitTimeout)); err != nil {
+	if err := p.setDeadline(time.Now().Add(testutil.Timeout)); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -72,7 +74,7 @@ func TestTimersRunWhileIdle(t *testing.T) {
 	rec := newRecorder()
 	s := startServer(t, Config{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, rec)
 	nc, br, _ := dialServer(t, s, rec)
-	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	f, err := ws.ReadFrame(br)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +97,7 @@ func TestTimersRunWhileIdle(t *testing.T) {
 		if !errors.Is(cause, ErrPingTimeout) {
 			t.Fatalf("OnClose cause %v, want ErrPingTimeout", cause)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnClose was not called")
 	}
 }

@@ -158,7 +158,7 @@ func TestFramesBehindUpgrade(t *testing.T) {
 			if got != want {
 				t.Fatalf("message %q, want %q", got, want)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatalf("message %q never delivered", want)
 		}
 	}
@@ -189,7 +189,7 @@ func TestFramesWhileJoinPending(t *testing.T) {
 	var c *Conn
 	select {
 	case c = <-h.pending:
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnOpen was not called")
 	}
 	// More frames while the join is pending, then the answer.
