@@ -49,12 +49,7 @@ func flushAll(l *loop) {
 	l.flushes = l.flushSpare[:0]
 	l.flushSpare = flushes
 	l.mu.Unlock()
-	for i, c := range flushes {
-		c.mu.Lock()
-		c.flushLocked()
-		c.mu.Unlock()
-		flushes[i] = nil
-	}
+	flush(flushes)
 }
 
 // readPeers reads what the connections wrote, into one buffer.

@@ -83,12 +83,7 @@ func (l *loop) servePosts() {
 	// From here on a post must wake the loop: it would miss this round.
 	l.wakeup, l.inRound = false, false
 	l.mu.Unlock()
-	for i, c := range flushes {
-		c.mu.Lock()
-		c.flushLocked()
-		c.mu.Unlock()
-		flushes[i] = nil
-	}
+	flush(flushes)
 	for i, p := range posts {
 		posts[i] = posted{}
 		switch p.kind {
@@ -117,6 +112,17 @@ func (l *loop) servePosts() {
 				l.release(l.conns[len(l.conns)-1], ErrShutdown)
 			}
 		}
+	}
+}
+
+// flush writes the queues of conns, the connections that asked for it
+// (flushLater), and clears the list for its reuse.
+func flush(conns []*Conn) {
+	for i, c := range conns {
+		c.mu.Lock()
+		c.flushLocked()
+		c.mu.Unlock()
+		conns[i] = nil
 	}
 }
 
