@@ -39,31 +39,9 @@ func (l *loop) handshake(c *Conn, data []byte) {
 	// HandshakeTimeout bound it.
 	c.rd.in = appendBuffer(c.rd.in, data)
 	if c.fromProxy && !c.proxyRead {
-		// A trusted proxy may start with a PROXY protocol header naming
-		// the client (proxy.go).
-		n, client, need, err := parseProxyHeader(c.rd.in.b)
-		switch {
-		case err != nil:
-			l.reject(c, http.StatusBadRequest, "malformed PROXY protocol header", nil)
+		var done bool
+		if old, done = l.readProxyHeader(c, old); done {
 			return
-		case need && len(c.rd.in.b) <= l.srv.cfg.MaxHeaderBytes:
-			return
-		}
-		c.proxyRead = true
-		if n > 0 {
-			c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, c.rd.in.b[n:])]
-			old = 0
-			if client.IsValid() {
-				if reason := l.srv.setClient(c, client); reason != "" {
-					l.srv.stats.refuse(refusedPerIP)
-					_, _ = unix.Write(c.fd, errorResponse(http.StatusServiceUnavailable, reason))
-					l.release(c, nil)
-					return
-				}
-			}
-			if len(c.rd.in.b) == 0 {
-				return
-			}
 		}
 	}
 	req := c.rd.in.b
@@ -94,6 +72,46 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		l.toHTTP(c)
 		return
 	}
+	l.upgrade(c, head, req[end:])
+}
+
+// readProxyHeader takes off the bytes c holds the PROXY protocol header a
+// trusted proxy may start with, naming the client (proxy.go). old is how
+// many of those bytes were held before this read; it returns that count
+// after the header is gone, and done when this read needs nothing more:
+// the header is incomplete, the connection was refused, or nothing
+// follows the header yet.
+func (l *loop) readProxyHeader(c *Conn, old int) (int, bool) {
+	n, client, need, err := parseProxyHeader(c.rd.in.b)
+	switch {
+	case err != nil:
+		l.reject(c, http.StatusBadRequest, "malformed PROXY protocol header", nil)
+		return old, true
+	case need && len(c.rd.in.b) <= l.srv.cfg.MaxHeaderBytes:
+		return old, true
+	}
+	c.proxyRead = true
+	if n == 0 {
+		return old, false
+	}
+	c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, c.rd.in.b[n:])]
+	if client.IsValid() {
+		if reason := l.srv.setClient(c, client); reason != "" {
+			l.srv.stats.refuse(refusedPerIP)
+			_, _ = unix.Write(c.fd, errorResponse(http.StatusServiceUnavailable, reason))
+			l.release(c, nil)
+			return 0, true
+		}
+	}
+	return 0, len(c.rd.in.b) == 0
+}
+
+// upgrade runs the WebSocket handshake on a complete request head under
+// WSPrefix (gobwas/ws calls onRequest, onHost, onHeader and
+// onBeforeUpgrade, where the Handler answers), then writes the response,
+// or holds it while the Handler's answer is pending. rest is what the
+// client sent behind the head, inside c.rd.in.
+func (l *loop) upgrade(c *Conn, head, rest []byte) {
 	l.hsRouteKey, l.hsCounted = "", false
 	l.hsXFF, l.hsFwd = l.hsXFF[:0], l.hsFwd[:0]
 	l.hsResp.Reset()
@@ -107,7 +125,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		// The Handler answers later (Conn.Complete): hold the response,
 		// and any bytes sent behind the request.
 		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
-		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, req[end:])]
+		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, rest)]
 		if len(c.rd.in.b) == 0 {
 			c.rd.releaseIn()
 		}
@@ -134,7 +152,6 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		return
 	}
 	l.srv.stats.upgraded.Add(1)
-	rest := req[end:]
 	if len(rest) == 0 {
 		c.rd.releaseIn()
 		return
