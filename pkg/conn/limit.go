@@ -29,7 +29,9 @@ type ipLimit struct {
 	n   map[netip.Addr]int32
 }
 
-func ipKey(a netip.Addr) netip.Addr {
+// perIPAddr returns the address a's sockets are counted under: a itself
+// for IPv4, the first address of its /64 for IPv6.
+func perIPAddr(a netip.Addr) netip.Addr {
 	if a.Is6() {
 		p, _ := a.Prefix(64)
 		return p.Addr()
@@ -39,7 +41,7 @@ func ipKey(a netip.Addr) netip.Addr {
 
 // acquire counts one more socket for a, unless a holds max already.
 func (l *ipLimit) acquire(a netip.Addr) bool {
-	k := ipKey(a)
+	k := perIPAddr(a)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.n == nil {
@@ -54,7 +56,7 @@ func (l *ipLimit) acquire(a netip.Addr) bool {
 
 // release counts one socket of a less.
 func (l *ipLimit) release(a netip.Addr) {
-	k := ipKey(a)
+	k := perIPAddr(a)
 	l.mu.Lock()
 	if l.n[k] <= 1 {
 		delete(l.n, k)
@@ -68,7 +70,7 @@ func (l *ipLimit) release(a netip.Addr) {
 func (l *ipLimit) held(a netip.Addr) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return int(l.n[ipKey(a)])
+	return int(l.n[perIPAddr(a)])
 }
 
 // admit decides whether a socket just accepted from addr may be held. It
@@ -95,7 +97,7 @@ func (s *Server) admit(addr netip.Addr, proxy bool) (perIP bool, reason string) 
 	}
 	if !s.perIP.acquire(addr) {
 		s.stats.refuse(refusedPerIP)
-		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(addr), s.perIP.max)
+		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", perIPAddr(addr), s.perIP.max)
 	}
 	return true, ""
 }
@@ -135,7 +137,7 @@ func (s *Server) setClient(c *Conn, client netip.AddrPort) string {
 		return ""
 	}
 	if !s.perIP.acquire(client.Addr()) {
-		return fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(client.Addr()), s.perIP.max)
+		return fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", perIPAddr(client.Addr()), s.perIP.max)
 	}
 	c.perIP = true
 	return ""

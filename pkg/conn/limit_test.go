@@ -48,8 +48,8 @@ func TestIPKey(t *testing.T) {
 		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"},
 		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::"},
 	} {
-		if got := ipKey(netip.MustParseAddr(tc.a)); got != netip.MustParseAddr(tc.b) {
-			t.Errorf("ipKey(%s) = %s, want %s", tc.a, got, tc.b)
+		if got := perIPAddr(netip.MustParseAddr(tc.a)); got != netip.MustParseAddr(tc.b) {
+			t.Errorf("perIPAddr(%s) = %s, want %s", tc.a, got, tc.b)
 		}
 	}
 	l := ipLimit{max: 2}

@@ -264,16 +264,16 @@ func (l *loop) onHost(host []byte) error {
 // connection with its visitor's browser. From a trusted proxy that has
 // not named the client yet it keeps the forwarding headers
 // (onBeforeUpgrade reads them).
-func (l *loop) onHeader(key, value []byte) error {
+func (l *loop) onHeader(name, value []byte) error {
 	if c := l.cur; c.anonymous {
 		switch {
-		case bytes.EqualFold(key, []byte("X-Forwarded-For")):
+		case bytes.EqualFold(name, []byte("X-Forwarded-For")):
 			l.hsXFF = appendList(l.hsXFF, value)
-		case bytes.EqualFold(key, []byte("Forwarded")):
+		case bytes.EqualFold(name, []byte("Forwarded")):
 			l.hsFwd = appendList(l.hsFwd, value)
 		}
 	}
-	if l.srv.origins == nil || string(key) != "Origin" || l.srv.origins.allow(string(value)) {
+	if l.srv.origins == nil || string(name) != "Origin" || l.srv.origins.allow(string(value)) {
 		return nil
 	}
 	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden),
