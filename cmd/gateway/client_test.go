@@ -19,10 +19,9 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/sethvargo/go-envconfig"
-)
 
-// waitTimeout bounds every wait in these tests; nothing sleeps.
-const waitTimeout = 10 * time.Second
+	"github.com/chatgw/gateway/internal/testutil"
+)
 
 // noRateLimit is the environment of tests that send bursts far over the
 // default rate limit: they test delivery, not limits.
@@ -83,14 +82,14 @@ func startGateway(t testing.TB, env map[string]string) *gateway {
 		}
 	case code := <-g.code:
 		t.Fatalf("gateway exited with %d before listening", code)
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("gateway did not start listening")
 	}
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case <-g.code:
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Error("gateway did not stop after cancel")
 		}
 		logs.done()
@@ -139,7 +138,7 @@ type client struct {
 	t       testing.TB
 	conn    net.Conn
 	br      *bufio.Reader
-	timeout time.Duration // read deadline of next; zero means waitTimeout
+	timeout time.Duration // read deadline of next; zero means testutil.Timeout
 }
 
 // dial connects to room (or to the raw path when room starts with "/").
@@ -159,7 +158,7 @@ func (g *gateway) tryDial(room string) (*client, error) {
 	if !strings.HasPrefix(room, "/") {
 		path = "/ws/chat/" + room + "/"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	conn, br, _, err := ws.Dial(ctx, g.url(path))
 	if err != nil {
@@ -194,7 +193,7 @@ type frame struct {
 
 // next reads the next frame, answering nothing by itself.
 func (c *client) next() (frame, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(cmp.Or(c.timeout, waitTimeout)))
+	_ = c.conn.SetReadDeadline(time.Now().Add(cmp.Or(c.timeout, testutil.Timeout)))
 	h, err := ws.ReadHeader(c.br)
 	if err != nil {
 		return frame{}, err
@@ -320,7 +319,7 @@ func rawFrame(b0 byte, payload []byte, unmasked bool) []byte {
 // httpGet fetches a plain HTTP path from the gateway.
 func (g *gateway) httpGet(t testing.TB, path string) (int, string) {
 	t.Helper()
-	client := http.Client{Timeout: waitTimeout}
+	client := http.Client{Timeout: testutil.Timeout}
 	resp, err := client.Get("http://" + g.addr + path)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)

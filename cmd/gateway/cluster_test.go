@@ -81,7 +81,7 @@ func TestNodesShareRooms(t *testing.T) {
 		for i := range sendersC {
 			sendersC[i] = nodes[i%3].dial(t, "x-order")
 		}
-		// Senders receive each other's messages: drain them so nothing
+		// Senders receive each other's messages: read them so nothing
 		// backs up.
 		for _, s := range sendersC {
 			go func() {
@@ -287,7 +287,7 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 		return ns
 	}
 	var delivered []int
-	deadline := time.After(3 * waitTimeout)
+	deadline := time.After(3 * testutil.Timeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -401,7 +401,7 @@ func TestHungRedisDoesNotStallTheLoop(t *testing.T) {
 		if err != nil {
 			t.Fatalf("join after Redis came back: %v", err)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("join did not complete after Redis came back")
 	}
 }

@@ -162,9 +162,9 @@ func namedError(err error, l envconfig.Lookuper) error {
 			break
 		}
 		if tag, ok := f.Tag.Lookup("env"); ok {
-			key, _, _ := strings.Cut(tag, ",")
-			val, _ := l.Lookup(key)
-			return fmt.Errorf("%s=%q is invalid: %s", key, val, tail)
+			variable, _, _ := strings.Cut(tag, ",")
+			val, _ := l.Lookup(variable)
+			return fmt.Errorf("%s=%q is invalid: %s", variable, val, tail)
 		}
 		t, rest = f.Type, tail
 	}

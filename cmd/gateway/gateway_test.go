@@ -154,7 +154,7 @@ func TestBurstLosesNothing(t *testing.T) {
 					t.Fatalf("sender %d received its own messages", r.who)
 				}
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatal("burst not delivered in time")
 		}
 	}

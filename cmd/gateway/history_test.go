@@ -124,7 +124,7 @@ func startProcess(t *testing.T, env map[string]string) *procGateway {
 	case p.addr = <-addrc:
 	case <-p.done:
 		t.Fatalf("gateway process exited before listening: %v", cmd.ProcessState)
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("gateway process did not start listening")
 	}
 	return p
@@ -141,7 +141,7 @@ func (p *procGateway) kill(t *testing.T) {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	select {
 	case <-p.done:
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Error("gateway process did not exit after SIGKILL")
 	}
 }
@@ -256,7 +256,7 @@ func (r *resumer) run(c *client) {
 			since = r.seen[n-1].id
 		}
 		r.mu.Unlock()
-		deadline := time.Now().Add(waitTimeout)
+		deadline := time.Now().Add(testutil.Timeout)
 		for {
 			r.mu.Lock()
 			stopped := r.stopped
@@ -397,7 +397,7 @@ func (s *ackSender) run(g *gateway, paced <-chan time.Time) {
 		}
 		c.conn.Close()
 		<-broken
-		deadline := time.Now().Add(waitTimeout)
+		deadline := time.Now().Add(testutil.Timeout)
 		for {
 			if c, err = s.next().tryDial("/ws/chat/kill/?ack=1"); err == nil {
 				break
@@ -485,7 +485,7 @@ func TestNodeKillResumesWithoutLossOrDuplicate(t *testing.T) {
 	wg.Go(func() { onB.run(b, tick.C) })
 	select {
 	case <-burst:
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("the sender on A did not reach its burst")
 	}
 	a.kill(t)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"strings"
@@ -228,50 +227,19 @@ func (e *endpoints) noteHealth(err error) {
 }
 
 // hostCheck answers 400 to requests whose Host is not in allowed, with
-// the rules the upgrade applies (conn.Config.AllowedHosts): "*" any,
-// ".example.com" example.com and its subdomains, ports ignored.
+// the matcher the upgrade applies (conn.HostList).
 func hostCheck(allowed []string, next http.Handler) http.Handler {
-	hosts := map[string]bool{}
-	for _, h := range allowed {
-		h = strings.Trim(strings.ToLower(strings.TrimSpace(h)), "[]")
-		if h == "*" {
-			return next
-		}
-		hosts[h] = true
+	hosts := conn.NewHostList(allowed)
+	if hosts.Any() {
+		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !hostAllowed(hosts, r.Host) {
+		if !hosts.Allows(r.Host) {
 			http.Error(w, fmt.Sprintf("host %q is not allowed (ALLOWED_HOSTS)", r.Host), http.StatusBadRequest)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// hostAllowed reports whether host (a Host header, port optional) is one
-// of hosts or a subdomain of a ".domain" entry.
-func hostAllowed(hosts map[string]bool, host string) bool {
-	h := strings.ToLower(host)
-	if hh, _, err := net.SplitHostPort(h); err == nil {
-		h = hh
-	}
-	h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
-	if h == "" {
-		return false
-	}
-	if hosts[h] || hosts["."+h] {
-		return true
-	}
-	for {
-		i := strings.IndexByte(h, '.')
-		if i < 0 {
-			return false
-		}
-		if hosts[h[i:]] {
-			return true
-		}
-		h = h[i+1:]
-	}
 }
 
 // healthHost returns a Host header that allowed accepts, for the

@@ -19,12 +19,12 @@ import (
 // of the answer.
 func request(t *testing.T, addr, method, path string, headers ...string) (int, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	c, err := net.DialTimeout("tcp", addr, testutil.Timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(waitTimeout))
+	_ = c.SetDeadline(time.Now().Add(testutil.Timeout))
 	head := method + " " + path + " HTTP/1.1\r\n" + strings.Join(headers, "\r\n") + "\r\nConnection: close\r\n\r\n"
 	if _, err := io.WriteString(c, head); err != nil {
 		t.Fatal(err)
@@ -44,12 +44,12 @@ var upgradeHeaders = []string{"Upgrade: websocket", "Connection: Upgrade", "Sec-
 // response head of a 101.
 func upgrade(t *testing.T, addr, path, host string, extra ...string) (int, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	c, err := net.DialTimeout("tcp", addr, testutil.Timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(waitTimeout))
+	_ = c.SetDeadline(time.Now().Add(testutil.Timeout))
 	lines := append([]string{"GET " + path + " HTTP/1.1", "Host: " + host}, upgradeHeaders...)
 	lines = append(lines, extra...)
 	if _, err := io.WriteString(c, strings.Join(lines, "\r\n")+"\r\n\r\n"); err != nil {
@@ -172,7 +172,7 @@ func TestAdminListener(t *testing.T) {
 		t.Fatalf("admin listener on %s, want loopback", g.admin)
 	}
 	get := func(addr, path string) int {
-		resp, err := (&http.Client{Timeout: waitTimeout}).Get("http://" + addr + path)
+		resp, err := (&http.Client{Timeout: testutil.Timeout}).Get("http://" + addr + path)
 		if err != nil {
 			t.Fatalf("GET %s%s: %v", addr, path, err)
 		}

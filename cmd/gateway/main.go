@@ -61,29 +61,9 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 // (admin is nil without ADMIN_ADDR). It returns the exit code: 0 after a
 // clean shutdown, 1 when serving failed, 2 for a bad configuration.
 func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer, ready func(public, admin net.Addr)) int {
-	fs, fl := newFlags(stderr)
-	healthcheck, readycheck, version := fl.healthcheck, fl.readycheck, fl.version
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printHelp(stdout, fs)
-			return 0
-		}
-		return 2
-	}
-	if *version {
-		fmt.Fprintln(stdout, versionString())
-		return 0
-	}
-	cfg, err := loadConfig(ctx, env)
-	if err != nil {
-		fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
-		return 2
-	}
-	if *healthcheck {
-		return checkEndpoint(cfg, "/healthz", stderr)
-	}
-	if *readycheck {
-		return checkEndpoint(cfg, "/readyz", stderr)
+	cfg, exitCode, exit := parseArgs(ctx, args, env, stdout, stderr)
+	if exit {
+		return exitCode
 	}
 	logger := newLogger(cfg, stderr)
 	if cfg.Environment == envDevelopment {
@@ -148,19 +128,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		go func() { _ = admin.Serve(ln) }()
 		logger.Info("admin endpoints listening (/stats, /readyz, /healthz, pprof with DEBUG_PPROF)", "addr", adminAddr.String())
 	}
-	bi := buildInfo()
-	logger.Info("gateway listening",
-		"addr", srv.Addr().String(),
-		"environment", cfg.Environment,
-		"engine", engineName(engine),
-		"version", bi.Version,
-		"revision", bi.Revision,
-		"go", bi.Go,
-		"open_file_limit", fdLimit,
-		"max_connections", srv.Config().MaxConnections,
-		"max_connections_per_ip", srv.Config().MaxConnectionsPerIP,
-		"event_loops", srv.Config().EventLoops,
-	)
+	logListening(logger, cfg, srv, engine, fdLimit)
 	if ready != nil {
 		ready(srv.Addr(), adminAddr)
 	}
@@ -180,6 +148,35 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		code = 1
 	}
 	shuttingDown.Store(true)
+	shutdown(cfg, srv, hub, engine, admin, logger)
+	return code
+}
+
+// logListening writes the start line: where the gateway listens, what it
+// runs, and the connection caps in force (the server's Config, after the
+// descriptor budget lowered them to fit the open-file limit).
+func logListening(logger *slog.Logger, cfg Config, srv *conn.Server, engine stream.Engine, fdLimit uint64) {
+	bi := buildInfo()
+	inForce := srv.Config()
+	logger.Info("gateway listening",
+		"addr", srv.Addr().String(),
+		"environment", cfg.Environment,
+		"engine", engineName(engine),
+		"version", bi.Version,
+		"revision", bi.Revision,
+		"go", bi.Go,
+		"open_file_limit", fdLimit,
+		"max_connections", inForce.MaxConnections,
+		"max_connections_per_ip", inForce.MaxConnectionsPerIP,
+		"event_loops", inForce.EventLoops,
+	)
+}
+
+// shutdown is the end of every stop, after the drain or a failure: what
+// is left is closed with 1001 within SHUTDOWN_TIMEOUT, then the hub, the
+// engine (which first publishes what its queues still hold) and the admin
+// listener are closed, in that order.
+func shutdown(cfg Config, srv *conn.Server, hub *room.Hub, engine stream.Engine, admin *http.Server, logger *slog.Logger) {
 	logger.Info("shutting down: closing what is left with 1001", "open", srv.Stats().WebSockets, "wait", cfg.ShutdownWait)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownWait)
 	defer cancel()
@@ -187,7 +184,6 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		logger.Warn("shutdown incomplete", "err", err)
 	}
 	hub.Close()
-	// The engine publishes what its queues still hold before it closes.
 	if err := engine.Close(sctx); err != nil {
 		logger.Warn("engine close", "err", err)
 	}
@@ -197,7 +193,6 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		}
 	}
 	logger.Info("gateway stopped", "accepted", srv.Stats().Accepted)
-	return code
 }
 
 // drain is the first part of a graceful stop (SIGTERM): /readyz already
@@ -222,6 +217,36 @@ func drain(cfg Config, srv *conn.Server, logger *slog.Logger) {
 	if err := srv.Drain(ctx, cfg.DrainWindow); err != nil {
 		logger.Warn("drain incomplete", "err", err)
 	}
+}
+
+// parseArgs handles the flags and reads the configuration. With exit set
+// run returns code at once: -h, -version, -healthcheck and -readycheck are
+// answered, or a flag or variable is bad (2, the error on stderr).
+func parseArgs(ctx context.Context, args []string, env envconfig.Lookuper, stdout, stderr io.Writer) (cfg Config, code int, exit bool) {
+	fs, fl := newFlags(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printHelp(stdout, fs)
+			return cfg, 0, true
+		}
+		return cfg, 2, true
+	}
+	if *fl.version {
+		fmt.Fprintln(stdout, versionString())
+		return cfg, 0, true
+	}
+	cfg, err := loadConfig(ctx, env)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
+		return cfg, 2, true
+	}
+	switch {
+	case *fl.healthcheck:
+		return cfg, checkEndpoint(cfg, "/healthz", stderr), true
+	case *fl.readycheck:
+		return cfg, checkEndpoint(cfg, "/readyz", stderr), true
+	}
+	return cfg, 0, false
 }
 
 // engineName names the engine for logs and metrics.

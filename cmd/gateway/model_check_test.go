@@ -767,7 +767,7 @@ func (k *checker) checkTruncated(c *mconn) {
 			continue
 		}
 		if k.m.profile == profExpire && (!t.hasFrom || t.from.Ms-t.since.Ms >= uint64(modelTTL.Milliseconds())*15/16) {
-			// The room may have expired (or been swept) in between: the
+			// The room may have expired (or been pruned) in between: the
 			// engine cannot tell whether anything after since was in it.
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/stream"
 )
 
@@ -269,7 +270,7 @@ func (m *model) restartNode() {
 	select {
 	case code := <-n.g.code:
 		n.g.code <- code // startGateway's cleanup waits for it too
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		m.t.Fatalf("seed %d: node n%d did not stop", m.seed, n.idx)
 	}
 	m.startNode()
@@ -281,7 +282,7 @@ func (m *model) restartNode() {
 		if c.node != n {
 			continue
 		}
-		if !m.waitFor(waitTimeout, func() bool {
+		if !m.waitFor(testutil.Timeout, func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return !c.dialing && (c.joinDone.IsZero() || !c.ended.IsZero())
@@ -306,7 +307,7 @@ func (m *model) reconnect(a *actor) {
 		query = "since=" + since
 	}
 	var c *mconn
-	if !m.waitFor(waitTimeout, func() bool {
+	if !m.waitFor(testutil.Timeout, func() bool {
 		c = m.dial(a, m.pickNode(), query, false)
 		c.resume = true
 		return c.open()
@@ -540,10 +541,10 @@ func (m *model) longRoom() {
 }
 
 // expire lets a room expire (REDIS_TTL): a shared room, or a fresh room
-// without cids (so that the embedded engine's sweep may drop it) whose
+// without cids (so that the embedded engine's prune may drop it) whose
 // members all leave. The model waits until the room is gone (Redis: its
 // key; embedded: TTL after its last message), publishes in another room
-// (the embedded engine sweeps on publish) and, for a fresh room, has a
+// (the embedded engine prunes on publish) and, for a fresh room, has a
 // new sender publish in it and a since= joiner ask for what expired: it
 // must be told (truncated).
 func (m *model) expire() {
@@ -593,13 +594,13 @@ func (m *model) expire() {
 			return m.roomKey(room) == ""
 		}
 		// TTL after the last message anywhere: the room expired, and the
-		// next publish may sweep (at most once a second).
+		// next publish may prune (at most once a second).
 		return time.Since(last) > modelTTL+100*time.Millisecond
 	})
 	if !ok {
 		m.logf("expire %s: still there", room)
 	}
-	// A publish elsewhere: the embedded engine sweeps on publish.
+	// A publish elsewhere: the embedded engine prunes on publish.
 	other := m.sharedRoom()
 	if other == room {
 		other = m.rooms[0]

@@ -20,6 +20,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/chatgw/gateway/pkg/stream"
 )
 
@@ -632,7 +633,7 @@ func unanswered(c *mconn) int {
 // every attempt on an open connection is answered.
 func (m *model) settle() {
 	m.joining.Wait()
-	if !m.waitFor(10*time.Second, func() bool {
+	if !m.waitFor(testutil.Timeout, func() bool {
 		for _, c := range m.openConns("", true) {
 			if unanswered(c) > 0 {
 				return false
@@ -855,7 +856,7 @@ func (m *model) replayAll(room string) []finalEntry {
 	}
 	var out []finalEntry
 	for {
-		_ = r.conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		_ = r.conn.SetReadDeadline(time.Now().Add(testutil.Timeout))
 		h, err := ws.ReadHeader(r.br)
 		if err != nil {
 			m.t.Fatalf("seed %d: final read of %s: %v after %d entries", m.seed, room, err, len(out))

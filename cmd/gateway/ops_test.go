@@ -212,7 +212,7 @@ func TestDrainSequence(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit code %d, want 0", code)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("the gateway did not exit after the drain")
 	}
 }
@@ -236,8 +236,8 @@ func TestStopsAtOnceWithNothingToDrain(t *testing.T) {
 			if took := time.Since(start); took > limit {
 				t.Fatalf("exited %v after the signal, want within %v", took, limit)
 			}
-		case <-time.After(waitTimeout):
-			t.Fatalf("the gateway did not exit within %v of the signal", waitTimeout)
+		case <-time.After(testutil.Timeout):
+			t.Fatalf("the gateway did not exit within %v of the signal", testutil.Timeout)
 		}
 	}
 	t.Run("development, a connection open, default delays", func(t *testing.T) {
@@ -339,7 +339,7 @@ func TestStartTimeoutGivesUp(t *testing.T) {
 		if code != 1 {
 			t.Fatalf("exit code %d, want 1", code)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("the gateway did not give up")
 	}
 	if !g.logs.contains("REDIS_START_TIMEOUT") {

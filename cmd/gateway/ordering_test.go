@@ -216,7 +216,7 @@ func TestSinceWithinHeldIsNotTruncated(t *testing.T) {
 }
 
 // TestSinceAfterExpiryIsTruncated (item 6): once a room expired (REDIS_TTL)
-// and was swept, a resume from before the expiry gets a truncated frame
+// and was pruned, a resume from before the expiry gets a truncated frame
 // before the new messages.
 func TestSinceAfterExpiryIsTruncated(t *testing.T) {
 	g := startGateway(t, withEnv(noRateLimit, map[string]string{"REDIS_TTL": "300ms", "REDIS_DEDUPE_WINDOW": "300ms"}))
@@ -224,13 +224,13 @@ func TestSinceAfterExpiryIsTruncated(t *testing.T) {
 	old := sendAcked(t, s, "old")
 	s.conn.Close()
 	oldID, _ := stream.ParseID(old)
-	// The engine sweeps at most every second, from a publish.
+	// The engine prunes at most every second, from a publish.
 	other := g.dial(t, "/ws/chat/other/?ack=1")
-	testutil.Eventually(t, "the room to expire and be swept", func() bool {
+	testutil.Eventually(t, "the room to expire and be pruned", func() bool {
 		if uint64(time.Now().UnixMilli()) < oldID.Ms+1500 {
 			return false
 		}
-		sendAcked(t, other, "sweep")
+		sendAcked(t, other, "prune")
 		return true
 	})
 	s = g.dial(t, "/ws/chat/expire/?ack=1")

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // TestChatPageRoutes: / and /<room>/ serve the embedded chat page, its
@@ -18,7 +19,7 @@ func TestChatPageRoutes(t *testing.T) {
 	g := startGateway(t, nil)
 	get := func(path string) (*http.Response, string) {
 		t.Helper()
-		resp, err := (&http.Client{Timeout: waitTimeout}).Get("http://" + g.addr + path)
+		resp, err := (&http.Client{Timeout: testutil.Timeout}).Get("http://" + g.addr + path)
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // Frame first bytes: FIN bit plus opcode.
@@ -246,7 +248,7 @@ func TestServerPingsAndDropsSilentClients(t *testing.T) {
 	for range 3 {
 		select {
 		case <-pings:
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatal("alive client was not pinged")
 		}
 	}

@@ -83,7 +83,7 @@ func dialFromAddr(t *testing.T, addr, room, local string, header http.Header) (*
 			return nd.DialContext(ctx, network, a)
 		},
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/ws/chat/"+room+"/")
 	if err != nil {

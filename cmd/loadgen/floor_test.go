@@ -31,7 +31,7 @@ func startFloor(t *testing.T) *floor {
 			if err != nil {
 				t.Errorf("floor run: %v", err)
 			}
-		case <-time.After(10 * time.Second):
+		case <-time.After(testutil.Timeout):
 			t.Error("floor did not stop")
 		}
 	})
@@ -40,7 +40,7 @@ func startFloor(t *testing.T) *floor {
 
 func dialFloor(t *testing.T, f *floor, room string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	nc, br, _, err := ws.Dial(ctx, "ws://"+f.Addr().String()+"/ws/chat/"+room+"/")
 	if err != nil {
@@ -50,7 +50,7 @@ func dialFloor(t *testing.T, f *floor, room string) (net.Conn, *bufio.Reader) {
 	if br == nil {
 		br = bufio.NewReader(nc)
 	}
-	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = nc.SetDeadline(time.Now().Add(testutil.Timeout))
 	return nc, br
 }
 

@@ -16,7 +16,7 @@ const Timeout = 10 * time.Second
 // pollInterval is how often Eventually checks its condition.
 const pollInterval = 10 * time.Millisecond
 
-// Eventually polls cond every 10ms until it returns true, and fails the
+// Eventually polls cond every pollInterval until it returns true, and fails the
 // test, naming what it waited for, when Timeout passes first. cond runs on
 // the test's goroutine.
 func Eventually(t testing.TB, what string, cond func() bool) {

@@ -49,16 +49,11 @@ func flushAll(l *loop) {
 	l.flushes = l.flushSpare[:0]
 	l.flushSpare = flushes
 	l.mu.Unlock()
-	for i, c := range flushes {
-		c.mu.Lock()
-		c.flushLocked()
-		c.mu.Unlock()
-		flushes[i] = nil
-	}
+	flush(flushes)
 }
 
-// drainPeers reads what the connections wrote, into one buffer.
-func drainPeers(t *testing.T, peers []int, buf []byte) {
+// readPeers reads what the connections wrote, into one buffer.
+func readPeers(t *testing.T, peers []int, buf []byte) {
 	for _, fd := range peers {
 		for {
 			n, err := rawRead(fd, buf)
@@ -113,7 +108,7 @@ func TestSendFlushAllocs(t *testing.T) {
 		c.Send(pingFrame)
 		f.Release()
 		flushAll(l)
-		drainPeers(t, peers, buf)
+		readPeers(t, peers, buf)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per Send and flush, want 0", allocs)
@@ -131,7 +126,7 @@ func TestFanOutAllocs(t *testing.T) {
 		}
 		f.Release()
 		flushAll(l)
-		drainPeers(t, peers, buf)
+		readPeers(t, peers, buf)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per fan-out to %d connections, want 0", allocs, len(conns))

@@ -57,16 +57,16 @@ func BenchmarkFrameReaderFeed(b *testing.B) {
 			r := &frameReader{max: 64 << 10}
 			defer r.reset()
 			n := 0
-			emit := func(op ws.OpCode, p []byte) error {
+			emit := func(op ws.OpCode, p []byte) readResult {
 				n += len(p)
-				return nil
+				return readOn
 			}
 			b.SetBytes(int64(len(input)))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
 				for off := 0; off < len(input); off += chunk {
-					if err := r.feed(input[off:min(off+chunk, len(input))], emit); err != nil {
+					if _, err := r.feed(input[off:min(off+chunk, len(input))], emit); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // Raw clients for the tests: a TCP connection from a chosen loopback
@@ -26,7 +28,7 @@ import (
 // slowly.
 func dialFrom(t testing.TB, s *Server, local string, rcvbuf int) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: waitTimeout}
+	d := net.Dialer{Timeout: testutil.Timeout}
 	if local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
 	}
@@ -47,7 +49,7 @@ func dialFrom(t testing.TB, s *Server, local string, rcvbuf int) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	_ = nc.SetDeadline(time.Now().Add(waitTimeout))
+	_ = nc.SetDeadline(time.Now().Add(testutil.Timeout))
 	return nc
 }
 
@@ -128,7 +130,7 @@ func get(t testing.TB, s *Server, local, path string) (int, string) {
 // readFrame reads the next server frame, failing the test on an error.
 func readFrame(t testing.TB, nc net.Conn, br *bufio.Reader) ws.Frame {
 	t.Helper()
-	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	f, err := ws.ReadFrame(br)
 	if err != nil {
 		t.Fatalf("reading a frame: %v", err)

@@ -37,7 +37,8 @@ var (
 	ErrReservedBits = errors.New("conn: reserved bits set")
 	// ErrReservedOpcode: an opcode the protocol does not define (5.2).
 	ErrReservedOpcode = errors.New("conn: reserved opcode")
-	// ErrBadControl: a fragmented control frame or one over 125 bytes (5.5).
+	// ErrBadControl: a fragmented control frame or one over maxControlPayload
+	// bytes (5.5).
 	ErrBadControl = errors.New("conn: fragmented or oversized control frame")
 	// ErrBadContinuation: a continuation frame with no message in progress,
 	// or a new data frame inside a fragmented message (5.4).
@@ -73,6 +74,9 @@ var (
 	ErrEOF = errors.New("conn: connection closed without close frame")
 )
 
+// badControlReason is the close reason for ErrBadControl.
+var badControlReason = fmt.Sprintf("control frames must be final and at most %d bytes", maxControlPayload)
+
 // closeFor maps the cause of a close to the close frame sent to the
 // client. Causes it does not know (write errors, I/O failures) map to nil:
 // the socket is gone and no frame can be sent.
@@ -88,7 +92,7 @@ func closeFor(err error) *CloseError {
 	case errors.Is(err, ErrReservedOpcode):
 		return &CloseError{ws.StatusProtocolError, "unknown opcode"}
 	case errors.Is(err, ErrBadControl):
-		return &CloseError{ws.StatusProtocolError, "control frames must be final and at most 125 bytes"}
+		return &CloseError{ws.StatusProtocolError, badControlReason}
 	case errors.Is(err, ErrBadContinuation):
 		return &CloseError{ws.StatusProtocolError, "bad fragmentation: unexpected continuation or data frame"}
 	case errors.Is(err, ErrBadLength):

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/fdlimit"
 )
 
 // Config sets the limits of the WebSocket server. A zero field takes its
@@ -25,7 +27,7 @@ type Config struct {
 	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES" help:"largest client message in bytes; longer ones close with 1009"`
 	// MaxQueueBytes bounds the bytes queued for one client that does not
 	// read; past it the connection is closed with 1008. Zero means 1 MiB.
-	// It must be at least 2×MaxMessageBytes.
+	// It must be at least 2×MaxMessageBytes (minQueueMessages).
 	MaxQueueBytes int `env:"MAX_QUEUE_BYTES" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES)"`
 	// MaxPartialBytes bounds the bytes the server holds for unfinished
 	// frames and fragmented messages, all connections together, counted
@@ -62,7 +64,7 @@ type Config struct {
 	// Retry-After at once and closed. The client's address is the real one
 	// behind a trusted proxy (TrustedProxies), and a trusted proxy that
 	// names no client is not counted. Zero means a quarter of
-	// MaxConnections, at least 1 000: more than a NAT'd office or a
+	// MaxConnections, at least 1000 (perIPDefault): more than a NAT'd office or a
 	// carrier-grade NAT brings to one node; -1 means no limit (cmd/gateway
 	// sets that in development).
 	MaxConnectionsPerIP int `env:"MAX_CONNECTIONS_PER_IP" help:"connections of any kind one client address (IPv4, IPv6 /64) may hold, the real client behind a trusted proxy; over it new ones get 503 at once; unset: a quarter of MAX_CONNECTIONS, at least 1000 (production) or none (development); -1 means no limit"`
@@ -86,8 +88,8 @@ type Config struct {
 	// CloseTimeout is how long a closing connection waits for the client's
 	// close frame or FIN before its socket is released. While the client
 	// still reads (acknowledges bytes) what is queued before the close
-	// frame, the wait is extended, up to 10×CloseTimeout in all. Zero means
-	// 2s.
+	// frame, the wait is extended, up to 10×CloseTimeout in all
+	// (closeWaitFactor). Zero means 2s.
 	CloseTimeout time.Duration `env:"CLOSE_TIMEOUT" help:"time a closing connection waits for the client's close frame (extended up to 10x while the client still reads)"`
 	// HTTPReadTimeout bounds the time to read a whole plain-HTTP request,
 	// body included (http.Server.ReadTimeout). Zero means 10s.
@@ -100,7 +102,7 @@ type Config struct {
 	// open. Zero means 30s.
 	HTTPIdleTimeout time.Duration `env:"HTTP_IDLE_TIMEOUT" help:"time an idle keep-alive HTTP connection stays open"`
 	// MaxHeaderBytes bounds an HTTP request head, upgrade or plain HTTP;
-	// a longer one gets 431. Zero means 16 KiB; at least 1 KiB.
+	// a longer one gets 431. Zero means 16 KiB; 1 KiB to 1 MiB.
 	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" help:"largest HTTP request head (upgrade or plain HTTP); longer ones get 431"`
 	// HTTPMaxBodyBytes bounds a plain-HTTP request body: a request that
 	// declares a longer one gets 413 at once, one that sends more fails to
@@ -127,8 +129,8 @@ type Config struct {
 	// accepted. Empty means any.
 	AllowedOrigins []string `env:"ALLOWED_ORIGINS" help:"comma-separated Origin values accepted for upgrades (https://host[:port], a host name or .domain); others get 403; * accepts any; requests without Origin are accepted; unset: any, or the ALLOWED_HOSTS names in production"`
 	// FileLimit is the process's open-file limit, as RaiseFileLimit
-	// returns it: the server keeps 64 descriptors of it for the process
-	// and refuses (503 at once) connections past the rest, so it never
+	// returns it: the server keeps fdlimit.Reserve descriptors of it for
+	// the process and refuses (503 at once) connections past the rest, so it never
 	// runs out of descriptors. Zero means the soft RLIMIT_NOFILE when
 	// NewServer runs. Tests set a small value to act out exhaustion.
 	FileLimit int
@@ -137,40 +139,77 @@ type Config struct {
 	HTTPHandler http.Handler
 }
 
-// Descriptor budget: what NewServer keeps of Config.FileLimit for other
-// uses than client connections.
+// Defaults of Config: what a zero field means. Each is declared here once;
+// Defaulted applies them, `gateway -h` prints them, and
+// TestConfigCommentsStateDefaults holds each field's comment ("Zero
+// means …") to them.
 const (
-	// fdReserve descriptors are for the process: listener, epoll and
-	// eventfds, the spare descriptor, Redis, logs, and the dup made when a
-	// connection is handed to the HTTP server.
-	fdReserve = 64
-	// httpReserve descriptors (at most a quarter of the rest) are kept
-	// from MaxConnections for handshakes and plain HTTP, so /healthz
-	// still answers when WebSocket connections are capped.
-	httpReserve = 64
+	defaultMaxMessageBytes  = 64 << 10
+	defaultMaxQueueBytes    = 1 << 20
+	defaultMaxPartialBytes  = 64 << 20
+	defaultFragmentTimeout  = 15 * time.Second
+	defaultFrameRate        = 200
+	defaultFrameBurst       = 1000
+	defaultPingInterval     = 30 * time.Second
+	defaultPongTimeout      = 30 * time.Second
+	defaultHandshakeTimeout = 10 * time.Second
+	defaultCloseTimeout     = 2 * time.Second
+	defaultHTTPReadTimeout  = 10 * time.Second
+	defaultHTTPWriteTimeout = 60 * time.Second
+	defaultHTTPIdleTimeout  = 30 * time.Second
+	defaultMaxHeaderBytes   = 16 << 10
+	defaultHTTPMaxBodyBytes = 64 << 10
+	defaultWSPrefix         = "/ws/"
+	// defaultFileLimit is FileLimit when RLIMIT_NOFILE cannot be read.
+	defaultFileLimit = 1024
 )
+
+// Bounds of Config values that setDefaults checks; the help tags and
+// comments that state them are held to them by TestConfigHelpStatesBounds.
+const (
+	minQueueMessages = 2       // MaxQueueBytes is at least minQueueMessages×MaxMessageBytes
+	maxFrameRate     = 1e9     // frames per second
+	maxEventLoops    = 1024    // EventLoops
+	minHeaderBytes   = 1 << 10 // MaxHeaderBytes
+	maxHeaderBytes   = 1 << 20 // MaxHeaderBytes
+	// perIPMin is the least default of MaxConnectionsPerIP (perIPDefault).
+	perIPMin = 1000
+	// perIPShare: MaxConnectionsPerIP defaults to 1/perIPShare of
+	// MaxConnections.
+	perIPShare = 4
+)
+
+// Descriptor budget: what NewServer keeps of Config.FileLimit for other
+// uses than client connections; fdlimit.Reserve descriptors are for
+// the process (listener, epoll and eventfds, the spare descriptor, Redis,
+// logs, and the dup made when a connection is handed to the HTTP server).
+//
+// httpReserve descriptors (at most a quarter of the rest) are kept from
+// MaxConnections for handshakes and plain HTTP, so /healthz still answers
+// when WebSocket connections are capped.
+const httpReserve = 64
 
 // Defaulted returns c with every zero field set to the default the
 // server uses for it, without checking anything: what `gateway -h` prints.
 // FileLimit is left as is (its default is the process's limit).
 func (c Config) Defaulted() Config {
-	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, 64<<10)
-	c.MaxQueueBytes = cmp.Or(c.MaxQueueBytes, 1<<20)
-	c.MaxPartialBytes = cmp.Or(c.MaxPartialBytes, 64<<20)
-	c.FragmentTimeout = cmp.Or(c.FragmentTimeout, 15*time.Second)
-	c.FrameRate = cmp.Or(c.FrameRate, 200)
-	c.FrameBurst = cmp.Or(c.FrameBurst, 1000)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, defaultMaxMessageBytes)
+	c.MaxQueueBytes = cmp.Or(c.MaxQueueBytes, defaultMaxQueueBytes)
+	c.MaxPartialBytes = cmp.Or(c.MaxPartialBytes, defaultMaxPartialBytes)
+	c.FragmentTimeout = cmp.Or(c.FragmentTimeout, defaultFragmentTimeout)
+	c.FrameRate = cmp.Or(c.FrameRate, defaultFrameRate)
+	c.FrameBurst = cmp.Or(c.FrameBurst, defaultFrameBurst)
 	c.EventLoops = cmp.Or(c.EventLoops, runtime.GOMAXPROCS(0))
-	c.PingInterval = cmp.Or(c.PingInterval, 30*time.Second)
-	c.PongTimeout = cmp.Or(c.PongTimeout, 30*time.Second)
-	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, 10*time.Second)
-	c.CloseTimeout = cmp.Or(c.CloseTimeout, 2*time.Second)
-	c.HTTPReadTimeout = cmp.Or(c.HTTPReadTimeout, 10*time.Second)
-	c.HTTPWriteTimeout = cmp.Or(c.HTTPWriteTimeout, 60*time.Second)
-	c.HTTPIdleTimeout = cmp.Or(c.HTTPIdleTimeout, 30*time.Second)
-	c.MaxHeaderBytes = cmp.Or(c.MaxHeaderBytes, 16<<10)
-	c.HTTPMaxBodyBytes = cmp.Or(c.HTTPMaxBodyBytes, 64<<10)
-	c.WSPrefix = cmp.Or(c.WSPrefix, "/ws/")
+	c.PingInterval = cmp.Or(c.PingInterval, defaultPingInterval)
+	c.PongTimeout = cmp.Or(c.PongTimeout, defaultPongTimeout)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, defaultHandshakeTimeout)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, defaultCloseTimeout)
+	c.HTTPReadTimeout = cmp.Or(c.HTTPReadTimeout, defaultHTTPReadTimeout)
+	c.HTTPWriteTimeout = cmp.Or(c.HTTPWriteTimeout, defaultHTTPWriteTimeout)
+	c.HTTPIdleTimeout = cmp.Or(c.HTTPIdleTimeout, defaultHTTPIdleTimeout)
+	c.MaxHeaderBytes = cmp.Or(c.MaxHeaderBytes, defaultMaxHeaderBytes)
+	c.HTTPMaxBodyBytes = cmp.Or(c.HTTPMaxBodyBytes, defaultHTTPMaxBodyBytes)
+	c.WSPrefix = cmp.Or(c.WSPrefix, defaultWSPrefix)
 	return c
 }
 
@@ -179,7 +218,7 @@ func (c Config) Defaulted() Config {
 func (c *Config) setDefaults() error {
 	*c = c.Defaulted()
 	if c.FileLimit == 0 {
-		c.FileLimit = 1024
+		c.FileLimit = defaultFileLimit
 		var rl unix.Rlimit
 		if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
 			c.FileLimit = int(min(rl.Cur, math.MaxInt32))
@@ -188,29 +227,30 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.MaxMessageBytes < 0:
 		return fmt.Errorf("conn: MAX_MESSAGE_BYTES is %d; want a positive byte count", c.MaxMessageBytes)
-	case c.MaxQueueBytes < 2*c.MaxMessageBytes:
-		return fmt.Errorf("conn: MAX_QUEUE_BYTES (%d) must be at least twice MAX_MESSAGE_BYTES (%d)", c.MaxQueueBytes, c.MaxMessageBytes)
+	case c.MaxQueueBytes < minQueueMessages*c.MaxMessageBytes:
+		return fmt.Errorf("conn: MAX_QUEUE_BYTES (%d) must be at least %d× MAX_MESSAGE_BYTES (%d); raise it or lower MAX_MESSAGE_BYTES",
+			c.MaxQueueBytes, minQueueMessages, c.MaxMessageBytes)
 	case c.MaxPartialBytes < maxPartialPerConn(c.MaxMessageBytes):
 		return fmt.Errorf("conn: MAX_PARTIAL_BYTES (%d) must be at least %d, what one connection may hold for a message of MAX_MESSAGE_BYTES (%d); raise it or lower MAX_MESSAGE_BYTES",
 			c.MaxPartialBytes, maxPartialPerConn(c.MaxMessageBytes), c.MaxMessageBytes)
 	case c.FragmentTimeout < 0:
-		return fmt.Errorf("conn: FRAGMENT_TIMEOUT is %s; want a positive duration such as 15s", c.FragmentTimeout)
-	case c.FrameRate < -1 || c.FrameRate > 1e9:
-		return fmt.Errorf("conn: FRAME_RATE is %d; want 1 to 1000000000 frames per second, or -1 for no limit", c.FrameRate)
+		return fmt.Errorf("conn: FRAGMENT_TIMEOUT is %s; want a positive duration such as %s", c.FragmentTimeout, defaultFragmentTimeout)
+	case c.FrameRate < -1 || c.FrameRate > maxFrameRate:
+		return fmt.Errorf("conn: FRAME_RATE is %d; want 1 to %d frames per second, or -1 for no limit", c.FrameRate, int(maxFrameRate))
 	case c.FrameBurst < 0:
 		return fmt.Errorf("conn: FRAME_BURST is %d; want a positive number of frames", c.FrameBurst)
 	case c.MaxConnections < -1:
 		return fmt.Errorf("conn: MAX_CONNECTIONS is %d; want a positive number, or -1 for the open-file limit", c.MaxConnections)
 	case c.MaxConnectionsPerIP < -1:
 		return fmt.Errorf("conn: MAX_CONNECTIONS_PER_IP is %d; want a positive number, or -1 for no limit", c.MaxConnectionsPerIP)
-	case c.EventLoops < 0 || c.EventLoops > 1024:
-		return fmt.Errorf("conn: EVENT_LOOPS is %d; want 1 to 1024, or 0 for one per CPU", c.EventLoops)
+	case c.EventLoops < 0 || c.EventLoops > maxEventLoops:
+		return fmt.Errorf("conn: EVENT_LOOPS is %d; want 1 to %d, or 0 for one per CPU", c.EventLoops, maxEventLoops)
 	case c.PingInterval < 0 || c.PongTimeout < 0 || c.HandshakeTimeout < 0 || c.CloseTimeout < 0:
 		return errors.New("conn: PING_INTERVAL, PONG_TIMEOUT, HANDSHAKE_TIMEOUT and CLOSE_TIMEOUT must not be negative")
 	case c.HTTPReadTimeout < 0 || c.HTTPWriteTimeout < 0 || c.HTTPIdleTimeout < 0:
 		return errors.New("conn: HTTP_READ_TIMEOUT, HTTP_WRITE_TIMEOUT and HTTP_IDLE_TIMEOUT must not be negative")
-	case c.MaxHeaderBytes < 1<<10 || c.MaxHeaderBytes > 1<<20:
-		return fmt.Errorf("conn: MAX_HEADER_BYTES is %d; want 1024 to 1048576 bytes", c.MaxHeaderBytes)
+	case c.MaxHeaderBytes < minHeaderBytes || c.MaxHeaderBytes > maxHeaderBytes:
+		return fmt.Errorf("conn: MAX_HEADER_BYTES is %d; want %d to %d bytes", c.MaxHeaderBytes, minHeaderBytes, maxHeaderBytes)
 	case c.HTTPMaxBodyBytes < 0:
 		return fmt.Errorf("conn: HTTP_MAX_BODY_BYTES is %d; want a positive byte count", c.HTTPMaxBodyBytes)
 	case c.FileLimit < 0:
@@ -228,18 +268,19 @@ func (c *Config) setDefaults() error {
 }
 
 // perIPDefault is MaxConnectionsPerIP's default for a server that holds
-// websockets WebSocket connections: a quarter of them, at least 1 000.
-func perIPDefault(websockets int) int { return max(websockets/4, 1000) }
+// websockets WebSocket connections: 1/perIPShare of them, at least
+// perIPMin.
+func perIPDefault(websockets int) int { return max(websockets/perIPShare, perIPMin) }
 
 // budget returns the sockets the server may hold at once (every kind)
 // and the WebSocket connections it may hold, MaxConnections lowered to
 // fit FileLimit. It fails when FileLimit leaves no room.
 func (c *Config) budget() (sockets, websockets int, err error) {
-	sockets = c.FileLimit - fdReserve
+	sockets = c.FileLimit - fdlimit.Reserve
 	websockets = sockets - min(httpReserve, sockets/4)
 	if sockets < 2 {
 		return 0, 0, fmt.Errorf("conn: the open-file limit (%d) leaves no room for connections; raise it (ulimit -n, or docker run --ulimit nofile=N) to %d or more",
-			c.FileLimit, fdReserve+2)
+			c.FileLimit, fdlimit.Reserve+2)
 	}
 	if c.MaxConnections > 0 {
 		websockets = min(websockets, c.MaxConnections)

@@ -17,12 +17,12 @@ import (
 // Handler's callbacks for one Conn are all made from its event loop, one
 // at a time.
 type Conn struct {
-	id     uint64
-	fd     int
-	loop   *loop
-	key    string
-	remote netip.AddrPort
-	slot   int // Handler's bookkeeping, see SetSlot
+	id       uint64
+	fd       int
+	loop     *loop
+	routeKey string // Handler.Route's answer: Key
+	remote   netip.AddrPort
+	slot     int // Handler's bookkeeping, see SetSlot
 
 	// Owned by the event loop.
 	state        connState
@@ -62,7 +62,7 @@ type connState uint8
 
 const (
 	stateHandshake connState = iota
-	stateJoining             // upgrade valid, waiting for Conn.Complete (ErrPending)
+	stateJoining             // upgrade valid, waiting for Conn.Complete (OpenPending)
 	stateOpen
 	stateClosing // close frame queued; waiting for it to flush and for EOF
 	stateClosed
@@ -72,9 +72,9 @@ const (
 // per-process base plus a counter).
 func (c *Conn) ID() uint64 { return c.id }
 
-// Key returns what Handler.Route returned for this connection's request,
-// such as the room it joined.
-func (c *Conn) Key() string { return c.key }
+// Key returns the route key of the connection: what Handler.Route
+// returned for its request, such as the room it joined.
+func (c *Conn) Key() string { return c.routeKey }
 
 // Remote returns the client's address: the peer's, or the client a
 // trusted proxy named (proxy.go).
@@ -95,7 +95,7 @@ func (c *Conn) SetSlot(i int) { c.slot = i }
 func (c *Conn) Slot() int { return c.slot }
 
 // Complete completes an upgrade for which Handler.OnOpen returned
-// ErrPending. With a nil err the 101 response is written, frames sent to c
+// OpenPending. With a nil err the 101 response is written, frames sent to c
 // since OnOpen follow it, and the connection is open. Otherwise the client
 // gets an HTTP error response (the status of a *HandshakeError, else 503
 // with Retry-After) and the socket is closed, without OnClose. It may be

@@ -37,7 +37,7 @@
 //     the budget so plain HTTP (/healthz) still gets in when WebSockets
 //     are capped. At the open-file limit itself, Serve frees a spare
 //     descriptor to answer the waiting client 503 instead of spinning on
-//     EMFILE, and backs off (5 ms doubling to 1 s) when even that fails.
+//     EMFILE, and backs off (acceptBackoff, doubling) when even that fails.
 //   - Handshake: HandshakeTimeout and MaxHeaderBytes for the request head;
 //     a head with bare LF line ends is refused at once, and a complete one
 //     is held to RFC 9112's syntax (head.go) before it is upgraded or

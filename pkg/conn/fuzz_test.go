@@ -156,7 +156,7 @@ func FuzzReadFrame(f *testing.F) {
 		// Byte by byte too, checking the bytes held after each.
 		br := &frameReader{max: fuzzMax}
 		for i := range input {
-			if err := br.feed([]byte{input[i]}, func(ws.OpCode, []byte) error { return nil }); err != nil {
+			if _, err := br.feed([]byte{input[i]}, func(ws.OpCode, []byte) readResult { return readOn }); err != nil {
 				break
 			}
 			if h := br.held(); h > maxPartialPerConn(fuzzMax) {

@@ -148,7 +148,7 @@ func TestHeadRules(t *testing.T) {
 // anything more (no answer to a pipelined request).
 func wantEOF(t *testing.T, nc net.Conn, br *bufio.Reader) {
 	t.Helper()
-	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
 		t.Fatalf("after the refusal: read %q, %v; want the connection closed with nothing more", rest, err)
 	}
@@ -305,7 +305,7 @@ func (n *netHTTP) status(head []byte) int {
 	client, server := net.Pipe()
 	defer client.Close()
 	n.ln.push(server)
-	_ = client.SetDeadline(time.Now().Add(waitTimeout))
+	_ = client.SetDeadline(time.Now().Add(testutil.Timeout))
 	go func() { _, _ = client.Write(head) }()
 	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
 	if err != nil {

@@ -7,30 +7,40 @@ import (
 	"strings"
 )
 
-// hostList matches host names against Config.AllowedHosts entries, or
-// the bare-host entries of AllowedOrigins. A nil list matches any host.
-type hostList map[string]bool
+// HostList matches host names against a list of allowed hosts, the
+// rules of Config.AllowedHosts: "*" allows any host, ".example.com"
+// example.com and its subdomains, any other entry that host; ports are
+// ignored and case does not matter. The server checks upgrades with it;
+// cmd/gateway checks plain-HTTP requests with the same one. The zero
+// HostList allows any host.
+type HostList struct {
+	names map[string]bool // entries trimmed, lower-cased, without brackets; nil: any
+}
 
-// newHostList builds the list of entries; "*" among them (or no entry)
-// gives nil, which matches any host. Entries are trimmed, lower-cased and
-// stripped of IPv6 brackets.
-func newHostList(entries []string) hostList {
-	var h hostList
+// NewHostList builds the list of entries; "*" among them, or no entry,
+// gives a list that allows any host.
+func NewHostList(entries []string) HostList {
+	var h HostList
 	for _, e := range entries {
 		if e == "*" {
-			return nil
+			return HostList{}
 		}
-		if h == nil {
-			h = make(hostList)
+		if h.names == nil {
+			h.names = make(map[string]bool)
 		}
-		h[strings.Trim(strings.ToLower(strings.TrimSpace(e)), "[]")] = true
+		h.names[strings.Trim(strings.ToLower(strings.TrimSpace(e)), "[]")] = true
 	}
 	return h
 }
 
-// matchHeader checks a Host header value (a host with an optional port).
-func (h hostList) matchHeader(host string) bool {
-	if h == nil {
+// Any reports whether the list allows any host.
+func (h HostList) Any() bool { return h.names == nil }
+
+// Allows reports whether a Host header value (a host with an optional
+// port) is allowed. An empty host is allowed only by a list that allows
+// any.
+func (h HostList) Allows(host string) bool {
+	if h.names == nil {
 		return true
 	}
 	host = strings.ToLower(host)
@@ -41,21 +51,24 @@ func (h hostList) matchHeader(host string) bool {
 }
 
 // match checks a lower-case host name without port or brackets.
-func (h hostList) match(host string) bool {
-	if h == nil {
+func (h HostList) match(host string) bool {
+	if h.names == nil {
 		return true
 	}
-	if h[host] {
-		return true
+	if host == "" {
+		return false
 	}
 	// ".example.com" allows example.com and its subdomains, as Django's
 	// ALLOWED_HOSTS did.
+	if h.names[host] || h.names["."+host] {
+		return true
+	}
 	for {
 		i := strings.IndexByte(host, '.')
 		if i < 0 {
 			return false
 		}
-		if h[host[i:]] || h["."+host] {
+		if h.names[host[i:]] {
 			return true
 		}
 		host = host[i+1:]
@@ -66,7 +79,7 @@ func (h hostList) match(host string) bool {
 // A nil *originList matches any origin.
 type originList struct {
 	exact map[string]bool // "scheme://host[:port]", normalized by origin
-	hosts hostList        // bare host and .domain entries: any scheme and port; nil when none
+	hosts HostList        // bare host and .domain entries: any scheme and port; Any when none
 }
 
 // newOriginList builds the list; it returns nil (any origin) for an empty
@@ -106,7 +119,7 @@ func newOriginList(entries []string) (*originList, error) {
 		return nil, nil
 	}
 	if bare != nil {
-		o.hosts = newHostList(bare) // not nil: "*" returned above
+		o.hosts = NewHostList(bare) // not Any: "*" returned above
 	}
 	return &o, nil
 }
@@ -120,7 +133,7 @@ func (o *originList) allow(value string) bool {
 	if !ok {
 		return o.exact[strings.ToLower(value)] // such as "null", if listed
 	}
-	return o.exact[norm] || len(o.hosts) > 0 && o.hosts.match(host)
+	return o.exact[norm] || !o.hosts.Any() && o.hosts.match(host)
 }
 
 // origin normalizes an origin "scheme://host[:port]": lower case, the

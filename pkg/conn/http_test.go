@@ -117,7 +117,7 @@ func TestHTTPConnectionsCounted(t *testing.T) {
 	b.Close()
 	testutil.Eventually(t, "the closed connection to count out", func() bool { return s.Stats().HTTP == 1 })
 	// The idle one is closed by the server.
-	_ = a.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = a.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	if _, err := abr.ReadByte(); err != io.EOF {
 		t.Fatalf("idle keep-alive connection: read %v, want EOF", err)
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 // Connection caps. Serve admits a socket only while the server holds
-// fewer than its descriptor budget (Config.FileLimit less fdReserve) and
+// fewer than its descriptor budget (Config.FileLimit less fdlimit.Reserve) and
 // the client's address fewer than Config.MaxConnectionsPerIP; otherwise
 // the socket is answered 503 with Retry-After at once and closed. The
 // WebSocket cap (Config.MaxConnections, below the budget so that plain
@@ -29,7 +29,9 @@ type ipLimit struct {
 	n   map[netip.Addr]int32
 }
 
-func ipKey(a netip.Addr) netip.Addr {
+// perIPAddr returns the address a's sockets are counted under: a itself
+// for IPv4, the first address of its /64 for IPv6.
+func perIPAddr(a netip.Addr) netip.Addr {
 	if a.Is6() {
 		p, _ := a.Prefix(64)
 		return p.Addr()
@@ -39,7 +41,7 @@ func ipKey(a netip.Addr) netip.Addr {
 
 // acquire counts one more socket for a, unless a holds max already.
 func (l *ipLimit) acquire(a netip.Addr) bool {
-	k := ipKey(a)
+	k := perIPAddr(a)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.n == nil {
@@ -54,7 +56,7 @@ func (l *ipLimit) acquire(a netip.Addr) bool {
 
 // release counts one socket of a less.
 func (l *ipLimit) release(a netip.Addr) {
-	k := ipKey(a)
+	k := perIPAddr(a)
 	l.mu.Lock()
 	if l.n[k] <= 1 {
 		delete(l.n, k)
@@ -68,7 +70,7 @@ func (l *ipLimit) release(a netip.Addr) {
 func (l *ipLimit) held(a netip.Addr) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return int(l.n[ipKey(a)])
+	return int(l.n[perIPAddr(a)])
 }
 
 // admit decides whether a socket just accepted from addr may be held. It
@@ -95,14 +97,14 @@ func (s *Server) admit(addr netip.Addr, proxy bool) (perIP bool, reason string) 
 	}
 	if !s.perIP.acquire(addr) {
 		s.stats.refuse(refusedPerIP)
-		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(addr), s.perIP.max)
+		return false, fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", perIPAddr(addr), s.perIP.max)
 	}
 	return true, ""
 }
 
 // evictReserve is how many sockets over its budget the server admits
 // while it evicts unfinished heads, taken from the descriptors reserved
-// for the process (fdReserve).
+// for the process (fdlimit.Reserve).
 const evictReserve = 16
 
 // minHeadAge is the youngest unfinished request head evictHead evicts: a
@@ -135,7 +137,7 @@ func (s *Server) setClient(c *Conn, client netip.AddrPort) string {
 		return ""
 	}
 	if !s.perIP.acquire(client.Addr()) {
-		return fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", ipKey(client.Addr()), s.perIP.max)
+		return fmt.Sprintf("too many connections from %s (MAX_CONNECTIONS_PER_IP is %d); retry later", perIPAddr(client.Addr()), s.perIP.max)
 	}
 	c.perIP = true
 	return ""
@@ -154,7 +156,7 @@ func (s *Server) releaseIP(c *Conn) {
 func refuse(fd int, reason string) {
 	_, _ = unix.Write(fd, errorResponse(http.StatusServiceUnavailable, reason))
 	var buf [2048]byte
-	drain(fd, buf[:])
+	discardInput(fd, buf[:])
 	unix.Close(fd)
 }
 
@@ -197,10 +199,10 @@ func accept4(lfd int) (int, unix.Sockaddr, error) {
 
 // warnAccept logs an accept failure at most once a second, with the
 // number of failures since the last line.
-func (s *Server) warnAccept(msg string, err error, backoff time.Duration) {
+func (s *Server) warnAccept(msg string, err error, retryIn time.Duration) {
 	s.failures++
 	if now := time.Now(); now.Sub(s.lastWarned) >= time.Second {
-		s.log.Warn(msg, "err", err, "failures", s.failures, "retry_in", backoff, "open", s.stats.open.Load(), "http", s.stats.http.Load())
+		s.log.Warn(msg, "err", err, "failures", s.failures, "retry_in", retryIn, "open", s.stats.open.Load(), "http", s.stats.http.Load())
 		s.lastWarned, s.failures = now, 0
 	}
 }
@@ -218,11 +220,11 @@ func errorResponse(status int, reason string) []byte {
 	return b
 }
 
-// drain reads and drops what a non-blocking socket holds, so that closing
+// discardInput reads and drops what a non-blocking socket holds, so that closing
 // it sends FIN after the bytes queued to the client rather than RST,
 // which could discard them. It reads two buffers at most: a client that
 // is still flooding gets RST.
-func drain(fd int, buf []byte) {
+func discardInput(fd int, buf []byte) {
 	for range 2 {
 		n, err := rawRead(fd, buf)
 		if err != nil || n < len(buf) {

@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/chatgw/gateway/internal/fdlimit"
 	"github.com/chatgw/gateway/internal/testutil"
 )
 
@@ -47,8 +48,8 @@ func TestIPKey(t *testing.T) {
 		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"},
 		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::"},
 	} {
-		if got := ipKey(netip.MustParseAddr(tc.a)); got != netip.MustParseAddr(tc.b) {
-			t.Errorf("ipKey(%s) = %s, want %s", tc.a, got, tc.b)
+		if got := perIPAddr(netip.MustParseAddr(tc.a)); got != netip.MustParseAddr(tc.b) {
+			t.Errorf("perIPAddr(%s) = %s, want %s", tc.a, got, tc.b)
 		}
 	}
 	l := ipLimit{max: 2}
@@ -115,7 +116,7 @@ func TestConnectionsPerIP(t *testing.T) {
 func TestDescriptorBudget(t *testing.T) {
 	var logs logBuffer
 	s := startLoggedServer(t, Config{
-		FileLimit:           fdReserve + 100,
+		FileLimit:           fdlimit.Reserve + 100,
 		MaxConnectionsPerIP: 20,
 		MaxConnections:      30,
 		HandshakeTimeout:    time.Minute, // the half-open sockets stay for the whole test
@@ -196,7 +197,7 @@ func TestDescriptorBudget(t *testing.T) {
 // evicted with 503. Before, both got 503.
 func TestJoinAtCapEvictsHeads(t *testing.T) {
 	s := startServer(t, Config{
-		FileLimit:        fdReserve + 40,
+		FileLimit:        fdlimit.Reserve + 40,
 		HandshakeTimeout: time.Minute,
 		HTTPHandler:      healthMux(),
 	}, newRecorder())
@@ -288,7 +289,7 @@ func upgradeAfterRecovery(t *testing.T, s *Server) {
 }
 
 // TestAcceptBackoff: when even the spare descriptor does not help (another
-// thread took it), Serve backs off, doubling from 5 ms, and logs the
+// thread took it), Serve backs off as acceptBackoff says, and logs the
 // failures at most once a second; then it recovers.
 func TestAcceptBackoff(t *testing.T) {
 	var logs logBuffer
@@ -317,14 +318,12 @@ func TestAcceptBackoff(t *testing.T) {
 	mu.Lock()
 	got := append([]time.Time(nil), calls[:2*episodes]...)
 	mu.Unlock()
-	backoff := minAcceptBackoff
 	for k := 1; k < episodes; k++ {
 		// Sleeps never end early: the gap before each round is at least
 		// the back-off, whatever the machine's load.
-		if gap := got[2*k].Sub(got[2*k-1]); gap < backoff {
-			t.Fatalf("round %d started %v after the last failure, before its back-off %v", k, gap, backoff)
+		if gap, wait := got[2*k].Sub(got[2*k-1]), acceptBackoff.Wait(k); gap < wait {
+			t.Fatalf("round %d started %v after the last failure, before its back-off %v", k, gap, wait)
 		}
-		backoff *= 2
 	}
 	upgradeAfterRecovery(t, s)
 	if n := strings.Count(logs.String(), "accept failed"); n < 1 || n > 2 {

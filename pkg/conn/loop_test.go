@@ -89,7 +89,7 @@ func TestReadFairness(t *testing.T) {
 		var at int64
 		select {
 		case at = <-h.seen:
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatalf("message %d never delivered during the flood", i)
 		}
 		worst = max(worst, at-before)
@@ -313,7 +313,7 @@ func TestSlowReaderGetsCloseFrame(t *testing.T) {
 		c.Send(f)
 		f.Release()
 		if !full {
-			testutil.Eventually(t, "the queue to drain or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
+			testutil.Eventually(t, "the queue to empty or block", func() bool { closing, blocked, low := state(); return closing || blocked || low })
 		}
 	}
 	c.mu.Lock()
@@ -424,7 +424,7 @@ func rawUpgrade(t *testing.T, s *Server) int {
 	ap := s.Addr().(*net.TCPAddr).AddrPort()
 	err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
 	for err == unix.EINTR || err == unix.EALREADY {
-		_, err = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, int(waitTimeout/time.Millisecond))
+		_, err = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, int(testutil.Timeout/time.Millisecond))
 		if err == nil {
 			var soErr int
 			if soErr, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && soErr != 0 {
@@ -435,7 +435,7 @@ func rawUpgrade(t *testing.T, s *Server) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: int64(waitTimeout / time.Second)})
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: int64(testutil.Timeout / time.Second)})
 	if _, err := unix.Write(fd, upgradeRequest("/ws/a")); err != nil {
 		t.Fatal(err)
 	}

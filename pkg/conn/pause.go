@@ -105,7 +105,8 @@ func (l *loop) resumeDue() {
 		c.deadline = 0
 		l.cur = c
 		c.rd.now = l.now
-		l.fed(c, c.rd.resume(l.emit))
+		res, err := c.rd.resume(l.emit)
+		l.fed(c, res, err)
 		if c.state == stateOpen && !c.rd.paused {
 			l.read(c) // edge-triggered: what arrived meanwhile raised no event
 		}

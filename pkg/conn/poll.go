@@ -50,21 +50,19 @@ func newPoller(epfd int) (*poller, error) {
 	return &poller{f: f, rc: rc}, nil
 }
 
-// errTick reports that the poller's deadline passed before any event.
-var errTick = errors.New("conn: tick")
-
 // wait parks until ready returns true, or until the deadline set by
-// setDeadline passes (errTick). ready is called first, and again after
-// each wake-up of the netpoller.
-func (p *poller) wait(ready func(fd uintptr) bool) error {
-	err := p.rc.Read(ready)
+// setDeadline passes (timedOut, with a nil err). ready is called first,
+// and again after each wake-up of the netpoller. An err means the poller
+// failed and the loop cannot wait on it any more.
+func (p *poller) wait(ready func(fd uintptr) bool) (timedOut bool, err error) {
+	err = p.rc.Read(ready)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		return errTick
+		return true, nil
 	}
-	return err
+	return false, err
 }
 
-// setDeadline sets when wait returns errTick.
+// setDeadline sets when wait returns timedOut.
 func (p *poller) setDeadline(t time.Time) error { return p.f.SetReadDeadline(t) }
 
 func (p *poller) close() error { return p.f.Close() }

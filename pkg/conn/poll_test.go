@@ -7,10 +7,12 @@ import (
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // TestPollerWait: the poller parks until the epoll descriptor has events
-// and returns errTick once its deadline passes.
+// and reports timedOut once its deadline passes.
 func TestPollerWait(t *testing.T) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -42,23 +44,23 @@ func TestPollerWait(t *testing.T) {
 	if err := p.setDeadline(start.Add(30 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.wait(ready); err != errTick {
-		t.Fatalf("wait with nothing ready = %v, want errTick", err)
+	if timedOut, err := p.wait(ready); !timedOut || err != nil {
+		t.Fatalf("wait with nothing ready = %v, %v; want timedOut", timedOut, err)
 	}
 	if d := time.Since(start); d < 25*time.Millisecond {
 		t.Fatalf("wait returned after %v, before its deadline", d)
 	}
 
 	// A write from another goroutine wakes the parked wait.
-	if err := p.setDeadline(time.Now().Add(waitTimeout)); err != nil {
+	if err := p.setDeadline(time.Now().Add(testutil.Timeout)); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
 		one := [8]byte{1}
 		_, _ = rawWrite(efd, one[:])
 	}()
-	if err := p.wait(ready); err != nil {
-		t.Fatalf("wait after an eventfd write = %v", err)
+	if timedOut, err := p.wait(ready); timedOut || err != nil {
+		t.Fatalf("wait after an eventfd write = %v, %v; want events", timedOut, err)
 	}
 	if n != 1 || events[0].Fd != int32(efd) {
 		t.Fatalf("epoll reported %d events %v, want the eventfd", n, events[:n])
@@ -72,7 +74,7 @@ func TestTimersRunWhileIdle(t *testing.T) {
 	rec := newRecorder()
 	s := startServer(t, Config{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, rec)
 	nc, br, _ := dialServer(t, s, rec)
-	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	_ = nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	f, err := ws.ReadFrame(br)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +97,7 @@ func TestTimersRunWhileIdle(t *testing.T) {
 		if !errors.Is(cause, ErrPingTimeout) {
 			t.Fatalf("OnClose cause %v, want ErrPingTimeout", cause)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnClose was not called")
 	}
 }

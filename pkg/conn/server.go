@@ -15,32 +15,44 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/chatgw/gateway/internal/backoff"
+	"github.com/chatgw/gateway/internal/fdlimit"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("conn: server closed")
 
-// ErrPending, returned by Handler.OnOpen, defers the decision: the 101
-// response waits until the Handler calls Conn.Complete, so OnOpen never
-// has to block the event loop (for example on a Redis round trip).
-var ErrPending = errors.New("conn: open pending")
+// Opening is how Handler.OnOpen lets an upgrade it does not refuse go on:
+// now, or once the Handler calls Conn.Complete.
+type Opening uint8
+
+const (
+	// OpenNow writes the 101 response at once: the connection is open.
+	OpenNow Opening = iota
+	// OpenPending defers the answer: the 101 response waits until the
+	// Handler calls Conn.Complete, so OnOpen never has to block the event
+	// loop (for example on a Redis round trip). From then on OnClose is
+	// called if the client goes away first.
+	OpenPending
+)
 
 // Handler is what the server calls about connections. All calls for one
 // connection come from its event loop, one at a time, and must not block:
 // a slow Handler delays every connection of that loop.
 type Handler interface {
 	// Route is called with the request URI of an upgrade request under
-	// Config.WSPrefix. It returns the key the connection will carry
-	// (Conn.Key), such as the room it joins, or an error that refuses the
+	// Config.WSPrefix. It returns the route key the connection will
+	// carry (Conn.Key), such as the room it joins, or an error that refuses the
 	// upgrade: a *HandshakeError chooses the HTTP status, any other error
 	// answers 400.
-	Route(uri []byte) (key string, err error)
+	Route(uri []byte) (routeKey string, err error)
 	// OnOpen is called once the request is valid, before the 101 response
 	// is written: frames sent to c from now on reach the client after the
-	// response. An error refuses the upgrade (503 unless it is a
-	// *HandshakeError). ErrPending defers the answer to Conn.Complete;
-	// from then on OnClose is called if the client goes away first.
-	OnOpen(c *Conn) error
+	// response. A non-nil error refuses the upgrade (503 unless it is a
+	// *HandshakeError), whatever the Opening; otherwise OpenNow opens the
+	// connection and OpenPending defers the answer to Conn.Complete.
+	OnOpen(c *Conn) (Opening, error)
 	// OnMessage is called with each complete text message, valid UTF-8 of
 	// at most Config.MaxMessageBytes. msg is only valid during the call.
 	// It returns zero once it has taken msg. A positive wait declines msg
@@ -114,7 +126,7 @@ type Server struct {
 	log     *slog.Logger
 	loops   []*loop
 	tick    time.Duration
-	hosts   hostList    // Config.AllowedHosts; nil: any host
+	hosts   HostList    // Config.AllowedHosts
 	origins *originList // Config.AllowedOrigins; nil: any origin
 	perIP   ipLimit     // connections per client address
 	proxies proxyList   // Config.TrustedProxies
@@ -164,7 +176,7 @@ func NewServer(cfg Config, h Handler, logger *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, handler: h, log: logger, lfd: -1, spare: -1, sockets: int64(sockets), accept: accept4, proxies: proxies}
 	s.tick = min(time.Second, cfg.PingInterval/2, cfg.PongTimeout/2, cfg.CloseTimeout/2, cfg.HandshakeTimeout/2, cfg.FragmentTimeout/2)
 	s.tick = max(s.tick, 10*time.Millisecond)
-	s.hosts = newHostList(cfg.AllowedHosts)
+	s.hosts = NewHostList(cfg.AllowedHosts)
 	s.origins, _ = newOriginList(cfg.AllowedOrigins) // checked by setDefaults
 	s.perIP.max = max(cfg.MaxConnectionsPerIP, 0)
 	var b [8]byte
@@ -266,13 +278,10 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// Accept back-off: how long Serve waits after an accept failure it cannot
-// answer (out of memory, or out of descriptors without a spare one),
-// doubling up to the maximum while failures go on.
-const (
-	minAcceptBackoff = 5 * time.Millisecond
-	maxAcceptBackoff = time.Second
-)
+// acceptBackoff is how long Serve waits after an accept failure it cannot
+// answer (out of memory, or out of descriptors without a spare one): Min
+// after the first, doubling up to Max while failures go on.
+var acceptBackoff = backoff.Policy{Min: 5 * time.Millisecond, Max: time.Second}
 
 // Serve accepts connections until Shutdown, then returns ErrServerClosed.
 func (s *Server) Serve() error {
@@ -288,7 +297,7 @@ func (s *Server) Serve() error {
 	s.served = done
 	s.serveMu.Unlock()
 	defer close(done)
-	var backoff time.Duration
+	failed := 0 // accept failures in a row that Serve waited after
 	next := 0
 	for {
 		fd, sa, err := s.accept(s.lfd)
@@ -300,7 +309,7 @@ func (s *Server) Serve() error {
 		}
 		switch err {
 		case nil:
-			backoff = 0
+			failed = 0
 		case unix.EINTR, unix.ECONNABORTED, unix.EAGAIN:
 			continue
 		case unix.EMFILE, unix.ENFILE:
@@ -308,14 +317,15 @@ func (s *Server) Serve() error {
 			// client 503, so it learns why and the backlog empties instead
 			// of the loop spinning on EMFILE.
 			if s.refuseWithSpare() {
-				backoff = 0
+				failed = 0
 				continue
 			}
 			fallthrough
 		case unix.ENOBUFS, unix.ENOMEM:
-			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
-			s.warnAccept("accept failed; retrying", err, backoff)
-			time.Sleep(backoff)
+			failed++
+			wait := acceptBackoff.Wait(failed)
+			s.warnAccept("accept failed; retrying", err, wait)
+			time.Sleep(wait)
 			continue
 		default:
 			return fmt.Errorf("conn: accept: %w", err)
@@ -394,7 +404,7 @@ const drainStep = 100 * time.Millisecond
 // Drain starts a graceful stop without stopping the listener: from now on
 // upgrades are refused with 503 and Retry-After, plain HTTP is still
 // served, and the open WebSocket connections are closed with 1001 in
-// batches spread evenly over window (every 100 ms), so that their clients
+// batches spread evenly over window (one every drainStep), so that their clients
 // do not all reconnect elsewhere at the same instant. It returns when
 // every connection open at the start has been asked to close, or when ctx
 // ends. Shutdown then stops the listener and releases what is left. A
@@ -436,7 +446,7 @@ func (s *Server) closeLoops() {
 
 // hostAllowed checks a Host header against Config.AllowedHosts.
 func (s *Server) hostAllowed(host []byte) bool {
-	return s.hosts.matchHeader(string(host))
+	return s.hosts.Allows(string(host))
 }
 
 func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
@@ -453,15 +463,9 @@ func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
 // returns the new soft limit: roughly the most connections one process can
 // hold, one file descriptor each.
 func RaiseFileLimit() (uint64, error) {
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("conn: getrlimit: %w", err)
+	n, err := fdlimit.Raise()
+	if err != nil {
+		return 0, fmt.Errorf("conn: %w", err)
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, fmt.Errorf("conn: raise open-file limit to %d: %w", rl.Max, err)
-		}
-	}
-	return rl.Cur, nil
+	return n, nil
 }

@@ -19,9 +19,6 @@ import (
 	"github.com/chatgw/gateway/internal/testutil"
 )
 
-// waitTimeout bounds every wait in these tests; nothing sleeps.
-const waitTimeout = 10 * time.Second
-
 func TestConfigDefaults(t *testing.T) {
 	var c Config
 	if err := c.setDefaults(); err != nil {
@@ -196,7 +193,7 @@ func newLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger) *
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil && !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Shutdown: %v", err)
@@ -280,11 +277,11 @@ func newRecorder() *recorder {
 }
 
 func (r *recorder) Route(uri []byte) (string, error) { return string(uri), nil }
-func (r *recorder) OnOpen(c *Conn) error {
+func (r *recorder) OnOpen(c *Conn) (Opening, error) {
 	if r.opened != nil {
 		r.opened <- c
 	}
-	return nil
+	return OpenNow, nil
 }
 
 // OnMessage and OnClose never block the loop: what does not fit in the
@@ -324,7 +321,7 @@ func startLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger,
 	go func() { served <- s.Serve() }()
 	t.Cleanup(func() {
 		// Registered after newLoggedServer's cleanup, so it runs first.
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 		defer cancel()
 		_ = s.Shutdown(ctx)
 		if err := <-served; !errors.Is(err, ErrServerClosed) {
@@ -338,7 +335,7 @@ func startLoggedServer(t *testing.T, cfg Config, h Handler, logger *slog.Logger,
 // server's Conn.
 func dialServer(t *testing.T, s *Server, rec *recorder) (net.Conn, *bufio.Reader, *Conn) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Timeout)
 	defer cancel()
 	nc, br, _, err := ws.Dial(ctx, "ws://"+s.Addr().String()+"/ws/test")
 	if err != nil {
@@ -351,7 +348,7 @@ func dialServer(t *testing.T, s *Server, rec *recorder) (net.Conn, *bufio.Reader
 	select {
 	case c := <-rec.opened:
 		return nc, br, c
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnOpen was not called")
 	}
 	return nil, nil, nil
@@ -378,7 +375,7 @@ func TestSendReferences(t *testing.T) {
 		p.c.Send(f)
 	}
 	for i, p := range peers {
-		_ = p.nc.SetReadDeadline(time.Now().Add(waitTimeout))
+		_ = p.nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 		wf, err := ws.ReadFrame(p.br)
 		if err != nil || wf.Header.OpCode != ws.OpText || string(wf.Payload) != "hello" {
 			t.Fatalf("client %d read %+v %q %v", i, wf.Header, wf.Payload, err)
@@ -397,7 +394,7 @@ func TestSendReferences(t *testing.T) {
 		if !errors.Is(cause, ErrShutdown) {
 			t.Fatalf("OnClose cause %v, want ErrShutdown", cause)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnClose was not called")
 	}
 	peers[0].c.Send(f)
@@ -436,7 +433,7 @@ func TestSlowConsumerReleasesFrames(t *testing.T) {
 		if !errors.Is(cause, ErrSlowConsumer) {
 			t.Fatalf("OnClose cause %v, want ErrSlowConsumer", cause)
 		}
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnClose was not called")
 	}
 	testutil.Eventually(t, "the socket to be released", func() bool { return s.Stats().Open == 0 })

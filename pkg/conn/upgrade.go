@@ -39,31 +39,9 @@ func (l *loop) handshake(c *Conn, data []byte) {
 	// HandshakeTimeout bound it.
 	c.rd.in = appendBuffer(c.rd.in, data)
 	if c.fromProxy && !c.proxyRead {
-		// A trusted proxy may start with a PROXY protocol header naming
-		// the client (proxy.go).
-		n, client, need, err := parseProxyHeader(c.rd.in.b)
-		switch {
-		case err != nil:
-			l.reject(c, http.StatusBadRequest, "malformed PROXY protocol header", nil)
+		var done bool
+		if old, done = l.readProxyHeader(c, old); done {
 			return
-		case need && len(c.rd.in.b) <= l.srv.cfg.MaxHeaderBytes:
-			return
-		}
-		c.proxyRead = true
-		if n > 0 {
-			c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, c.rd.in.b[n:])]
-			old = 0
-			if client.IsValid() {
-				if reason := l.srv.setClient(c, client); reason != "" {
-					l.srv.stats.refuse(refusedPerIP)
-					_, _ = unix.Write(c.fd, errorResponse(http.StatusServiceUnavailable, reason))
-					l.release(c, nil)
-					return
-				}
-			}
-			if len(c.rd.in.b) == 0 {
-				return
-			}
 		}
 	}
 	req := c.rd.in.b
@@ -94,7 +72,47 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		l.toHTTP(c)
 		return
 	}
-	l.hsKey, l.hsCounted = "", false
+	l.upgrade(c, head, req[end:])
+}
+
+// readProxyHeader takes off the bytes c holds the PROXY protocol header a
+// trusted proxy may start with, naming the client (proxy.go). old is how
+// many of those bytes were held before this read; it returns that count
+// after the header is gone, and done when this read needs nothing more:
+// the header is incomplete, the connection was refused, or nothing
+// follows the header yet.
+func (l *loop) readProxyHeader(c *Conn, old int) (int, bool) {
+	n, client, need, err := parseProxyHeader(c.rd.in.b)
+	switch {
+	case err != nil:
+		l.reject(c, http.StatusBadRequest, "malformed PROXY protocol header", nil)
+		return old, true
+	case need && len(c.rd.in.b) <= l.srv.cfg.MaxHeaderBytes:
+		return old, true
+	}
+	c.proxyRead = true
+	if n == 0 {
+		return old, false
+	}
+	c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, c.rd.in.b[n:])]
+	if client.IsValid() {
+		if reason := l.srv.setClient(c, client); reason != "" {
+			l.srv.stats.refuse(refusedPerIP)
+			_, _ = unix.Write(c.fd, errorResponse(http.StatusServiceUnavailable, reason))
+			l.release(c, nil)
+			return 0, true
+		}
+	}
+	return 0, len(c.rd.in.b) == 0
+}
+
+// upgrade runs the WebSocket handshake on a complete request head under
+// WSPrefix (gobwas/ws calls onRequest, onHost, onHeader and
+// onBeforeUpgrade, where the Handler answers), then writes the response,
+// or holds it while the Handler's answer is pending. rest is what the
+// client sent behind the head, inside c.rd.in.
+func (l *loop) upgrade(c *Conn, head, rest []byte) {
+	l.hsRouteKey, l.hsCounted = "", false
 	l.hsXFF, l.hsFwd = l.hsXFF[:0], l.hsFwd[:0]
 	l.hsResp.Reset()
 	l.cur = c
@@ -107,7 +125,7 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		// The Handler answers later (Conn.Complete): hold the response,
 		// and any bytes sent behind the request.
 		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
-		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, req[end:])]
+		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, rest)]
 		if len(c.rd.in.b) == 0 {
 			c.rd.releaseIn()
 		}
@@ -134,7 +152,6 @@ func (l *loop) handshake(c *Conn, data []byte) {
 		return
 	}
 	l.srv.stats.upgraded.Add(1)
-	rest := req[end:]
 	if len(rest) == 0 {
 		c.rd.releaseIn()
 		return
@@ -226,11 +243,11 @@ func requestPath(req []byte) []byte {
 }
 
 func (l *loop) onRequest(uri []byte) error {
-	key, err := l.srv.handler.Route(uri)
+	routeKey, err := l.srv.handler.Route(uri)
 	if err != nil {
 		return rejection(err, http.StatusBadRequest)
 	}
-	l.hsKey = key
+	l.hsRouteKey = routeKey
 	return nil
 }
 
@@ -247,16 +264,16 @@ func (l *loop) onHost(host []byte) error {
 // connection with its visitor's browser. From a trusted proxy that has
 // not named the client yet it keeps the forwarding headers
 // (onBeforeUpgrade reads them).
-func (l *loop) onHeader(key, value []byte) error {
+func (l *loop) onHeader(name, value []byte) error {
 	if c := l.cur; c.anonymous {
 		switch {
-		case bytes.EqualFold(key, []byte("X-Forwarded-For")):
+		case bytes.EqualFold(name, []byte("X-Forwarded-For")):
 			l.hsXFF = appendList(l.hsXFF, value)
-		case bytes.EqualFold(key, []byte("Forwarded")):
+		case bytes.EqualFold(name, []byte("Forwarded")):
 			l.hsFwd = appendList(l.hsFwd, value)
 		}
 	}
-	if l.srv.origins == nil || string(key) != "Origin" || l.srv.origins.allow(string(value)) {
+	if l.srv.origins == nil || string(name) != "Origin" || l.srv.origins.allow(string(value)) {
 		return nil
 	}
 	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden),
@@ -274,7 +291,7 @@ func appendList(b, value []byte) []byte {
 
 func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c := l.cur
-	c.key = l.hsKey
+	c.routeKey = l.hsRouteKey
 	s := l.srv
 	if c.anonymous && (len(l.hsXFF) > 0 || len(l.hsFwd) > 0) {
 		if a, ok := s.proxies.forwardedClient(string(l.hsXFF), string(l.hsFwd)); ok {
@@ -302,15 +319,15 @@ func (l *loop) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	c.websocket = true
 	// From here on OnClose must be called: mark the connection open (or
 	// joining) now, while Send still only queues (the 101 is not written).
-	switch err := s.handler.OnOpen(c); {
-	case err == nil:
-		c.state = stateOpen
-	case errors.Is(err, ErrPending):
-		c.state = stateJoining
-	default:
+	switch opening, err := s.handler.OnOpen(c); {
+	case err != nil:
 		c.websocket = false
 		s.stats.websockets.Add(-1)
 		return nil, rejection(err, http.StatusServiceUnavailable)
+	case opening == OpenPending:
+		c.state = stateJoining
+	default:
+		c.state = stateOpen
 	}
 	return nil, nil
 }

@@ -158,22 +158,22 @@ func TestFramesBehindUpgrade(t *testing.T) {
 			if got != want {
 				t.Fatalf("message %q, want %q", got, want)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(testutil.Timeout):
 			t.Fatalf("message %q never delivered", want)
 		}
 	}
 }
 
-// pendingRecorder defers every upgrade (ErrPending) and hands the Conn to
+// pendingRecorder defers every upgrade (OpenPending) and hands the Conn to
 // the test, which completes it.
 type pendingRecorder struct {
 	*recorder
 	pending chan *Conn
 }
 
-func (p *pendingRecorder) OnOpen(c *Conn) error {
+func (p *pendingRecorder) OnOpen(c *Conn) (Opening, error) {
 	p.pending <- c
-	return ErrPending
+	return OpenPending, nil
 }
 
 // TestFramesWhileJoinPending: frames a client sends before its upgrade is
@@ -189,7 +189,7 @@ func TestFramesWhileJoinPending(t *testing.T) {
 	var c *Conn
 	select {
 	case c = <-h.pending:
-	case <-time.After(waitTimeout):
+	case <-time.After(testutil.Timeout):
 		t.Fatal("OnOpen was not called")
 	}
 	// More frames while the join is pending, then the answer.
@@ -271,4 +271,4 @@ func TestHandlerRefusalRetryAfter(t *testing.T) {
 
 type refusingHandler struct{ *recorder }
 
-func (refusingHandler) OnOpen(*Conn) error { return errors.New("store down") }
+func (refusingHandler) OnOpen(*Conn) (Opening, error) { return OpenNow, errors.New("store down") }

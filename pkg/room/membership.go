@@ -55,12 +55,12 @@ const (
 )
 
 // OnOpen joins the connection to its room. In a subscribed room that is
-// immediate; otherwise the connection waits (conn.ErrPending) while the
+// immediate; otherwise the connection waits (conn.OpenPending) while the
 // room is subscribed on the engine, off the event loop, and its 101 is
 // written once every message published from then on will reach it. A
 // join that replays history (since=, history=) also waits for the first
 // page of its replay (session.go).
-func (h *Hub) OnOpen(c *conn.Conn) error {
+func (h *Hub) OnOpen(c *conn.Conn) (conn.Opening, error) {
 	name, _ := splitConnKey(c.Key())
 	h.mu.Lock()
 	r := h.rooms[name]
@@ -77,14 +77,14 @@ func (h *Hub) OnOpen(c *conn.Conn) error {
 		h.engine.SetMembers(name, len(r.members))
 		r.mu.Unlock()
 		if s == nil || !s.async() {
-			return nil
+			return conn.OpenNow, nil
 		}
 		replays := s.opts.replays()
 		go h.start(name, r, c, s, replays)
 		if replays {
-			return conn.ErrPending
+			return conn.OpenPending, nil
 		}
-		return nil
+		return conn.OpenNow, nil
 	}
 	r.pending = append(r.pending, c)
 	start := r.state == roomIdle
@@ -95,7 +95,7 @@ func (h *Hub) OnOpen(c *conn.Conn) error {
 	if start {
 		go h.subscribe(name, r)
 	}
-	return conn.ErrPending
+	return conn.OpenPending, nil
 }
 
 // subscribe subscribes the room on the engine and answers its pending

@@ -150,7 +150,7 @@ var errReplayRefused = &conn.HandshakeError{Status: http.StatusServiceUnavailabl
 
 // start runs, off the event loop, what a member with options gets on
 // joining: its first presence frame, then its replay. With complete set
-// the join is pending (conn.ErrPending) and start answers it: once the
+// the join is pending (conn.OpenPending) and start answers it: once the
 // first page of the replay is read, or with 503 when it cannot be.
 func (h *Hub) start(name string, r *room, c *conn.Conn, s *session, complete bool) {
 	defer s.stop()

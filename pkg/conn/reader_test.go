@@ -3,7 +3,6 @@ package conn
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -106,15 +105,15 @@ func (r result) String() string { return fmt.Sprintf("events %v, err %v", r.even
 func feedChunks(max int, input []byte, sizes func(i int) int) (result, *frameReader) {
 	r := &frameReader{max: max}
 	var res result
-	emit := func(op ws.OpCode, p []byte) error {
+	emit := func(op ws.OpCode, p []byte) readResult {
 		res.events = append(res.events, event{op, string(p)})
-		return nil
+		return readOn
 	}
 	for i, off := 0, 0; off < len(input); i++ {
 		n := min(sizes(i), len(input)-off)
 		chunk := append([]byte(nil), input[off:off+n]...)
 		off += n
-		if err := r.feed(chunk, emit); err != nil {
+		if _, err := r.feed(chunk, emit); err != nil {
 			res.err = err
 			break
 		}
@@ -397,20 +396,19 @@ func TestFrameReaderHoldsNoBufferWhenIdle(t *testing.T) {
 	}
 }
 
-// TestFrameReaderEmitError: an error returned by emit stops the reader and
-// is returned as is; the frames after it are not parsed.
-func TestFrameReaderEmitError(t *testing.T) {
-	stop := errors.New("stop")
+// TestFrameReaderEmitStop: readStop returned by emit stops the reader,
+// which returns it; the frames after it are not parsed.
+func TestFrameReaderEmitStop(t *testing.T) {
 	input := cat(frame(bText, []byte("a")), frame(bText, []byte("b")), frame(bBinary, nil))
 	r := &frameReader{max: 100}
 	defer r.reset()
 	var got []string
-	err := r.feed(input, func(op ws.OpCode, p []byte) error {
+	res, err := r.feed(input, func(op ws.OpCode, p []byte) readResult {
 		got = append(got, string(p))
-		return stop
+		return readStop
 	})
-	if err != stop || len(got) != 1 || got[0] != "a" {
-		t.Fatalf("feed returned %v after %q, want %v after [a]", err, got, stop)
+	if res != readStop || err != nil || len(got) != 1 || got[0] != "a" {
+		t.Fatalf("feed returned result %d, err %v after %q; want readStop after [a]", res, err, got)
 	}
 }
 
@@ -422,9 +420,9 @@ func TestFrameReaderUnmasksInPlace(t *testing.T) {
 	r := &frameReader{max: 100}
 	defer r.reset()
 	var aliased bool
-	err := r.feed(input, func(op ws.OpCode, p []byte) error {
+	_, err := r.feed(input, func(op ws.OpCode, p []byte) readResult {
 		aliased = &p[0] == &input[6]
-		return nil
+		return readOn
 	})
 	if err != nil || !aliased || string(input[6:]) != "hello" {
 		t.Fatalf("err %v, aliased %v, input payload %q: want the payload unmasked in place", err, aliased, input[6:])
@@ -615,12 +613,12 @@ func TestFrameRate(t *testing.T) {
 			r.setRate(10, 5) // 100 ms per frame, 5 at once
 			r.now = int64(time.Hour)
 			frames := 0
-			count := func(ws.OpCode, []byte) error { frames++; return nil }
+			count := func(ws.OpCode, []byte) readResult { frames++; return readOn }
 			feed := func(b []byte) error {
 				// Byte by byte: a frame counts when it is complete.
 				for i := range b {
-					if err := r.feed([]byte{b[i]}, count); err != nil {
-						return err
+					if res, err := r.feed([]byte{b[i]}, count); err != nil || res != readOn {
+						return fmt.Errorf("result %d (want readOn), err %v", res, err)
 					}
 				}
 				return nil
@@ -640,8 +638,8 @@ func TestFrameRate(t *testing.T) {
 			// Frames 6 and 7 in one read: the reader pauses at 6 and keeps both.
 			before := frames
 			// (Continuations are not emitted: the bytes kept tell.)
-			if err := r.feed(cat(tc.one, tc.one), count); err != errPause || !r.paused || len(r.in.b) != 2*len(tc.one) {
-				t.Fatalf("frames 6 and 7 at once: %v (paused %v), want a pause keeping both", err, r.paused)
+			if res, err := r.feed(cat(tc.one, tc.one), count); res != readPause || err != nil || !r.paused || len(r.in.b) != 2*len(tc.one) {
+				t.Fatalf("frames 6 and 7 at once: result %d, err %v (paused %v), want a pause keeping both", res, err, r.paused)
 			}
 			if frames != before {
 				t.Fatalf("%d frames taken past the burst", frames-before)
@@ -650,12 +648,12 @@ func TestFrameRate(t *testing.T) {
 				t.Fatalf("wait %v, want up to one interval", time.Duration(w))
 			}
 			r.now += int64(100 * time.Millisecond)
-			if err := r.resume(count); err != errPause || len(r.in.b) != len(tc.one) {
-				t.Fatalf("resumed 100 ms later: %v; want frame 6 taken and a pause at 7", err)
+			if res, err := r.resume(count); res != readPause || err != nil || len(r.in.b) != len(tc.one) {
+				t.Fatalf("resumed 100 ms later: result %d, err %v; want frame 6 taken and a pause at 7", res, err)
 			}
 			r.now += int64(100 * time.Millisecond)
-			if err := r.resume(count); err != nil || r.paused || r.in != nil {
-				t.Fatalf("resumed again: %v, paused %v; want frame 7 taken and nothing kept", err, r.paused)
+			if res, err := r.resume(count); res != readOn || err != nil || r.paused || r.in != nil {
+				t.Fatalf("resumed again: result %d, err %v, paused %v; want frame 7 taken and nothing kept", res, err, r.paused)
 			}
 			if tc.name != "empty continuation" && frames != before+2 {
 				t.Fatalf("%d frames emitted after the pauses, want 2", frames-before)
@@ -669,11 +667,11 @@ func TestFrameRate(t *testing.T) {
 		})
 	}
 	t.Run("no limit", func(t *testing.T) {
-		nop := func(ws.OpCode, []byte) error { return nil }
+		nop := func(ws.OpCode, []byte) readResult { return readOn }
 		r := &frameReader{max: 1 << 20}
 		r.setRate(-1, 0)
-		if err := r.feed(bytes.Repeat(frame(bPing, nil), 100_000), nop); err != nil {
-			t.Fatal(err)
+		if res, err := r.feed(bytes.Repeat(frame(bPing, nil), 100_000), nop); res != readOn || err != nil {
+			t.Fatalf("result %d, err %v; want every frame taken", res, err)
 		}
 	})
 }
@@ -685,11 +683,11 @@ func TestFrameReaderDiscard(t *testing.T) {
 	r := &frameReader{max: 100}
 	defer r.reset()
 	var got []event
-	emit := func(op ws.OpCode, p []byte) error {
+	emit := func(op ws.OpCode, p []byte) readResult {
 		got = append(got, event{op, string(p)})
-		return nil
+		return readOn
 	}
-	if err := r.feed(frame(bFragText, []byte("unfinished")), emit); err != nil || r.msg == nil {
+	if _, err := r.feed(frame(bFragText, []byte("unfinished")), emit); err != nil || r.msg == nil {
 		t.Fatalf("fragment: %v, kept %v", err, r.msg != nil)
 	}
 	r.discardData()
@@ -697,14 +695,14 @@ func TestFrameReaderDiscard(t *testing.T) {
 		t.Fatal("discardData kept the message")
 	}
 	in := cat(frame(bCont, []byte("more")), frame(bPing, []byte("p")), frame(bFinCont, []byte("end")), frame(bText, []byte("text")), frame(bClose, nil))
-	if err := r.feed(in, emit); err != nil {
+	if _, err := r.feed(in, emit); err != nil {
 		t.Fatal(err)
 	}
 	want := []event{{ws.OpPing, "p"}, {ws.OpClose, ""}}
 	if fmt.Sprint(got) != fmt.Sprint(want) || r.held() != 0 {
 		t.Fatalf("emitted %v, holding %d; want %v and nothing held", got, r.held(), want)
 	}
-	if err := r.feed(frame(bFinCont, nil), emit); err != ErrBadContinuation {
+	if _, err := r.feed(frame(bFinCont, nil), emit); err != ErrBadContinuation {
 		t.Fatalf("continuation with no message: %v, want ErrBadContinuation", err)
 	}
 }
@@ -718,21 +716,21 @@ func TestFrameReaderHoldsOneFrame(t *testing.T) {
 	const maxMsg = 1000
 	r := &frameReader{max: maxMsg}
 	defer r.reset()
-	nop := func(ws.OpCode, []byte) error { return nil }
+	nop := func(ws.OpCode, []byte) readResult { return readOn }
 	first := frame(bText, bytes.Repeat([]byte("a"), 300))
 	// First read: 100 bytes of the frame. Second: the rest of it and 5
 	// whole frames behind it.
-	if err := r.feed(append([]byte(nil), first[:100]...), nop); err != nil || r.in == nil || cap(r.in.b) != minBuffer {
+	if _, err := r.feed(append([]byte(nil), first[:100]...), nop); err != nil || r.in == nil || cap(r.in.b) != minBuffer {
 		t.Fatalf("partial frame: %v; want it kept in a %d-byte buffer", err, minBuffer)
 	}
 	rest := cat(first[100:], bytes.Repeat(frame(bText, []byte("b")), 5))
-	if err := r.feed(rest, nop); err != nil || r.in != nil {
+	if _, err := r.feed(rest, nop); err != nil || r.in != nil {
 		t.Fatalf("rest: %v, still holding %v", err, r.in != nil)
 	}
 	in := cat(frame(bFragText, bytes.Repeat([]byte("x"), 600)), frame(bPing, bytes.Repeat([]byte("p"), 125)), frame(bFinCont, bytes.Repeat([]byte("y"), 400)))
 	most := 0
 	for i := range in {
-		if err := r.feed([]byte{in[i]}, nop); err != nil {
+		if _, err := r.feed([]byte{in[i]}, nop); err != nil {
 			t.Fatalf("byte %d: %v", i, err)
 		}
 		most = max(most, r.held())
@@ -744,7 +742,7 @@ func TestFrameReaderHoldsOneFrame(t *testing.T) {
 }
 
 // TestDeclinedMessageIsEmittedAgainWhole: an emit function that declines
-// a text message for now (errPause), single-frame or fragmented, gets it
+// a text message for now (readPause), single-frame or fragmented, gets it
 // again, the same bytes, after resume, followed by what came after it;
 // frames before it are not emitted twice.
 func TestDeclinedMessageIsEmittedAgainWhole(t *testing.T) {
@@ -760,26 +758,26 @@ func TestDeclinedMessageIsEmittedAgainWhole(t *testing.T) {
 			defer r.reset()
 			var got []string
 			decline := true
-			emit := func(op ws.OpCode, p []byte) error {
+			emit := func(op ws.OpCode, p []byte) readResult {
 				if op == ws.OpText && string(p) == "declined" && decline {
 					decline = false
-					return errPause
+					return readPause
 				}
 				got = append(got, fmt.Sprintf("%v:%s", op, p))
-				return nil
+				return readOn
 			}
 			data := cat(frame(bText, []byte("first")), tc.msg, frame(bText, []byte("after")))
 			// Split in two reads, in the middle of the declined message.
 			half := len(data) / 2
-			err := r.feed(data[:half], emit)
-			if err == nil {
-				err = r.feed(data[half:], emit)
+			res, err := r.feed(data[:half], emit)
+			if res == readOn && err == nil {
+				res, err = r.feed(data[half:], emit)
 			}
-			if err != errPause || !r.paused {
-				t.Fatalf("feed: %v, paused %v; want a pause", err, r.paused)
+			if res != readPause || err != nil || !r.paused {
+				t.Fatalf("feed: result %d, err %v, paused %v; want a pause", res, err, r.paused)
 			}
-			if err := r.resume(emit); err != nil || r.paused {
-				t.Fatalf("resume: %v, paused %v", err, r.paused)
+			if res, err := r.resume(emit); res != readOn || err != nil || r.paused {
+				t.Fatalf("resume: result %d, err %v, paused %v", res, err, r.paused)
 			}
 			want := []string{"1:first", "1:declined", "1:after"}
 			if tc.name == "fragments" {
