@@ -129,7 +129,6 @@ func (s *redisShard) markDirty(r *redisRoom) {
 	}
 }
 
-
 // drop forgets r. s.mu must be held.
 func (s *redisShard) drop(r *redisRoom) {
 	if r.stuck {
