@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -235,6 +237,157 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 		if r.last == in.lastGen && in.hasAdded {
 			r.seq, r.seqKnown = in.added, true // caught up: count afresh
 		}
+	}
+	return nil
+}
+
+// prepareRead appends the read of the round trip to p.cmds: the signal
+// stream and the dirty rooms (every room when a full read is due), in
+// XREADs of at most scanChunk keys. First it checks, with XINFO STREAM,
+// the rooms that may have lost entries.
+func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
+	e := p.e
+	full := p.verifyAll || p.sigFull || p.sweepDue(now)
+	if !p.sigInit {
+		// Start from the signal stream's end as it is before the first full
+		// read: later publishes signal after it, earlier ones are found by
+		// that read. (Never "$", which loses what comes in between.)
+		ictx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+		in, err := parseStreamInfo(p.conn.DoMulti(ictx, e.client.B().XinfoStream().Key(p.sigKey).Build())[0])
+		cancel()
+		if err != nil {
+			return fmt.Errorf("XINFO STREAM %s: %w", p.sigKey, err)
+		}
+		p.sigLast, p.sigInit, full = in.lastGen, true, true
+	}
+	p.keys, p.ids = append(p.keys[:0], p.sigKey), append(p.ids[:0], p.sigLast.String())
+	for _, s := range p.shards {
+		var checks []*redisRoom
+		s.mu.Lock()
+		add := func(r *redisRoom) {
+			if !r.subscribed && !r.last.Less(r.stop) {
+				s.drop(r) // unsubscribed and read up to its stop
+				return
+			}
+			p.keys = append(p.keys, r.key)
+			p.ids = append(p.ids, r.cursor())
+			if p.verifyAll || r.check || r.fresh() {
+				checks = append(checks, r)
+			}
+		}
+		if full {
+			for _, r := range s.rooms {
+				add(r)
+			}
+		} else {
+			for _, r := range s.dirty {
+				if s.rooms[r.key] == r {
+					add(r)
+				}
+			}
+		}
+		for _, r := range s.dirty {
+			r.dirty = false
+		}
+		clear(s.dirty)
+		s.dirty = s.dirty[:0]
+		s.mu.Unlock()
+		if len(checks) > 0 {
+			if err := e.verify(ctx, p.conn, s, checks); err != nil {
+				return err
+			}
+			// verify may have moved cursors: take them again.
+			s.mu.Lock()
+			for i := range p.keys {
+				if r := s.rooms[p.keys[i]]; r != nil {
+					p.ids[i] = r.cursor()
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	if full {
+		p.lastFull, p.verifyAll, p.sigFull = now, false, false
+	}
+	count := int64(max(e.cfg.ReadCount, 1)) + 1 // the last entry read comes first again (redisRoom.cursor)
+	for start := 0; start < len(p.keys); start += scanChunk {
+		end := min(start+scanChunk, len(p.keys))
+		p.cmds = append(p.cmds, e.client.B().Xread().Count(count).Streams().Key(p.keys[start:end]...).Id(p.ids[start:end]...).Build())
+	}
+	return nil
+}
+
+// deliver decodes the replies of the read and calls the Handler.
+// It returns how many entries and foreign signals the read found.
+func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found int, err error) {
+	e := p.e
+	for _, rr := range res {
+		reply, err := rr.ToMessage()
+		if err != nil {
+			if rueidis.IsRedisNil(err) {
+				continue
+			}
+			return 0, fmt.Errorf("XREAD: %w", err)
+		}
+		err = forEachStream(reply, func(key string, v rueidis.RedisMessage) {
+			if key == p.sigKey || key == p.wakeKey {
+				before := p.foreign
+				p.collectSignals(key, v)
+				found += p.foreign - before
+				return
+			}
+			s := p.shardOfKey(key)
+			if s == nil {
+				return
+			}
+			n, bad := len(p.out), s.bad
+			p.out = s.collectStream(key, v, e.cfg.ReadCount, e.cfg.MaxLen, p.out)
+			e.stats.malformed.Add(int64(s.bad - bad))
+			found += len(p.out) - n
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	p.healthy()
+	start := time.Now()
+	for i := range p.out {
+		if ctx.Err() != nil {
+			break
+		}
+		d := &p.out[i]
+		if !d.msg.Lost {
+			e.stats.delivered.Add(1) // first: a Handler's caller may read Stats at once
+		}
+		e.handler(d.room, d.msg)
+	}
+	if len(p.out) > 0 && time.Since(start) >= slowDelivery {
+		p.verifyAll = true
+	}
+	clear(p.out)
+	p.out = p.out[:0]
+	for _, s := range p.shards {
+		s.logBad(e.log, start)
+	}
+	return found, nil
+}
+
+// shardOfKey returns the shard of a room key of this pump, or nil.
+func (p *pump) shardOfKey(key string) *redisShard {
+	if len(p.shards) == 1 {
+		return p.shards[0]
+	}
+	_, rest, ok := strings.Cut(key, ":{")
+	if !ok {
+		return nil
+	}
+	num, _, ok := strings.Cut(rest, "}")
+	i, err := strconv.Atoi(num)
+	if !ok || err != nil || i < 0 || i >= len(p.e.shards) {
+		return nil
+	}
+	if s := p.e.shards[i]; s.pump == p {
+		return s
 	}
 	return nil
 }
