@@ -29,9 +29,10 @@ const (
 
 // Signal streams. Each round trip that publishes also appends one entry
 // to its pump's signal stream, naming the rooms ("r" fields); pumps read
-// the signal stream and then just the signalled rooms. The room streams stay the record: a signal is only a hint, and
-// every room is read again at least every Block (and after any failure),
-// so a lost signal delays a message at most that long.
+// the signal stream and then just the signalled rooms. The room streams
+// stay the record: a signal is only a hint, and every room is read again
+// at least every Sweep (REDIS_SWEEP) and after any failure, so a lost
+// signal delays a message at most that long.
 const (
 	signalMaxLen = "10000" // MAXLEN ~ of a signal stream
 	signalCount  = 4096    // signals read per round at most
@@ -484,7 +485,7 @@ func (e *Redis) Unsubscribe(room string) error {
 	} else {
 		r.subscribed, r.stop = false, stop
 		r.gen++
-		s.markDirty(r) // drain up to stop
+		s.markDirty(r) // leaving: read up to stop
 	}
 	s.mu.Unlock()
 	if err != nil {

@@ -36,6 +36,11 @@ import (
 // a margin far above any sane clock skew. A new node, or a new count, is
 // seen by the other nodes within about two intervals.
 
+// presenceLapse is how many presence intervals a node's counts outlive
+// its last refresh (REDIS_PRESENCE_INTERVAL): a node that died stops
+// being counted within this many intervals.
+const presenceLapse = 3
+
 // presenceForget is how long a node stays listed in the sorted set after
 // its last heartbeat; its counts vanish long before, with its hash.
 const presenceForget = time.Minute
@@ -69,7 +74,7 @@ func newPresence(prefix, node string, interval time.Duration) *presence {
 		prefix:   prefix,
 		hashKey:  presenceKey(prefix, node),
 		nodesKey: prefix + ":{presence}:nodes",
-		ttlMs:    3 * interval.Milliseconds(),
+		ttlMs:    presenceLapse * interval.Milliseconds(),
 		counts:   make(map[string]int),
 		dirty:    make(map[string]struct{}),
 	}

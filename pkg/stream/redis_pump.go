@@ -15,6 +15,13 @@ import (
 // messages. The Redis type's comment describes what it does; the comments
 // here say how.
 
+// A room's TTL (REDIS_TTL) is refreshed by a node when it last did so
+// more than min(TTL/ttlRefreshDivisor, maxTTLRefresh) ago.
+const (
+	ttlRefreshDivisor = 16
+	maxTTLRefresh     = time.Hour
+)
+
 // maxBatch bounds the messages of one round trip.
 const maxBatch = 1024
 
@@ -145,7 +152,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		sigRooms:    make(map[string]struct{}),
 		scriptRooms: make(map[string]int),
 		expires:     make(map[string]time.Time),
-		refreshTTL:  min(e.cfg.TTL/16, time.Hour),
+		refreshTTL:  min(e.cfg.TTL/ttlRefreshDivisor, maxTTLRefresh),
 		peers:       make(map[string]uint64),
 		lastOK:      time.Now(),
 		verifyAll:   true,

@@ -101,7 +101,7 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 		out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Sender: sender, Payload: payload}})
 	}
 	if !r.subscribed && !r.last.Less(r.stop) {
-		s.drop(r) // unsubscribed and drained
+		s.drop(r) // left: read up to its stop
 	}
 	return out
 }
@@ -179,7 +179,7 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 		}
 		in := infos[i]
 		if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
-			// Draining toward a stop that no longer exists: nothing left
+			// Leaving toward a stop that no longer exists: nothing left
 			// to deliver.
 			s.drop(r)
 			continue

@@ -64,7 +64,8 @@ type redisRoom struct {
 	// so that verify ignores an XINFO answer older than the last change.
 	gen uint64
 	// stop, once unsubscribed, is the last ID to deliver: entries up to it
-	// were published while the room was subscribed.
+	// were published while the room was subscribed. An unsubscribed room
+	// is leaving until the reader reaches stop; then it is dropped.
 	stop ID
 	// skips are ranges (from, to] published while the room was not
 	// subscribed, between an Unsubscribe and a Subscribe that came before
@@ -114,7 +115,7 @@ type redisDelivery struct {
 	msg  Message
 }
 
-// roomByName returns the subscribed or draining room of this shard named
+// roomByName returns the subscribed or leaving room of this shard named
 // name, or nil. s.mu must be held.
 func (s *redisShard) roomByName(name string) *redisRoom {
 	s.scratch = append(append(s.scratch[:0], s.keyPre...), name...)

@@ -659,25 +659,25 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 	}
 }
 
-// TestRedisUnsubscribeDrains checks that messages published before
+// TestRedisUnsubscribeLeaves checks that messages published before
 // Unsubscribe are delivered and later ones are not, across nodes.
-func TestRedisUnsubscribeDrains(t *testing.T) {
+func TestRedisUnsubscribeLeaves(t *testing.T) {
 	srv := redistest.Start(t)
 	nodes := startNodes(t, 2, testRedisConfig(t, srv.Addr()))
 	a, b := nodes[0], nodes[1]
-	mustSubscribe(t, b.e, "drain")
+	mustSubscribe(t, b.e, "leave")
 	for round := range 20 {
-		mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: fmt.Appendf(nil, "in-%d", round)})
-		if err := b.e.Unsubscribe("drain"); err != nil {
+		mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: fmt.Appendf(nil, "in-%d", round)})
+		if err := b.e.Unsubscribe("leave"); err != nil {
 			t.Fatal(err)
 		}
-		mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: fmt.Appendf(nil, "out-%d", round)})
-		mustSubscribe(t, b.e, "drain")
+		mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: fmt.Appendf(nil, "out-%d", round)})
+		mustSubscribe(t, b.e, "leave")
 	}
-	mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: []byte("end")})
+	mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: []byte("end")})
 	var got []Message
 	testutil.EventuallyWithin(t, 10*time.Second, "the end message", func() bool {
-		got = b.c.waitFor(t, "drain", 0)
+		got = b.c.waitFor(t, "leave", 0)
 		return len(got) > 0 && string(got[len(got)-1].Payload) == "end"
 	})
 	var ps []string
