@@ -22,8 +22,11 @@ const maxOwed = 4096
 // blockResult is the outcome of a blocking read of the signal streams.
 type blockResult struct {
 	reply rueidis.RedisMessage
-	err   error
-	epoch int // the pump's epoch when the read started
+	// expired: BLOCK passed with nothing to read (Redis's nil reply,
+	// which rueidis gives as an error value). err is then nil.
+	expired bool
+	err     error
+	epoch   int // the pump's epoch when the read started
 }
 
 // poke makes the pump read its dirty rooms soon: it wakes the pump's
@@ -76,7 +79,11 @@ func (p *pump) startBlock(ctx context.Context) {
 		rctx, cancel := context.WithTimeout(ctx, e.readDeadline)
 		msg, err := e.client.Do(rctx, cmd).ToMessage()
 		cancel()
-		p.blockRes <- blockResult{msg, err, epoch}
+		expired := rueidis.IsRedisNil(err)
+		if expired {
+			err = nil
+		}
+		p.blockRes <- blockResult{reply: msg, expired: expired, err: err, epoch: epoch}
 	}()
 }
 
@@ -90,11 +97,11 @@ func (p *pump) onBlock(br blockResult) {
 		// re-reads everything anyway (verifyAll).
 		return
 	}
+	if br.expired {
+		p.healthy()
+		return // readDue asks for a full read once REDIS_SWEEP passed
+	}
 	if br.err != nil {
-		if rueidis.IsRedisNil(br.err) {
-			p.healthy()
-			return // BLOCK expired: readDue now asks for a full read
-		}
 		if p.e.closed.Load() {
 			return
 		}
