@@ -274,9 +274,7 @@ func testNotSubscribedIsNotDeliveredLater(t *testing.T, newEngine newEngineFunc)
 	mustSubscribe(t, e, "late")
 	mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("second")})
 	got := c.settle(t, e, "late")
-	if ps := payloads(got); !slices.Equal(ps, []string{"first", "second"}) {
-		t.Fatalf("deliveries %q, want [first second]", ps)
-	}
+	checkPayloads(t, "delivered", got, "first", "second")
 }
 
 // testSubscribeIsIdempotent: subscribing twice delivers once; unsubscribing
@@ -345,9 +343,7 @@ func testCallerMayReusePayload(t *testing.T, newEngine newEngineFunc) {
 	copy(buf, "two")
 	mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
 	got := c.settle(t, e, "reuse")
-	if ps := payloads(got); !slices.Equal(ps, []string{"one", "two"}) {
-		t.Fatalf("delivered %q; want [one two]", ps)
-	}
+	checkPayloads(t, "delivered", got, "one", "two")
 }
 
 // testAckOncePerPublish: every Publish is acknowledged exactly once, and
@@ -418,18 +414,15 @@ func testAloneIsStored(t *testing.T, newEngine newEngineFunc) {
 	if err != nil || truncated {
 		t.Fatalf("History: truncated %v, %v", truncated, err)
 	}
-	if ps := payloads(hist); !slices.Equal(ps, []string{"a", "b", "c"}) {
-		t.Fatalf("History holds %q, want [a b c]: a message sent Alone is stored like any other", ps)
-	}
+	checkPayloads(t, "History of a room with messages sent Alone", hist, "a", "b", "c")
 	checkEntries(t, hist, ids, 0, 3)
 	got := c.settle(t, e, room)
 	from := 1 // "a" may be skipped: its Ack said nobody else is here
 	if len(got) == 3 {
 		from = 0
 	}
-	if ps := payloads(got); !slices.Equal(ps, []string{"a", "b", "c"}[from:]) {
-		t.Fatalf("delivered %q, want [a b c] or [b c]: \"b\" was asked for by its Ack, nothing twice, in order", ps)
-	}
+	// "b" was asked for by its Ack; nothing comes twice, all in order.
+	checkPayloads(t, "delivered", got, []string{"a", "b", "c"}[from:]...)
 	checkEntries(t, got, ids, from, 3)
 	for _, m := range append(hist, got...) {
 		if m.Alone {
@@ -442,32 +435,39 @@ func testAloneIsStored(t *testing.T, newEngine newEngineFunc) {
 // outcome and returns the entry's ID.
 func publishAck(t *testing.T, e Engine, room string, m Message, deliver bool) ID {
 	t.Helper()
-	type result struct {
-		id  ID
-		err error
+	id, err := PublishWait(context.Background(), ackAnswers{e, deliver}, room, m)
+	if err != nil {
+		t.Fatalf("Publish %q to %q: %v", m.Payload, room, err)
 	}
-	ch := make(chan result, 1)
-	e.Publish(room, m, func(_ any, id ID, err error) bool { ch <- result{id, err}; return deliver }, nil)
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			t.Fatalf("Publish %q to %q: %v", m.Payload, room, r.err)
-		}
-		return r.id
-	case <-time.After(testutil.Timeout):
-		t.Fatalf("Publish %q to %q: no Ack within %v", m.Payload, room, testutil.Timeout)
-	}
-	return ID{}
+	return id
 }
 
-// payloads returns the payloads of ms as strings, for comparing and
-// printing.
-func payloads(ms []Message) []string {
+// ackAnswers is an Engine whose Publish answers its Acks with deliver,
+// whatever the caller's Ack answers.
+type ackAnswers struct {
+	Engine
+	deliver bool
+}
+
+// Publish is the engine's, with the Ack's answer replaced.
+func (a ackAnswers) Publish(room string, m Message, ack Ack, ref any) {
+	a.Engine.Publish(room, m, func(ref any, id ID, err error) bool {
+		ack(ref, id, err)
+		return a.deliver
+	}, ref)
+}
+
+// checkPayloads fails the test unless ms hold exactly the payloads want,
+// in order; what names the messages in the failure.
+func checkPayloads(t *testing.T, what string, ms []Message, want ...string) {
+	t.Helper()
 	ps := make([]string, 0, len(ms))
 	for _, m := range ms {
 		ps = append(ps, string(m.Payload))
 	}
-	return ps
+	if !slices.Equal(ps, want) {
+		t.Fatalf("%s %q, want %q", what, ps, want)
+	}
 }
 
 // testCanceledContext: PublishWait with a canceled context fails with
@@ -713,10 +713,7 @@ func testCIDDedupe(t *testing.T, newEngine newEngineFunc) {
 	}
 	got := c.settle(t, e, room)
 	for what, ms := range map[string][]Message{"History": hist, "delivered": got} {
-		ps := payloads(ms)
-		if !slices.Equal(ps, []string{"first", "plain", "second"}) {
-			t.Fatalf("%s %q, want [first plain second]", what, ps)
-		}
+		checkPayloads(t, what, ms, "first", "plain", "second")
 		for i, m := range ms {
 			if m.ID != ids[i] || m.CID != "" {
 				t.Fatalf("%s entry %d: ID %v CID %q, want ID %v and no CID", what, i, m.ID, m.CID, ids[i])
