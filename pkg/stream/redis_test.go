@@ -660,7 +660,8 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 }
 
 // TestRedisUnsubscribeLeaves checks that messages published before
-// Unsubscribe are delivered and later ones are not, across nodes.
+// Unsubscribe are delivered and later ones are not, across nodes: the
+// room is leaving, read up to its stop.
 func TestRedisUnsubscribeLeaves(t *testing.T) {
 	srv := redistest.Start(t)
 	nodes := startNodes(t, 2, testRedisConfig(t, srv.Addr()))
