@@ -177,68 +177,81 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			r.check = true
 			continue
 		}
-		in := infos[i]
-		if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
-			// Leaving toward a stop that no longer exists: nothing left
-			// to deliver.
-			s.drop(r)
-			continue
-		}
-		switch {
-		case in.missing:
-			if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
-				e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
-					"room", r.name, "last_id", r.last.String())
-			}
-			r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
-		case in.lastGen.Less(r.last):
-			e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
-				"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
-			r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
-		case !in.hasAdded:
-			r.seqKnown = false
-		case r.seqKnown && in.added < r.seq:
-			// The key was deleted and recreated since: the count restarted.
-			r.seqKnown = false
-		default:
-			// Entries after last that Redis no longer has: all of them
-			// when caught up, those before the first entry left when last
-			// is older than it. Otherwise the count cannot tell yet.
-			var lost int64
-			from := r.last // the range of a loss ends before it
-			if r.last.IsZero() {
-				r.heldFrom = in.first
-			}
-			switch {
-			case !r.seqKnown:
-			case r.last == in.lastGen:
-				lost = in.added - r.seq
-			case in.length == 0 || r.last.Less(in.first):
-				lost = in.added - in.length - r.seq
-				from = in.first
-			default:
-				r.check = true // the count cannot tell yet: at the next read
-			}
-			if lost > 0 {
-				e.stats.lost.Add(lost)
-				e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
-					"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
-				r.seq += lost
-				if from != r.last {
-					// Lost ahead of the cursor: the next read tells the
-					// members, before what follows the gap.
-					r.lossAhead = true
-				}
-			}
-			if !r.check {
-				r.accounted = r.last
-			}
-		}
-		if r.last == in.lastGen && in.hasAdded {
-			r.seq, r.seqKnown = in.added, true // caught up: count afresh
-		}
+		e.applyStreamInfo(s, r, infos[i])
 	}
 	return nil
+}
+
+// applyStreamInfo updates r from in, its XINFO STREAM: a leaving room
+// whose stop is gone is dropped, a stream that vanished or went back in
+// time moves the cursor with it, and entries trimmed unread are counted
+// (countTrimmed). s.mu must be held.
+func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo) {
+	if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
+		// Leaving toward a stop that no longer exists: nothing left
+		// to deliver.
+		s.drop(r)
+		return
+	}
+	switch {
+	case in.missing:
+		if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
+			e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
+				"room", r.name, "last_id", r.last.String())
+		}
+		r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
+	case in.lastGen.Less(r.last):
+		e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
+			"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
+		r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
+	case !in.hasAdded:
+		r.seqKnown = false
+	case r.seqKnown && in.added < r.seq:
+		// The key was deleted and recreated since: the count restarted.
+		r.seqKnown = false
+	default:
+		e.countTrimmed(r, in)
+	}
+	if r.last == in.lastGen && in.hasAdded {
+		r.seq, r.seqKnown = in.added, true // caught up: count afresh
+	}
+}
+
+// countTrimmed counts, logs and announces the entries after r's cursor
+// that Redis no longer has, when in (its XINFO STREAM) can tell: all of
+// them when r caught up, those before the first entry left when r's
+// last entry is older than it; otherwise r stays checked. s.mu must be
+// held.
+func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
+	var lost int64
+	from := r.last // the range of a loss ends before it
+	if r.last.IsZero() {
+		r.heldFrom = in.first
+	}
+	switch {
+	case !r.seqKnown:
+	case r.last == in.lastGen:
+		lost = in.added - r.seq
+	case in.length == 0 || r.last.Less(in.first):
+		lost = in.added - in.length - r.seq
+		from = in.first
+	default:
+		r.check = true // the count cannot tell yet: at the next read
+	}
+	if lost > 0 {
+		e.stats.lost.Add(lost)
+		e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
+			"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
+		r.seq += lost
+		if from != r.last {
+			// Lost ahead of the cursor: the next read tells the
+			// members, before what follows the gap.
+			r.lossAhead = true
+		}
+	}
+	if !r.check {
+		r.accounted = r.last
+	}
 }
 
 // prepareRead appends the read of the round trip to p.cmds: the signal
