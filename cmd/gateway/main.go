@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 			return 2
 		}
 	case envProduction:
-		engine, err = connectRedis(cfg, hub.Deliver, logger, func(err error) { fatal <- err })
+		engine, err = stream.ConnectRedis(cfg.Redis, cfg.StartTimeout, hub.Deliver, logger, func(err error) { fatal <- err })
 		if err != nil {
 			fmt.Fprintf(stderr, "gateway: %v\nRun gateway -h for the variables.\n", err)
 			return 2

@@ -141,15 +141,15 @@ type Handler func(room string, m Message)
 // entry of the room on this node; the result is ignored otherwise.
 type Ack func(ref any, id ID, err error) (deliver bool)
 
-// Engine carries the messages of rooms between the gateway's connections,
-// locally (Memory) or across gateway nodes (Redis). It knows rooms and
-// opaque payloads, never sockets.
+// Broker is the publish/subscribe part of an engine: it carries the
+// messages of rooms between the gateway's connections, locally (Memory)
+// or across gateway nodes (Redis).
 //
-// An engine delivers to its Handler every message published to a room
-// while that room is subscribed, including the messages this node
+// A broker delivers to its engine's Handler every message published to a
+// room while that room is subscribed, including the messages this node
 // published itself (the caller skips the sender). Messages published while
 // a room is not subscribed are not delivered later.
-type Engine interface {
+type Broker interface {
 	// Publish appends m to the room's stream and reports the outcome to
 	// ack, exactly once, with ref: the entry's ID when the message is
 	// accepted (it will be delivered to every node subscribed to the room),
@@ -170,11 +170,11 @@ type Engine interface {
 	// Unsubscribe stops delivery of room's messages. Unsubscribing a room
 	// that is not subscribed does nothing.
 	Unsubscribe(room string) error
-	// Health returns nil while the engine can accept and deliver messages,
-	// and an error saying what is wrong otherwise.
-	Health() error
-	// Stats returns the engine's counters since it started.
-	Stats() Stats
+}
+
+// History is the part of an engine that reads what rooms hold: the
+// entries a member missed, and the last ones a newcomer sees.
+type History interface {
 	// History returns up to n entries of room published after the entry
 	// with ID after (after itself excluded), oldest first: fewer than n
 	// only when no more are held. A zero after means from the start of
@@ -185,18 +185,39 @@ type Engine interface {
 	// oldest first; nothing when n ≤ 0. The payloads may be shared with
 	// the engine: read-only.
 	Last(ctx context.Context, room string, n int) ([]Message, error)
+}
+
+// Presence is the part of an engine that counts the members of rooms
+// across nodes.
+type Presence interface {
 	// SetMembers records that this node has n members in room (0: none).
 	// It never blocks: engines publish the counts in the background.
 	SetMembers(room string, n int)
 	// Members returns the members of room on every live node. A node that
 	// died stops being counted within the engine's presence timeout.
 	Members(ctx context.Context, room string) (int, error)
+}
+
+// Engine is what a gateway node needs of the store behind its rooms:
+// publish/subscribe (Broker), the rooms' history (History) and member
+// counts (Presence), with its health, counters and shutdown. It knows
+// rooms and opaque payloads, never sockets. Memory and Redis implement
+// it; ConnectRedis returns one that waits for Redis.
+type Engine interface {
+	Broker
+	History
+	Presence
+	// Health returns nil while the engine can accept and deliver messages,
+	// and an error saying what is wrong otherwise.
+	Health() error
+	// Stats returns the engine's counters since it started.
+	Stats() Stats
 	// Close stops delivery and releases the engine's resources; it waits
 	// for running handler calls to return, or for ctx to end.
 	Close(ctx context.Context) error
 }
 
-// Page is one read of a room's history (Engine.History).
+// Page is one read of a room's history (History.History).
 type Page struct {
 	// Messages are the entries after the requested ID, oldest first.
 	Messages []Message

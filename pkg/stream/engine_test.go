@@ -67,7 +67,7 @@ func (c *collector) handle(room string, m Message) {
 // waitFor waits until n deliveries for room have arrived and returns them.
 func (c *collector) waitFor(t *testing.T, room string, n int) []Message {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(testutil.Timeout)
 	for {
 		c.mu.Lock()
 		var ms []Message
@@ -96,7 +96,7 @@ func (c *collector) settle(t *testing.T, e Engine, room string) []Message {
 	t.Helper()
 	marker := fmt.Sprintf("\x00marker-%d", time.Now().UnixNano())
 	mustPublish(t, e, room, Message{Sender: 1 << 62, Payload: []byte(marker)})
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(testutil.Timeout)
 	for {
 		c.mu.Lock()
 		var ms []Message
@@ -125,570 +125,692 @@ func (c *collector) settle(t *testing.T, e Engine, room string) []Message {
 	}
 }
 
-// testEngine runs the conformance suite every Engine must pass.
+// testEngine runs the conformance suite every Engine must pass: each
+// subtest is a function of its own, named after what it specifies.
 func testEngine(t *testing.T, newEngine newEngineFunc) {
-	ctx := context.Background()
-	startWith := func(t *testing.T, o engineOpts) (Engine, *collector) {
-		c := newCollector()
-		e := newEngine(t, c.handle, o)
-		t.Cleanup(func() { _ = e.Close(context.Background()) })
-		return e, c
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T, newEngineFunc)
+	}{
+		{"DeliversToSubscribedRoom", testDeliversToSubscribedRoom},
+		{"StatsCountRefusals", testStatsCountRefusals},
+		{"OrderAndIncreasingIDs", testOrderAndIncreasingIDs},
+		{"RoomIsolation", testRoomIsolation},
+		{"NotSubscribedIsNotDeliveredLater", testNotSubscribedIsNotDeliveredLater},
+		{"SubscribeIsIdempotent", testSubscribeIsIdempotent},
+		{"ConcurrentPublishersLoseNothing", testConcurrentPublishersLoseNothing},
+		{"CallerMayReusePayload", testCallerMayReusePayload},
+		{"AckOncePerPublish", testAckOncePerPublish},
+		{"AloneIsStored", testAloneIsStored},
+		{"CanceledContext", testCanceledContext},
+		{"History", testHistory},
+		{"HistoryBetweenEntries", testHistoryBetweenEntries},
+		{"Last", testLast},
+		{"HistoryOutlivesSubscribers", testHistoryOutlivesSubscribers},
+		{"HistoryTruncated", testHistoryTruncated},
+		{"CIDDedupe", testCIDDedupe},
+		{"CIDWindowExpires", testCIDWindowExpires},
+		{"CIDKeepsOrder", testCIDKeepsOrder},
+		{"MembersOfThisNode", testMembersOfThisNode},
+		{"Closed", testClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.test(t, newEngine) })
 	}
-	start := func(t *testing.T) (Engine, *collector) { return startWith(t, engineOpts{}) }
+}
 
-	t.Run("DeliversToSubscribedRoom", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "lobby")
-		id, err := PublishWait(ctx, e, "lobby", Message{Sender: 42, Payload: []byte(`{"a":1}`)})
+// startEngine starts the engine under test with the settings of o and a
+// collector as its Handler; the engine is closed when the test ends.
+func startEngine(t *testing.T, newEngine newEngineFunc, o engineOpts) (Engine, *collector) {
+	c := newCollector()
+	e := newEngine(t, c.handle, o)
+	t.Cleanup(func() { _ = e.Close(context.Background()) })
+	return e, c
+}
+
+// testDeliversToSubscribedRoom: a message published to a subscribed room is
+// delivered once with its ID, sender and payload, and counted.
+func testDeliversToSubscribedRoom(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "lobby")
+	id, err := PublishWait(ctx, e, "lobby", Message{Sender: 42, Payload: []byte(`{"a":1}`)})
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	got := c.waitFor(t, "lobby", 1)[0]
+	if got.ID != id || got.Sender != 42 || string(got.Payload) != `{"a":1}` {
+		t.Fatalf("delivered %+v (payload %q), want ID %v sender 42 payload {\"a\":1}", got, got.Payload, id)
+	}
+	if id.IsZero() {
+		t.Fatalf("Publish returned the zero ID")
+	}
+	if err := e.Health(); err != nil {
+		t.Fatalf("Health of a running engine: %v", err)
+	}
+	if s := e.Stats(); s.Accepted != 1 || s.Delivered != 1 || s.Refused != 0 || s.Unconfirmed != 0 {
+		t.Fatalf("Stats after one publish and delivery: %+v; want 1 accepted, 1 delivered, nothing else", s)
+	}
+}
+
+// testStatsCountRefusals: a Publish after Close is refused with ErrClosed
+// and counted as refused.
+func testStatsCountRefusals(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	mustPublish(t, e, "gone", Message{Sender: 1, Payload: []byte("x")})
+	if err := e.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := PublishWait(ctx, e, "gone", Message{Sender: 1, Payload: []byte("y")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if s := e.Stats(); s.Accepted != 1 || s.Refused != 1 {
+		t.Fatalf("Stats: %+v; want 1 accepted and 1 refused", s)
+	}
+}
+
+// testOrderAndIncreasingIDs: one publisher's messages are delivered in the
+// order published, with the IDs acknowledged, strictly increasing.
+func testOrderAndIncreasingIDs(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "order")
+	const n = 500
+	ids := make([]ID, n)
+	for i := range n {
+		id, err := PublishWait(ctx, e, "order", Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)})
 		if err != nil {
-			t.Fatalf("Publish: %v", err)
+			t.Fatalf("Publish %d: %v", i, err)
 		}
-		got := c.waitFor(t, "lobby", 1)[0]
-		if got.ID != id || got.Sender != 42 || string(got.Payload) != `{"a":1}` {
-			t.Fatalf("delivered %+v (payload %q), want ID %v sender 42 payload {\"a\":1}", got, got.Payload, id)
+		ids[i] = id
+	}
+	got := c.settle(t, e, "order")
+	if len(got) != n {
+		t.Fatalf("got %d deliveries, want %d", len(got), n)
+	}
+	for i, m := range got {
+		if string(m.Payload) != fmt.Sprint(i) || m.ID != ids[i] {
+			t.Fatalf("delivery %d = %q id %v, want %d id %v", i, m.Payload, m.ID, i, ids[i])
 		}
-		if id.IsZero() {
-			t.Fatalf("Publish returned the zero ID")
+		if i > 0 && !got[i-1].ID.Less(m.ID) {
+			t.Fatalf("IDs not increasing: %v then %v", got[i-1].ID, m.ID)
 		}
-		if err := e.Health(); err != nil {
-			t.Fatalf("Health of a running engine: %v", err)
-		}
-		if s := e.Stats(); s.Accepted != 1 || s.Delivered != 1 || s.Refused != 0 || s.Unconfirmed != 0 {
-			t.Fatalf("Stats after one publish and delivery: %+v; want 1 accepted, 1 delivered, nothing else", s)
-		}
-	})
+	}
+}
 
-	t.Run("StatsCountRefusals", func(t *testing.T) {
-		e, _ := start(t)
-		mustPublish(t, e, "gone", Message{Sender: 1, Payload: []byte("x")})
-		if err := e.Close(ctx); err != nil {
-			t.Fatal(err)
+// testRoomIsolation: each room gets its own messages only, in order.
+func testRoomIsolation(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "a")
+	mustSubscribe(t, e, "b")
+	for i := range 10 {
+		mustPublish(t, e, "a", Message{Sender: 1, Payload: fmt.Appendf(nil, "a%d", i)})
+		mustPublish(t, e, "b", Message{Sender: 2, Payload: fmt.Appendf(nil, "b%d", i)})
+	}
+	for _, room := range []string{"a", "b"} {
+		got := c.settle(t, e, room)
+		if len(got) != 10 {
+			t.Fatalf("room %s: got %d deliveries, want 10", room, len(got))
 		}
-		if _, err := PublishWait(ctx, e, "gone", Message{Sender: 1, Payload: []byte("y")}); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+		for i, m := range got {
+			if want := fmt.Sprintf("%s%d", room, i); string(m.Payload) != want {
+				t.Fatalf("room %s delivery %d = %q, want %q", room, i, m.Payload, want)
+			}
 		}
-		if s := e.Stats(); s.Accepted != 1 || s.Refused != 1 {
-			t.Fatalf("Stats: %+v; want 1 accepted and 1 refused", s)
-		}
-	})
+	}
+}
 
-	t.Run("OrderAndIncreasingIDs", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "order")
-		const n = 500
-		ids := make([]ID, n)
-		for i := range n {
-			id, err := PublishWait(ctx, e, "order", Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)})
+// testNotSubscribedIsNotDeliveredLater: messages published while a room is
+// not subscribed are never delivered, before or after a Subscribe.
+func testNotSubscribedIsNotDeliveredLater(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("before-subscribe")})
+	mustSubscribe(t, e, "late")
+	mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("first")})
+	if err := e.Unsubscribe("late"); err != nil {
+		t.Fatalf("Unsubscribe: %v", err)
+	}
+	mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("while-unsubscribed")})
+	mustSubscribe(t, e, "late")
+	mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("second")})
+	got := c.settle(t, e, "late")
+	checkPayloads(t, "delivered", got, "first", "second")
+}
+
+// testSubscribeIsIdempotent: subscribing twice delivers once; unsubscribing
+// an unknown room is no error.
+func testSubscribeIsIdempotent(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "twice")
+	mustSubscribe(t, e, "twice")
+	mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("x")})
+	mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("y")})
+	if got := c.settle(t, e, "twice"); len(got) != 2 || string(got[0].Payload) != "x" || string(got[1].Payload) != "y" {
+		t.Fatalf("got %d deliveries, want exactly x then y", len(got))
+	}
+	if err := e.Unsubscribe("never-subscribed"); err != nil {
+		t.Fatalf("Unsubscribe of an unknown room: %v", err)
+	}
+}
+
+// testConcurrentPublishersLoseNothing: concurrent publishers lose nothing and
+// keep their own order.
+func testConcurrentPublishersLoseNothing(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "burst")
+	const senders, each = 10, 100
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	for s := range senders {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := PublishWait(ctx, e, "burst", Message{Sender: uint64(s), Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Publish: %v", err)
+	}
+	got := c.settle(t, e, "burst")
+	if len(got) != senders*each {
+		t.Fatalf("got %d deliveries, want %d", len(got), senders*each)
+	}
+	next := make([]int, senders)
+	for i, m := range got {
+		if want := fmt.Sprint(next[m.Sender]); string(m.Payload) != want {
+			t.Fatalf("sender %d: got %q, want %s (order per sender broken)", m.Sender, m.Payload, want)
+		}
+		next[m.Sender]++
+		if i > 0 && !got[i-1].ID.Less(m.ID) {
+			t.Fatalf("IDs not increasing: %v then %v", got[i-1].ID, m.ID)
+		}
+	}
+}
+
+// testCallerMayReusePayload: the caller may reuse a payload's buffer once
+// Publish returns: the engine keeps its own copy.
+func testCallerMayReusePayload(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "reuse")
+	buf := []byte("one")
+	mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
+	copy(buf, "two")
+	mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
+	got := c.settle(t, e, "reuse")
+	checkPayloads(t, "delivered", got, "one", "two")
+}
+
+// testAckOncePerPublish: every Publish is acknowledged exactly once, and
+// one goroutine's messages are stored in the order of its calls.
+func testAckOncePerPublish(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "acks")
+	const n = 300
+	var mu sync.Mutex
+	acks := make(map[int]int, n)
+	var ids []ID
+	done := make(chan struct{})
+	for i := range n {
+		e.Publish("acks", Message{Sender: 3, Payload: fmt.Appendf(nil, "%d", i)}, ackOf(func(ref any, id ID, err error) {
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				t.Fatalf("Publish %d: %v", i, err)
+				t.Errorf("message %d: %v", ref, err)
 			}
-			ids[i] = id
-		}
-		got := c.settle(t, e, "order")
-		if len(got) != n {
-			t.Fatalf("got %d deliveries, want %d", len(got), n)
-		}
-		for i, m := range got {
-			if string(m.Payload) != fmt.Sprint(i) || m.ID != ids[i] {
-				t.Fatalf("delivery %d = %q id %v, want %d id %v", i, m.Payload, m.ID, i, ids[i])
+			acks[ref.(int)]++
+			ids = append(ids, id)
+			if len(ids) == n {
+				close(done)
 			}
-			if i > 0 && !got[i-1].ID.Less(m.ID) {
-				t.Fatalf("IDs not increasing: %v then %v", got[i-1].ID, m.ID)
-			}
+		}), i)
+	}
+	select {
+	case <-done:
+	case <-time.After(testutil.Timeout):
+		t.Fatal("not every Publish was acknowledged")
+	}
+	got := c.settle(t, e, "acks")
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range n {
+		if acks[i] != 1 {
+			t.Fatalf("message %d acknowledged %d times", i, acks[i])
 		}
-	})
+	}
+	// One publisher, one goroutine: acknowledged and stored in order.
+	for i := range ids {
+		if i > 0 && !ids[i-1].Less(ids[i]) {
+			t.Fatalf("acks out of order: %v then %v", ids[i-1], ids[i])
+		}
+		if got[i].ID != ids[i] || string(got[i].Payload) != fmt.Sprint(i) {
+			t.Fatalf("delivery %d = %q %v, acknowledged %v", i, got[i].Payload, got[i].ID, ids[i])
+		}
+	}
+}
 
-	t.Run("RoomIsolation", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "a")
-		mustSubscribe(t, e, "b")
-		for i := range 10 {
-			mustPublish(t, e, "a", Message{Sender: 1, Payload: fmt.Appendf(nil, "a%d", i)})
-			mustPublish(t, e, "b", Message{Sender: 2, Payload: fmt.Appendf(nil, "b%d", i)})
+// testAloneIsStored: Message.Alone is a hint. A message published with
+// it is stored like any other: History holds it, in order, with a fresh
+// ID, so a member that joins later reads it. Delivered, it comes in
+// order and at most once: an engine may skip it only when its Ack says
+// nobody joined (false); when the Ack asks for it (true) it is
+// delivered. Handlers never see Alone set.
+func testAloneIsStored(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	const room = "alone"
+	mustSubscribe(t, e, room)
+	ids := []ID{
+		publishAck(t, e, room, Message{Sender: 1, Payload: []byte("a"), Alone: true}, false), // still alone
+		publishAck(t, e, room, Message{Sender: 1, Payload: []byte("b"), Alone: true}, true),  // a member joined
+		mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("c")}),
+	}
+	hist, truncated, err := history(ctx, e, room, ID{}, 10)
+	if err != nil || truncated {
+		t.Fatalf("History: truncated %v, %v", truncated, err)
+	}
+	checkPayloads(t, "History of a room with messages sent Alone", hist, "a", "b", "c")
+	checkEntries(t, hist, ids, 0, 3)
+	got := c.settle(t, e, room)
+	from := 1 // "a" may be skipped: its Ack said nobody else is here
+	if len(got) == 3 {
+		from = 0
+	}
+	// "b" was asked for by its Ack; nothing comes twice, all in order.
+	checkPayloads(t, "delivered", got, []string{"a", "b", "c"}[from:]...)
+	checkEntries(t, got, ids, from, 3)
+	for _, m := range append(hist, got...) {
+		if m.Alone {
+			t.Fatalf("a reader saw Alone set: %+v", m)
 		}
-		for _, room := range []string{"a", "b"} {
-			got := c.settle(t, e, room)
-			if len(got) != 10 {
-				t.Fatalf("room %s: got %d deliveries, want 10", room, len(got))
-			}
-			for i, m := range got {
-				if want := fmt.Sprintf("%s%d", room, i); string(m.Payload) != want {
-					t.Fatalf("room %s delivery %d = %q, want %q", room, i, m.Payload, want)
-				}
-			}
-		}
-	})
+	}
+}
 
-	t.Run("NotSubscribedIsNotDeliveredLater", func(t *testing.T) {
-		e, c := start(t)
-		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("before-subscribe")})
-		mustSubscribe(t, e, "late")
-		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("first")})
-		if err := e.Unsubscribe("late"); err != nil {
-			t.Fatalf("Unsubscribe: %v", err)
-		}
-		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("while-unsubscribed")})
-		mustSubscribe(t, e, "late")
-		mustPublish(t, e, "late", Message{Sender: 1, Payload: []byte("second")})
-		got := c.settle(t, e, "late")
-		if len(got) != 2 || string(got[0].Payload) != "first" || string(got[1].Payload) != "second" {
-			var ps []string
-			for _, m := range got {
-				ps = append(ps, string(m.Payload))
-			}
-			t.Fatalf("deliveries %q, want [first second]", ps)
-		}
-	})
+// publishAck publishes m with an Ack that answers deliver, waits for the
+// outcome and returns the entry's ID.
+func publishAck(t *testing.T, e Engine, room string, m Message, deliver bool) ID {
+	t.Helper()
+	id, err := PublishWait(context.Background(), ackAnswers{e, deliver}, room, m)
+	if err != nil {
+		t.Fatalf("Publish %q to %q: %v", m.Payload, room, err)
+	}
+	return id
+}
 
-	t.Run("SubscribeIsIdempotent", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "twice")
-		mustSubscribe(t, e, "twice")
-		mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("x")})
-		mustPublish(t, e, "twice", Message{Sender: 1, Payload: []byte("y")})
-		if got := c.settle(t, e, "twice"); len(got) != 2 || string(got[0].Payload) != "x" || string(got[1].Payload) != "y" {
-			t.Fatalf("got %d deliveries, want exactly x then y", len(got))
-		}
-		if err := e.Unsubscribe("never-subscribed"); err != nil {
-			t.Fatalf("Unsubscribe of an unknown room: %v", err)
-		}
-	})
+// ackAnswers is an Engine whose Publish answers its Acks with deliver,
+// whatever the caller's Ack answers.
+type ackAnswers struct {
+	Engine
+	deliver bool
+}
 
-	t.Run("ConcurrentPublishersLoseNothing", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "burst")
-		const senders, each = 10, 100
-		var wg sync.WaitGroup
-		errs := make(chan error, senders)
-		for s := range senders {
-			wg.Go(func() {
-				for i := range each {
-					if _, err := PublishWait(ctx, e, "burst", Message{Sender: uint64(s), Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
-						errs <- err
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatalf("Publish: %v", err)
-		}
-		got := c.settle(t, e, "burst")
-		if len(got) != senders*each {
-			t.Fatalf("got %d deliveries, want %d", len(got), senders*each)
-		}
-		next := make([]int, senders)
-		for i, m := range got {
-			if want := fmt.Sprint(next[m.Sender]); string(m.Payload) != want {
-				t.Fatalf("sender %d: got %q, want %s (order per sender broken)", m.Sender, m.Payload, want)
-			}
-			next[m.Sender]++
-			if i > 0 && !got[i-1].ID.Less(m.ID) {
-				t.Fatalf("IDs not increasing: %v then %v", got[i-1].ID, m.ID)
-			}
-		}
-	})
+// Publish is the engine's, with the Ack's answer replaced.
+func (a ackAnswers) Publish(room string, m Message, ack Ack, ref any) {
+	a.Engine.Publish(room, m, func(ref any, id ID, err error) bool {
+		ack(ref, id, err)
+		return a.deliver
+	}, ref)
+}
 
-	t.Run("CallerMayReusePayload", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "reuse")
-		buf := []byte("one")
-		mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
-		copy(buf, "two")
-		mustPublish(t, e, "reuse", Message{Sender: 1, Payload: buf})
-		got := c.settle(t, e, "reuse")
-		if len(got) != 2 || string(got[0].Payload) != "one" || string(got[1].Payload) != "two" {
-			t.Fatalf("got %q, %q; want one, two", got[0].Payload, got[1].Payload)
-		}
-	})
+// checkPayloads fails the test unless ms hold exactly the payloads want,
+// in order; what names the messages in the failure.
+func checkPayloads(t *testing.T, what string, ms []Message, want ...string) {
+	t.Helper()
+	ps := make([]string, 0, len(ms))
+	for _, m := range ms {
+		ps = append(ps, string(m.Payload))
+	}
+	if !slices.Equal(ps, want) {
+		t.Fatalf("%s %q, want %q", what, ps, want)
+	}
+}
 
-	t.Run("AckOncePerPublish", func(t *testing.T) {
-		e, c := start(t)
-		mustSubscribe(t, e, "acks")
-		const n = 300
-		var mu sync.Mutex
-		acks := make(map[int]int, n)
-		var ids []ID
-		done := make(chan struct{})
-		for i := range n {
-			e.Publish("acks", Message{Sender: 3, Payload: fmt.Appendf(nil, "%d", i)}, ackOf(func(ref any, id ID, err error) {
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					t.Errorf("message %d: %v", ref, err)
-				}
-				acks[ref.(int)]++
-				ids = append(ids, id)
-				if len(ids) == n {
-					close(done)
-				}
-			}), i)
-		}
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("not every Publish was acknowledged")
-		}
-		got := c.settle(t, e, "acks")
-		mu.Lock()
-		defer mu.Unlock()
-		for i := range n {
-			if acks[i] != 1 {
-				t.Fatalf("message %d acknowledged %d times", i, acks[i])
-			}
-		}
-		// One publisher, one goroutine: acknowledged and stored in order.
-		for i := range ids {
-			if i > 0 && !ids[i-1].Less(ids[i]) {
-				t.Fatalf("acks out of order: %v then %v", ids[i-1], ids[i])
-			}
-			if got[i].ID != ids[i] || string(got[i].Payload) != fmt.Sprint(i) {
-				t.Fatalf("delivery %d = %q %v, acknowledged %v", i, got[i].Payload, got[i].ID, ids[i])
-			}
-		}
-	})
+// testCanceledContext: PublishWait with a canceled context fails with
+// context.Canceled.
+func testCanceledContext(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := PublishWait(cctx, e, "x", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Publish with a canceled context: %v, want context.Canceled", err)
+	}
+}
 
-	t.Run("AloneIsStored", func(t *testing.T) {
-		// Alone is a hint: the message is accepted with a fresh ID either
-		// way, and later messages still arrive in order.
-		e, c := start(t)
-		mustSubscribe(t, e, "alone")
-		a, err := PublishWait(ctx, e, "alone", Message{Sender: 1, Payload: []byte("a"), Alone: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := PublishWait(ctx, e, "alone", Message{Sender: 1, Payload: []byte("b")})
-		if err != nil || !a.Less(b) {
-			t.Fatalf("IDs %v then %v (%v): not increasing", a, b, err)
-		}
-		for _, m := range c.settle(t, e, "alone") {
-			if m.Alone {
-				t.Fatalf("a Handler saw Alone set: %+v", m)
+// testHistory: History returns the entries after an ID, oldest first, as
+// many as asked, with End the newest entry.
+func testHistory(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	const room = "hist"
+	// One buffer for every payload, rewritten once Publish returns:
+	// the engine must keep copies.
+	buf := make([]byte, 0, 16)
+	var ids []ID
+	for i := range 10 {
+		buf = fmt.Appendf(buf[:0], "h%d", i)
+		ids = append(ids, publishAll(t, e, room, []Message{{Sender: uint64(100 + i), Payload: buf}})...)
+	}
+	copy(buf, "garbage")
+	for _, tc := range []struct {
+		name      string
+		after     ID
+		n         int
+		from, to  int // the entries expected: ids[from:to]
+		truncated bool
+	}{
+		{"FromZero", ID{}, 100, 0, 10, false},
+		{"FromZeroLimited", ID{}, 3, 0, 3, false},
+		{"AfterAnID", ids[3], 100, 4, 10, false},
+		{"AfterAnIDLimited", ids[3], 2, 4, 6, false},
+		{"AfterTheLast", ids[9], 100, 10, 10, false},
+		{"AfterAFutureID", ID{Ms: ids[9].Ms + 1000}, 100, 10, 10, false},
+		{"NoneAsked", ids[3], 0, 0, 0, false},
+		{"AllAsked", ids[3], math.MaxInt, 4, 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, truncated, err := history(ctx, e, room, tc.after, tc.n)
+			if err != nil {
+				t.Fatalf("History: %v", err)
 			}
-		}
-	})
-
-	t.Run("CanceledContext", func(t *testing.T) {
-		e, _ := start(t)
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		if _, err := PublishWait(cctx, e, "x", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, context.Canceled) {
-			t.Fatalf("Publish with a canceled context: %v, want context.Canceled", err)
-		}
-	})
-
-	t.Run("History", func(t *testing.T) {
-		e, _ := start(t)
-		const room = "hist"
-		// One buffer for every payload, rewritten once Publish returns:
-		// the engine must keep copies.
-		buf := make([]byte, 0, 16)
-		var ids []ID
-		for i := range 10 {
-			buf = fmt.Appendf(buf[:0], "h%d", i)
-			ids = append(ids, publishAll(t, e, room, []Message{{Sender: uint64(100 + i), Payload: buf}})...)
-		}
-		copy(buf, "garbage")
-		for _, tc := range []struct {
-			name      string
-			after     ID
-			n         int
-			from, to  int // the entries expected: ids[from:to]
-			truncated bool
-		}{
-			{"FromZero", ID{}, 100, 0, 10, false},
-			{"FromZeroLimited", ID{}, 3, 0, 3, false},
-			{"AfterAnID", ids[3], 100, 4, 10, false},
-			{"AfterAnIDLimited", ids[3], 2, 4, 6, false},
-			{"AfterTheLast", ids[9], 100, 10, 10, false},
-			{"AfterAFutureID", ID{Ms: ids[9].Ms + 1000}, 100, 10, 10, false},
-			{"NoneAsked", ids[3], 0, 0, 0, false},
-			{"AllAsked", ids[3], math.MaxInt, 4, 10, false},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				got, truncated, err := history(ctx, e, room, tc.after, tc.n)
-				if err != nil {
-					t.Fatalf("History: %v", err)
-				}
-				if truncated != tc.truncated {
-					t.Fatalf("truncated = %v, want %v", truncated, tc.truncated)
-				}
-				checkEntries(t, got, ids, tc.from, tc.to)
-			})
-		}
-		t.Run("UnknownRoom", func(t *testing.T) {
-			got, truncated, err := history(ctx, e, "never-written", ID{}, 10)
-			if err != nil || truncated || len(got) != 0 {
-				t.Fatalf("History of an unknown room from zero = %d entries, truncated %v, %v; want nothing", len(got), truncated, err)
+			if truncated != tc.truncated {
+				t.Fatalf("truncated = %v, want %v", truncated, tc.truncated)
 			}
-			// A recent ID (here of another room): nothing of the room can
-			// have expired since, so nothing is missing (issue 18, item 5).
-			got, truncated, err = history(ctx, e, "never-written", ids[0], 10)
-			if err != nil || truncated || len(got) != 0 {
-				t.Fatalf("History of an unknown room after %v = %d entries, truncated %v, %v; want nothing, not truncated", ids[0], len(got), truncated, err)
-			}
+			checkEntries(t, got, ids, tc.from, tc.to)
 		})
-		t.Run("End", func(t *testing.T) {
-			for _, after := range []ID{{}, ids[3], ids[9], {Ms: ids[9].Ms + 1000}} {
-				p, err := e.History(ctx, room, after, 2)
-				if err != nil || p.End != ids[9] {
-					t.Fatalf("History after %v: End %v (%v), want the newest entry %v", after, p.End, err, ids[9])
-				}
-			}
-			if p, err := e.History(ctx, "never-written", ids[2], 2); err != nil || !p.End.IsZero() {
-				t.Fatalf("History of an unknown room: End %v (%v), want zero", p.End, err)
-			}
-		})
-	})
-
-	// Issue 18, item 5: an ID that is no entry of the room but lies within
-	// the held ones (between two entries, or the bare <ms> form) is not
-	// truncated: trimming only removes the oldest entries.
-	t.Run("HistoryBetweenEntries", func(t *testing.T) {
-		e, _ := start(t)
-		const room = "between"
-		ids := publishAll(t, e, room, hMessages(3))
-		testutil.Eventually(t, "the clock to pass the first entries", func() bool {
-			return uint64(time.Now().UnixMilli()) > ids[2].Ms+1
-		})
-		ids = append(ids, publishAll(t, e, room, hRange(3, 6))...)
-		between := ID{Ms: ids[2].Ms, Seq: ids[2].Seq + 1}
-		bare := ID{Ms: ids[2].Ms + 1}
-		for _, after := range []ID{between, bare} {
-			got, truncated, err := history(ctx, e, room, after, 10)
-			if err != nil || truncated {
-				t.Fatalf("History after %v (no entry, within the held ones): truncated %v (%v), want false", after, truncated, err)
-			}
-			from := 3
-			for from < len(ids) && !after.Less(ids[from]) {
-				from++
-			}
-			checkEntries(t, got, ids, from, len(ids))
+	}
+	t.Run("UnknownRoom", func(t *testing.T) {
+		got, truncated, err := history(ctx, e, "never-written", ID{}, 10)
+		if err != nil || truncated || len(got) != 0 {
+			t.Fatalf("History of an unknown room from zero = %d entries, truncated %v, %v; want nothing", len(got), truncated, err)
+		}
+		// A recent ID (here of another room): nothing of the room can
+		// have expired since, so nothing is missing (issue 18, item 5).
+		got, truncated, err = history(ctx, e, "never-written", ids[0], 10)
+		if err != nil || truncated || len(got) != 0 {
+			t.Fatalf("History of an unknown room after %v = %d entries, truncated %v, %v; want nothing, not truncated", ids[0], len(got), truncated, err)
 		}
 	})
-
-	t.Run("Last", func(t *testing.T) {
-		e, _ := start(t)
-		const room = "last"
-		var msgs []Message
-		for i := range 10 {
-			msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
+	t.Run("End", func(t *testing.T) {
+		for _, after := range []ID{{}, ids[3], ids[9], {Ms: ids[9].Ms + 1000}} {
+			p, err := e.History(ctx, room, after, 2)
+			if err != nil || p.End != ids[9] {
+				t.Fatalf("History after %v: End %v (%v), want the newest entry %v", after, p.End, err, ids[9])
+			}
 		}
-		ids := publishAll(t, e, room, msgs)
-		for _, tc := range []struct {
-			name     string
-			n        int
-			from, to int
-		}{
-			{"FewerThanHeld", 3, 7, 10},
-			{"MoreThanHeld", 100, 0, 10},
-			{"None", 0, 0, 0},
-			{"AllAsked", math.MaxInt, 0, 10},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				got, err := e.Last(ctx, room, tc.n)
-				if err != nil {
-					t.Fatalf("Last: %v", err)
-				}
-				checkEntries(t, got, ids, tc.from, tc.to)
-			})
-		}
-		if got, err := e.Last(ctx, "never-written", 5); err != nil || len(got) != 0 {
-			t.Fatalf("Last of an unknown room = %d entries, %v; want none", len(got), err)
+		if p, err := e.History(ctx, "never-written", ids[2], 2); err != nil || !p.End.IsZero() {
+			t.Fatalf("History of an unknown room: End %v (%v), want zero", p.End, err)
 		}
 	})
+}
 
-	t.Run("HistoryOutlivesSubscribers", func(t *testing.T) {
-		e, c := start(t)
-		const room = "kept"
-		mustSubscribe(t, e, room)
-		ids := publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h0")}, {Sender: 1, Payload: []byte("h1")}})
-		c.waitFor(t, room, 2)
-		if err := e.Unsubscribe(room); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h2")}})...)
-		got, truncated, err := history(ctx, e, room, ID{}, 10)
+// testHistoryBetweenEntries: History after an ID within the held entries.
+//
+// Issue 18, item 5: an ID that is no entry of the room but lies within
+// the held ones (between two entries, or the bare <ms> form) is not
+// truncated: trimming only removes the oldest entries.
+func testHistoryBetweenEntries(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	const room = "between"
+	ids := publishAll(t, e, room, hMessages(3))
+	testutil.Eventually(t, "the clock to pass the first entries", func() bool {
+		return uint64(time.Now().UnixMilli()) > ids[2].Ms+1
+	})
+	ids = append(ids, publishAll(t, e, room, hRange(3, 6))...)
+	between := ID{Ms: ids[2].Ms, Seq: ids[2].Seq + 1}
+	bare := ID{Ms: ids[2].Ms + 1}
+	for _, after := range []ID{between, bare} {
+		got, truncated, err := history(ctx, e, room, after, 10)
 		if err != nil || truncated {
-			t.Fatalf("History after everyone left: truncated %v, %v", truncated, err)
+			t.Fatalf("History after %v (no entry, within the held ones): truncated %v (%v), want false", after, truncated, err)
 		}
-		checkEntries(t, got, ids, 0, 3)
-	})
+		from := 3
+		for from < len(ids) && !after.Less(ids[from]) {
+			from++
+		}
+		checkEntries(t, got, ids, from, len(ids))
+	}
+}
 
-	t.Run("HistoryTruncated", func(t *testing.T) {
-		// MAXLEN 10: the Memory ring keeps exactly 10, Redis (MAXLEN ~)
-		// at least 10, trimming whole nodes of entries.
-		e, _ := startWith(t, engineOpts{maxLen: 10})
-		const room = "trim"
-		const total = 300
-		var msgs []Message
-		for i := range total {
-			msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
-		}
-		ids := publishAll(t, e, room, msgs)
-		held, truncated, err := history(ctx, e, room, ID{}, 2*total)
-		if err != nil || truncated {
-			t.Fatalf("History from zero: truncated %v, %v; want the entries held", truncated, err)
-		}
-		if len(held) < 10 || len(held) >= total {
-			t.Fatalf("the room holds %d entries; want at least MAXLEN (10) and fewer than the %d published", len(held), total)
-		}
-		k := total - len(held) // ids[k] is the oldest held
-		checkEntries(t, held, ids, k, total)
-
-		for _, tc := range []struct {
-			name  string
-			after ID
-			from  int
-		}{
-			{"AfterTheFirst", ids[0], k},
-			{"AfterTheNextToLastTrimmed", ids[k-2], k}, // ids[k-1] was trimmed
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				got, truncated, err := history(ctx, e, room, tc.after, 2*total)
-				if err != nil || !truncated {
-					t.Fatalf("History after a trimmed entry: truncated %v, %v; want truncated", truncated, err)
-				}
-				checkEntries(t, got, ids, tc.from, total)
-			})
-		}
-		got, truncated, err := history(ctx, e, room, ids[k], 5)
-		if err != nil || truncated {
-			t.Fatalf("History after the oldest entry held: truncated %v, %v; want not truncated", truncated, err)
-		}
-		checkEntries(t, got, ids, k+1, k+6)
-		last, err := e.Last(ctx, room, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkEntries(t, last, ids, total-5, total)
-	})
-
-	t.Run("CIDDedupe", func(t *testing.T) {
-		e, c := start(t)
-		const room = "cid"
-		mustSubscribe(t, e, room)
-		first, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("first"), CID: "c-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		again, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("resent"), CID: "c-1"})
-		if err != nil || again != first {
-			t.Fatalf("resend of CID c-1 acked %v (%v), want the first ID %v", again, err, first)
-		}
-		// IDs are per room: another room's entry may have the same one.
-		other := mustPublishID(t, e, "cid-elsewhere", Message{Sender: 1, Payload: []byte("x"), CID: "c-1"})
-		if hist, _, err := history(ctx, e, "cid-elsewhere", ID{}, 10); err != nil || len(hist) != 1 || hist[0].ID != other {
-			t.Fatalf("CID c-1 in another room: History %d entries (%v), want an entry of its own, %v", len(hist), err, other)
-		}
-		plain := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("plain")})
-		second := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("second"), CID: "c-2"})
-		ids := []ID{first, plain, second}
-
-		hist, _, err := history(ctx, e, room, ID{}, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := c.settle(t, e, room)
-		for what, ms := range map[string][]Message{"History": hist, "delivered": got} {
-			var ps []string
-			for _, m := range ms {
-				ps = append(ps, string(m.Payload))
+// testLast: Last returns the newest n entries, oldest first.
+func testLast(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	const room = "last"
+	var msgs []Message
+	for i := range 10 {
+		msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
+	}
+	ids := publishAll(t, e, room, msgs)
+	for _, tc := range []struct {
+		name     string
+		n        int
+		from, to int
+	}{
+		{"FewerThanHeld", 3, 7, 10},
+		{"MoreThanHeld", 100, 0, 10},
+		{"None", 0, 0, 0},
+		{"AllAsked", math.MaxInt, 0, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := e.Last(ctx, room, tc.n)
+			if err != nil {
+				t.Fatalf("Last: %v", err)
 			}
-			if !slices.Equal(ps, []string{"first", "plain", "second"}) {
-				t.Fatalf("%s %q, want [first plain second]", what, ps)
-			}
-			for i, m := range ms {
-				if m.ID != ids[i] || m.CID != "" {
-					t.Fatalf("%s entry %d: ID %v CID %q, want ID %v and no CID", what, i, m.ID, m.CID, ids[i])
-				}
-			}
-		}
-		if s := e.Stats(); s.Duplicates != 1 || s.Accepted != 6 {
-			t.Fatalf("Stats: %d duplicates, %d accepted; want 1 and 6 (the marker included)", s.Duplicates, s.Accepted)
-		}
-	})
-
-	t.Run("CIDWindowExpires", func(t *testing.T) {
-		e, _ := startWith(t, engineOpts{dedupeWindow: 500 * time.Millisecond})
-		const room = "window"
-		first := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
-		var later ID
-		testutil.Eventually(t, "the CID to be forgotten once its window passed", func() bool {
-			later = mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
-			return later != first
+			checkEntries(t, got, ids, tc.from, tc.to)
 		})
-		got, _, err := history(ctx, e, room, ID{}, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkEntries(t, got, []ID{first, later}, 0, 2)
-	})
+	}
+	if got, err := e.Last(ctx, "never-written", 5); err != nil || len(got) != 0 {
+		t.Fatalf("Last of an unknown room = %d entries, %v; want none", len(got), err)
+	}
+}
 
-	t.Run("CIDKeepsOrder", func(t *testing.T) {
-		// One sender, one goroutine, messages with and without CID mixed:
-		// stored and delivered in the order sent.
-		e, c := start(t)
-		const room = "mixed"
-		mustSubscribe(t, e, room)
-		var msgs []Message
-		for i := range 200 {
-			m := Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)}
-			if i%3 != 1 {
-				m.CID = fmt.Sprintf("mixed-%d", i)
-			}
-			msgs = append(msgs, m)
-		}
-		ids := publishAll(t, e, room, msgs)
-		got := c.settle(t, e, room)
-		checkEntries(t, got, ids, 0, len(ids))
-		for i, m := range got {
-			if string(m.Payload) != fmt.Sprint(i) {
-				t.Fatalf("delivery %d = %q, want %d", i, m.Payload, i)
-			}
-		}
-	})
+// testHistoryOutlivesSubscribers: a room's history stays once everyone
+// unsubscribed.
+func testHistoryOutlivesSubscribers(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	const room = "kept"
+	mustSubscribe(t, e, room)
+	ids := publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h0")}, {Sender: 1, Payload: []byte("h1")}})
+	c.waitFor(t, room, 2)
+	if err := e.Unsubscribe(room); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, publishAll(t, e, room, []Message{{Sender: 1, Payload: []byte("h2")}})...)
+	got, truncated, err := history(ctx, e, room, ID{}, 10)
+	if err != nil || truncated {
+		t.Fatalf("History after everyone left: truncated %v, %v", truncated, err)
+	}
+	checkEntries(t, got, ids, 0, 3)
+}
 
-	t.Run("MembersOfThisNode", func(t *testing.T) {
-		e, _ := start(t)
-		e.SetMembers("here", 3)
-		e.SetMembers("gone", 2)
-		e.SetMembers("gone", 0)
-		for room, want := range map[string]int{"here": 3, "gone": 0, "never": 0} {
-			if n, err := e.Members(ctx, room); err != nil || n != want {
-				t.Fatalf("Members(%q) = %d, %v; want %d", room, n, err, want)
+// testHistoryTruncated: History after a trimmed entry says truncated and
+// starts at the oldest entry held.
+func testHistoryTruncated(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	// MAXLEN 10: the Memory ring keeps exactly 10, Redis (MAXLEN ~)
+	// at least 10, trimming whole nodes of entries.
+	e, _ := startEngine(t, newEngine, engineOpts{maxLen: 10})
+	const room = "trim"
+	const total = 300
+	var msgs []Message
+	for i := range total {
+		msgs = append(msgs, Message{Sender: uint64(100 + i), Payload: fmt.Appendf(nil, "h%d", i)})
+	}
+	ids := publishAll(t, e, room, msgs)
+	held, truncated, err := history(ctx, e, room, ID{}, 2*total)
+	if err != nil || truncated {
+		t.Fatalf("History from zero: truncated %v, %v; want the entries held", truncated, err)
+	}
+	if len(held) < 10 || len(held) >= total {
+		t.Fatalf("the room holds %d entries; want at least MAXLEN (10) and fewer than the %d published", len(held), total)
+	}
+	k := total - len(held) // ids[k] is the oldest held
+	checkEntries(t, held, ids, k, total)
+
+	for _, tc := range []struct {
+		name  string
+		after ID
+		from  int
+	}{
+		{"AfterTheFirst", ids[0], k},
+		{"AfterTheNextToLastTrimmed", ids[k-2], k}, // ids[k-1] was trimmed
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, truncated, err := history(ctx, e, room, tc.after, 2*total)
+			if err != nil || !truncated {
+				t.Fatalf("History after a trimmed entry: truncated %v, %v; want truncated", truncated, err)
+			}
+			checkEntries(t, got, ids, tc.from, total)
+		})
+	}
+	got, truncated, err := history(ctx, e, room, ids[k], 5)
+	if err != nil || truncated {
+		t.Fatalf("History after the oldest entry held: truncated %v, %v; want not truncated", truncated, err)
+	}
+	checkEntries(t, got, ids, k+1, k+6)
+	last, err := e.Last(ctx, room, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, last, ids, total-5, total)
+}
+
+// testCIDDedupe: a resend with the same CID in the same room appends
+// nothing and is acknowledged with the first ID.
+func testCIDDedupe(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, c := startEngine(t, newEngine, engineOpts{})
+	const room = "cid"
+	mustSubscribe(t, e, room)
+	first, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("first"), CID: "c-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := PublishWait(ctx, e, room, Message{Sender: 1, Payload: []byte("resent"), CID: "c-1"})
+	if err != nil || again != first {
+		t.Fatalf("resend of CID c-1 acked %v (%v), want the first ID %v", again, err, first)
+	}
+	// IDs are per room: another room's entry may have the same one.
+	other := mustPublishID(t, e, "cid-elsewhere", Message{Sender: 1, Payload: []byte("x"), CID: "c-1"})
+	if hist, _, err := history(ctx, e, "cid-elsewhere", ID{}, 10); err != nil || len(hist) != 1 || hist[0].ID != other {
+		t.Fatalf("CID c-1 in another room: History %d entries (%v), want an entry of its own, %v", len(hist), err, other)
+	}
+	plain := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("plain")})
+	second := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("second"), CID: "c-2"})
+	ids := []ID{first, plain, second}
+
+	hist, _, err := history(ctx, e, room, ID{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.settle(t, e, room)
+	for what, ms := range map[string][]Message{"History": hist, "delivered": got} {
+		checkPayloads(t, what, ms, "first", "plain", "second")
+		for i, m := range ms {
+			if m.ID != ids[i] || m.CID != "" {
+				t.Fatalf("%s entry %d: ID %v CID %q, want ID %v and no CID", what, i, m.ID, m.CID, ids[i])
 			}
 		}
-	})
+	}
+	if s := e.Stats(); s.Duplicates != 1 || s.Accepted != 6 {
+		t.Fatalf("Stats: %d duplicates, %d accepted; want 1 and 6 (the marker included)", s.Duplicates, s.Accepted)
+	}
+}
 
-	t.Run("Closed", func(t *testing.T) {
-		e, _ := start(t)
-		mustSubscribe(t, e, "room")
-		if err := e.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		if _, _, err := history(ctx, e, "room", ID{}, 10); !errors.Is(err, ErrClosed) {
-			t.Fatalf("History after Close: %v, want ErrClosed", err)
-		}
-		if _, err := e.Last(ctx, "room", 10); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Last after Close: %v, want ErrClosed", err)
-		}
-		e.SetMembers("room", 1) // does nothing, does not panic
-		if _, err := e.Members(ctx, "room"); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Members after Close: %v, want ErrClosed", err)
-		}
-		if _, err := PublishWait(ctx, e, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Publish after Close: %v, want ErrClosed", err)
-		}
-		if _, err := e.Subscribe("room"); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
-		}
-		if err := e.Health(); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Health after Close: %v, want ErrClosed", err)
-		}
+// testCIDWindowExpires: a CID is forgotten once its dedupe window passed.
+func testCIDWindowExpires(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{dedupeWindow: 500 * time.Millisecond})
+	const room = "window"
+	first := mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
+	var later ID
+	testutil.Eventually(t, "the CID to be forgotten once its window passed", func() bool {
+		later = mustPublishID(t, e, room, Message{Sender: 1, Payload: []byte("a"), CID: "w"})
+		return later != first
 	})
+	got, _, err := history(ctx, e, room, ID{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEntries(t, got, []ID{first, later}, 0, 2)
+}
+
+// testCIDKeepsOrder: messages with and without CID from one sender keep
+// their order.
+//
+// One sender, one goroutine, messages with and without CID mixed:
+// stored and delivered in the order sent.
+func testCIDKeepsOrder(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	const room = "mixed"
+	mustSubscribe(t, e, room)
+	var msgs []Message
+	for i := range 200 {
+		m := Message{Sender: 1, Payload: fmt.Appendf(nil, "%d", i)}
+		if i%3 != 1 {
+			m.CID = fmt.Sprintf("mixed-%d", i)
+		}
+		msgs = append(msgs, m)
+	}
+	ids := publishAll(t, e, room, msgs)
+	got := c.settle(t, e, room)
+	checkEntries(t, got, ids, 0, len(ids))
+	for i, m := range got {
+		if string(m.Payload) != fmt.Sprint(i) {
+			t.Fatalf("delivery %d = %q, want %d", i, m.Payload, i)
+		}
+	}
+}
+
+// testMembersOfThisNode: SetMembers counts are read back by Members.
+func testMembersOfThisNode(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	e.SetMembers("here", 3)
+	e.SetMembers("gone", 2)
+	e.SetMembers("gone", 0)
+	for room, want := range map[string]int{"here": 3, "gone": 0, "never": 0} {
+		if n, err := e.Members(ctx, room); err != nil || n != want {
+			t.Fatalf("Members(%q) = %d, %v; want %d", room, n, err, want)
+		}
+	}
+}
+
+// testClosed: after Close every method fails with ErrClosed.
+func testClosed(t *testing.T, newEngine newEngineFunc) {
+	ctx := context.Background()
+	e, _ := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "room")
+	if err := e.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, _, err := history(ctx, e, "room", ID{}, 10); !errors.Is(err, ErrClosed) {
+		t.Fatalf("History after Close: %v, want ErrClosed", err)
+	}
+	if _, err := e.Last(ctx, "room", 10); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Last after Close: %v, want ErrClosed", err)
+	}
+	e.SetMembers("room", 1) // does nothing, does not panic
+	if _, err := e.Members(ctx, "room"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Members after Close: %v, want ErrClosed", err)
+	}
+	if _, err := PublishWait(ctx, e, "room", Message{Sender: 1, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+	}
+	if _, err := e.Subscribe("room"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
+	}
+	if err := e.Health(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Health after Close: %v, want ErrClosed", err)
+	}
 }
 
 func mustSubscribe(t *testing.T, e Engine, room string) {

@@ -74,7 +74,7 @@ func TestRedisPauseExactOutcomes(t *testing.T) {
 	srv.Pause()
 	time.Sleep(2 * time.Second) // the pause itself
 	srv.Resume()
-	testutil.EventuallyWithin(t, 10*time.Second, "both nodes healthy again", func() bool {
+	testutil.Eventually(t, "both nodes healthy again", func() bool {
 		return nodes[0].e.Health() == nil && nodes[1].e.Health() == nil
 	})
 	time.Sleep(300 * time.Millisecond) // publishing after the pause
@@ -370,7 +370,7 @@ func TestRedisSignalWriteFails(t *testing.T) {
 		t.Fatalf("Health = %v, want it to name the WRONGTYPE error", herr)
 	}
 	srv.MustDo("DEL", sigKey)
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
+	testutil.Eventually(t, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
 	// Nothing else is published until they arrive: only the signal that
 	// node 0 sends again can bring them (the sweep is an hour away).
 	nodes[1].c.waitFor(t, "sig", 3)
@@ -407,7 +407,7 @@ func TestRedisCorruptReplies(t *testing.T) {
 	var unconfirmed string
 	tick := time.NewTicker(5 * time.Millisecond) // poll interval
 	defer tick.Stop()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testutil.Timeout)
 	for i := 0; unconfirmed == ""; i++ {
 		payload := fmt.Sprintf("unconfirmed-%d", i)
 		_, err := PublishWait(context.Background(), e, "px", Message{Sender: 2, Payload: []byte(payload)})
@@ -430,7 +430,7 @@ func TestRedisCorruptReplies(t *testing.T) {
 
 	px.CorruptIDs(false)
 	mustPublish(t, pub, "px", Message{Sender: 1, Payload: []byte("after")})
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
 	got := c.settle(t, pub, "px")
 	var payloads []string
 	for _, m := range got {

@@ -82,37 +82,11 @@ func (e *Redis) History(ctx context.Context, room string, after ID, n int) (Page
 		// rueidis does not retry a transaction; the read is safe to repeat.
 		res = read()
 	}
-	exec, err := res[len(res)-1].ToArray()
-	if err == nil && len(exec) != 4 {
-		err = fmt.Errorf("EXEC answered %d replies, want 4", len(exec))
-	}
-	var (
-		in      streamInfo
-		entries []rueidis.RedisMessage
-		epoch   uint64
-		now     uint64
-	)
-	if err == nil {
-		in, err = parseStreamInfoMessage(&exec[0])
-	}
-	if err == nil {
-		entries, err = exec[1].ToArray()
-	}
-	if err == nil {
-		epoch, err = parseEpoch(&exec[2])
-	}
-	if err == nil {
-		now, err = parseTime(&exec[3])
-	}
+	h, err := parseHistoryReply(res)
 	if err != nil {
-		for _, rr := range res[:len(res)-1] {
-			if rerr := rr.Error(); rerr != nil {
-				err = rerr // the first error says more than EXEC's
-				break
-			}
-		}
 		return Page{}, e.readError("read the history of", room, err)
 	}
+	in, entries, epoch, now := h.in, h.entries, h.epoch, h.now
 	if epoch == 0 {
 		epoch = now // just written: Redis held nothing of the shard before
 	}
@@ -138,6 +112,44 @@ func (e *Redis) History(ctx context.Context, room string, after ID, n int) (Page
 	}
 	return Page{Messages: msgs, End: in.lastGen, Truncated: e.truncated(after, held, in, epoch, now),
 		Trimmed: !in.missing && (!in.hasAdded || in.added > in.length)}, nil
+}
+
+// historyReply is what History's transaction answered.
+type historyReply struct {
+	in      streamInfo             // XINFO STREAM
+	entries []rueidis.RedisMessage // XRANGE
+	epoch   uint64                 // the shard's epoch (SET NX GET), 0 when just written
+	now     uint64                 // TIME, in ms
+}
+
+// parseHistoryReply decodes the answers of History's transaction, EXEC
+// last. On error it returns the first error of a queued command, which
+// says more than EXEC's.
+func parseHistoryReply(res []rueidis.RedisResult) (h historyReply, err error) {
+	exec, err := res[len(res)-1].ToArray()
+	if err == nil && len(exec) != 4 {
+		err = fmt.Errorf("EXEC answered %d replies, want 4", len(exec))
+	}
+	if err == nil {
+		h.in, err = parseStreamInfoMessage(&exec[0])
+	}
+	if err == nil {
+		h.entries, err = exec[1].ToArray()
+	}
+	if err == nil {
+		h.epoch, err = parseEpoch(&exec[2])
+	}
+	if err == nil {
+		h.now, err = parseTime(&exec[3])
+	}
+	if err != nil {
+		for _, rr := range res[:len(res)-1] {
+			if rerr := rr.Error(); rerr != nil {
+				return h, rerr
+			}
+		}
+	}
+	return h, err
 }
 
 // readOn appends to msgs the entries of key after from until it holds n

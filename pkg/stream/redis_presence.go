@@ -36,6 +36,11 @@ import (
 // a margin far above any sane clock skew. A new node, or a new count, is
 // seen by the other nodes within about two intervals.
 
+// presenceLapse is how many presence intervals a node's counts outlive
+// its last refresh (REDIS_PRESENCE_INTERVAL): a node that died stops
+// being counted within this many intervals.
+const presenceLapse = 3
+
 // presenceForget is how long a node stays listed in the sorted set after
 // its last heartbeat; its counts vanish long before, with its hash.
 const presenceForget = time.Minute
@@ -69,7 +74,7 @@ func newPresence(prefix, node string, interval time.Duration) *presence {
 		prefix:   prefix,
 		hashKey:  presenceKey(prefix, node),
 		nodesKey: prefix + ":{presence}:nodes",
-		ttlMs:    3 * interval.Milliseconds(),
+		ttlMs:    presenceLapse * interval.Milliseconds(),
 		counts:   make(map[string]int),
 		dirty:    make(map[string]struct{}),
 	}
@@ -156,50 +161,9 @@ func (e *Redis) runPresence(ctx context.Context) {
 func (e *Redis) publishPresence(ctx context.Context) {
 	p := e.presence
 	for range 2 {
-		p.mu.Lock()
-		full := p.full
-		var set, del []string
-		for room := range p.dirty {
-			if n, ok := p.counts[room]; ok {
-				set = append(set, room, strconv.Itoa(n))
-			} else {
-				del = append(del, room)
-			}
-		}
-		if full {
-			set = set[:0]
-			for room, n := range p.counts {
-				set = append(set, room, strconv.Itoa(n))
-			}
-		}
-		dirty := p.dirty
-		p.dirty, p.full = make(map[string]struct{}), false
-		held := len(p.counts)
-		p.mu.Unlock()
-
-		c := e.client
-		now := time.Now().UnixMilli()
-		// The first PEXPIRE tells whether the hash still existed before
-		// this write: 0 with counts to keep means it expired meanwhile.
-		cmds := rueidis.Commands{c.B().Pexpire().Key(p.hashKey).Milliseconds(p.ttlMs).Build()}
-		if len(set) > 0 {
-			hset := c.B().Hset().Key(p.hashKey).FieldValue()
-			for i := 0; i < len(set); i += 2 {
-				hset = hset.FieldValue(set[i], set[i+1])
-			}
-			cmds = append(cmds, hset.Build())
-		}
-		if len(del) > 0 {
-			cmds = append(cmds, c.B().Hdel().Key(p.hashKey).Field(del...).Build())
-		}
-		cmds = append(cmds,
-			c.B().Pexpire().Key(p.hashKey).Milliseconds(p.ttlMs).Build(),
-			c.B().Zadd().Key(p.nodesKey).ScoreMember().ScoreMember(float64(now), e.node).Build(),
-			c.B().Zremrangebyscore().Key(p.nodesKey).Min("-inf").Max("("+strconv.FormatInt(now-presenceForget.Milliseconds(), 10)).Build(),
-			c.B().Zrange().Key(p.nodesKey).Min("0").Max("-1").Build(),
-		)
+		ch := p.takeChanges()
 		rctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-		res := c.DoMulti(rctx, cmds...)
+		res := e.client.DoMulti(rctx, e.presenceCmds(ch)...)
 		cancel()
 
 		var err error
@@ -210,7 +174,7 @@ func (e *Redis) publishPresence(ctx context.Context) {
 		}
 		if err != nil {
 			p.mu.Lock()
-			for room := range dirty {
+			for room := range ch.dirty {
 				p.dirty[room] = struct{}{}
 			}
 			p.full = true // the hash may expire before the next write
@@ -233,7 +197,7 @@ func (e *Redis) publishPresence(ctx context.Context) {
 			}
 		}
 		p.peers.Store(&peers)
-		if existed, _ := res[0].AsInt64(); existed == 1 || full || held == len(set)/2 {
+		if existed, _ := res[0].AsInt64(); existed == 1 || ch.full || ch.held == len(ch.set)/2 {
 			return
 		}
 		// The hash had expired: this write restored only what changed.
@@ -242,6 +206,64 @@ func (e *Redis) publishPresence(ctx context.Context) {
 		p.full = true
 		p.mu.Unlock()
 	}
+}
+
+// presenceChanges is what one presence write sends.
+type presenceChanges struct {
+	set   []string            // room, count pairs to write
+	del   []string            // rooms to delete: no members left
+	dirty map[string]struct{} // the changes taken, to put back if the write fails
+	full  bool                // set holds every count
+	held  int                 // the counts held when taken
+}
+
+// takeChanges takes the counts changed since the last write (every count
+// when a full write is due) and starts a new dirty set.
+func (p *presence) takeChanges() presenceChanges {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ch := presenceChanges{dirty: p.dirty, full: p.full, held: len(p.counts)}
+	for room := range p.dirty {
+		if n, ok := p.counts[room]; ok {
+			ch.set = append(ch.set, room, strconv.Itoa(n))
+		} else {
+			ch.del = append(ch.del, room)
+		}
+	}
+	if ch.full {
+		ch.set = ch.set[:0]
+		for room, n := range p.counts {
+			ch.set = append(ch.set, room, strconv.Itoa(n))
+		}
+	}
+	p.dirty, p.full = make(map[string]struct{}), false
+	return ch
+}
+
+// presenceCmds are the commands of one presence write: the counts of ch,
+// this node's heartbeat, and the read of the live nodes (last).
+func (e *Redis) presenceCmds(ch presenceChanges) rueidis.Commands {
+	p, c := e.presence, e.client
+	now := time.Now().UnixMilli()
+	// The first PEXPIRE tells whether the hash still existed before
+	// this write: 0 with counts to keep means it expired meanwhile.
+	cmds := rueidis.Commands{c.B().Pexpire().Key(p.hashKey).Milliseconds(p.ttlMs).Build()}
+	if len(ch.set) > 0 {
+		hset := c.B().Hset().Key(p.hashKey).FieldValue()
+		for i := 0; i < len(ch.set); i += 2 {
+			hset = hset.FieldValue(ch.set[i], ch.set[i+1])
+		}
+		cmds = append(cmds, hset.Build())
+	}
+	if len(ch.del) > 0 {
+		cmds = append(cmds, c.B().Hdel().Key(p.hashKey).Field(ch.del...).Build())
+	}
+	return append(cmds,
+		c.B().Pexpire().Key(p.hashKey).Milliseconds(p.ttlMs).Build(),
+		c.B().Zadd().Key(p.nodesKey).ScoreMember().ScoreMember(float64(now), e.node).Build(),
+		c.B().Zremrangebyscore().Key(p.nodesKey).Min("-inf").Max("("+strconv.FormatInt(now-presenceForget.Milliseconds(), 10)).Build(),
+		c.B().Zrange().Key(p.nodesKey).Min("0").Max("-1").Build(),
+	)
 }
 
 // presenceKey returns the hash key of node.

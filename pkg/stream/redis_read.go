@@ -5,134 +5,15 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
 )
 
-// This file holds the read side of the Redis engine: which rooms a shard
-// reads, from which ID, and what an XREAD reply means for them.
-//
-// Lock order: redisShard.mu may be taken while holding nothing else; the
-// Handler is never called with it held.
-
-// redisShard is the read state of the rooms whose keys share one hash tag
-// ("<prefix>:{<shard>}:"). One pump reads it. Fields are guarded by mu
-// unless marked otherwise.
-type redisShard struct {
-	idx    int
-	keyPre string // "<prefix>:{<shard>}:", the start of its rooms' keys
-	cidPre string // "<prefix>:{<shard>}#cid:", the start of its dedupe keys
-	// epochKey, "<prefix>:{<shard>}#epoch", holds when (unix ms) Redis
-	// started to hold the shard's data (redis_history.go).
-	epochKey string
-	pump     *pump // the pump that reads and writes the shard; set once
-
-	mu      sync.Mutex
-	scratch []byte                // for building keys in roomByName
-	rooms   map[string]*redisRoom // by stream key
-	// dirty lists rooms to read in the next round: signalled, just
-	// subscribed or unsubscribed, or left with more entries than one read
-	// returned. A room is listed once (redisRoom.dirty).
-	dirty []*redisRoom
-	// stuck counts rooms whose cursor cannot move (see redisRoom.stuck).
-	stuck int
-
-	// Owned by the pump goroutine.
-	// Malformed entries seen since the last warning, and when it was
-	// logged: they are logged at most once per badLogEvery per shard.
-	bad       int
-	badLogged time.Time
-}
-
-// badLogEvery is how often a shard logs the malformed entries it skipped.
-const badLogEvery = 10 * time.Second
-
-// redisRoom is the read state of one room in a shard, guarded by the
-// shard's mu.
-type redisRoom struct {
-	name string
-	key  string
-
-	last ID // last entry read, delivered or skipped
-	// seq counts the entries of the stream up to last, as Redis's
-	// entries-added does: XINFO STREAM sets it, each entry read adds one.
-	// When Redis counts more, the difference was trimmed unread.
-	seq       int64
-	seqKnown  bool
-	lastStr   string // last as a string, cached for XREAD
-	lastStrOf ID     // the ID lastStr was made from
-
-	subscribed bool
-	// gen counts the Subscribe and Unsubscribe calls that changed the room,
-	// so that verify ignores an XINFO answer older than the last change.
-	gen uint64
-	// stop, once unsubscribed, is the last ID to deliver: entries up to it
-	// were published while the room was subscribed.
-	stop ID
-	// skips are ranges (from, to] published while the room was not
-	// subscribed, between an Unsubscribe and a Subscribe that came before
-	// the reader reached stop.
-	skips []idRange
-	// check asks the reader to look for trimmed entries before its next
-	// read: set after a read that returned as many entries as a trim
-	// leaves (the reader may be behind), and after errors; it stays set
-	// until the count can tell (verify).
-	check bool
-	// accounted is the last entry up to which every entry was read or
-	// counted as lost: a loss found later lies after it.
-	accounted ID
-	// noticed is the cursor of the last loss notice (noticedSet), so that
-	// a loss is announced once; lossAhead says that verify found entries
-	// after the cursor gone, to announce at the next read.
-	noticed    ID
-	noticedSet bool
-	lossAhead  bool
-	// heldFrom, for a room read from the start (cursor 0-0), is the
-	// oldest entry verify saw held: a read that begins after it finds
-	// that entries were trimmed in between.
-	heldFrom ID
-	// dirty: the room is listed in its shard's dirty list.
-	dirty bool
-	// stuck: the last read returned an entry whose ID could not be
-	// decoded, so the cursor cannot move past it. Health fails while any
-	// room is stuck; the room is read again on every full read.
-	stuck bool
-}
-
-// noticedAt reports whether a loss after cursor was announced already.
-func (r *redisRoom) noticedAt(cursor ID) bool { return r.noticedSet && r.noticed == cursor }
-
-// fresh reports whether r was subscribed to a stream that did not exist
-// and nothing of it was read yet: its cursor is 0-0, before which no
-// entry can be held, so a trim past the first entries can only show in
-// the counts (verify), which its reads check first.
-func (r *redisRoom) fresh() bool { return r.last.IsZero() && r.seqKnown && r.seq == 0 }
-
-// idRange is the range of IDs (from, to].
-type idRange struct{ from, to ID }
-
-// redisDelivery is one Handler call collected under the shard lock.
-type redisDelivery struct {
-	room string
-	msg  Message
-}
-
-// roomByName returns the subscribed or draining room of this shard named
-// name, or nil. s.mu must be held.
-func (s *redisShard) roomByName(name string) *redisRoom {
-	s.scratch = append(append(s.scratch[:0], s.keyPre...), name...)
-	return s.rooms[string(s.scratch)]
-}
-
-// markDirty lists r to be read in the next round. s.mu must be held.
-func (s *redisShard) markDirty(r *redisRoom) {
-	if !r.dirty {
-		r.dirty = true
-		s.dirty = append(s.dirty, r)
-	}
-}
+// This file holds the read side of the Redis engine: from which ID a
+// shard reads a room (redis_shard.go holds the state), and what an XREAD
+// reply means for it.
 
 // cursor returns the ID to read r from, as a string (cached): the ID just
 // before the last entry read, so that a read returns that entry first
@@ -220,7 +101,7 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 		out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Sender: sender, Payload: payload}})
 	}
 	if !r.subscribed && !r.last.Less(r.stop) {
-		s.drop(r) // unsubscribed and drained
+		s.drop(r) // left: read up to its stop
 	}
 	return out
 }
@@ -296,79 +177,230 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			r.check = true
 			continue
 		}
-		in := infos[i]
-		if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
-			// Draining toward a stop that no longer exists: nothing left
-			// to deliver.
-			s.drop(r)
-			continue
-		}
-		switch {
-		case in.missing:
-			if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
-				e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
-					"room", r.name, "last_id", r.last.String())
-			}
-			r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
-		case in.lastGen.Less(r.last):
-			e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
-				"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
-			r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
-		case !in.hasAdded:
-			r.seqKnown = false
-		case r.seqKnown && in.added < r.seq:
-			// The key was deleted and recreated since: the count restarted.
-			r.seqKnown = false
-		default:
-			// Entries after last that Redis no longer has: all of them
-			// when caught up, those before the first entry left when last
-			// is older than it. Otherwise the count cannot tell yet.
-			var lost int64
-			from := r.last // the range of a loss ends before it
-			if r.last.IsZero() {
-				r.heldFrom = in.first
-			}
-			switch {
-			case !r.seqKnown:
-			case r.last == in.lastGen:
-				lost = in.added - r.seq
-			case in.length == 0 || r.last.Less(in.first):
-				lost = in.added - in.length - r.seq
-				from = in.first
-			default:
-				r.check = true // the count cannot tell yet: at the next read
-			}
-			if lost > 0 {
-				e.stats.lost.Add(lost)
-				e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
-					"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
-				r.seq += lost
-				if from != r.last {
-					// Lost ahead of the cursor: the next read tells the
-					// members, before what follows the gap.
-					r.lossAhead = true
-				}
-			}
-			if !r.check {
-				r.accounted = r.last
-			}
-		}
-		if r.last == in.lastGen && in.hasAdded {
-			r.seq, r.seqKnown = in.added, true // caught up: count afresh
-		}
+		e.applyStreamInfo(s, r, infos[i])
 	}
 	return nil
 }
 
-// drop forgets r. s.mu must be held.
-func (s *redisShard) drop(r *redisRoom) {
-	if r.stuck {
-		s.stuck--
+// applyStreamInfo updates r from in, its XINFO STREAM: a leaving room
+// whose stop is gone is dropped, a stream that vanished or went back in
+// time moves the cursor with it, and entries trimmed unread are counted
+// (countTrimmed). s.mu must be held.
+func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo) {
+	if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
+		// Leaving toward a stop that no longer exists: nothing left
+		// to deliver.
+		s.drop(r)
+		return
 	}
-	delete(s.rooms, r.key)
+	switch {
+	case in.missing:
+		if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
+			e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
+				"room", r.name, "last_id", r.last.String())
+		}
+		r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
+	case in.lastGen.Less(r.last):
+		e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
+			"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
+		r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
+	case !in.hasAdded:
+		r.seqKnown = false
+	case r.seqKnown && in.added < r.seq:
+		// The key was deleted and recreated since: the count restarted.
+		r.seqKnown = false
+	default:
+		e.countTrimmed(r, in)
+	}
+	if r.last == in.lastGen && in.hasAdded {
+		r.seq, r.seqKnown = in.added, true // caught up: count afresh
+	}
 }
 
-// shardKey returns "<prefix>:{<shard>}" + suffix.
-func shardKey(prefix string, shard int, suffix string) string {
-	return prefix + ":{" + strconv.Itoa(shard) + "}" + suffix
+// countTrimmed counts, logs and announces the entries after r's cursor
+// that Redis no longer has, when in (its XINFO STREAM) can tell: all of
+// them when r caught up, those before the first entry left when r's
+// last entry is older than it; otherwise r stays checked. s.mu must be
+// held.
+func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
+	var lost int64
+	from := r.last // the range of a loss ends before it
+	if r.last.IsZero() {
+		r.heldFrom = in.first
+	}
+	switch {
+	case !r.seqKnown:
+	case r.last == in.lastGen:
+		lost = in.added - r.seq
+	case in.length == 0 || r.last.Less(in.first):
+		lost = in.added - in.length - r.seq
+		from = in.first
+	default:
+		r.check = true // the count cannot tell yet: at the next read
+	}
+	if lost > 0 {
+		e.stats.lost.Add(lost)
+		e.log.Warn("stream: messages of the room were trimmed before this node read them: raise REDIS_MAXLEN or make the Handler faster",
+			"room", r.name, "lost", lost, "after_id", r.accounted.String(), "before_id", from.String())
+		r.seq += lost
+		if from != r.last {
+			// Lost ahead of the cursor: the next read tells the
+			// members, before what follows the gap.
+			r.lossAhead = true
+		}
+	}
+	if !r.check {
+		r.accounted = r.last
+	}
+}
+
+// prepareRead appends the read of the round trip to p.cmds: the signal
+// stream and the dirty rooms (every room when a full read is due), in
+// XREADs of at most scanChunk keys. First it checks, with XINFO STREAM,
+// the rooms that may have lost entries.
+func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
+	e := p.e
+	full := p.verifyAll || p.sigFull || p.sweepDue(now)
+	if !p.sigInit {
+		// Start from the signal stream's end as it is before the first full
+		// read: later publishes signal after it, earlier ones are found by
+		// that read. (Never "$", which loses what comes in between.)
+		ictx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+		in, err := parseStreamInfo(p.conn.DoMulti(ictx, e.client.B().XinfoStream().Key(p.sigKey).Build())[0])
+		cancel()
+		if err != nil {
+			return fmt.Errorf("XINFO STREAM %s: %w", p.sigKey, err)
+		}
+		p.sigLast, p.sigInit, full = in.lastGen, true, true
+	}
+	p.keys, p.ids = append(p.keys[:0], p.sigKey), append(p.ids[:0], p.sigLast.String())
+	for _, s := range p.shards {
+		var checks []*redisRoom
+		s.mu.Lock()
+		add := func(r *redisRoom) {
+			if !r.subscribed && !r.last.Less(r.stop) {
+				s.drop(r) // unsubscribed and read up to its stop
+				return
+			}
+			p.keys = append(p.keys, r.key)
+			p.ids = append(p.ids, r.cursor())
+			if p.verifyAll || r.check || r.fresh() {
+				checks = append(checks, r)
+			}
+		}
+		if full {
+			for _, r := range s.rooms {
+				add(r)
+			}
+		} else {
+			for _, r := range s.dirty {
+				if s.rooms[r.key] == r {
+					add(r)
+				}
+			}
+		}
+		for _, r := range s.dirty {
+			r.dirty = false
+		}
+		clear(s.dirty)
+		s.dirty = s.dirty[:0]
+		s.mu.Unlock()
+		if len(checks) > 0 {
+			if err := e.verify(ctx, p.conn, s, checks); err != nil {
+				return err
+			}
+			// verify may have moved cursors: take them again.
+			s.mu.Lock()
+			for i := range p.keys {
+				if r := s.rooms[p.keys[i]]; r != nil {
+					p.ids[i] = r.cursor()
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	if full {
+		p.lastFull, p.verifyAll, p.sigFull = now, false, false
+	}
+	count := int64(max(e.cfg.ReadCount, 1)) + 1 // the last entry read comes first again (redisRoom.cursor)
+	for start := 0; start < len(p.keys); start += scanChunk {
+		end := min(start+scanChunk, len(p.keys))
+		p.cmds = append(p.cmds, e.client.B().Xread().Count(count).Streams().Key(p.keys[start:end]...).Id(p.ids[start:end]...).Build())
+	}
+	return nil
+}
+
+// deliver decodes the replies of the read and calls the Handler.
+// It returns how many entries and foreign signals the read found.
+func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found int, err error) {
+	e := p.e
+	for _, rr := range res {
+		reply, err := rr.ToMessage()
+		if err != nil {
+			if rueidis.IsRedisNil(err) {
+				continue
+			}
+			return 0, fmt.Errorf("XREAD: %w", err)
+		}
+		err = forEachStream(reply, func(key string, v rueidis.RedisMessage) {
+			if key == p.sigKey || key == p.wakeKey {
+				before := p.foreign
+				p.collectSignals(key, v)
+				found += p.foreign - before
+				return
+			}
+			s := p.shardOfKey(key)
+			if s == nil {
+				return
+			}
+			n, bad := len(p.out), s.bad
+			p.out = s.collectStream(key, v, e.cfg.ReadCount, e.cfg.MaxLen, p.out)
+			e.stats.malformed.Add(int64(s.bad - bad))
+			found += len(p.out) - n
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	p.healthy()
+	start := time.Now()
+	for i := range p.out {
+		if ctx.Err() != nil {
+			break
+		}
+		d := &p.out[i]
+		if !d.msg.Lost {
+			e.stats.delivered.Add(1) // first: a Handler's caller may read Stats at once
+		}
+		e.handler(d.room, d.msg)
+	}
+	if len(p.out) > 0 && time.Since(start) >= slowDelivery {
+		p.verifyAll = true
+	}
+	clear(p.out)
+	p.out = p.out[:0]
+	for _, s := range p.shards {
+		s.logBad(e.log, start)
+	}
+	return found, nil
+}
+
+// shardOfKey returns the shard of a room key of this pump, or nil.
+func (p *pump) shardOfKey(key string) *redisShard {
+	if len(p.shards) == 1 {
+		return p.shards[0]
+	}
+	_, rest, ok := strings.Cut(key, ":{")
+	if !ok {
+		return nil
+	}
+	num, _, ok := strings.Cut(rest, "}")
+	i, err := strconv.Atoi(num)
+	if !ok || err != nil || i < 0 || i >= len(p.e.shards) {
+		return nil
+	}
+	if s := p.e.shards[i]; s.pump == p {
+		return s
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,9 +30,10 @@ const (
 
 // Signal streams. Each round trip that publishes also appends one entry
 // to its pump's signal stream, naming the rooms ("r" fields); pumps read
-// the signal stream and then just the signalled rooms. The room streams stay the record: a signal is only a hint, and
-// every room is read again at least every Block (and after any failure),
-// so a lost signal delays a message at most that long.
+// the signal stream and then just the signalled rooms. The room streams
+// stay the record: a signal is only a hint, and every room is read again
+// at least every Sweep (REDIS_SWEEP) and after any failure, so a lost
+// signal delays a message at most that long.
 const (
 	signalMaxLen = "10000" // MAXLEN ~ of a signal stream
 	signalCount  = 4096    // signals read per round at most
@@ -188,6 +190,31 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	}
 	e.reqs.New = func() any { return &pubReq{b: make([]byte, 0, 512)} }
 
+	e.client, err = rueidis.NewClient(clientOption(cfg, tlsCfg, e.node))
+	if err != nil {
+		return nil, fmt.Errorf("stream: connect to Redis at %s: %w: %w (check IP_REDIS/PORT_REDIS or REDIS_ADDRS, and that Redis runs)",
+			strings.Join(cfg.Addrs, ","), ErrUnavailable, err)
+	}
+	e.cluster = e.client.Mode() == rueidis.ClientModeCluster
+
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	e.shards = make([]*redisShard, cfg.ReadShards)
+	for i := range e.shards {
+		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
+			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
+	}
+	e.writeEpochs()
+	e.startPumps(ctx)
+	e.presence = newPresence(cfg.Prefix, e.node, cfg.PresenceInterval)
+	e.running.Add(1)
+	go e.runPresence(ctx)
+	return e, nil
+}
+
+// clientOption is the rueidis configuration of cfg, for the node named
+// node.
+func clientOption(cfg RedisConfig, tlsCfg *tls.Config, node string) rueidis.ClientOption {
 	dialer := net.Dialer{Timeout: cfg.Timeout, KeepAlive: time.Second}
 	opt := rueidis.ClientOption{
 		InitAddress:      cfg.Addrs,
@@ -197,7 +224,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		SelectDB:         cfg.DB,
 		TLSConfig:        tlsCfg,
 		Dialer:           dialer,
-		ClientName:       "chatgw-" + e.node,
+		ClientName:       "chatgw-" + node,
 		ConnWriteTimeout: cfg.Timeout,
 		MaxFlushDelay:    cfg.FlushDelay,
 		// One pipelined connection per Redis node: commands sent in order
@@ -219,21 +246,12 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 			TopologyRefreshInterval: 5 * time.Second,
 		}
 	}
-	e.client, err = rueidis.NewClient(opt)
-	if err != nil {
-		return nil, fmt.Errorf("stream: connect to Redis at %s: %w: %w (check IP_REDIS/PORT_REDIS or REDIS_ADDRS, and that Redis runs)",
-			strings.Join(cfg.Addrs, ","), ErrUnavailable, err)
-	}
-	e.cluster = e.client.Mode() == rueidis.ClientModeCluster
+	return opt
+}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.shards = make([]*redisShard, cfg.ReadShards)
-	for i := range e.shards {
-		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
-			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
-	}
-	e.writeEpochs()
+// startPumps starts the pumps: one per shard on a Cluster (each shard is
+// one slot), one for every shard otherwise.
+func (e *Redis) startPumps(ctx context.Context) {
 	if e.cluster {
 		for _, s := range e.shards {
 			e.pumps = append(e.pumps, newPump(e, []*redisShard{s}))
@@ -248,10 +266,6 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		e.running.Add(1)
 		go p.run(ctx)
 	}
-	e.presence = newPresence(cfg.Prefix, e.node, cfg.PresenceInterval)
-	e.running.Add(1)
-	go e.runPresence(ctx)
-	return e, nil
 }
 
 // writeEpochs writes every shard's epoch key that does not exist (SET
@@ -484,7 +498,7 @@ func (e *Redis) Unsubscribe(room string) error {
 	} else {
 		r.subscribed, r.stop = false, stop
 		r.gen++
-		s.markDirty(r) // drain up to stop
+		s.markDirty(r) // leaving: read up to stop
 	}
 	s.mu.Unlock()
 	if err != nil {

@@ -22,16 +22,16 @@ type MemoryConfig struct {
 	// MaxLen is how many entries each room's ring keeps for History and
 	// Last; older entries are evicted. It plays the part of REDIS_MAXLEN,
 	// but exactly: Redis's MAXLEN ~ keeps at least as many. Zero means
-	// 1000 (DefaultRedisMaxLen).
+	// DefaultRedisMaxLen (1000); at most maxMemoryMaxLen.
 	MaxLen int64
 	// TTL drops a room's ring once nothing was published to it for this
-	// long, as REDIS_TTL expires a room's stream. Zero means 24h
-	// (DefaultRedisTTL).
+	// long, as REDIS_TTL expires a room's stream. Zero means
+	// DefaultRedisTTL (24h).
 	TTL time.Duration
 	// DedupeWindow is how long a Message.CID is remembered: a second
 	// Publish with the same CID to the same room within it appends nothing
-	// and is acknowledged with the first one's ID. Zero means 2m
-	// (DefaultRedisDedupeWindow).
+	// and is acknowledged with the first one's ID. Zero means
+	// DefaultRedisDedupeWindow (2m).
 	DedupeWindow time.Duration
 }
 
@@ -77,7 +77,7 @@ const maxMemoryMaxLen = 1 << 24
 // published to for TTL loses its ring, as a Redis stream expires. Payloads
 // are copied into the ring once and shared, read-only, with History's
 // callers. CIDs are remembered per room for DedupeWindow. Expiry is
-// checked on every read; the memory is freed by a sweep that Publish runs
+// checked on every read; the memory is freed by a prune that Publish runs
 // every min(TTL, DedupeWindow, 1m), at most once a second, which also
 // forgets rooms left with nothing (not subscribed, no ring, no CID).
 //
@@ -105,9 +105,9 @@ type Memory struct {
 	// start is the first ID this engine could hand out: entries before it
 	// belonged to an earlier process and are gone.
 	start ID
-	// lastSweep is when (unix ms) the last sweep started.
-	lastSweep  atomic.Int64
-	sweepEvery int64 // ms
+	// lastPrune is when (unix ms) the last prune started.
+	lastPrune  atomic.Int64
+	pruneEvery int64 // ms
 
 	pmu     sync.Mutex
 	members map[string]int // room → members on this node (non-zero)
@@ -181,7 +181,7 @@ func NewMemoryWith(h Handler, cfg MemoryConfig) (*Memory, error) {
 		cfg:        cfg,
 		rooms:      make(map[string]*memoryRoom),
 		members:    make(map[string]int),
-		sweepEvery: max(every, time.Second).Milliseconds(),
+		pruneEvery: max(every, time.Second).Milliseconds(),
 	}, nil
 }
 
@@ -241,7 +241,7 @@ func (e *Memory) Publish(room string, m Message, ack Ack, ref any) {
 		e.stats.delivered.Add(1)
 	}
 	ack(ref, m.ID, nil)
-	e.maybeSweep(now)
+	e.maybePrune(now)
 }
 
 // lock returns room's state, locked, creating it if needed; r is what a
@@ -464,19 +464,19 @@ func (e *Memory) Close(ctx context.Context) error {
 	}
 }
 
-// maybeSweep sweeps when the last sweep is older than sweepEvery; one
+// maybePrune prunes when the last prune is older than pruneEvery; one
 // caller wins, the others go on.
-func (e *Memory) maybeSweep(now int64) {
-	last := e.lastSweep.Load()
-	if now-last < e.sweepEvery || !e.lastSweep.CompareAndSwap(last, now) {
+func (e *Memory) maybePrune(now int64) {
+	last := e.lastPrune.Load()
+	if now-last < e.pruneEvery || !e.lastPrune.CompareAndSwap(last, now) {
 		return
 	}
-	e.sweep(now)
+	e.prune(now)
 }
 
-// sweep frees what expired: rings idle for TTL, CIDs older than their
+// prune frees what expired: rings idle for TTL, CIDs older than their
 // window, and rooms left with nothing.
-func (e *Memory) sweep(now int64) {
+func (e *Memory) prune(now int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for name, r := range e.rooms {

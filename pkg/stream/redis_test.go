@@ -514,9 +514,9 @@ func TestRedisRestart(t *testing.T) {
 	}
 
 	srv.Restart()
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
 	before, _ := p.counts()
-	testutil.EventuallyWithin(t, 10*time.Second, "50 more accepted publishes", func() bool {
+	testutil.Eventually(t, "50 more accepted publishes", func() bool {
 		n, _ := p.counts()
 		return n >= before+50
 	})
@@ -545,8 +545,8 @@ func TestRedisRestartWithoutPersistence(t *testing.T) {
 	})
 	before, _ := p.counts()
 	srv.Restart()
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
-	testutil.EventuallyWithin(t, 10*time.Second, "50 more accepted publishes", func() bool {
+	testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.Eventually(t, "50 more accepted publishes", func() bool {
 		n, _ := p.counts()
 		return n >= before+50
 	})
@@ -600,9 +600,9 @@ func TestRedisHungServer(t *testing.T) {
 		t.Error("Health is nil while Redis hangs")
 	}
 	srv.Resume()
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
 	mustPublish(t, e, "hung", Message{Sender: 1, Payload: []byte("after")})
-	testutil.EventuallyWithin(t, 10*time.Second, "the message after the hang", func() bool {
+	testutil.Eventually(t, "the message after the hang", func() bool {
 		got := c.waitFor(t, "hung", 1)
 		return string(got[len(got)-1].Payload) == "after"
 	})
@@ -633,21 +633,21 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 		mustPublish(t, pub, "wedged", Message{Sender: 1, Payload: strconv.AppendInt(nil, int64(i), 10)})
 	}
 	var herr error
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to report the wedged reader", func() bool {
+	testutil.Eventually(t, "Health to report the wedged reader", func() bool {
 		herr = e.Health()
 		return herr != nil
 	})
 	t.Logf("Health while wedged: %v", herr)
 	close(release)
 	var got []Message
-	testutil.EventuallyWithin(t, 10*time.Second, "the last message", func() bool {
+	testutil.Eventually(t, "the last message", func() bool {
 		got = c.waitFor(t, "wedged", 1)
 		return string(got[len(got)-1].Payload) == "199"
 	})
-	testutil.EventuallyWithin(t, 10*time.Second, "the trim warning", func() bool {
+	testutil.Eventually(t, "the trim warning", func() bool {
 		return strings.Contains(log.String(), "trimmed before this node read them")
 	})
-	testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+	testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
 	got = slices.DeleteFunc(got, func(m Message) bool { return m.Lost }) // the notices
 	if len(got) >= 200 {
 		t.Fatalf("got all %d messages; the test meant Redis to trim some", len(got))
@@ -659,25 +659,26 @@ func TestRedisTrimmedWhileWedged(t *testing.T) {
 	}
 }
 
-// TestRedisUnsubscribeDrains checks that messages published before
-// Unsubscribe are delivered and later ones are not, across nodes.
-func TestRedisUnsubscribeDrains(t *testing.T) {
+// TestRedisUnsubscribeLeaves checks that messages published before
+// Unsubscribe are delivered and later ones are not, across nodes: the
+// room is leaving, read up to its stop.
+func TestRedisUnsubscribeLeaves(t *testing.T) {
 	srv := redistest.Start(t)
 	nodes := startNodes(t, 2, testRedisConfig(t, srv.Addr()))
 	a, b := nodes[0], nodes[1]
-	mustSubscribe(t, b.e, "drain")
+	mustSubscribe(t, b.e, "leave")
 	for round := range 20 {
-		mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: fmt.Appendf(nil, "in-%d", round)})
-		if err := b.e.Unsubscribe("drain"); err != nil {
+		mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: fmt.Appendf(nil, "in-%d", round)})
+		if err := b.e.Unsubscribe("leave"); err != nil {
 			t.Fatal(err)
 		}
-		mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: fmt.Appendf(nil, "out-%d", round)})
-		mustSubscribe(t, b.e, "drain")
+		mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: fmt.Appendf(nil, "out-%d", round)})
+		mustSubscribe(t, b.e, "leave")
 	}
-	mustPublish(t, a.e, "drain", Message{Sender: 1, Payload: []byte("end")})
+	mustPublish(t, a.e, "leave", Message{Sender: 1, Payload: []byte("end")})
 	var got []Message
-	testutil.EventuallyWithin(t, 10*time.Second, "the end message", func() bool {
-		got = b.c.waitFor(t, "drain", 0)
+	testutil.Eventually(t, "the end message", func() bool {
+		got = b.c.waitFor(t, "leave", 0)
 		return len(got) > 0 && string(got[len(got)-1].Payload) == "end"
 	})
 	var ps []string
@@ -799,7 +800,7 @@ func TestRedisSentinelFailover(t *testing.T) {
 	for _, nd := range nodes {
 		checkExactlyOnce(t, nd.c, "ha", accepted, refused)
 		e := nd.e
-		testutil.EventuallyWithin(t, 10*time.Second, "Health to recover", func() bool { return e.Health() == nil })
+		testutil.Eventually(t, "Health to recover", func() bool { return e.Health() == nil })
 	}
 }
 
@@ -988,7 +989,7 @@ func TestRedisDownFailsFast(t *testing.T) {
 	e := newTestRedis(t, cfg, func(string, Message) {}, nil)
 	mustSubscribe(t, e, "kept")
 	srv.Kill()
-	testutil.EventuallyWithin(t, 10*time.Second, "a reader to notice Redis is gone", func() bool { return e.failing.Load() > 0 })
+	testutil.Eventually(t, "a reader to notice Redis is gone", func() bool { return e.failing.Load() > 0 })
 
 	start := time.Now()
 	_, err := e.Subscribe("new-room")
@@ -1001,6 +1002,6 @@ func TestRedisDownFailsFast(t *testing.T) {
 	}
 
 	srv.Restart()
-	testutil.EventuallyWithin(t, 10*time.Second, "the readers to recover", func() bool { return e.failing.Load() == 0 })
+	testutil.Eventually(t, "the readers to recover", func() bool { return e.failing.Load() == 0 })
 	mustSubscribe(t, e, "new-room")
 }

@@ -482,7 +482,7 @@ func TestRedisLaggingNodeReportsTrimmedEntries(t *testing.T) {
 			}
 			// The count can tell once the reader caught up: its next read.
 			mustPublish(t, pub, room, Message{Sender: 1, Payload: []byte("end")})
-			testutil.EventuallyWithin(t, 10*time.Second, "every lost entry to be counted", func() bool {
+			testutil.Eventually(t, "every lost entry to be counted", func() bool {
 				return e.Stats().Lost == int64(lost)
 			})
 			var notices []Message

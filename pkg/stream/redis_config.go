@@ -61,10 +61,19 @@ const (
 	// DefaultRedisFlushDelay is the default of RedisConfig.FlushDelay
 	// (REDIS_FLUSH_DELAY).
 	DefaultRedisFlushDelay = 20 * time.Microsecond
+)
 
+// Bounds of RedisConfig's fields, checked once the defaults are set.
+const (
 	// maxRedisReadShards caps REDIS_READ_SHARDS: each shard holds one
 	// blocking connection per node.
 	maxRedisReadShards = 1024
+	// minRedisDuration is the least value of the duration fields that
+	// cannot be turned off (REDIS_TTL, REDIS_BLOCK, REDIS_SWEEP, ...).
+	minRedisDuration = time.Millisecond
+	// maxRedisDelay caps the delays added to round trips (REDIS_FLUSH_DELAY,
+	// REDIS_BATCH_WINDOW).
+	maxRedisDelay = time.Second
 )
 
 // RedisConfig configures the Redis engine. The zero value of every field
@@ -80,7 +89,7 @@ type RedisConfig struct {
 	// seed node of a cluster. Used with Port when Addrs is empty. Zero
 	// means none: then Addrs must be set.
 	Host string `env:"IP_REDIS" help:"Redis host (production); or use REDIS_ADDRS"`
-	// Port is the port of Host. Zero means 6379.
+	// Port is the port of Host. Zero means DefaultRedisPort (6379).
 	Port int `env:"PORT_REDIS" help:"port of IP_REDIS"`
 	// Addrs lists "host:port" addresses (comma-separated in the
 	// environment): the seed nodes of a Redis Cluster, or the sentinels
@@ -113,28 +122,30 @@ type RedisConfig struct {
 	// one a Redis Cluster has.
 	DB int `env:"REDIS_DB" help:"database number (not with Cluster)"`
 	// Prefix starts every key: "<prefix>:{<shard>}:<room>". Zero means
-	// "chat". It must not contain '{' or '}'.
+	// DefaultRedisPrefix ("chat"). It must not contain '{' or '}'.
 	Prefix string `env:"REDIS_PREFIX" help:"key prefix: streams are <prefix>:{<shard>}:<room>; same on every node"`
 	// MaxLen caps each room's stream, approximately (XADD MAXLEN ~): older
 	// entries are trimmed. A node whose reader falls further behind loses
-	// messages and logs a warning. Zero means 1000.
+	// messages and logs a warning. Zero means DefaultRedisMaxLen (1000).
 	MaxLen int64 `env:"REDIS_MAXLEN" help:"approximate entries kept per room stream (XADD MAXLEN ~)"`
 	// TTL is the expiry of a room's stream, so that rooms nobody writes to
 	// disappear. Each node refreshes it when it writes to a room whose TTL
-	// it last refreshed more than min(TTL/16, 1h) ago. Zero means 24h.
+	// it last refreshed more than min(TTL/16, 1h) ago (ttlRefreshDivisor,
+	// maxTTLRefresh). Zero means DefaultRedisTTL (24h); at least 1ms.
 	TTL time.Duration `env:"REDIS_TTL" help:"expiry of a room stream after its last message (refreshed at most every min(TTL/16, 1h))"`
 	// ReadShards is the number of key shards: rooms are spread over them by
 	// a hash of their name, and each shard is one hash tag ("{<shard>}"),
 	// so one Redis Cluster slot. On a Cluster each node runs one pump per
-	// shard; on one Redis a single pump serves them all. Zero means 16; at
-	// most 1024.
+	// shard; on one Redis a single pump serves them all. Zero means
+	// DefaultRedisReadShards (16); at most 1024 (maxRedisReadShards).
 	ReadShards int `env:"REDIS_READ_SHARDS" help:"key shards (hash tags) that rooms are spread over; one pump each on a Cluster; same on every node"`
 	// ReadCount is the XREAD COUNT: at most this many entries per room per
-	// read. Zero means 512.
+	// read. Zero means DefaultRedisReadCount (512).
 	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read"`
 	// Block is the XREAD BLOCK of an idle pump: how long it waits for a
 	// signal before it checks in with Redis again. It bounds how stale
-	// Health's view of a pump may be (Block + Timeout). Zero means 5s; at least 1ms.
+	// Health's view of a pump may be (Block + Timeout). Zero means
+	// DefaultRedisBlock (5s); at least 1ms.
 	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK of an idle pump; bounds how stale pump health may be"`
 	// Sweep is how often a pump reads every one of its rooms, whether or
 	// not a signal named it: the safety net for a signal that was lost (a
@@ -144,45 +155,51 @@ type RedisConfig struct {
 	// sent again with the pump's next round trip. The sweep costs Redis
 	// one key lookup per room and node each time: with 10 000 rooms on 6
 	// nodes, every 5s, it was 8% of Redis's CPU at 1 000 msg/s. Zero means
-	// 30s; at least 1ms.
+	// DefaultRedisSweep (30s); at least 1ms.
 	Sweep time.Duration `env:"REDIS_SWEEP" help:"every room is read again at least this often, in case a signal was lost"`
 	// Timeout bounds each non-blocking round trip (Publish, Subscribe,
 	// Unsubscribe, Health), each connection attempt, and the time a
-	// blocking read may exceed Block. Zero means 2s.
+	// blocking read may exceed Block. Zero means DefaultRedisTimeout (2s);
+	// at least 1ms.
 	Timeout time.Duration `env:"REDIS_TIMEOUT" help:"bound on each Redis round trip and connection attempt; a sender waits at most twice this for its answer"`
 	// BackoffMin and BackoffMax bound a pump's exponential backoff, with
 	// jitter, after failed round trips (the first retry is immediate).
-	// Zero means 100ms and 5s.
+	// Zero means DefaultRedisBackoffMin (100ms); at least 1ms.
 	BackoffMin time.Duration `env:"REDIS_BACKOFF_MIN" help:"pause before retrying after Redis failed twice in a row (doubles up to REDIS_BACKOFF_MAX)"`
 	// FlushDelay lets the shared connection wait up to this long after each
 	// write to gather more commands into the next one (rueidis
 	// MaxFlushDelay): fewer system calls for Redis and the gateway under
-	// load, for at most this much added latency. Zero means 20µs; a
-	// negative value disables it.
+	// load, for at most this much added latency. Zero means
+	// DefaultRedisFlushDelay (20µs); a negative value disables it; at most
+	// 1s (maxRedisDelay).
 	FlushDelay time.Duration `env:"REDIS_FLUSH_DELAY" help:"wait after each write to Redis to batch more commands (rueidis MaxFlushDelay); negative disables"`
 	// BatchWindow paces a pump under load: while its reads keep finding
 	// new entries, its round trips (publishes and reads together) start at
 	// most this often, so that each carries more messages. With N > 2
 	// nodes publishing (seen in the signals) the window is N/2 times this,
 	// at most 8 times, so that Redis sees about as many round trips per
-	// second however many nodes there are. An idle pump sends at once.
-	// Zero means 2ms; a negative value disables pacing.
+	// second however many nodes there are (maxWindowFactor). An idle pump
+	// sends at once. Zero means DefaultRedisBatchWindow (2ms); a negative
+	// value disables pacing; at most 1s (maxRedisDelay).
 	BatchWindow time.Duration `env:"REDIS_BATCH_WINDOW" help:"under load, at most one Redis round trip per pump per this window with 2 nodes (N/2 times it with N active nodes, up to 8x); idle pumps send at once; negative disables"`
 	// PublishQueue bounds the messages waiting for a pump; a message that
 	// finds the queue full is refused at once with an "unavailable" error
-	// rather than buffered. Zero means 16384.
+	// rather than buffered. Zero means DefaultPublishQueue (16384).
 	PublishQueue int `env:"PUBLISH_QUEUE" help:"messages waiting for Redis per pump before senders get unavailable"`
-	// BackoffMax: see BackoffMin.
+	// BackoffMax: see BackoffMin. Zero means DefaultRedisBackoffMax (5s);
+	// at least 1ms.
 	BackoffMax time.Duration `env:"REDIS_BACKOFF_MAX" help:"longest pause between retries while Redis is down"`
 	// DedupeWindow is how long a message's client-chosen ID (Message.CID)
 	// is remembered per room: a resend with the same CID within it, from
 	// any node, appends nothing and is acknowledged with the first ID.
-	// Each CID costs one Redis key for this long. Zero means 2m.
+	// Each CID costs one Redis key (its dedupe key) for this long. Zero
+	// means DefaultRedisDedupeWindow (2m); at least 1ms.
 	DedupeWindow time.Duration `env:"REDIS_DEDUPE_WINDOW" help:"how long a message's cid is remembered per room: a resend within it is not appended twice and gets the first ID back"`
 	// PresenceInterval is how often each node publishes its member counts
-	// and heartbeat. A node that dies stops being counted within three
-	// intervals; a count set on one node shows on the others within about
-	// two. Zero means 1s.
+	// and heartbeat. A node that dies stops being counted within 3
+	// intervals (presenceLapse); a count set on one node shows on the
+	// others within about two. Zero means DefaultRedisPresenceInterval
+	// (1s); at least 1ms.
 	PresenceInterval time.Duration `env:"REDIS_PRESENCE_INTERVAL" help:"how often each node publishes its room member counts; a dead node stops being counted within 3 intervals"`
 }
 
@@ -193,30 +210,74 @@ func (c RedisConfig) MemoryConfig() MemoryConfig {
 	return MemoryConfig{MaxLen: c.MaxLen, TTL: c.TTL, DedupeWindow: c.DedupeWindow}
 }
 
+// durationField is a duration field of RedisConfig with its default and
+// bounds: Defaulted, withDefaults and the tests take them from here, so
+// that each default and bound is written once (as a constant).
+type durationField struct {
+	v    *time.Duration
+	def  time.Duration
+	name string // the environment variable
+	// off: a negative value turns the feature off (0), and max bounds
+	// the value. Otherwise the value must be at least minRedisDuration.
+	off bool
+	max time.Duration
+}
+
+// durations lists the duration fields of c.
+func (c *RedisConfig) durations() []durationField {
+	return []durationField{
+		{v: &c.TTL, def: DefaultRedisTTL, name: "REDIS_TTL"},
+		{v: &c.Block, def: DefaultRedisBlock, name: "REDIS_BLOCK"},
+		{v: &c.Sweep, def: DefaultRedisSweep, name: "REDIS_SWEEP"},
+		{v: &c.Timeout, def: DefaultRedisTimeout, name: "REDIS_TIMEOUT"},
+		{v: &c.BackoffMin, def: DefaultRedisBackoffMin, name: "REDIS_BACKOFF_MIN"},
+		{v: &c.BackoffMax, def: DefaultRedisBackoffMax, name: "REDIS_BACKOFF_MAX"},
+		{v: &c.FlushDelay, def: DefaultRedisFlushDelay, name: "REDIS_FLUSH_DELAY", off: true, max: maxRedisDelay},
+		{v: &c.BatchWindow, def: DefaultRedisBatchWindow, name: "REDIS_BATCH_WINDOW", off: true, max: maxRedisDelay},
+		{v: &c.DedupeWindow, def: DefaultRedisDedupeWindow, name: "REDIS_DEDUPE_WINDOW"},
+		{v: &c.PresenceInterval, def: DefaultRedisPresenceInterval, name: "REDIS_PRESENCE_INTERVAL"},
+	}
+}
+
+// countField is a count field of RedisConfig with its default and upper
+// bound (0: none). Negative counts are errors.
+type countField struct {
+	get      func() int64
+	set      func(int64)
+	def, max int64
+	name     string // the environment variable
+}
+
+// count returns the countField of *v.
+func count[T int | int64](v *T, def, max int64, name string) countField {
+	return countField{get: func() int64 { return int64(*v) }, set: func(n int64) { *v = T(n) }, def: def, max: max, name: name}
+}
+
+// counts lists the count fields of c.
+func (c *RedisConfig) counts() []countField {
+	return []countField{
+		count(&c.MaxLen, DefaultRedisMaxLen, 0, "REDIS_MAXLEN"),
+		count(&c.ReadShards, DefaultRedisReadShards, maxRedisReadShards, "REDIS_READ_SHARDS"),
+		count(&c.ReadCount, DefaultRedisReadCount, 0, "REDIS_READ_COUNT"),
+		count(&c.PublishQueue, DefaultPublishQueue, 0, "PUBLISH_QUEUE"),
+	}
+}
+
 // Defaulted returns c with every zero field set to the default NewRedis
 // uses for it, without checking anything: what `gateway -h` prints.
 func (c RedisConfig) Defaulted() RedisConfig {
-	set := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
 	c.Port = cmp.Or(c.Port, DefaultRedisPort)
 	c.Prefix = cmp.Or(c.Prefix, DefaultRedisPrefix)
-	c.MaxLen = cmp.Or(c.MaxLen, DefaultRedisMaxLen)
-	c.ReadShards = cmp.Or(c.ReadShards, DefaultRedisReadShards)
-	c.ReadCount = cmp.Or(c.ReadCount, DefaultRedisReadCount)
-	c.PublishQueue = cmp.Or(c.PublishQueue, DefaultPublishQueue)
-	set(&c.TTL, DefaultRedisTTL)
-	set(&c.Block, DefaultRedisBlock)
-	set(&c.Sweep, DefaultRedisSweep)
-	set(&c.Timeout, DefaultRedisTimeout)
-	set(&c.BackoffMin, DefaultRedisBackoffMin)
-	set(&c.BackoffMax, DefaultRedisBackoffMax)
-	set(&c.FlushDelay, DefaultRedisFlushDelay)
-	set(&c.BatchWindow, DefaultRedisBatchWindow)
-	set(&c.DedupeWindow, DefaultRedisDedupeWindow)
-	set(&c.PresenceInterval, DefaultRedisPresenceInterval)
+	for _, f := range c.counts() {
+		if f.get() == 0 {
+			f.set(f.def)
+		}
+	}
+	for _, f := range c.durations() {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
 	return c
 }
 
@@ -235,30 +296,12 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 	case (c.TLSCAFile != "" || c.TLSInsecureSkipVerify) && !c.TLS:
 		return c, errors.New("stream: REDIS_TLS_CA_FILE or REDIS_TLS_INSECURE_SKIP_VERIFY is set but REDIS_TLS is not: set REDIS_TLS=true")
 	}
-	// Negative counts are errors; negative delays mean "off". Both must be
-	// seen before zero fields take their defaults.
-	for _, n := range []struct {
-		v, def int64
-		name   string
-	}{
-		{c.MaxLen, DefaultRedisMaxLen, "REDIS_MAXLEN"},
-		{int64(c.ReadShards), DefaultRedisReadShards, "REDIS_READ_SHARDS"},
-		{int64(c.ReadCount), DefaultRedisReadCount, "REDIS_READ_COUNT"},
-		{int64(c.PublishQueue), DefaultPublishQueue, "PUBLISH_QUEUE"},
-	} {
-		if n.v < 0 {
-			return c, fmt.Errorf("stream: %s=%d is negative: use a positive number, or unset it for the default %d", n.name, n.v, n.def)
-		}
-	}
-	flushOff, batchOff := c.FlushDelay < 0, c.BatchWindow < 0
+	// Defaulted leaves negative values alone: counts are then errors,
+	// delays that can be turned off are off.
 	c = c.Defaulted()
-	if flushOff {
-		c.FlushDelay = 0
+	if err := c.checkBounds(); err != nil {
+		return c, err
 	}
-	if batchOff {
-		c.BatchWindow = 0
-	}
-
 	if len(c.Addrs) == 0 {
 		c.Addrs = []string{net.JoinHostPort(c.Host, strconv.Itoa(c.Port))}
 	} else {
@@ -275,36 +318,34 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 	if strings.ContainsAny(c.Prefix, "{}") {
 		return c, fmt.Errorf("stream: REDIS_PREFIX=%q contains '{' or '}': the engine adds the hash tag itself, remove them", c.Prefix)
 	}
-	if c.ReadShards > maxRedisReadShards {
-		return c, fmt.Errorf("stream: REDIS_READ_SHARDS=%d is too large: use at most %d", c.ReadShards, maxRedisReadShards)
-	}
-	for _, d := range []struct {
-		v    time.Duration
-		def  time.Duration
-		name string
-	}{
-		{c.TTL, DefaultRedisTTL, "REDIS_TTL"},
-		{c.Block, DefaultRedisBlock, "REDIS_BLOCK"},
-		{c.Sweep, DefaultRedisSweep, "REDIS_SWEEP"},
-		{c.Timeout, DefaultRedisTimeout, "REDIS_TIMEOUT"},
-		{c.BackoffMin, DefaultRedisBackoffMin, "REDIS_BACKOFF_MIN"},
-		{c.BackoffMax, DefaultRedisBackoffMax, "REDIS_BACKOFF_MAX"},
-		{c.DedupeWindow, DefaultRedisDedupeWindow, "REDIS_DEDUPE_WINDOW"},
-		{c.PresenceInterval, DefaultRedisPresenceInterval, "REDIS_PRESENCE_INTERVAL"},
-	} {
-		if d.v < time.Millisecond {
-			return c, fmt.Errorf("stream: %s=%v is below 1ms: use a duration such as %v, or unset it for the default", d.name, d.v, d.def)
-		}
-	}
-	switch {
-	case c.FlushDelay > time.Second:
-		return c, fmt.Errorf("stream: REDIS_FLUSH_DELAY=%v is over 1s: use microseconds, such as 20us", c.FlushDelay)
-	case c.BatchWindow > time.Second:
-		return c, fmt.Errorf("stream: REDIS_BATCH_WINDOW=%v is over 1s: use milliseconds, such as 2ms", c.BatchWindow)
-	case c.BackoffMin > c.BackoffMax:
+	if c.BackoffMin > c.BackoffMax {
 		return c, fmt.Errorf("stream: REDIS_BACKOFF_MIN=%v exceeds REDIS_BACKOFF_MAX=%v: lower the minimum or raise the maximum", c.BackoffMin, c.BackoffMax)
 	}
 	return c, nil
+}
+
+// checkBounds checks the counts and durations of c, defaulted, against
+// their bounds (counts, durations), turning off the delays set negative.
+func (c *RedisConfig) checkBounds() error {
+	for _, f := range c.counts() {
+		switch n := f.get(); {
+		case n < 0:
+			return fmt.Errorf("stream: %s=%d is negative: use a positive number, or unset it for the default %d", f.name, n, f.def)
+		case f.max > 0 && n > f.max:
+			return fmt.Errorf("stream: %s=%d is too large: use at most %d, or unset it for the default %d", f.name, n, f.max, f.def)
+		}
+	}
+	for _, f := range c.durations() {
+		switch {
+		case f.off && *f.v < 0:
+			*f.v = 0
+		case f.off && *f.v > f.max:
+			return fmt.Errorf("stream: %s=%v is over %v: use a shorter delay such as the default %v, or a negative value to turn it off", f.name, *f.v, f.max, f.def)
+		case !f.off && *f.v < minRedisDuration:
+			return fmt.Errorf("stream: %s=%v is below %v: use a duration such as %v, or unset it for the default", f.name, *f.v, minRedisDuration, f.def)
+		}
+	}
+	return nil
 }
 
 // LogValue implements slog.LogValuer: c without its passwords, so that
@@ -324,7 +365,7 @@ func (c RedisConfig) LogValue() slog.Value {
 		slog.Bool("tls", c.TLS), slog.String("tls_ca_file", c.TLSCAFile), slog.Bool("tls_insecure_skip_verify", c.TLSInsecureSkipVerify),
 		slog.Int("db", c.DB), slog.String("prefix", c.Prefix), slog.Int64("maxlen", c.MaxLen), slog.Duration("ttl", c.TTL),
 		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block), slog.Duration("sweep", c.Sweep),
-		slog.Duration("timeout", c.Timeout), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
+		slog.Duration("timeout", c.Timeout), slog.Duration("flush_delay", c.FlushDelay), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
 		slog.Duration("dedupe_window", c.DedupeWindow), slog.Duration("presence_interval", c.PresenceInterval),
 	)
 }

@@ -96,7 +96,7 @@ func TestMemoryTruncatedExact(t *testing.T) {
 }
 
 // TestMemoryTTL: a room nothing was published to for TTL loses its ring,
-// as a Redis stream expires; a sweep then frees it, unless it is
+// as a Redis stream expires; a prune then frees it, unless it is
 // subscribed.
 func TestMemoryTTL(t *testing.T) {
 	e := newTestMemory(t, MemoryConfig{TTL: 100 * time.Millisecond, DedupeWindow: 100 * time.Millisecond}, nil)
@@ -115,13 +115,13 @@ func TestMemoryTTL(t *testing.T) {
 		t.Fatalf("History after the last entry of an expired ring: truncated, want whole")
 	}
 
-	e.sweep(time.Now().Add(time.Hour).UnixMilli())
+	e.prune(time.Now().Add(time.Hour).UnixMilli())
 	e.mu.RLock()
 	_, idle := e.rooms["idle"]
 	_, watched := e.rooms["watched"]
 	e.mu.RUnlock()
 	if idle || !watched {
-		t.Fatalf("after a sweep: idle room kept %v, subscribed room kept %v; want false, true", idle, watched)
+		t.Fatalf("after a prune: idle room kept %v, subscribed room kept %v; want false, true", idle, watched)
 	}
 	// The engine now knows nothing of the room: an old ID is truncated,
 	// and the room's IDs keep increasing.
@@ -130,7 +130,7 @@ func TestMemoryTTL(t *testing.T) {
 	}
 	again := mustPublishID(t, e, "idle", Message{Sender: 1, Payload: []byte("again")})
 	if !ids[2].Less(again) {
-		t.Fatalf("ID after the sweep %v, not after %v", again, ids[2])
+		t.Fatalf("ID after the prune %v, not after %v", again, ids[2])
 	}
 	// Issue 18, item 6: the room has a new entry now; a resume from before
 	// the expiry must still be told that entries are gone, and get the
@@ -168,18 +168,18 @@ func TestMemoryTruncatedAfterRestart(t *testing.T) {
 	}
 }
 
-// TestMemorySweepForgetsCIDs: CIDs outlive their window only until the
-// next sweep.
-func TestMemorySweepForgetsCIDs(t *testing.T) {
+// TestMemoryPruneForgetsCIDs: CIDs outlive their window only until the
+// next prune.
+func TestMemoryPruneForgetsCIDs(t *testing.T) {
 	e := newTestMemory(t, MemoryConfig{DedupeWindow: time.Minute}, nil)
 	mustPublishID(t, e, "r", Message{Sender: 1, Payload: []byte("x"), CID: "a"})
-	e.sweep(time.Now().UnixMilli())
+	e.prune(time.Now().UnixMilli())
 	if n := len(e.rooms["r"].cids); n != 1 {
-		t.Fatalf("%d CIDs after a sweep within the window, want 1", n)
+		t.Fatalf("%d CIDs after a prune within the window, want 1", n)
 	}
-	e.sweep(time.Now().Add(2 * time.Minute).UnixMilli())
+	e.prune(time.Now().Add(2 * time.Minute).UnixMilli())
 	if r := e.rooms["r"]; r == nil || len(r.cids) != 0 {
-		t.Fatalf("room state after a sweep past the window: %+v, want the ring kept and no CID", r)
+		t.Fatalf("room state after a prune past the window: %+v, want the ring kept and no CID", r)
 	}
 }
 

@@ -1,0 +1,200 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chatgw/gateway/internal/backoff"
+	"github.com/redis/rueidis"
+)
+
+// This file holds a pump's connection state: connecting (a dedicated
+// connection, sealing the one before), failing and backing off, and the
+// health that Health reports.
+
+// connect makes sure the pump has a connection. On a single server or
+// behind Sentinel that is a dedicated one; when the previous one failed
+// with a round trip in doubt, it is killed from the new one first, so that
+// nothing sent later can overtake what it carried.
+func (p *pump) connect(ctx context.Context) error {
+	if p.conn != nil {
+		return nil
+	}
+	e := p.e
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	if e.cluster {
+		p.conn = e.client // the epoch keys go first in the next round trip
+		return nil
+	}
+	var err error
+	// A pooled connection may have broken while idle (Redis restarted):
+	// rueidis drops it when it is given back, so try a few.
+	for range 4 {
+		dc, release := e.client.Dedicate()
+		cmds := []rueidis.Completed{e.client.B().ClientId().Build()}
+		if p.sealID != 0 {
+			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
+		}
+		res := dc.DoMulti(cctx, cmds...)
+		var id int64
+		id, err = res[0].AsInt64()
+		if err == nil && len(res) > 1 {
+			// "No such client" is fine: the old connection is gone.
+			if kerr := res[1].Error(); kerr != nil && !isRedisErr(kerr) {
+				err = kerr
+			}
+		}
+		if err == nil {
+			p.conn, p.release, p.clientID, p.sealID = dc, release, id, 0
+			return nil
+		}
+		go release()
+		if isRedisErr(err) || cctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("connect pump: %w", err)
+}
+
+// epochCmds writes the epoch key of each of the pump's shards unless it
+// exists (SET NX).
+func (p *pump) epochCmds() []rueidis.Completed {
+	cmds := make([]rueidis.Completed, len(p.shards))
+	v := nowMs()
+	for i, s := range p.shards {
+		cmds[i] = p.e.client.B().Set().Key(s.epochKey).Value(v).Nx().Build()
+	}
+	return cmds
+}
+
+// firstError returns the first error of res other than a nil reply.
+func firstError(res []rueidis.RedisResult) error {
+	for _, rr := range res {
+		if err := rr.Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// disconnect gives the dedicated connection back, if any. A broken one
+// is closed in the background: closing a connection to a silent server
+// takes rueidis a second or more.
+func (p *pump) disconnect() {
+	if p.release != nil {
+		go p.release()
+	}
+	p.conn, p.release = nil, nil
+}
+
+// fail records a failed round trip: the connection is dropped (and, if
+// dedicated, killed before the next is used), every room is read and
+// checked again once Redis answers.
+func (p *pump) fail(err error) {
+	if p.e.closed.Load() && errors.Is(err, rueidis.ErrClosing) {
+		return
+	}
+	p.e.stats.roundTripErrors.Add(1)
+	if p.release != nil {
+		p.sealID = p.clientID
+	}
+	p.disconnect()
+	p.verifyAll, p.epochDue = true, true
+	p.epoch++
+	p.hmu.Lock()
+	p.lastErr = err
+	p.hmu.Unlock()
+	if p.failures == 0 {
+		p.e.failing.Add(1)
+		p.e.log.Warn("stream: Redis round trip failed; backing off", "pump", p.wakeKey, "err", err)
+	}
+	p.failures++
+}
+
+// healthy records a successful round trip.
+func (p *pump) healthy() {
+	now := time.Now()
+	p.hmu.Lock()
+	p.lastOK, p.lastErr = now, nil
+	p.hmu.Unlock()
+	if p.failures > 0 {
+		p.e.failing.Add(-1)
+		p.e.log.Info("stream: Redis round trips work again", "pump", p.wakeKey, "failures", p.failures)
+		p.failures = 0
+	}
+	p.pruneExpires(now)
+}
+
+// pruneExpires forgets, at most once per refreshTTL, the TTL refreshes
+// older than refreshTTL: their keys get a PEXPIRE with their next message.
+func (p *pump) pruneExpires(now time.Time) {
+	if now.Sub(p.lastPrune) <= p.refreshTTL {
+		return
+	}
+	for k, t := range p.expires {
+		if now.Sub(t) >= p.refreshTTL {
+			delete(p.expires, k)
+		}
+	}
+	p.lastPrune = now
+}
+
+// waitRetry waits before the next attempt after repeated failures:
+// BackoffMin doubled per failure after the first up to BackoffMax, with
+// "equal jitter" (a random point in its upper half) so that nodes do not
+// reconnect in lockstep. Messages published meanwhile are refused at
+// once: Redis is known to be down. It reports false when the engine is
+// closing.
+func (p *pump) waitRetry(ctx context.Context) bool {
+	cfg := p.e.cfg
+	// The first retry is immediate (run): the wait after failure n is
+	// the policy's wait n-1.
+	d := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax, Jitter: true}.Wait(p.failures - 1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	down := fmt.Errorf("%w: Redis does not answer; retrying", ErrUnavailable)
+	p.refuse(down)
+	for {
+		select {
+		case <-t.C:
+			return true
+		case r := <-p.reqs:
+			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
+		case <-p.kick:
+		case br := <-p.blockRes:
+			p.blocking.Store(false)
+			_ = br
+		case <-p.e.stop:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// readRefused records a read that Redis answered with an error: reads
+// pause (backoff) while publishes go on, and Health reports the error
+// until a read succeeds.
+func (p *pump) readRefused(err error) {
+	p.e.stats.readsRefused.Add(1)
+	p.readFailures++
+	cfg := p.e.cfg
+	d := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax}.Wait(p.readFailures)
+	p.readRetry = time.Now().Add(d)
+	p.hmu.Lock()
+	p.lastErr = err
+	p.hmu.Unlock()
+	if p.readFailures == 1 {
+		p.e.log.Warn("stream: Redis refused a read; messages are still stored, delivery waits", "pump", p.wakeKey, "err", err)
+	}
+}
+
+// isRedisErr reports whether err is (or wraps) an error reply from Redis,
+// as opposed to a failure to get one.
+func isRedisErr(err error) bool {
+	var re *rueidis.RedisError
+	return errors.As(err, &re) && re != rueidis.Nil
+}

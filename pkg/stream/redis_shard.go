@@ -1,0 +1,144 @@
+package stream
+
+import (
+	"strconv"
+	"sync"
+	"time"
+)
+
+// This file holds the state a Redis shard keeps: which rooms it reads, from
+// which ID, and the keys of its hash tag. redis_read.go reads it.
+//
+// Lock order: redisShard.mu may be taken while holding nothing else; the
+// Handler is never called with it held.
+
+// redisShard is the read state of the rooms whose keys share one hash tag
+// ("<prefix>:{<shard>}:"). One pump reads it. Fields are guarded by mu
+// unless marked otherwise.
+type redisShard struct {
+	idx    int
+	keyPre string // "<prefix>:{<shard>}:", the start of its rooms' keys
+	cidPre string // "<prefix>:{<shard>}#cid:", the start of its dedupe keys
+	// epochKey, "<prefix>:{<shard>}#epoch", holds when (unix ms) Redis
+	// started to hold the shard's data (redis_history.go).
+	epochKey string
+	pump     *pump // the pump that reads and writes the shard; set once
+
+	mu      sync.Mutex
+	scratch []byte                // for building keys in roomByName
+	rooms   map[string]*redisRoom // by stream key
+	// dirty lists rooms to read in the next round: signalled, just
+	// subscribed or unsubscribed, or left with more entries than one read
+	// returned. A room is listed once (redisRoom.dirty).
+	dirty []*redisRoom
+	// stuck counts rooms whose cursor cannot move (see redisRoom.stuck).
+	stuck int
+
+	// Owned by the pump goroutine.
+	// Malformed entries seen since the last warning, and when it was
+	// logged: they are logged at most once per badLogEvery per shard.
+	bad       int
+	badLogged time.Time
+}
+
+// badLogEvery is how often a shard logs the malformed entries it skipped.
+const badLogEvery = 10 * time.Second
+
+// redisRoom is the read state of one room in a shard, guarded by the
+// shard's mu.
+type redisRoom struct {
+	name string
+	key  string
+
+	last ID // last entry read, delivered or skipped
+	// seq counts the entries of the stream up to last, as Redis's
+	// entries-added does: XINFO STREAM sets it, each entry read adds one.
+	// When Redis counts more, the difference was trimmed unread.
+	seq       int64
+	seqKnown  bool
+	lastStr   string // last as a string, cached for XREAD
+	lastStrOf ID     // the ID lastStr was made from
+
+	subscribed bool
+	// gen counts the Subscribe and Unsubscribe calls that changed the room,
+	// so that verify ignores an XINFO answer older than the last change.
+	gen uint64
+	// stop, once unsubscribed, is the last ID to deliver: entries up to it
+	// were published while the room was subscribed. An unsubscribed room
+	// is leaving until the reader reaches stop; then it is dropped.
+	stop ID
+	// skips are ranges (from, to] published while the room was not
+	// subscribed, between an Unsubscribe and a Subscribe that came before
+	// the reader reached stop.
+	skips []idRange
+	// check asks the reader to look for trimmed entries before its next
+	// read: set after a read that returned as many entries as a trim
+	// leaves (the reader may be behind), and after errors; it stays set
+	// until the count can tell (verify).
+	check bool
+	// accounted is the last entry up to which every entry was read or
+	// counted as lost: a loss found later lies after it.
+	accounted ID
+	// noticed is the cursor of the last loss notice (noticedSet), so that
+	// a loss is announced once; lossAhead says that verify found entries
+	// after the cursor gone, to announce at the next read.
+	noticed    ID
+	noticedSet bool
+	lossAhead  bool
+	// heldFrom, for a room read from the start (cursor 0-0), is the
+	// oldest entry verify saw held: a read that begins after it finds
+	// that entries were trimmed in between.
+	heldFrom ID
+	// dirty: the room is listed in its shard's dirty list.
+	dirty bool
+	// stuck: the last read returned an entry whose ID could not be
+	// decoded, so the cursor cannot move past it. Health fails while any
+	// room is stuck; the room is read again on every full read.
+	stuck bool
+}
+
+// noticedAt reports whether a loss after cursor was announced already.
+func (r *redisRoom) noticedAt(cursor ID) bool { return r.noticedSet && r.noticed == cursor }
+
+// fresh reports whether r was subscribed to a stream that did not exist
+// and nothing of it was read yet: its cursor is 0-0, before which no
+// entry can be held, so a trim past the first entries can only show in
+// the counts (verify), which its reads check first.
+func (r *redisRoom) fresh() bool { return r.last.IsZero() && r.seqKnown && r.seq == 0 }
+
+// idRange is the range of IDs (from, to].
+type idRange struct{ from, to ID }
+
+// redisDelivery is one Handler call collected under the shard lock.
+type redisDelivery struct {
+	room string
+	msg  Message
+}
+
+// roomByName returns the subscribed or leaving room of this shard named
+// name, or nil. s.mu must be held.
+func (s *redisShard) roomByName(name string) *redisRoom {
+	s.scratch = append(append(s.scratch[:0], s.keyPre...), name...)
+	return s.rooms[string(s.scratch)]
+}
+
+// markDirty lists r to be read in the next round. s.mu must be held.
+func (s *redisShard) markDirty(r *redisRoom) {
+	if !r.dirty {
+		r.dirty = true
+		s.dirty = append(s.dirty, r)
+	}
+}
+
+// drop forgets r. s.mu must be held.
+func (s *redisShard) drop(r *redisRoom) {
+	if r.stuck {
+		s.stuck--
+	}
+	delete(s.rooms, r.key)
+}
+
+// shardKey returns "<prefix>:{<shard>}" + suffix.
+func shardKey(prefix string, shard int, suffix string) string {
+	return prefix + ":{" + strconv.Itoa(shard) + "}" + suffix
+}
