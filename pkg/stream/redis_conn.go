@@ -149,10 +149,11 @@ func (p *pump) pruneExpires(now time.Time) {
 // once: Redis is known to be down. It reports false when the engine is
 // closing.
 func (p *pump) waitRetry(ctx context.Context) bool {
-	cfg := p.e.cfg
 	// The first retry is immediate (run): the wait after failure n is
 	// the policy's wait n-1.
-	d := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax, Jitter: true}.Wait(p.failures - 1)
+	policy := p.e.retryPolicy()
+	policy.Jitter = true
+	d := policy.Wait(p.failures - 1)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	down := fmt.Errorf("%w: Redis does not answer; retrying", ErrUnavailable)
@@ -164,9 +165,8 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 		case r := <-p.reqs:
 			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
 		case <-p.kick:
-		case br := <-p.blockRes:
+		case <-p.blockRes:
 			p.blocking.Store(false)
-			_ = br
 		case <-p.e.stop:
 			return false
 		case <-ctx.Done():
@@ -181,8 +181,7 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 func (p *pump) readRefused(err error) {
 	p.e.stats.readsRefused.Add(1)
 	p.readFailures++
-	cfg := p.e.cfg
-	d := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax}.Wait(p.readFailures)
+	d := p.e.retryPolicy().Wait(p.readFailures)
 	p.readRetry = time.Now().Add(d)
 	p.hmu.Lock()
 	p.lastErr = err
@@ -197,4 +196,11 @@ func (p *pump) readRefused(err error) {
 func isRedisErr(err error) bool {
 	var re *rueidis.RedisError
 	return errors.As(err, &re) && re != rueidis.Nil
+}
+
+// retryPolicy is how long the engine waits between attempts at what
+// keeps failing: REDIS_BACKOFF_MIN doubled per failure in a row, up to
+// REDIS_BACKOFF_MAX.
+func (e *Redis) retryPolicy() backoff.Policy {
+	return backoff.Policy{Min: e.cfg.BackoffMin, Max: e.cfg.BackoffMax}
 }

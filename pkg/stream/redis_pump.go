@@ -95,12 +95,18 @@ type pump struct {
 	// owed are the rooms of signals that failed to be written: the next
 	// round trip's signal names them again (at most maxOwed; beyond that
 	// the next full read finds them, within REDIS_SWEEP).
-	owed    []string
-	sigBuf  []byte // the signal's room list, space-separated
-	out     []redisDelivery
-	expires map[string]time.Time // room key → when its TTL was last refreshed
-	keys    []string
-	ids     []string
+	owed []string
+	// owedAt is when the owed rooms go out again with a round trip of
+	// their own if no publish carries them first; owedFailures counts the
+	// failed signal writes in a row (their waits grow as the pump's
+	// backoff).
+	owedAt       time.Time
+	owedFailures int
+	sigBuf       []byte // the signal's room list, space-separated
+	out          []redisDelivery
+	expires      map[string]time.Time // room key → when its TTL was last refreshed
+	keys         []string
+	ids          []string
 
 	sigLast  ID   // last signal read
 	sigInit  bool // sigLast was set from the signal stream
@@ -173,28 +179,15 @@ func (p *pump) run(ctx context.Context) {
 			p.flushQueue(ctx)
 			return
 		}
-		if len(p.pending) == 0 && (p.blocking.Load() || !p.readDue(time.Now())) {
+		now := time.Now()
+		owedDue := len(p.owed) > 0 && !now.Before(p.owedAt)
+		if len(p.pending) == 0 && !owedDue && (p.blocking.Load() || !p.readDue(now)) {
 			// Nothing to send now: block on the signals (unless a blocking
 			// read is in flight already) and wait for work.
-			var retry <-chan time.Time
-			if d := time.Until(p.readRetry); d > 0 {
-				// Reads are refused by Redis: wait to try again, and
-				// meanwhile keep publishing.
-				t := time.NewTimer(d)
-				defer t.Stop()
-				retry = t.C
-			} else {
+			if !now.Before(p.readRetry) {
 				p.startBlock(ctx)
 			}
-			select {
-			case r := <-p.reqs:
-				p.pending = append(p.pending, r)
-			case <-p.kick:
-			case <-retry:
-			case br := <-p.blockRes:
-				p.onBlock(br)
-			case <-p.e.stop:
-				p.flushQueue(ctx)
+			if !p.idle(ctx, now) {
 				return
 			}
 			continue
@@ -218,6 +211,38 @@ func (p *pump) run(ctx context.Context) {
 			p.fail(err)
 		}
 	}
+}
+
+// idle waits for work: a message, a kick, the blocking read's answer,
+// or the time to retry refused reads (readRetry) or to send the rooms of
+// failed signals again (owedAt). It reports false once Close stopped the
+// pump, after flushing its queue.
+func (p *pump) idle(ctx context.Context, now time.Time) bool {
+	var wake <-chan time.Time
+	at := time.Time{}
+	if now.Before(p.readRetry) {
+		at = p.readRetry // reads are refused by Redis: meanwhile keep publishing
+	}
+	if len(p.owed) > 0 && (at.IsZero() || p.owedAt.Before(at)) {
+		at = p.owedAt
+	}
+	if !at.IsZero() {
+		t := time.NewTimer(at.Sub(now))
+		defer t.Stop()
+		wake = t.C
+	}
+	select {
+	case r := <-p.reqs:
+		p.pending = append(p.pending, r)
+	case <-p.kick:
+	case <-wake:
+	case br := <-p.blockRes:
+		p.onBlock(br)
+	case <-p.e.stop:
+		p.flushQueue(ctx)
+		return false
+	}
+	return true
 }
 
 // take moves queued messages to pending, up to maxBatch.

@@ -212,20 +212,25 @@ func (p *pump) buildSignal(t *trip) {
 }
 
 // applySignal handles the answer to the signal's XADD. When it failed the
-// messages are stored all the same; other nodes find them on their next
-// full read (within REDIS_SWEEP), this node reads them anyway, and the
-// next round trip's signal names the rooms again. It returns the error
+// messages are stored all the same; this node reads them anyway, and the
+// rooms are owed: the next round trip's signal names them again, and the
+// pump makes that round trip itself after a backoff (BackoffMin doubled
+// per failure in a row, up to BackoffMax) when no publish comes first.
+// Other nodes also find them on their next full read (REDIS_SWEEP). It returns the error
 // when the signal got no answer (the round trip failed).
 func (p *pump) applySignal(rr rueidis.RedisResult) error {
 	err := rr.Error()
 	if err == nil {
+		p.owedFailures = 0
 		return nil
 	}
 	for _, name := range p.sigNames[:min(len(p.sigNames), maxOwed)] {
 		p.owed = append(p.owed, strings.Clone(name))
 	}
+	p.owedFailures++
+	p.owedAt = time.Now().Add(p.e.retryPolicy().Wait(p.owedFailures))
 	if time.Since(p.sigFailLogged) >= badLogEvery {
-		p.e.log.Warn("stream: signal write failed; it is sent again with the next round trip, and other nodes deliver these messages within REDIS_SWEEP at worst",
+		p.e.log.Warn("stream: signal write failed; it is sent again within REDIS_BACKOFF_MIN (doubling while it fails), and other nodes deliver these messages within REDIS_SWEEP at worst",
 			"rooms", len(p.sigNames), "err", err)
 		p.sigFailLogged = time.Now()
 	}
