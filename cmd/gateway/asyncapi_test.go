@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 	"github.com/gobwas/ws"
 	"go.yaml.in/yaml/v3"
 )
@@ -424,6 +425,13 @@ func TestAsyncAPIMatchesServer(t *testing.T) {
 			}
 		}
 		rs.Resume()
+		// The next round starts with a healthy pump: after a few failed
+		// round trips it backs off (up to REDIS_BACKOFF_MAX), longer than
+		// the ack's 3 s wait could allow for.
+		testutil.Eventually(t, "the node to be ready again after Redis resumed", func() bool {
+			status, _ := gr.httpGet(t, "/readyz")
+			return status == 200
+		})
 	}
 	var missing []string
 	for _, m := range []map[string]map[string]any{s.send, s.receive} {

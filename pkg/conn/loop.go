@@ -18,9 +18,8 @@ const readBufferSize = 64 << 10
 // alone reads them, runs their handshake, calls the Handler for them and
 // closes their file descriptors, so no lock guards the read side.
 //
-// Lock order: loop.mu and Conn.mu are never held together, except that
-// Conn.Send and Conn.Close take loop.mu (flushLater, post) after
-// releasing Conn.mu.
+// Lock order: docs/architecture.md, "Lock order" (loop.mu and Conn.mu
+// are never held together).
 type loop struct {
 	srv  *Server
 	epfd int

@@ -21,9 +21,8 @@ var (
 // send to the stream.Engine and delivers what the engine hands back to
 // every member except the sender. It is the conn.Handler of the gateway.
 //
-// Lock order: Hub.mu, then room.mu, then conn's own locks (Send). The
-// leaves, taken under either and never around another lock: banned's
-// mutex, addrs' mutex, a session's mu, watchMu, room.lastMu.
+// Lock order: docs/architecture.md, "Lock order" (Hub.mu, then room.mu,
+// then conn's locks; the rest are leaves).
 type Hub struct {
 	engine      stream.Engine
 	log         *slog.Logger

@@ -86,8 +86,8 @@ const maxMemoryMaxLen = 1 << 24
 // It is what the gateway runs on when no Redis is configured, and behaves
 // like the Redis engine on one node.
 //
-// Lock order: Memory.mu, then memoryRoom.mu. Memory.pmu is taken alone.
-// The Handler is called with the room's mu held, never Memory.mu.
+// Lock order: docs/architecture.md, "Lock order" (Memory.mu, then
+// memoryRoom.mu; the Handler runs under the room's mu only).
 type Memory struct {
 	handler Handler
 	cfg     MemoryConfig

@@ -9,8 +9,8 @@ import (
 // This file holds the state a Redis shard keeps: which rooms it reads, from
 // which ID, and the keys of its hash tag. redis_read.go reads it.
 //
-// Lock order: redisShard.mu may be taken while holding nothing else; the
-// Handler is never called with it held.
+// Lock order: docs/architecture.md, "Lock order" (redisShard.mu is taken
+// holding nothing else, never around the Handler).
 
 // redisShard is the read state of the rooms whose keys share one hash tag
 // ("<prefix>:{<shard>}:"). One pump reads it. Fields are guarded by mu
