@@ -53,15 +53,29 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 	if s.i >= len(s.b) {
 		return f, errInvalidJSON
 	}
-	if !s.emptyAfterOpen('}') {
+	s.i++ // '{'
+	s.skipSpace()
+	if s.peek() == '}' {
+		s.i++
+	} else {
 		for {
 			s.skipSpace()
-			name, ok := s.memberName()
-			v0 := s.i
-			if !ok || !s.value(1) {
+			k0 := s.i
+			if !s.str() {
 				return chatFields{}, errInvalidJSON
 			}
-			switch fieldNameOf(name) {
+			name := fieldNameOf(data[k0+1 : s.i-1])
+			s.skipSpace()
+			if s.peek() != ':' {
+				return chatFields{}, errInvalidJSON
+			}
+			s.i++
+			s.skipSpace()
+			v0 := s.i
+			if !s.value(1) {
+				return chatFields{}, errInvalidJSON
+			}
+			switch name {
 			case nameUsername:
 				f.username = data[v0:s.i]
 			case nameMessage:
@@ -69,13 +83,15 @@ func decodeChat(data []byte) (f chatFields, err *decodeError) {
 			case nameCID:
 				f.cid = data[v0:s.i]
 			}
-			more, ok := s.next('}')
-			if !ok {
-				return chatFields{}, errInvalidJSON
-			}
-			if !more {
+			s.skipSpace()
+			if c := s.peek(); c == ',' {
+				s.i++
+				continue
+			} else if c == '}' {
+				s.i++
 				break
 			}
+			return chatFields{}, errInvalidJSON
 		}
 	}
 	if !s.end() {

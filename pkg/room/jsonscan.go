@@ -43,9 +43,9 @@ func (s *scanner) value(depth int) bool {
 	case c == '"':
 		return s.str()
 	case c == '{':
-		return s.container(depth, '}', true)
+		return s.object(depth)
 	case c == '[':
-		return s.container(depth, ']', false)
+		return s.array(depth)
 	case c == 't':
 		return s.literal("true")
 	case c == 'f':
@@ -66,70 +66,63 @@ func (s *scanner) literal(lit string) bool {
 	return true
 }
 
-// container scans an object (members set: its elements are name:value
-// members) or an array at s.i, close being its closing bracket.
-func (s *scanner) container(depth int, close byte, members bool) bool {
-	if s.emptyAfterOpen(close) {
+func (s *scanner) object(depth int) bool {
+	s.i++ // '{'
+	s.skipSpace()
+	if s.peek() == '}' {
+		s.i++
 		return true
 	}
 	for {
 		s.skipSpace()
-		if members {
-			if _, ok := s.memberName(); !ok {
-				return false
-			}
+		if !s.str() {
+			return false
 		}
+		s.skipSpace()
+		if s.peek() != ':' {
+			return false
+		}
+		s.i++
+		s.skipSpace()
 		if !s.value(depth + 1) {
 			return false
 		}
-		if more, ok := s.next(close); !more {
-			return ok
+		s.skipSpace()
+		switch s.peek() {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			return true
+		default:
+			return false
 		}
 	}
 }
 
-// emptyAfterOpen scans the opening bracket at s.i and reports whether
-// close follows it (an empty object or array), scanning that too.
-func (s *scanner) emptyAfterOpen(close byte) bool {
-	s.i++ // '{' or '['
+func (s *scanner) array(depth int) bool {
+	s.i++ // '['
 	s.skipSpace()
-	if s.peek() == close {
+	if s.peek() == ']' {
 		s.i++
 		return true
 	}
-	return false
-}
-
-// memberName scans the name of an object member and its ':', leaving s.i
-// at the value, and returns the name without its quotes (escapes kept).
-func (s *scanner) memberName() (name []byte, ok bool) {
-	n0 := s.i
-	if !s.str() {
-		return nil, false
+	for {
+		s.skipSpace()
+		if !s.value(depth + 1) {
+			return false
+		}
+		s.skipSpace()
+		switch s.peek() {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			return true
+		default:
+			return false
+		}
 	}
-	name = s.b[n0+1 : s.i-1]
-	s.skipSpace()
-	if s.peek() != ':' {
-		return nil, false
-	}
-	s.i++
-	s.skipSpace()
-	return name, true
-}
-
-// next scans what follows an element of an object or array: ',' (more
-// follows) or close (the end). ok is false for anything else.
-func (s *scanner) next(close byte) (more, ok bool) {
-	s.skipSpace()
-	switch s.peek() {
-	case ',':
-		s.i++
-		return true, true
-	case close:
-		s.i++
-		return false, true
-	}
-	return false, false
 }
 
 // str scans a string, leaving s.i after its closing quote.
