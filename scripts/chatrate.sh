@@ -28,17 +28,11 @@ LOADGEN=${LOADGEN:-bin/loadgen}
 GW_ENV=${GW_ENV:-}
 OUT=${OUT:-$(mktemp -d /tmp/chatrate.XXXXXX)}
 mkdir -p "$OUT"
-command -v jq >/dev/null || { echo "chatrate: needs jq (apt-get install jq)" >&2; exit 2; }
 [ -x "$GATEWAY" ] && [ -x "$LOADGEN" ] || make build >/dev/null
 
-pids=()
-cleanup() {
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	pids=()
-}
-trap cleanup EXIT
 . scripts/lib.sh
+need_jq
+trap stop_started EXIT
 
 # start TARGET: starts the relay (and Redis) and sets port, relay_pid,
 # redis_pid ("" without Redis).
@@ -85,7 +79,7 @@ for shape in $SHAPES; do
 				 $m.delivered, $m.lost, (.latency_us.p50/1000), (.latency_us.p99/1000)] |
 				"\(.[0])\t\(.[1])\t\(.[2])\t\(.[3]*10|round/10)\t\(if .[4] == null then "-" else (.[4]*10|round/10) end)\t\(.[5])\t\(.[6])\t\(.[7]*10|round/10)\t\(.[8]*10|round/10)"
 			' "$f" | awk -F'\t' '{ printf "%-11s %-9s %5s %14s %14s %10s %6s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
-			cleanup
+			stop_started
 		done
 	done
 done

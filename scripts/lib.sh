@@ -34,3 +34,18 @@ wait_ready() {
 	echo "$(basename "$0"): gateway on :$1 did not become ready" >&2
 	return 1
 }
+
+# pids are the processes a script started (pids+=($!) after each);
+# stop_started kills them, newest first, waits for them and forgets them.
+# Scripts call it from their EXIT trap and between runs.
+pids=()
+stop_started() {
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	pids=()
+}
+
+# need_jq exits, saying how to install it, when jq is missing.
+need_jq() {
+	command -v jq >/dev/null || { echo "$(basename "$0"): needs jq (apt-get install jq)" >&2; exit 2; }
+}

@@ -35,18 +35,12 @@ GW_ENV=${GW_ENV:-}
 LG_ARGS=${LG_ARGS:-}
 OUT=${OUT:-$(mktemp -d /tmp/redisbench.XXXXXX)}
 mkdir -p "$OUT"
-command -v jq >/dev/null || { echo "redisbench: needs jq (apt-get install jq)" >&2; exit 2; }
+. scripts/lib.sh
+need_jq
+trap stop_started EXIT
 [ -x "$GATEWAY" ] && [ -x "$LOADGEN" ] || make build >/dev/null
 
-pids=()
-cleanup() {
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	pids=()
-}
-trap cleanup EXIT
 
-. scripts/lib.sh
 
 start_redis() {
 	rport=$(free_port)
@@ -93,7 +87,7 @@ for rate in $RATES; do
 		/^chat_redis_round_trips_total/ { rt += $2 } /^chat_redis_blocking_reads_total/ { bl += $2 }
 		END { printf "  gateways: %d pump round trips, %d blocking reads\n", rt, bl }' || true
 	redis-cli -p "$rport" info commandstats | tr -d '\r' >"$OUT/commandstats-$rate.txt"
-	cleanup
+	stop_started
 done
 
 # The floor: one un-pipelined XADD per round trip, ~100-byte payload.
@@ -106,5 +100,5 @@ for c in 1 20; do
 	c1=$(cpu "$redis_pid")
 	awk -v a="$c0" -v b="$c1" -v n="$n" -v c="$c" 'BEGIN { printf "reference: redis-benchmark XADD -c %d: %.1f us of Redis CPU per command\n", c, (b - a) * 1e6 / n }'
 done
-cleanup
+stop_started
 echo "results in $OUT"

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -293,19 +294,18 @@ func testSubscribeIsIdempotent(t *testing.T, newEngine newEngineFunc) {
 	}
 }
 
-// testConcurrentPublishersLoseNothing: concurrent publishers lose nothing and
-// keep their own order.
-func testConcurrentPublishersLoseNothing(t *testing.T, newEngine newEngineFunc) {
-	ctx := context.Background()
-	e, c := startEngine(t, newEngine, engineOpts{})
-	mustSubscribe(t, e, "burst")
-	const senders, each = 10, 100
+// publishFromSenders publishes each messages ("0", "1", …) from each of
+// senders goroutines to room, sender s through engineOf(s), and fails the
+// test if any is not accepted.
+func publishFromSenders(t *testing.T, senders, each int, room string, engineOf func(s int) Engine) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, senders)
 	for s := range senders {
+		e := engineOf(s)
 		wg.Go(func() {
 			for i := range each {
-				if _, err := PublishWait(ctx, e, "burst", Message{Sender: uint64(s), Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+				if _, err := PublishWait(context.Background(), e, room, Message{Sender: uint64(s), Payload: strconv.AppendInt(nil, int64(i), 10)}); err != nil {
 					errs <- err
 					return
 				}
@@ -317,6 +317,15 @@ func testConcurrentPublishersLoseNothing(t *testing.T, newEngine newEngineFunc) 
 	for err := range errs {
 		t.Fatalf("Publish: %v", err)
 	}
+}
+
+// testConcurrentPublishersLoseNothing: concurrent publishers lose nothing and
+// keep their own order.
+func testConcurrentPublishersLoseNothing(t *testing.T, newEngine newEngineFunc) {
+	e, c := startEngine(t, newEngine, engineOpts{})
+	mustSubscribe(t, e, "burst")
+	const senders, each = 10, 100
+	publishFromSenders(t, senders, each, "burst", func(int) Engine { return e })
 	got := c.settle(t, e, "burst")
 	if len(got) != senders*each {
 		t.Fatalf("got %d deliveries, want %d", len(got), senders*each)

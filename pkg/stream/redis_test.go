@@ -275,7 +275,6 @@ func startNodes(t *testing.T, n int, cfg RedisConfig) []node {
 
 // testNodes is the multi-node suite: n engines sharing cfg's Redis.
 func testNodes(t *testing.T, n int, cfg RedisConfig) {
-	ctx := context.Background()
 	testNodesHistory(t, n, cfg)
 
 	t.Run("CrossNode", func(t *testing.T) {
@@ -304,24 +303,7 @@ func testNodes(t *testing.T, n int, cfg RedisConfig) {
 			mustSubscribe(t, nd.e, "order")
 		}
 		const senders, each = 10, 100
-		var wg sync.WaitGroup
-		errs := make(chan error, senders)
-		for s := range senders {
-			e := nodes[s%n].e // senders spread over the nodes
-			wg.Go(func() {
-				for i := range each {
-					if _, err := PublishWait(ctx, e, "order", Message{Sender: uint64(s), Payload: strconv.AppendInt(nil, int64(i), 10)}); err != nil {
-						errs <- err
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatalf("Publish: %v", err)
-		}
+		publishFromSenders(t, senders, each, "order", func(s int) Engine { return nodes[s%n].e }) // senders spread over the nodes
 		var first []Message
 		for i, nd := range nodes {
 			got := nd.c.waitFor(t, "order", senders*each)
