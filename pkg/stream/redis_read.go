@@ -256,13 +256,12 @@ func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
 
 // prepareRead appends the read of the round trip to p.cmds: the signal
 // stream and the dirty rooms (every room when a full read is due), in
-// XREADs of at most scanChunk keys; with roomsOnly (a blocking read of the
-// signals is in flight) the dirty rooms alone. First it checks, with XINFO STREAM,
+// XREADs of at most scanChunk keys. First it checks, with XINFO STREAM,
 // the rooms that may have lost entries.
-func (p *pump) prepareRead(ctx context.Context, now time.Time, roomsOnly bool) error {
+func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	e := p.e
-	full := !roomsOnly && (p.verifyAll || p.sigFull || p.sweepDue(now))
-	if !roomsOnly && !p.sigInit {
+	full := p.verifyAll || p.sigFull || p.sweepDue(now)
+	if !p.sigInit {
 		// Start from the signal stream's end as it is before the first full
 		// read: later publishes signal after it, earlier ones are found by
 		// that read. (Never "$", which loses what comes in between.)
@@ -274,10 +273,7 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time, roomsOnly bool) e
 		}
 		p.sigLast, p.sigInit, full = in.lastGen, true, true
 	}
-	p.keys, p.ids = p.keys[:0], p.ids[:0]
-	if !roomsOnly {
-		p.keys, p.ids = append(p.keys, p.sigKey), append(p.ids, p.sigLast.String())
-	}
+	p.keys, p.ids = append(p.keys[:0], p.sigKey), append(p.ids[:0], p.sigLast.String())
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()

@@ -18,16 +18,11 @@ import (
 // applying their answers: where each part starts in p.cmds. It lives on
 // the stack of roundTrip.
 type trip struct {
-	now      time.Time
-	epochCmd int  // first SET NX of the epoch keys; -1: none
-	sigCmd   int  // the signal's XADD; -1: none
-	readCmd  int  // first command of the read (when read)
-	read     bool // the round trip reads
-	// roomsOnly: the read takes this node's dirty rooms but not the
-	// signal stream, whose cursor a blocking read in flight holds. So a
-	// message published while the pump blocks is read back in its own
-	// round trip instead of after the blocking read returns.
-	roomsOnly   bool
+	now         time.Time
+	epochCmd    int  // first SET NX of the epoch keys; -1: none
+	sigCmd      int  // the signal's XADD; -1: none
+	readCmd     int  // first command of the read (when read)
+	read        bool // the round trip reads
 	readRefused bool // Redis refused what the read needs first
 	evalText    bool // its script calls carry the script's text (EVAL)
 }
@@ -105,8 +100,8 @@ func (p *pump) buildPublishes(t *trip) {
 		// Read the room in this round trip too when it has members here
 		// besides the sender: the XREAD runs after the XADD on the same
 		// connection.
-		if !r.alone && p.markRoom(r) && !t.read && !p.closing {
-			t.read, t.roomsOnly = true, p.blocking.Load()
+		if !r.alone && p.markRoom(r) {
+			t.read = t.read || (!p.blocking.Load() && !p.closing)
 		}
 	}
 	clear(p.pending)
@@ -160,7 +155,7 @@ func (p *pump) buildRead(ctx context.Context, t *trip) error {
 	if !t.read {
 		return nil
 	}
-	switch err := p.prepareRead(ctx, t.now, t.roomsOnly); {
+	switch err := p.prepareRead(ctx, t.now); {
 	case err == nil:
 		p.lastTick = t.now
 	case isRedisErr(err):
