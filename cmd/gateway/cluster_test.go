@@ -273,8 +273,11 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 	var stored []int
 	storedNow := func() []int {
 		keys := strings.Fields(r.MustDo("KEYS", "*:restart"))
-		if len(keys) != 1 {
-			t.Fatalf("room stream keys: %q", keys)
+		switch {
+		case len(keys) == 0:
+			return nil // nothing stored yet (the first messages may have been refused while Redis died)
+		case len(keys) > 1:
+			t.Fatalf("room stream keys: %q, want one", keys)
 		}
 		var ns []int
 		for _, line := range strings.Split(r.MustDo("XRANGE", keys[0], "-", "+"), "\n") {
