@@ -65,6 +65,23 @@ func (c *collector) handle(room string, m Message) {
 	}
 }
 
+// logOnFailure logs every delivery of room at the end of a failed test:
+// what arrived, in order, with IDs and loss notices.
+func (c *collector) logOnFailure(t *testing.T, room string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, d := range c.got {
+			if d.room == room {
+				t.Logf("delivery %d: %v lost=%v after=%v payload=%q", i, d.msg.ID, d.msg.Lost, d.msg.LostAfter, d.msg.Payload)
+			}
+		}
+	})
+}
+
 // waitFor waits until n deliveries for room have arrived and returns them.
 func (c *collector) waitFor(t *testing.T, room string, n int) []Message {
 	t.Helper()

@@ -290,6 +290,7 @@ func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
 	e := newTestRedis(t, cfg, c.handle, log)
 	pub := newTestRedis(t, cfg, func(string, Message) {}, nil)
 	mustSubscribe(t, e, "gone")
+	c.logOnFailure(t, "gone")
 	key := e.key("gone")
 	mustPublish(t, pub, "gone", Message{Sender: 1, Payload: []byte("one")})
 	c.settle(t, pub, "gone")
