@@ -297,8 +297,11 @@ func TestRedisStreamVanishesOrGoesBack(t *testing.T) {
 
 	srv.MustDo("DEL", key)
 	// A stream recreated within the same millisecond could reuse the old
-	// last ID; wait until Redis's clock has moved past it.
-	last := c.waitFor(t, "gone", 1)[0].ID
+	// last ID (a reader that read it takes the new entry as read); wait
+	// until Redis's clock has moved past the last entry delivered, the
+	// settle marker, not just the first.
+	got := c.waitFor(t, "gone", 1)
+	last := got[len(got)-1].ID
 	testutil.EventuallyWithin(t, time.Second, "Redis's clock to pass the last ID", func() bool {
 		f := strings.Fields(srv.MustDo("TIME"))
 		sec, _ := strconv.ParseUint(f[0], 10, 64)
