@@ -107,6 +107,10 @@ type pump struct {
 	expires      map[string]time.Time // room key → when its TTL was last refreshed
 	keys         []string
 	ids          []string
+	// starts are the rooms of the current read that are read from their
+	// start (nothing read yet): their XINFO STREAM goes in the pipeline
+	// right before the XREADs (prepareRead, applyStarts).
+	starts []startCheck
 
 	sigLast  ID   // last signal read
 	sigInit  bool // sigLast was set from the signal stream

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/chatgw/gateway/internal/redistest"
+	"github.com/chatgw/gateway/internal/testutil"
 )
 
 // TestPumpWindowGrowsWithNodes: with more nodes publishing, each pump
@@ -84,5 +87,36 @@ func TestPumpTicksShareAGrid(t *testing.T) {
 	}
 	if !nextTick(tb1, w).Equal(nextTick(ta2, w)) && !nextTick(tb1, w).Equal(nextTick(ta1, w)) {
 		t.Fatalf("nodes drifted apart after meeting")
+	}
+}
+
+// TestRedisIdlePumpReadsBackInOneRoundTrip: at chat rates the pump
+// blocks on the signals between messages; a message published then, to
+// a room with members on this node, is read back in the round trip that
+// stores it, not after the blocking read returns (which took two more
+// round trips per message before: one read that found it, one that found
+// nothing). Counts, not timings: each message is sent once the last one
+// was delivered and the pump blocks again, and more than four batch
+// windows after it (the pump paces reads after activity closer than that:
+// redis_pacing.go), as a room at chat rates sends.
+func TestRedisIdlePumpReadsBackInOneRoundTrip(t *testing.T) {
+	srv := redistest.Start(t)
+	c := newCollector()
+	e := newTestRedis(t, testRedisConfig(t, srv.Addr()), c.handle, nil)
+	mustSubscribe(t, e, "chat")
+	const n = 20
+	idle := func() bool { return e.pumps[0].blocking.Load() && len(e.pumps[0].reqs) == 0 }
+	testutil.Eventually(t, "the pump to block on the signals", idle)
+	before := e.Stats()
+	for i := range n {
+		time.Sleep(5 * DefaultRedisBatchWindow) // the spacing of chat, not a wait for something
+		mustPublishID(t, e, "chat", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+		c.waitFor(t, "chat", i+1)
+		testutil.Eventually(t, "the pump to block again", idle)
+	}
+	after := e.Stats()
+	trips := after.RoundTrips - before.RoundTrips
+	if trips > n+n/4 {
+		t.Fatalf("%d round trips for %d messages published while the pump blocked (%d blocking reads); want one each", trips, n, after.BlockingReads-before.BlockingReads)
 	}
 }

@@ -256,12 +256,15 @@ func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
 
 // prepareRead appends the read of the round trip to p.cmds: the signal
 // stream and the dirty rooms (every room when a full read is due), in
-// XREADs of at most scanChunk keys. First it checks, with XINFO STREAM,
-// the rooms that may have lost entries.
-func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
+// XREADs of at most scanChunk keys; with roomsOnly (a blocking read of the
+// signals is in flight) the dirty rooms alone. First it checks, with XINFO
+// STREAM, the rooms that may have lost entries (verify, a round trip of
+// its own); the rooms read from their start get their XINFO STREAM in the
+// pipeline too, right before the XREADs (applyStarts).
+func (p *pump) prepareRead(ctx context.Context, now time.Time, roomsOnly bool) error {
 	e := p.e
-	full := p.verifyAll || p.sigFull || p.sweepDue(now)
-	if !p.sigInit {
+	full := !roomsOnly && (p.verifyAll || p.sigFull || p.sweepDue(now))
+	if !roomsOnly && !p.sigInit {
 		// Start from the signal stream's end as it is before the first full
 		// read: later publishes signal after it, earlier ones are found by
 		// that read. (Never "$", which loses what comes in between.)
@@ -273,7 +276,12 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 		}
 		p.sigLast, p.sigInit, full = in.lastGen, true, true
 	}
-	p.keys, p.ids = append(p.keys[:0], p.sigKey), append(p.ids[:0], p.sigLast.String())
+	p.keys, p.ids = p.keys[:0], p.ids[:0]
+	clear(p.starts)
+	p.starts = p.starts[:0]
+	if !roomsOnly {
+		p.keys, p.ids = append(p.keys, p.sigKey), append(p.ids, p.sigLast.String())
+	}
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()
@@ -284,6 +292,9 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 			}
 			p.keys = append(p.keys, r.key)
 			p.ids = append(p.ids, r.cursor())
+			if r.last.IsZero() {
+				p.starts = append(p.starts, startCheck{s, r, r.gen})
+			}
 			if p.verifyAll || r.check || r.fresh() {
 				checks = append(checks, r)
 			}
@@ -322,10 +333,43 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	if full {
 		p.lastFull, p.verifyAll, p.sigFull = now, false, false
 	}
+	for _, sc := range p.starts {
+		p.cmds = append(p.cmds, e.client.B().XinfoStream().Key(sc.r.key).Build())
+	}
 	count := int64(max(e.cfg.ReadCount, 1)) + 1 // the last entry read comes first again (redisRoom.cursor)
 	for start := 0; start < len(p.keys); start += scanChunk {
 		end := min(start+scanChunk, len(p.keys))
 		p.cmds = append(p.cmds, e.client.B().Xread().Count(count).Streams().Key(p.keys[start:end]...).Id(p.ids[start:end]...).Build())
+	}
+	return nil
+}
+
+// startCheck is a room read from its start in the current read, with
+// its shard and its gen when the read was built.
+type startCheck struct {
+	s   *redisShard
+	r   *redisRoom
+	gen uint64
+}
+
+// applyStarts applies the XINFO STREAM answers (res, one per starts)
+// that the pipeline carried right before the read. A room read from its
+// start has nothing read to compare the first entry it gets with: entries
+// trimmed before it, even by the publishes of the same round trip, show
+// only in the counts, which this takes after those publishes (verify,
+// which runs before the round trip, cannot see them). Losses found here
+// are announced before the first entry read (lossAhead, collectStream).
+func (e *Redis) applyStarts(starts []startCheck, res []rueidis.RedisResult) error {
+	for i, sc := range starts {
+		in, err := parseStreamInfo(res[i])
+		if err != nil {
+			return fmt.Errorf("XINFO STREAM: %w", err)
+		}
+		sc.s.mu.Lock()
+		if sc.s.rooms[sc.r.key] == sc.r && sc.r.gen == sc.gen && sc.r.last.IsZero() {
+			e.applyStreamInfo(sc.s, sc.r, in)
+		}
+		sc.s.mu.Unlock()
 	}
 	return nil
 }

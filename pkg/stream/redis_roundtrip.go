@@ -18,11 +18,16 @@ import (
 // applying their answers: where each part starts in p.cmds. It lives on
 // the stack of roundTrip.
 type trip struct {
-	now         time.Time
-	epochCmd    int  // first SET NX of the epoch keys; -1: none
-	sigCmd      int  // the signal's XADD; -1: none
-	readCmd     int  // first command of the read (when read)
-	read        bool // the round trip reads
+	now      time.Time
+	epochCmd int  // first SET NX of the epoch keys; -1: none
+	sigCmd   int  // the signal's XADD; -1: none
+	readCmd  int  // first command of the read (when read)
+	read     bool // the round trip reads
+	// roomsOnly: the read takes this node's dirty rooms but not the
+	// signal stream, whose cursor a blocking read in flight holds. So a
+	// message published while the pump blocks is read back in its own
+	// round trip instead of after the blocking read returns.
+	roomsOnly   bool
 	readRefused bool // Redis refused what the read needs first
 	evalText    bool // its script calls carry the script's text (EVAL)
 }
@@ -100,8 +105,8 @@ func (p *pump) buildPublishes(t *trip) {
 		// Read the room in this round trip too when it has members here
 		// besides the sender: the XREAD runs after the XADD on the same
 		// connection.
-		if !r.alone && p.markRoom(r) {
-			t.read = t.read || (!p.blocking.Load() && !p.closing)
+		if !r.alone && p.markRoom(r) && !t.read && !p.closing {
+			t.read, t.roomsOnly = true, p.blocking.Load()
 		}
 	}
 	clear(p.pending)
@@ -155,7 +160,7 @@ func (p *pump) buildRead(ctx context.Context, t *trip) error {
 	if !t.read {
 		return nil
 	}
-	switch err := p.prepareRead(ctx, t.now); {
+	switch err := p.prepareRead(ctx, t.now, t.roomsOnly); {
 	case err == nil:
 		p.lastTick = t.now
 	case isRedisErr(err):
@@ -267,8 +272,11 @@ func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool) 
 func (p *pump) applyRead(ctx context.Context, t *trip, res []rueidis.RedisResult, published int) error {
 	found := 0
 	if t.read {
-		var err error
-		if found, err = p.deliver(ctx, res); err != nil {
+		err := p.e.applyStarts(p.starts, res)
+		if err == nil {
+			found, err = p.deliver(ctx, res[len(p.starts):])
+		}
+		if err != nil {
 			if isRedisErr(err) {
 				p.readRefused(err)
 				return nil
