@@ -213,6 +213,12 @@ async function waitText(page, who, text) {
 }
 
 async function expectOnce(page, who, texts) {
+  // An ack travels on the sender's socket, the copy on the others': the
+  // sender's ack may land after another page showed the message, so wait
+  // for the acks before checking (a lost ack still fails below).
+  await page
+    .waitForFunction(() => document.querySelectorAll('#messages li.msg.pending').length === 0, null, { timeout: WAIT_MS, polling: 50 })
+    .catch(() => {});
   const shown = await messages(page);
   for (const t of texts) {
     const n = shown.filter((m) => m.text === t).length;
