@@ -92,7 +92,7 @@ var gatewayMetrics = []metric{
 	counter("engine_unconfirmed_total", "Publish outcomes: sent, no answer in time (may be stored).", func(s *snapshot) int64 { return s.engine.Unconfirmed }),
 	counter("engine_delivered_total", "Messages the engine handed to the rooms of this node.", func(s *snapshot) int64 { return s.engine.Delivered }),
 	counter("redis_round_trips_total", "Pipelined round trips of the Redis pumps (blocking reads not included).", func(s *snapshot) int64 { return s.engine.RoundTrips }),
-	counter("redis_blocking_reads_total", "Blocking reads of idle Redis pumps that ended (a signal or wake arrived, or REDIS_BLOCK passed).", func(s *snapshot) int64 { return s.engine.BlockingReads }),
+	counter("redis_wakes_total", "Rooms held here that Redis reported written by another node (client-tracking invalidations); each makes the pump read the room.", func(s *snapshot) int64 { return s.engine.Wakes }),
 	counter("redis_errors_total", "Redis round trips that got no answer (Redis down or too slow, broken connection).", func(s *snapshot) int64 { return s.engine.RoundTripErrors }),
 	counter("redis_reads_refused_total", "Redis reads answered with an error.", func(s *snapshot) int64 { return s.engine.ReadsRefused }),
 	counter("redis_malformed_entries_total", "Stream entries skipped because they could not be decoded.", func(s *snapshot) int64 { return s.engine.Malformed }),

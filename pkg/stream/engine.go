@@ -252,14 +252,17 @@ type Stats struct {
 	// within the dedupe window: acknowledged with the first ID, nothing
 	// appended. They are counted in Accepted too.
 	Duplicates int64
-	// RoundTrips counts the pipelined round trips of the pumps (Redis),
-	// blocking reads not included; RoundTripErrors those that got no
-	// answer (Redis down or too slow, a broken connection).
+	// RoundTrips counts the pipelined round trips of the pumps (Redis);
+	// RoundTripErrors those that got no answer (Redis down or too slow, a
+	// broken connection).
 	RoundTrips      int64
 	RoundTripErrors int64
-	BlockingReads   int64 // blocking reads of idle pumps that ended (Redis)
-	ReadsRefused    int64 // reads Redis answered with an error (Redis)
-	Malformed       int64 // stream entries skipped as undecodable (Redis)
+	// Wakes counts the rooms held here that Redis reported written by
+	// another node (an invalidation message): each makes the pump read
+	// the room (Redis).
+	Wakes        int64
+	ReadsRefused int64 // reads Redis answered with an error (Redis)
+	Malformed    int64 // stream entries skipped as undecodable (Redis)
 	// Lost counts the entries of subscribed rooms that Redis trimmed
 	// (REDIS_MAXLEN) or lost before this node read them (Redis).
 	Lost int64
@@ -272,11 +275,11 @@ type Stats struct {
 
 // counters are the live form of Stats, updated without locks.
 type counters struct {
-	accepted, refused, unconfirmed, delivered  atomic.Int64
-	duplicates                                 atomic.Int64
-	roundTrips, roundTripErrors, blockingReads atomic.Int64
-	readsRefused, malformed, lost              atomic.Int64
-	publishLatency, roundTripLatency           hist.Histogram
+	accepted, refused, unconfirmed, delivered atomic.Int64
+	duplicates                                atomic.Int64
+	roundTrips, roundTripErrors, wakes        atomic.Int64
+	readsRefused, malformed, lost             atomic.Int64
+	publishLatency, roundTripLatency          hist.Histogram
 }
 
 // outcome counts the outcome of a Publish.
@@ -300,7 +303,7 @@ func (c *counters) snapshot() Stats {
 		Duplicates:       c.duplicates.Load(),
 		RoundTrips:       c.roundTrips.Load(),
 		RoundTripErrors:  c.roundTripErrors.Load(),
-		BlockingReads:    c.blockingReads.Load(),
+		Wakes:            c.wakes.Load(),
 		ReadsRefused:     c.readsRefused.Load(),
 		Malformed:        c.malformed.Load(),
 		Lost:             c.lost.Load(),

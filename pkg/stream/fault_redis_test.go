@@ -340,55 +340,6 @@ func TestRedisAloneHint(t *testing.T) {
 	}
 }
 
-// TestRedisSignalWriteFails: something else wrote a string at the signal
-// stream's key, so each round trip's signal XADD fails and its XREAD
-// cannot read the signals. Messages are still stored and acknowledged;
-// Health says what is wrong; once the key is a stream again every
-// accepted message is delivered, in order, well before the sweep: the
-// publishing node names the rooms of its failed signals again.
-func TestRedisSignalWriteFails(t *testing.T) {
-	srv := redistest.Start(t)
-	cfg := testRedisConfig(t, srv.Addr())
-	cfg.Sweep = time.Hour // only the re-sent signal can deliver them
-	nodes := startNodes(t, 2, cfg)
-	for _, nd := range nodes {
-		mustSubscribe(t, nd.e, "sig")
-	}
-	sigKey := nodes[0].e.pumps[0].sigKey
-	srv.MustDo("DEL", sigKey)
-	srv.MustDo("SET", sigKey, "not a stream")
-	var ids []ID
-	for i := range 3 {
-		id, err := PublishWait(context.Background(), nodes[0].e, "sig", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-		if err != nil {
-			t.Fatalf("Publish %d with a broken signal key: %v (the message itself is stored)", i, err)
-		}
-		ids = append(ids, id)
-	}
-	var herr error
-	testutil.EventuallyWithin(t, 5*time.Second, "Health to report the broken signal stream", func() bool {
-		herr = nodes[1].e.Health()
-		return herr != nil
-	})
-	if !strings.Contains(herr.Error(), "WRONGTYPE") {
-		t.Fatalf("Health = %v, want it to name the WRONGTYPE error", herr)
-	}
-	srv.MustDo("DEL", sigKey)
-	testutil.Eventually(t, "Health to recover", func() bool { return nodes[1].e.Health() == nil })
-	// Nothing else is published until they arrive: only the signal that
-	// node 0 sends again can bring them (the sweep is an hour away).
-	nodes[1].c.waitFor(t, "sig", 3)
-	got := nodes[1].c.settle(t, nodes[1].e, "sig")
-	if len(got) != 3 {
-		t.Fatalf("delivered %d of the 3 accepted messages", len(got))
-	}
-	for i, m := range got {
-		if m.ID != ids[i] {
-			t.Fatalf("delivery %d has ID %v, want %v", i, m.ID, ids[i])
-		}
-	}
-}
-
 // TestRedisCorruptReplies: replies whose stream IDs are garbage (through
 // a fault-injecting proxy in front of a real Redis): an XADD answered with
 // a non-ID is reported as ErrUnconfirmed (it may be stored: it is), reads

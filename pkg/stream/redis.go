@@ -24,19 +24,9 @@ var _ Engine = (*Redis)(nil)
 const (
 	fieldSender  = "s" // the sender's connection ID, in decimal
 	fieldPayload = "p" // the opaque payload
-	fieldRoom    = "r" // in a signal entry: the rooms that got entries, space-separated
-	fieldNode    = "n" // in a signal entry, first: the node that wrote it
 )
 
-// Signal streams. Each round trip that publishes also appends one entry
-// to its pump's signal stream, naming the rooms ("r" fields); pumps read
-// the signal stream and then just the signalled rooms. The room streams
-// stay the record: a signal is only a hint, and every room is read again
-// at least every Sweep (REDIS_SWEEP) and after any failure, so a lost
-// signal delays a message at most that long.
 const (
-	signalMaxLen = "10000" // MAXLEN ~ of a signal stream
-	signalCount  = 4096    // signals read per round at most
 	// scanChunk bounds the rooms of one XREAD.
 	scanChunk = 512
 )
@@ -54,10 +44,7 @@ const slowDelivery = 50 * time.Millisecond
 //
 // Keys. A room lives in the stream "<prefix>:{<shard>}:<room>", where
 // shard = FNV-1a(room) mod ReadShards. The hash tag puts each shard in one
-// Redis Cluster slot. Signal streams ("<prefix>:{<shard>}#signal") tell
-// pumps which rooms got entries: one per shard on a Cluster, one in all
-// ("<prefix>:{0}#signal") on a single server or behind Sentinel. Each node
-// also has a wake stream per pump ("<prefix>:{<shard>}#wake:<node>"). A
+// Redis Cluster slot. A
 // CID lives for DedupeWindow in "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>";
 // presence in "<prefix>:{presence}:node:<node>" and
 // "<prefix>:{presence}:nodes".
@@ -66,17 +53,18 @@ const slowDelivery = 50 * time.Millisecond
 // on a single server or behind Sentinel, one per shard on a Cluster. A
 // pump is one goroutine that sends, in one pipelined round trip, every
 // message published since its last one (XADD MAXLEN ~ to each room, a
-// PEXPIRE when a room's TTL is due for a refresh, one signal XADD naming
-// the rooms) together with its read: one XREAD of its signal stream and
-// of the rooms that were signalled, from the last ID it read of each
-// (never "$"). It keeps one round trip in flight, so batches grow with the
+// PEXPIRE when a room's TTL is due for a refresh) together with its read:
+// one XREAD of the rooms that got entries, from the last ID it read of
+// each (never "$"). It keeps one round trip in flight, so batches grow with the
 // load and a sender's messages are stored in the order sent. Under load
 // (the last round trip carried entries), round trips start at most every
 // BatchWindow, on multiples of it (wall clock), so that the round trips
-// of all nodes reach Redis together; when idle there is no wait. When a
-// read finds nothing new the pump blocks on its signal and wake streams
-// (XREAD BLOCK, on a connection of its own) until the next signal. Every
-// Sweep it reads all its rooms, in case a signal was lost.
+// of all nodes reach Redis together; when idle there is no wait. Which
+// rooms got entries from other nodes Redis itself tells the pump: its
+// connections track the keys they read (CLIENT TRACKING ON NOLOOP), and a
+// write by another node sends one invalidation naming the room
+// (redis_wake.go). An idle pump sends nothing but a PING every Block.
+// Every Sweep it reads all its rooms all the same.
 //
 // Publish outcomes. Publish never blocks: the message waits in its pump's
 // queue (PublishQueue; when full it is refused at once with
@@ -97,8 +85,7 @@ const slowDelivery = 50 * time.Millisecond
 //
 // Subscribe reads the room's last ID (XINFO STREAM's last-generated-id,
 // 0-0 when the key does not exist), adds the room to its shard from that
-// ID and makes the pump read it, waking its blocked XREAD through the wake
-// stream, so every message published after Subscribe returns is
+// ID and makes the pump read it, so every message published after Subscribe returns is
 // delivered. Unsubscribe reads the last ID again: messages up to it,
 // published while the room was subscribed, are still delivered, later
 // ones are not.
@@ -127,19 +114,25 @@ type Redis struct {
 	handler Handler
 	log     *slog.Logger
 	client  rueidis.Client
-	node    string // random ID of this engine, names its wake streams
+	node    string // random ID of this engine, names its presence keys
 	shards  []*redisShard
 	pumps   []*pump
 	// presence holds the member counts; its goroutine publishes them.
 	presence *presence
-	cluster  bool // Redis Cluster: one pump per shard, signals per shard
+	cluster  bool // Redis Cluster: one pump per shard
 
 	maxLen   string // MAXLEN ~ argument
 	ttlMs    string // PEXPIRE argument
 	dedupeMs string // DedupeWindow in milliseconds, the script's SET PX
-	block    int64  // XREAD BLOCK, in milliseconds
-	// readDeadline bounds one blocking read: Block plus Timeout.
+	// readDeadline is how old a pump's last round trip may be before
+	// Health calls it stuck: Block (an idle pump's PING) plus Timeout.
 	readDeadline time.Duration
+	// activePeers is how many other nodes published within peerActive,
+	// as presence last read it: it sets the pacing window.
+	activePeers atomic.Int32
+	// lastPublish is when (unix ms) a pump of this node last published:
+	// presence tells the other nodes whether this one is active.
+	lastPublish atomic.Int64
 
 	reqs sync.Pool // *pubReq
 
@@ -184,26 +177,29 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 		maxLen:       strconv.FormatInt(cfg.MaxLen, 10),
 		ttlMs:        strconv.FormatInt(cfg.TTL.Milliseconds(), 10),
 		dedupeMs:     strconv.FormatInt(cfg.DedupeWindow.Milliseconds(), 10),
-		block:        cfg.Block.Milliseconds(),
 		readDeadline: cfg.Block + cfg.Timeout,
 		stop:         make(chan struct{}),
 	}
 	e.reqs.New = func() any { return &pubReq{b: make([]byte, 0, 512)} }
 
-	e.client, err = rueidis.NewClient(clientOption(cfg, tlsCfg, e.node))
+	// The shards exist before the client: its connections report
+	// invalidations from the start (redis_wake.go).
+	e.shards = make([]*redisShard, cfg.ReadShards)
+	for i := range e.shards {
+		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
+			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
+	}
+	opt := clientOption(cfg, tlsCfg, e.node)
+	opt.OnInvalidations = e.onInvalidations
+	e.client, err = rueidis.NewClient(opt)
 	if err != nil {
-		return nil, fmt.Errorf("stream: connect to Redis at %s: %w: %w (check IP_REDIS/PORT_REDIS or REDIS_ADDRS, and that Redis runs)",
+		return nil, fmt.Errorf("stream: connect to Redis at %s: %w: %w (check IP_REDIS/PORT_REDIS or REDIS_ADDRS, that Redis runs, and that it is Redis 7 or later)",
 			strings.Join(cfg.Addrs, ","), ErrUnavailable, err)
 	}
 	e.cluster = e.client.Mode() == rueidis.ClientModeCluster
 
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
-	e.shards = make([]*redisShard, cfg.ReadShards)
-	for i := range e.shards {
-		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
-			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
-	}
 	e.writeEpochs()
 	e.startPumps(ctx)
 	e.presence = newPresence(cfg.Prefix, e.node, cfg.PresenceInterval)
@@ -230,11 +226,13 @@ func clientOption(cfg RedisConfig, tlsCfg *tls.Config, node string) rueidis.Clie
 		// One pipelined connection per Redis node: commands sent in order
 		// from one goroutine arrive in order.
 		PipelineMultiplex: 0,
-		// The engine has no use for client-side caching. rueidis retries
-		// read-only commands (XINFO, XREAD) after a network error, which
-		// also replaces a connection broken while idle; it never retries
-		// a write: a failed Publish is the caller's to retry.
-		DisableCache: true,
+		// Client tracking stays on (rueidis's default, OPTIN: the shared
+		// connections track nothing, as the engine makes no DoCache call),
+		// so that the pumps' connections can switch to tracking what they
+		// read (redis_wake.go). rueidis retries read-only commands (XINFO,
+		// XREAD) after a network error, which also replaces a connection
+		// broken while idle; it never retries a write: a failed Publish is
+		// the caller's to retry.
 	}
 	if cfg.SentinelMaster != "" {
 		opt.Sentinel = rueidis.SentinelOption{
@@ -435,7 +433,7 @@ func (e *Redis) Subscribe(room string) (ID, error) {
 			seq: in.added, seqKnown: in.hasAdded || in.missing}
 		s.rooms[key] = r
 		// Read it once from last: a message published between XINFO and
-		// now may have signalled before the room was listed.
+		// now may have been reported before the room was listed.
 		s.markDirty(r)
 	case r.subscribed:
 		// Subscribed already (a concurrent Subscribe won).
@@ -453,7 +451,7 @@ func (e *Redis) Subscribe(room string) (ID, error) {
 		s.markDirty(r)
 	}
 	s.mu.Unlock()
-	s.pump.poke(ctx)
+	s.pump.poke()
 	return last, nil
 }
 
@@ -508,7 +506,7 @@ func (e *Redis) Unsubscribe(room string) error {
 		}
 		return nil
 	}
-	s.pump.poke(ctx)
+	s.pump.poke()
 	return nil
 }
 
@@ -557,7 +555,7 @@ func (e *Redis) Health() error {
 
 // Close refuses new messages (ErrClosed), lets the pumps publish what is
 // queued, stops delivery, waiting for Handler calls in progress or for ctx
-// to end, deletes this node's wake streams and presence (other nodes stop
+// to end, deletes this node's presence (other nodes stop
 // counting its members at once), and closes the connections.
 func (e *Redis) Close(ctx context.Context) error {
 	e.pubMu.Lock()
@@ -582,11 +580,7 @@ func (e *Redis) Close(ctx context.Context) error {
 	e.cancel()
 	dctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	dels := e.closePresence()
-	for _, p := range e.pumps {
-		dels = append(dels, e.client.B().Del().Key(p.wakeKey).Build())
-	}
-	e.client.DoMulti(dctx, dels...)
+	e.client.DoMulti(dctx, e.closePresence()...)
 	e.client.Close()
 	return nil
 }

@@ -142,25 +142,24 @@ type RedisConfig struct {
 	// ReadCount is the XREAD COUNT: at most this many entries per room per
 	// read. Zero means DefaultRedisReadCount (512).
 	ReadCount int `env:"REDIS_READ_COUNT" help:"XREAD COUNT per room and read"`
-	// Block is the XREAD BLOCK of an idle pump: how long it waits for a
-	// signal before it checks in with Redis again. It bounds how stale
-	// Health's view of a pump may be (Block + Timeout). Zero means
-	// DefaultRedisBlock (5s); at least 1ms.
-	Block time.Duration `env:"REDIS_BLOCK" help:"XREAD BLOCK of an idle pump; bounds how stale pump health may be"`
+	// Block is how long an idle pump waits before it checks its
+	// connection with a PING (it sends nothing else while idle: Redis
+	// tells it when a room gets an entry). It bounds how stale Health's
+	// view of a pump may be (Block + Timeout) and how soon a connection
+	// that broke while idle is found. Zero means DefaultRedisBlock (5s); at
+	// least 1ms.
+	Block time.Duration `env:"REDIS_BLOCK" help:"an idle pump PINGs Redis after this long; bounds how stale pump health may be"`
 	// Sweep is how often a pump reads every one of its rooms, whether or
-	// not a signal named it: the safety net for a signal that was lost (a
-	// node that died between its XADD and its signal, or fell so far behind
-	// that the signal stream was trimmed before it read it), which then
-	// delays a message by at most this much. A signal write that fails is
-	// sent again with the pump's next round trip. The sweep costs Redis
+	// not Redis reported them written: the safety net for a wake that was
+	// lost (Redis reports a connection's lost tracking, and the pump then
+	// reads every room, so this is a second net). The sweep costs Redis
 	// one key lookup per room and node each time: with 10 000 rooms on 6
 	// nodes, every 5s, it was 8% of Redis's CPU at 1 000 msg/s. Zero means
 	// DefaultRedisSweep (30s); at least 1ms.
-	Sweep time.Duration `env:"REDIS_SWEEP" help:"every room is read again at least this often, in case a signal was lost"`
-	// Timeout bounds each non-blocking round trip (Publish, Subscribe,
-	// Unsubscribe, Health), each connection attempt, and the time a
-	// blocking read may exceed Block. Zero means DefaultRedisTimeout (2s);
-	// at least 1ms.
+	Sweep time.Duration `env:"REDIS_SWEEP" help:"every room is read again at least this often, in case a wake was lost"`
+	// Timeout bounds each round trip (Publish, Subscribe, Unsubscribe,
+	// Health) and each connection attempt. Zero means DefaultRedisTimeout
+	// (2s); at least 1ms.
 	Timeout time.Duration `env:"REDIS_TIMEOUT" help:"bound on each Redis round trip and connection attempt; a sender waits at most twice this for its answer"`
 	// BackoffMin and BackoffMax bound a pump's exponential backoff, with
 	// jitter, after failed round trips (the first retry is immediate).
@@ -176,7 +175,7 @@ type RedisConfig struct {
 	// BatchWindow paces a pump under load: while its reads keep finding
 	// new entries, its round trips (publishes and reads together) start at
 	// most this often, so that each carries more messages. With N > 2
-	// nodes publishing (seen in the signals) the window is N/2 times this,
+	// nodes publishing (counted by presence) the window is N/2 times this,
 	// at most 8 times, so that Redis sees about as many round trips per
 	// second however many nodes there are (maxWindowFactor). An idle pump
 	// sends at once. Zero means DefaultRedisBatchWindow (2ms); a negative

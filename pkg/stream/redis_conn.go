@@ -14,10 +14,13 @@ import (
 // connection, sealing the one before), failing and backing off, and the
 // health that Health reports.
 
-// connect makes sure the pump has a connection. On a single server or
-// behind Sentinel that is a dedicated one; when the previous one failed
-// with a round trip in doubt, it is killed from the new one first, so that
-// nothing sent later can overtake what it carried.
+// connect makes sure the pump has a connection: a dedicated one, which
+// tracks the keys it reads (CLIENT TRACKING ON NOLOOP: redis_wake.go).
+// On a Cluster it is pinned to the slot of the pump's shard by the
+// shard's epoch key, sent first. On a single server or behind Sentinel,
+// when the previous one failed with a round trip in doubt, it is killed
+// from the new one first, so that nothing sent later can overtake what it
+// carried.
 func (p *pump) connect(ctx context.Context) error {
 	if p.conn != nil {
 		return nil
@@ -25,25 +28,33 @@ func (p *pump) connect(ctx context.Context) error {
 	e := p.e
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	if e.cluster {
-		p.conn = e.client // the epoch keys go first in the next round trip
-		return nil
-	}
 	var err error
 	// A pooled connection may have broken while idle (Redis restarted):
 	// rueidis drops it when it is given back, so try a few.
 	for range 4 {
 		dc, release := e.client.Dedicate()
-		cmds := []rueidis.Completed{e.client.B().ClientId().Build()}
+		var cmds []rueidis.Completed
+		if e.cluster {
+			cmds = append(cmds, p.epochCmds()...)
+		}
+		first := len(cmds)
+		cmds = append(cmds, e.client.B().ClientId().Build(),
+			e.client.B().ClientTracking().On().Noloop().Build())
 		if p.sealID != 0 {
 			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
 		}
 		res := dc.DoMulti(cctx, cmds...)
+		err = firstError(res[:first])
 		var id int64
-		id, err = res[0].AsInt64()
-		if err == nil && len(res) > 1 {
+		if err == nil {
+			id, err = res[first].AsInt64()
+		}
+		if err == nil {
+			err = res[first+1].Error()
+		}
+		if err == nil && len(res) > first+2 {
 			// "No such client" is fine: the old connection is gone.
-			if kerr := res[1].Error(); kerr != nil && !isRedisErr(kerr) {
+			if kerr := res[first+2].Error(); kerr != nil && !isRedisErr(kerr) {
 				err = kerr
 			}
 		}
@@ -98,7 +109,9 @@ func (p *pump) fail(err error) {
 		return
 	}
 	p.e.stats.roundTripErrors.Add(1)
-	if p.release != nil {
+	if p.release != nil && !p.e.cluster {
+		// (Not on a Cluster: the next connection may go to another
+		// master, where that ID names another client.)
 		p.sealID = p.clientID
 	}
 	p.disconnect()
@@ -109,7 +122,7 @@ func (p *pump) fail(err error) {
 	p.hmu.Unlock()
 	if p.failures == 0 {
 		p.e.failing.Add(1)
-		p.e.log.Warn("stream: Redis round trip failed; backing off", "pump", p.wakeKey, "err", err)
+		p.e.log.Warn("stream: Redis round trip failed; backing off", "pump", p.name, "err", err)
 	}
 	p.failures++
 }
@@ -122,7 +135,7 @@ func (p *pump) healthy() {
 	p.hmu.Unlock()
 	if p.failures > 0 {
 		p.e.failing.Add(-1)
-		p.e.log.Info("stream: Redis round trips work again", "pump", p.wakeKey, "failures", p.failures)
+		p.e.log.Info("stream: Redis round trips work again", "pump", p.name, "failures", p.failures)
 		p.failures = 0
 	}
 	p.pruneExpires(now)
@@ -165,8 +178,6 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 		case r := <-p.reqs:
 			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
 		case <-p.kick:
-		case <-p.blockRes:
-			p.blocking.Store(false)
 		case <-p.e.stop:
 			return false
 		case <-ctx.Done():
@@ -181,14 +192,30 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 func (p *pump) readRefused(err error) {
 	p.e.stats.readsRefused.Add(1)
 	p.readFailures++
+	// The rooms this read would have re-armed may miss their next wake:
+	// read them all once reads work again.
+	p.verifyAll = true
 	d := p.e.retryPolicy().Wait(p.readFailures)
 	p.readRetry = time.Now().Add(d)
 	p.hmu.Lock()
 	p.lastErr = err
 	p.hmu.Unlock()
 	if p.readFailures == 1 {
-		p.e.log.Warn("stream: Redis refused a read; messages are still stored, delivery waits", "pump", p.wakeKey, "err", err)
+		p.e.log.Warn("stream: Redis refused a read; messages are still stored, delivery waits", "pump", p.name, "err", err)
 	}
+}
+
+// wrongNode reports whether err is Redis saying that the pump's
+// connection, pinned to one Cluster master, no longer serves its slot
+// (MOVED, ASK, TRYAGAIN, CLUSTERDOWN): the command did not run, and the
+// pump must reconnect.
+func wrongNode(err error) bool {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) {
+		return false
+	}
+	_, redirect := re.IsRedirect()
+	return redirect || re.IsTryAgain() || re.IsClusterDown()
 }
 
 // isRedisErr reports whether err is (or wraps) an error reply from Redis,

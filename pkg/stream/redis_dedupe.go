@@ -25,7 +25,7 @@ import (
 // s and p) and stores the new ID in the dedupe key for DedupeWindow (SET
 // PX). The room's length in the key keeps room "a:b" with CID "c" apart
 // from room "a" with CID "b:c"; the '#' keeps dedupe keys apart from room
-// streams, as it does signal and wake streams. Each XADD runs under
+// streams, as it does the epoch keys. Each XADD runs under
 // pcall, so a refused one (OOM) answers for its message alone.
 //
 // NOSCRIPT (the server lost its script cache: a restart, a failover,

@@ -1,43 +1,17 @@
 package stream
 
-import (
-	"strings"
-	"time"
-)
+import "time"
 
 // This file holds a pump's pacing: under load, round trips start on a
 // wall-clock grid shared by all nodes, one window apart, the window
 // growing with the number of active nodes.
 
-// peerActive is how recently (by signal IDs, Redis time) another node
-// must have published to count as active for pacing.
-const peerActive = 2000 // ms
+// peerActive is how recently another node must have published to count
+// as active for pacing (presence reads it: redis_presence.go).
+const peerActive = 2 * time.Second
 
 // maxWindowFactor caps the pacing window at this many BatchWindows.
 const maxWindowFactor = 8
-
-// sawNode notes a signal of another node, with the signal's ID, and
-// recounts the active nodes at most every 100 ms of Redis time.
-func (p *pump) sawNode(node string, id ID) {
-	if t, ok := p.peers[node]; !ok {
-		p.peers[strings.Clone(node)] = id.Ms
-	} else if id.Ms > t {
-		p.peers[node] = id.Ms
-	}
-	if id.Ms < p.peersNewest+100 {
-		return
-	}
-	p.peersNewest = id.Ms
-	p.peersActive = 0
-	for n, t := range p.peers {
-		switch {
-		case t+peerActive >= id.Ms:
-			p.peersActive++
-		case t+10*peerActive < id.Ms:
-			delete(p.peers, n) // gone
-		}
-	}
-}
 
 // window is the pacing of round trips under load: BatchWindow with two
 // active nodes (this one and one other), and proportionally longer with
@@ -46,7 +20,7 @@ func (p *pump) sawNode(node string, id ID) {
 // are: Redis's cost per message then does not grow with the nodes.
 func (p *pump) window() time.Duration {
 	w := p.e.cfg.BatchWindow
-	nodes := p.peersActive + 1
+	nodes := int(p.e.activePeers.Load()) + 1
 	if w <= 0 || nodes <= 2 {
 		return w
 	}
@@ -71,12 +45,10 @@ func nextTick(last time.Time, w time.Duration) time.Time {
 }
 
 // activity notes a round trip, started at t, that published or read
-// something. Two within a few windows mean load: the pump keeps reading
-// without blocking (a blocking read would be woken by the next signal at
-// once) and paces its round trips. A lone message leaves it idle.
+// something. Two within a few windows mean load: the pump paces its
+// round trips. A lone message leaves it idle.
 func (p *pump) activity(t time.Time) {
 	w := p.e.cfg.BatchWindow
-	p.readAgain = w <= 0 || t.Sub(p.lastActive) < 4*w
-	p.busy = p.readAgain
+	p.busy = w > 0 && t.Sub(p.lastActive) < 4*w
 	p.lastActive = t
 }

@@ -19,12 +19,15 @@ import (
 //
 //	<prefix>:{presence}:node:<node>  hash: room → this node's members, non-zero only
 //	<prefix>:{presence}:nodes        sorted set: node → its last heartbeat (unix ms, its clock)
+//	<prefix>:{presence}:active       sorted set: node → when it last published (unix ms, its clock)
 //
 // SetMembers only records the count. A goroutine per engine, every
 // PresenceInterval, writes the counts that changed (HSET, HDEL), renews
 // the node's hash (PEXPIRE 3 × PresenceInterval) and heartbeat (ZADD),
-// forgets nodes silent for presenceForget (ZREMRANGEBYSCORE) and reads
-// the others (ZRANGE), all in one pipelined round trip. Members adds this
+// forgets nodes silent for presenceForget (ZREMRANGEBYSCORE), reads the
+// others (ZRANGE) and counts those that published within peerActive
+// (ZCOUNT: the pumps' pacing window grows with it), all in one pipelined
+// round trip. Members adds this
 // node's own count to the other nodes' (one HGET each, pipelined).
 //
 // Liveness rests on the hash's expiry, which Redis's clock enforces: a
@@ -48,10 +51,11 @@ const presenceForget = time.Minute
 // presence is a Redis engine's member counts and what it knows of the
 // other nodes.
 type presence struct {
-	prefix   string
-	hashKey  string // this node's hash
-	nodesKey string // the sorted set of nodes
-	ttlMs    int64  // PEXPIRE of the hash: 3 × PresenceInterval
+	prefix    string
+	hashKey   string // this node's hash
+	nodesKey  string // the sorted set of nodes
+	activeKey string // the sorted set of when nodes last published
+	ttlMs     int64  // PEXPIRE of the hash: 3 × PresenceInterval
 
 	mu     sync.Mutex
 	counts map[string]int      // room → members here, non-zero only
@@ -71,12 +75,13 @@ type presence struct {
 
 func newPresence(prefix, node string, interval time.Duration) *presence {
 	p := &presence{
-		prefix:   prefix,
-		hashKey:  presenceKey(prefix, node),
-		nodesKey: prefix + ":{presence}:nodes",
-		ttlMs:    presenceLapse * interval.Milliseconds(),
-		counts:   make(map[string]int),
-		dirty:    make(map[string]struct{}),
+		prefix:    prefix,
+		hashKey:   presenceKey(prefix, node),
+		nodesKey:  prefix + ":{presence}:nodes",
+		activeKey: prefix + ":{presence}:active",
+		ttlMs:     presenceLapse * interval.Milliseconds(),
+		counts:    make(map[string]int),
+		dirty:     make(map[string]struct{}),
 	}
 	p.peers.Store(new([]string))
 	return p
@@ -189,6 +194,12 @@ func (e *Redis) publishPresence(ctx context.Context) {
 			e.log.Info("stream: presence writes work again", "failures", p.failures)
 			p.failures = 0
 		}
+		if active, err := res[len(res)-2].AsInt64(); err == nil {
+			if time.Now().UnixMilli()-e.lastPublish.Load() <= peerActive.Milliseconds() {
+				active-- // this node
+			}
+			e.activePeers.Store(int32(max(active, 0)))
+		}
 		nodes, _ := res[len(res)-1].AsStrSlice()
 		peers := make([]string, 0, len(nodes))
 		for _, n := range nodes {
@@ -241,7 +252,8 @@ func (p *presence) takeChanges() presenceChanges {
 }
 
 // presenceCmds are the commands of one presence write: the counts of ch,
-// this node's heartbeat, and the read of the live nodes (last).
+// this node's heartbeat and activity, the count of active nodes (next to
+// last) and the read of the live nodes (last).
 func (e *Redis) presenceCmds(ch presenceChanges) rueidis.Commands {
 	p, c := e.presence, e.client
 	now := time.Now().UnixMilli()
@@ -258,10 +270,19 @@ func (e *Redis) presenceCmds(ch presenceChanges) rueidis.Commands {
 	if len(ch.del) > 0 {
 		cmds = append(cmds, c.B().Hdel().Key(p.hashKey).Field(ch.del...).Build())
 	}
-	return append(cmds,
+	forget := "(" + strconv.FormatInt(now-presenceForget.Milliseconds(), 10)
+	cmds = append(cmds,
 		c.B().Pexpire().Key(p.hashKey).Milliseconds(p.ttlMs).Build(),
 		c.B().Zadd().Key(p.nodesKey).ScoreMember().ScoreMember(float64(now), e.node).Build(),
-		c.B().Zremrangebyscore().Key(p.nodesKey).Min("-inf").Max("("+strconv.FormatInt(now-presenceForget.Milliseconds(), 10)).Build(),
+		c.B().Zremrangebyscore().Key(p.nodesKey).Min("-inf").Max(forget).Build(),
+	)
+	if last := e.lastPublish.Load(); last > 0 {
+		cmds = append(cmds,
+			c.B().Zadd().Key(p.activeKey).ScoreMember().ScoreMember(float64(last), e.node).Build(),
+			c.B().Zremrangebyscore().Key(p.activeKey).Min("-inf").Max(forget).Build())
+	}
+	return append(cmds,
+		c.B().Zcount().Key(p.activeKey).Min(strconv.FormatInt(now-peerActive.Milliseconds(), 10)).Max("+inf").Build(),
 		c.B().Zrange().Key(p.nodesKey).Min("0").Max("-1").Build(),
 	)
 }
@@ -281,5 +302,6 @@ func (e *Redis) closePresence() []rueidis.Completed {
 	return []rueidis.Completed{
 		e.client.B().Del().Key(p.hashKey).Build(),
 		e.client.B().Zrem().Key(p.nodesKey).Member(e.node).Build(),
+		e.client.B().Zrem().Key(p.activeKey).Member(e.node).Build(),
 	}
 }

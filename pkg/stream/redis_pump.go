@@ -2,8 +2,8 @@ package stream
 
 import (
 	"context"
+	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -62,24 +62,19 @@ func (r *pubReq) dedupeKey() string {
 // pump carries the traffic of a set of shards. Fields without a comment
 // are owned by its goroutine.
 type pump struct {
-	e       *Redis
-	shards  []*redisShard
-	sigKey  string // the signal stream it reads and writes
-	wakeKey string // this node's wake stream for the pump
+	e      *Redis
+	shards []*redisShard
+	name   string // "shard <n>" or "shards 0-<n>", for logs
 
-	reqs     chan *pubReq     // Publish → pump; buffered, PublishQueue
-	kick     chan struct{}    // Subscribe/Unsubscribe → pump; buffered 1
-	blockRes chan blockResult // blocking read → pump; buffered 1
-	blocking atomic.Bool      // a blocking read is in flight
-	wakeSent atomic.Bool      // a wake was sent for the current blocking read
-	conn     doer             // nil until connected
-	release  func()           // gives a dedicated connection back
-	clientID int64            // CLIENT ID of the dedicated connection
-	sealID   int64            // connection to kill before sending again; 0: none
-	pending  []*pubReq        // taken from reqs, not sent yet
-	sent     []*pubReq        // in the current round trip
+	reqs     chan *pubReq  // Publish → pump; buffered, PublishQueue
+	kick     chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
+	conn     doer          // nil until connected
+	release  func()        // gives a dedicated connection back
+	clientID int64         // CLIENT ID of the dedicated connection
+	sealID   int64         // connection to kill before sending again; 0: none
+	pending  []*pubReq     // taken from reqs, not sent yet
+	sent     []*pubReq     // in the current round trip
 	cmds     []rueidis.Completed
-	sigRooms map[string]struct{} // rooms named by this round trip's signal
 	// scripts are the script calls of this round trip, one per room
 	// (redis_dedupe.go); scriptRooms maps their rooms to them: later
 	// messages to those rooms join the call.
@@ -91,54 +86,33 @@ type pump struct {
 	// last round trip found it missing from the server's cache.
 	evalText bool
 	requeue  []*pubReq // NOSCRIPT: not run, to send first in the next round trip
-	sigNames []string
-	// owed are the rooms of signals that failed to be written: the next
-	// round trip's signal names them again (at most maxOwed; beyond that
-	// the next full read finds them, within REDIS_SWEEP).
-	owed []string
-	// owedAt is when the owed rooms go out again with a round trip of
-	// their own if no publish carries them first; owedFailures counts the
-	// failed signal writes in a row (their waits grow as the pump's
-	// backoff).
-	owedAt       time.Time
-	owedFailures int
-	sigBuf       []byte // the signal's room list, space-separated
-	out          []redisDelivery
-	expires      map[string]time.Time // room key → when its TTL was last refreshed
-	keys         []string
-	ids          []string
+	// arms are the rooms of this round trip's publishes that it does not
+	// read back (the sender is alone here): an XLEN after the publishes
+	// keeps their keys tracked (redis_wake.go).
+	arms    []string
+	out     []redisDelivery
+	expires map[string]time.Time // room key → when its TTL was last refreshed
+	keys    []string
+	ids     []string
 	// starts are the rooms of the current read that are read from their
 	// start (nothing read yet): their XINFO STREAM goes in the pipeline
 	// right before the XREADs (prepareRead, applyStarts).
 	starts []startCheck
 
-	sigLast  ID   // last signal read
-	sigInit  bool // sigLast was set from the signal stream
-	sigFull  bool // the last signal read returned a full batch
-	wakeLast ID
-
-	foreign    int       // signals of other nodes seen, a counter
-	lastActive time.Time // start of the last round trip that published or found something
-	closing    bool      // Close stopped the pump: publish, do not read
-	lastTick   time.Time // start of the last round trip that read
-	// peers maps the other nodes seen in signals to the Redis time (ms)
-	// of their last signal; peersActive counts those seen within
-	// peerActive of the newest signal.
-	peers         map[string]uint64
-	peersActive   int
-	peersNewest   uint64
-	busy          bool      // the last read returned entries or signals
-	readAgain     bool      // read without blocking in the next round trip
-	lastFull      time.Time // when every room was last read
-	verifyAll     bool      // check every room for trimmed entries next read
-	epochDue      bool      // write the shards' epoch keys (SET NX) with the next publishes
-	failures      int       // consecutive failed round trips
-	readFailures  int       // consecutive reads refused by Redis
-	sigFailLogged time.Time // when a failed signal write was last logged
-	readRetry     time.Time // no read before then (after a refused read)
-	epoch         int       // counts failures: results of reads started before one are stale
-	lastPrune     time.Time // when expires was last pruned
-	refreshTTL    time.Duration
+	lastActive   time.Time // start of the last round trip that published or found something
+	closing      bool      // Close stopped the pump: publish, do not read
+	lastTick     time.Time // start of the last round trip that read
+	lastSent     time.Time // end of the last round trip sent: an idle pump PINGs Block after it
+	busy         bool      // round trips found work within a few windows: pace them
+	lastFull     time.Time // when every room was last read
+	verifyAll    bool      // check every room for trimmed entries next read
+	epochDue     bool      // write the shards' epoch keys (SET NX) with the next publishes
+	failures     int       // consecutive failed round trips
+	readFailures int       // consecutive reads refused by Redis
+	readRetry    time.Time // no read before then (after a refused read)
+	epoch        int       // counts failures: results of reads started before one are stale
+	lastPrune    time.Time // when expires was last pruned
+	refreshTTL   time.Duration
 
 	hmu     sync.Mutex
 	lastOK  time.Time // end of the last successful round trip
@@ -146,24 +120,19 @@ type pump struct {
 }
 
 func newPump(e *Redis, shards []*redisShard) *pump {
-	sig := 0 // one signal stream for all shards on a single server
-	if e.cluster {
-		sig = shards[0].idx
+	name := "shard " + strconv.Itoa(shards[0].idx)
+	if len(shards) > 1 {
+		name = "shards " + strconv.Itoa(shards[0].idx) + "-" + strconv.Itoa(shards[len(shards)-1].idx)
 	}
-	depth := e.cfg.PublishQueue
 	return &pump{
 		e:           e,
 		shards:      shards,
-		sigKey:      shardKey(e.cfg.Prefix, sig, "#signal"),
-		wakeKey:     shardKey(e.cfg.Prefix, shards[0].idx, "#wake:"+e.node),
-		reqs:        make(chan *pubReq, depth),
+		name:        name,
+		reqs:        make(chan *pubReq, e.cfg.PublishQueue),
 		kick:        make(chan struct{}, 1),
-		blockRes:    make(chan blockResult, 1),
-		sigRooms:    make(map[string]struct{}),
 		scriptRooms: make(map[string]int),
 		expires:     make(map[string]time.Time),
 		refreshTTL:  min(e.cfg.TTL/ttlRefreshDivisor, maxTTLRefresh),
-		peers:       make(map[string]uint64),
 		lastOK:      time.Now(),
 		verifyAll:   true,
 		epochDue:    true,
@@ -184,13 +153,8 @@ func (p *pump) run(ctx context.Context) {
 			return
 		}
 		now := time.Now()
-		owedDue := len(p.owed) > 0 && !now.Before(p.owedAt)
-		if len(p.pending) == 0 && !owedDue && (p.blocking.Load() || !p.readDue(now)) {
-			// Nothing to send now: block on the signals (unless a blocking
-			// read is in flight already) and wait for work.
-			if !now.Before(p.readRetry) {
-				p.startBlock(ctx)
-			}
+		if len(p.pending) == 0 && !p.readDue(now) && !p.pingDue(now) {
+			// Nothing to send now: wait for work.
 			if !p.idle(ctx, now) {
 				return
 			}
@@ -198,7 +162,7 @@ func (p *pump) run(ctx context.Context) {
 		}
 		// Under load, start round trips that read at most every window,
 		// so that each carries more, on a grid shared by all nodes.
-		if w := p.window(); w > 0 && p.busy && !p.blocking.Load() {
+		if w := p.window(); w > 0 && p.busy {
 			// The grid is wall-clock time: never wait more than a window,
 			// even when the clock was set back.
 			if d := min(time.Until(nextTick(p.lastTick, w)), w); d > 0 {
@@ -211,37 +175,30 @@ func (p *pump) run(ctx context.Context) {
 			}
 		}
 		p.take()
-		if err := p.roundTrip(ctx, !p.blocking.Load() && p.readDue(time.Now())); err != nil {
+		if err := p.roundTrip(ctx, p.readDue(time.Now())); err != nil {
 			p.fail(err)
 		}
 	}
 }
 
-// idle waits for work: a message, a kick, the blocking read's answer,
-// or the time to retry refused reads (readRetry) or to send the rooms of
-// failed signals again (owedAt). It reports false once Close stopped the
-// pump, after flushing its queue.
+// idle waits for work: a message, a kick (rooms were marked dirty), or
+// the time of the next PING, full read (REDIS_SWEEP) or retry of refused
+// reads (readRetry). It reports false once Close stopped the pump, after
+// flushing its queue.
 func (p *pump) idle(ctx context.Context, now time.Time) bool {
-	var wake <-chan time.Time
-	at := time.Time{}
+	at := p.lastSent.Add(p.e.cfg.Block)
 	if now.Before(p.readRetry) {
 		at = p.readRetry // reads are refused by Redis: meanwhile keep publishing
+	} else if full := p.lastFull.Add(p.e.cfg.Sweep); full.Before(at) {
+		at = full
 	}
-	if len(p.owed) > 0 && (at.IsZero() || p.owedAt.Before(at)) {
-		at = p.owedAt
-	}
-	if !at.IsZero() {
-		t := time.NewTimer(at.Sub(now))
-		defer t.Stop()
-		wake = t.C
-	}
+	t := time.NewTimer(at.Sub(now))
+	defer t.Stop()
 	select {
 	case r := <-p.reqs:
 		p.pending = append(p.pending, r)
 	case <-p.kick:
-	case <-wake:
-	case br := <-p.blockRes:
-		p.onBlock(br)
+	case <-t.C:
 	case <-p.e.stop:
 		p.flushQueue(ctx)
 		return false
@@ -262,13 +219,12 @@ func (p *pump) take() {
 }
 
 // readDue reports whether the next round trip must read: rooms are dirty,
-// the last read found something, a full read is due, or the pump is
-// recovering.
+// a full read is due, or the pump is recovering.
 func (p *pump) readDue(now time.Time) bool {
 	if now.Before(p.readRetry) {
 		return false
 	}
-	if p.readAgain || p.verifyAll || p.sweepDue(now) {
+	if p.verifyAll || p.sweepDue(now) {
 		return true
 	}
 	for _, s := range p.shards {
@@ -281,6 +237,11 @@ func (p *pump) readDue(now time.Time) bool {
 	}
 	return false
 }
+
+// pingDue reports whether an idle pump checks its connection: nothing
+// was sent for Block. That keeps Health's view of the pump fresh and finds
+// a connection that broke (and with it what it tracked) while idle.
+func (p *pump) pingDue(now time.Time) bool { return now.Sub(p.lastSent) >= p.e.cfg.Block }
 
 // sweepDue reports whether the pump's next read must read every room:
 // Sweep has passed since it last did.

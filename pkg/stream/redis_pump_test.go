@@ -2,6 +2,7 @@ package stream
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,48 +12,64 @@ import (
 
 // TestPumpWindowGrowsWithNodes: with more nodes publishing, each pump
 // paces its round trips proportionally more, so that Redis sees about the
-// same number of round trips per second; nodes that stopped publishing
-// stop counting.
+// same number of round trips per second; the count of active nodes comes
+// from presence (TestRedisActivePeersCounted).
 func TestPumpWindowGrowsWithNodes(t *testing.T) {
 	e := &Redis{cfg: RedisConfig{BatchWindow: 2 * time.Millisecond}}
-	p := &pump{e: e, peers: map[string]uint64{}}
-	if w := p.window(); w != 2*time.Millisecond {
-		t.Fatalf("alone: window %v, want 2ms", w)
-	}
-	ms := uint64(1_000_000)
-	see := func(nodes int) {
-		for i := range nodes {
-			p.sawNode(fmt.Sprintf("node-%d", i), ID{Ms: ms})
-		}
-		ms += 200
-		p.sawNode("node-0", ID{Ms: ms}) // triggers a recount
-	}
+	p := &pump{e: e}
 	for _, tc := range []struct {
-		others int
+		others int32
 		want   time.Duration
 	}{
+		{0, 2 * time.Millisecond},
 		{1, 2 * time.Millisecond},
 		{5, 6 * time.Millisecond},
 		{40, 16 * time.Millisecond}, // capped at 8 windows
 	} {
-		p.peers = map[string]uint64{}
-		see(tc.others)
+		e.activePeers.Store(tc.others)
 		if w := p.window(); w != tc.want {
 			t.Errorf("%d other nodes: window %v, want %v", tc.others, w, tc.want)
 		}
-	}
-	// The others fall silent: after peerActive only node-0 counts.
-	p.peers = map[string]uint64{}
-	see(5)
-	ms += peerActive + 1
-	p.sawNode("node-0", ID{Ms: ms})
-	if w := p.window(); w != 2*time.Millisecond {
-		t.Fatalf("after the others went quiet: window %v, want 2ms", w)
 	}
 	p.e.cfg.BatchWindow = 0
 	if w := p.window(); w != 0 {
 		t.Fatalf("pacing disabled: window %v", w)
 	}
+}
+
+// TestRedisActivePeersCounted: each node learns through its presence
+// round trip how many other nodes published within peerActive; nodes that
+// only hold rooms do not count, and a node that stops publishing stops
+// counting after peerActive.
+func TestRedisActivePeersCounted(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.PresenceInterval = 100 * time.Millisecond
+	nodes := startNodes(t, 4, cfg)
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, "busy")
+	}
+	// Nodes 0 and 1 publish; 2 and 3 only read.
+	publishing := true
+	for publishing {
+		for _, nd := range nodes[:2] {
+			mustPublishID(t, nd.e, "busy", Message{Sender: 1, Payload: []byte("x")})
+		}
+		publishing = nodes[3].e.activePeers.Load() < 2 || nodes[0].e.activePeers.Load() < 1
+		time.Sleep(20 * time.Millisecond) // the pace of the publishers, not a wait
+		if t.Context().Err() != nil {
+			return
+		}
+	}
+	if n := nodes[3].e.activePeers.Load(); n != 2 {
+		t.Fatalf("a reading node counts %d active peers, want 2", n)
+	}
+	if n := nodes[0].e.activePeers.Load(); n != 1 {
+		t.Fatalf("a publishing node counts %d active peers, want 1 (itself excluded)", n)
+	}
+	testutil.EventuallyWithin(t, peerActive+2*time.Second, "the count to fall to 0 once nobody publishes", func() bool {
+		return nodes[3].e.activePeers.Load() == 0
+	})
 }
 
 // TestPumpTicksShareAGrid: a busy pump's next round trip starts on a
@@ -90,33 +107,109 @@ func TestPumpTicksShareAGrid(t *testing.T) {
 	}
 }
 
-// TestRedisIdlePumpReadsBackInOneRoundTrip: at chat rates the pump
-// blocks on the signals between messages; a message published then, to
-// a room with members on this node, is read back in the round trip that
-// stores it, not after the blocking read returns (which took two more
-// round trips per message before: one read that found it, one that found
-// nothing). Counts, not timings: each message is sent once the last one
-// was delivered and the pump blocks again, and more than four batch
-// windows after it (the pump paces reads after activity closer than that:
-// redis_pacing.go), as a room at chat rates sends.
+// TestRedisIdlePumpReadsBackInOneRoundTrip: at chat rates a message to
+// a room with members on this node is stored and read back in one round
+// trip, and the node's own writes wake nothing (NOLOOP): one round trip
+// per message, no wake. Before client tracking each message also woke the
+// node's own blocking read, which then read again. Counts, not timings:
+// each message is sent once the last one was delivered, and more than
+// four batch windows after it (the pump paces reads after activity closer
+// than that: redis_pacing.go), as a room at chat rates sends.
 func TestRedisIdlePumpReadsBackInOneRoundTrip(t *testing.T) {
 	srv := redistest.Start(t)
 	c := newCollector()
 	e := newTestRedis(t, testRedisConfig(t, srv.Addr()), c.handle, nil)
 	mustSubscribe(t, e, "chat")
 	const n = 20
-	idle := func() bool { return e.pumps[0].blocking.Load() && len(e.pumps[0].reqs) == 0 }
-	testutil.Eventually(t, "the pump to block on the signals", idle)
+	c.settle(t, e, "chat")
 	before := e.Stats()
 	for i := range n {
 		time.Sleep(5 * DefaultRedisBatchWindow) // the spacing of chat, not a wait for something
 		mustPublishID(t, e, "chat", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-		c.waitFor(t, "chat", i+1)
-		testutil.Eventually(t, "the pump to block again", idle)
+		c.waitFor(t, "chat", i+2) // the settle marker, then the messages
 	}
 	after := e.Stats()
-	trips := after.RoundTrips - before.RoundTrips
-	if trips > n+n/4 {
-		t.Fatalf("%d round trips for %d messages published while the pump blocked (%d blocking reads); want one each", trips, n, after.BlockingReads-before.BlockingReads)
+	if trips := after.RoundTrips - before.RoundTrips; trips > n+n/4 {
+		t.Fatalf("%d round trips for %d messages at chat rates; want one each", trips, n)
+	}
+	if w := after.Wakes - before.Wakes; w != 0 {
+		t.Fatalf("the node's own messages woke its pump %d times; want none (CLIENT TRACKING NOLOOP)", w)
+	}
+}
+
+// TestRedisWakesOnlyNodesHoldingTheRoom: a message wakes the nodes that
+// hold its room, once each, and no other node: Redis's cost per message
+// follows the nodes in the room, not the nodes in the system. Nodes with
+// no rooms, and nodes with other rooms, send Redis nothing for it.
+func TestRedisWakesOnlyNodesHoldingTheRoom(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Sweep = time.Hour // deliveries come from wakes alone
+	nodes := startNodes(t, 4, cfg)
+	mustSubscribe(t, nodes[0].e, "pair")
+	mustSubscribe(t, nodes[1].e, "pair")
+	mustSubscribe(t, nodes[2].e, "other")
+	// nodes[3] holds nothing.
+	nodes[1].c.settle(t, nodes[1].e, "pair")
+	nodes[2].c.settle(t, nodes[2].e, "other")
+	var before [4]Stats
+	for i, nd := range nodes {
+		before[i] = nd.e.Stats()
+	}
+	const n = 10
+	for i := range n {
+		mustPublishID(t, nodes[0].e, "pair", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+		nodes[1].c.waitFor(t, "pair", i+2) // one at a time: one wake each
+	}
+	wakes := func(i int) int64 { return nodes[i].e.Stats().Wakes - before[i].Wakes }
+	if w := wakes(1); w < n || w > n+2 {
+		t.Fatalf("the other member's node woke %d times for %d messages; want one each", w, n)
+	}
+	for _, i := range []int{0, 2, 3} {
+		if w := wakes(i); w != 0 {
+			t.Fatalf("node %d (publisher, other room, no room) woke %d times; want none", i, w)
+		}
+		if rt := nodes[i].e.Stats().RoundTrips - before[i].RoundTrips; i != 0 && rt > 1 {
+			t.Fatalf("node %d made %d round trips for messages to a room it does not hold (a PING at most)", i, rt)
+		}
+	}
+}
+
+// TestRedisTrackingLostIsRecovered: when Redis drops a pump's connection
+// (and with it the keys the connection tracked), the pump reconnects,
+// reads every room again and is woken by the next messages as before, long
+// before the sweep.
+func TestRedisTrackingLostIsRecovered(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Sweep = time.Hour
+	cfg.Block = 200 * time.Millisecond // an idle pump finds the broken connection by its PING
+	nodes := startNodes(t, 2, cfg)
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, "kept")
+	}
+	nodes[1].c.settle(t, nodes[1].e, "kept")
+	// Kill every connection of the reading node: Redis forgets what they
+	// tracked.
+	killed := 0
+	for _, line := range strings.Split(srv.MustDo("CLIENT", "LIST"), "\n") {
+		if strings.Contains(line, "name=chatgw-"+nodes[1].e.node) {
+			id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+			srv.MustDo("CLIENT", "KILL", "ID", id)
+			killed++
+		}
+	}
+	if killed == 0 {
+		t.Fatal("found no connection of the reading node in CLIENT LIST")
+	}
+	var ids []ID
+	for i := range 3 {
+		ids = append(ids, mustPublishID(t, nodes[0].e, "kept", Message{Sender: 1, Payload: fmt.Appendf(nil, "after-%d", i)}))
+	}
+	got := nodes[1].c.waitFor(t, "kept", 4)
+	for i, m := range got[1:] {
+		if m.ID != ids[i] {
+			t.Fatalf("delivery %d after the kill has ID %v, want %v", i, m.ID, ids[i])
+		}
 	}
 }

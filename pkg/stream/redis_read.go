@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -254,34 +252,18 @@ func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
 	}
 }
 
-// prepareRead appends the read of the round trip to p.cmds: the signal
-// stream and the dirty rooms (every room when a full read is due), in
-// XREADs of at most scanChunk keys; with roomsOnly (a blocking read of the
-// signals is in flight) the dirty rooms alone. First it checks, with XINFO
+// prepareRead appends the read of the round trip to p.cmds: the dirty
+// rooms (every room when a full read is due), in XREADs of at most
+// scanChunk keys. First it checks, with XINFO
 // STREAM, the rooms that may have lost entries (verify, a round trip of
 // its own); the rooms read from their start get their XINFO STREAM in the
 // pipeline too, right before the XREADs (applyStarts).
-func (p *pump) prepareRead(ctx context.Context, now time.Time, roomsOnly bool) error {
+func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	e := p.e
-	full := !roomsOnly && (p.verifyAll || p.sigFull || p.sweepDue(now))
-	if !roomsOnly && !p.sigInit {
-		// Start from the signal stream's end as it is before the first full
-		// read: later publishes signal after it, earlier ones are found by
-		// that read. (Never "$", which loses what comes in between.)
-		ictx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-		in, err := parseStreamInfo(p.conn.DoMulti(ictx, e.client.B().XinfoStream().Key(p.sigKey).Build())[0])
-		cancel()
-		if err != nil {
-			return fmt.Errorf("XINFO STREAM %s: %w", p.sigKey, err)
-		}
-		p.sigLast, p.sigInit, full = in.lastGen, true, true
-	}
+	full := p.verifyAll || p.sweepDue(now)
 	p.keys, p.ids = p.keys[:0], p.ids[:0]
 	clear(p.starts)
 	p.starts = p.starts[:0]
-	if !roomsOnly {
-		p.keys, p.ids = append(p.keys, p.sigKey), append(p.ids, p.sigLast.String())
-	}
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()
@@ -331,7 +313,7 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time, roomsOnly bool) e
 		}
 	}
 	if full {
-		p.lastFull, p.verifyAll, p.sigFull = now, false, false
+		p.lastFull, p.verifyAll = now, false
 	}
 	for _, sc := range p.starts {
 		p.cmds = append(p.cmds, e.client.B().XinfoStream().Key(sc.r.key).Build())
@@ -375,7 +357,7 @@ func (e *Redis) applyStarts(starts []startCheck, res []rueidis.RedisResult) erro
 }
 
 // deliver decodes the replies of the read and calls the Handler.
-// It returns how many entries and foreign signals the read found.
+// It returns how many entries the read found.
 func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found int, err error) {
 	e := p.e
 	for _, rr := range res {
@@ -387,12 +369,6 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 			return 0, fmt.Errorf("XREAD: %w", err)
 		}
 		err = forEachStream(reply, func(key string, v rueidis.RedisMessage) {
-			if key == p.sigKey || key == p.wakeKey {
-				before := p.foreign
-				p.collectSignals(key, v)
-				found += p.foreign - before
-				return
-			}
 			s := p.shardOfKey(key)
 			if s == nil {
 				return
@@ -434,16 +410,7 @@ func (p *pump) shardOfKey(key string) *redisShard {
 	if len(p.shards) == 1 {
 		return p.shards[0]
 	}
-	_, rest, ok := strings.Cut(key, ":{")
-	if !ok {
-		return nil
-	}
-	num, _, ok := strings.Cut(rest, "}")
-	i, err := strconv.Atoi(num)
-	if !ok || err != nil || i < 0 || i >= len(p.e.shards) {
-		return nil
-	}
-	if s := p.e.shards[i]; s.pump == p {
+	if s := p.e.shardOfKey(key); s != nil && s.pump == p {
 		return s
 	}
 	return nil

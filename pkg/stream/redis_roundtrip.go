@@ -11,23 +11,17 @@ import (
 )
 
 // This file is one round trip of a pump: build the commands (publishes,
-// signal, read), send them in one pipeline, apply the answers (ack the
-// senders, note the signal, deliver what was read).
+// read), send them in one pipeline, apply the answers (ack the senders,
+// deliver what was read).
 
 // trip is what one round trip keeps between building its commands and
 // applying their answers: where each part starts in p.cmds. It lives on
 // the stack of roundTrip.
 type trip struct {
-	now      time.Time
-	epochCmd int  // first SET NX of the epoch keys; -1: none
-	sigCmd   int  // the signal's XADD; -1: none
-	readCmd  int  // first command of the read (when read)
-	read     bool // the round trip reads
-	// roomsOnly: the read takes this node's dirty rooms but not the
-	// signal stream, whose cursor a blocking read in flight holds. So a
-	// message published while the pump blocks is read back in its own
-	// round trip instead of after the blocking read returns.
-	roomsOnly   bool
+	now         time.Time
+	epochCmd    int  // first SET NX of the epoch keys; -1: none
+	readCmd     int  // first command of the read (when read)
+	read        bool // the round trip reads
 	readRefused bool // Redis refused what the read needs first
 	evalText    bool // its script calls carry the script's text (EVAL)
 }
@@ -37,33 +31,35 @@ type trip struct {
 // read. A nil error means every command got an answer from Redis.
 //
 // Its steps, in order: buildPublishes (the epoch keys, the messages and
-// their TTLs), buildSignal, buildRead, send, then applyPublishes,
-// applySignal and applyRead on the answers.
+// their TTLs, the XLENs that keep unread rooms tracked), buildRead, send,
+// then applyPublishes and applyRead on the answers. With nothing to send
+// it sends a PING when one is due (pingDue).
 func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	if err := p.connect(ctx); err != nil {
 		p.refuse(fmt.Errorf("%w: %w", ErrUnavailable, err))
 		return err
 	}
-	t := trip{now: time.Now(), read: read, epochCmd: -1, sigCmd: -1}
+	t := trip{now: time.Now(), read: read, epochCmd: -1}
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	p.buildPublishes(&t)
-	p.buildSignal(&t)
 	if err := p.buildRead(ctx, &t); err != nil {
 		p.flushSent(err)
 		return err
 	}
 	if len(p.cmds) == 0 {
-		return nil
+		if !p.pingDue(t.now) {
+			return nil
+		}
+		p.cmds = append(p.cmds, p.e.client.B().Ping().Build())
+		t.readCmd = 1 // nothing read
 	}
 	res, broken := p.send(ctx)
 	if t.epochCmd >= 0 && firstError(res[t.epochCmd:t.epochCmd+len(p.shards)]) == nil {
 		p.epochDue = false
 	}
 	published, failed := p.applyPublishes(res, broken, t.evalText)
-	if t.sigCmd >= 0 {
-		if err := p.applySignal(res[t.sigCmd]); err != nil {
-			failed = err
-		}
+	if failed == nil && broken {
+		failed = firstBroken(res)
 	}
 	if failed != nil {
 		return fmt.Errorf("round trip: %w", failed)
@@ -85,14 +81,9 @@ func (p *pump) buildPublishes(t *trip) {
 		t.epochCmd = len(p.cmds)
 		p.cmds = append(p.cmds, p.epochCmds()...)
 	}
-	clear(p.sigRooms)
 	clear(p.scriptRooms)
-	p.sigNames = p.sigNames[:0]
-	for _, name := range p.owed {
-		p.signal(name)
-	}
-	clear(p.owed)
-	p.owed = p.owed[:0]
+	clear(p.arms)
+	p.arms = p.arms[:0]
 	p.scripts = p.scripts[:0]
 	for _, r := range p.pending {
 		if t.now.After(r.deadline) {
@@ -101,18 +92,26 @@ func (p *pump) buildPublishes(t *trip) {
 		}
 		p.buildPublish(r, t.now)
 		p.sent = append(p.sent, r)
-		p.signal(r.room)
 		// Read the room in this round trip too when it has members here
 		// besides the sender: the XREAD runs after the XADD on the same
-		// connection.
-		if !r.alone && p.markRoom(r) && !t.read && !p.closing {
-			t.read, t.roomsOnly = true, p.blocking.Load()
+		// connection, and also re-arms the tracking of its key, which the
+		// write disarmed (redis_wake.go). A room not read back is armed
+		// with an XLEN instead.
+		switch {
+		case p.closing:
+		case r.alone:
+			p.arms = append(p.arms, r.key())
+		case p.markRoom(r):
+			t.read = true
 		}
 	}
 	clear(p.pending)
 	p.pending = p.pending[:0]
 	t.evalText = p.evalText && len(p.scripts) > 0
 	p.buildScripts()
+	for _, key := range p.arms {
+		p.cmds = append(p.cmds, e.client.B().Xlen().Key(key).Build())
+	}
 }
 
 // buildPublish appends the command that publishes r (an XADD, or a place
@@ -160,7 +159,7 @@ func (p *pump) buildRead(ctx context.Context, t *trip) error {
 	if !t.read {
 		return nil
 	}
-	switch err := p.prepareRead(ctx, t.now, t.roomsOnly); {
+	switch err := p.prepareRead(ctx, t.now); {
 	case err == nil:
 		p.lastTick = t.now
 	case isRedisErr(err):
@@ -184,6 +183,7 @@ func (p *pump) send(ctx context.Context) (res []rueidis.RedisResult, broken bool
 	start := time.Now()
 	res = p.conn.DoMulti(rctx, p.cmds...)
 	cancel()
+	p.lastSent = time.Now()
 	e.stats.roundTrips.Add(1)
 	e.stats.roundTripLatency.Observe(time.Since(start))
 	for _, rr := range res {
@@ -222,6 +222,12 @@ func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool) 
 			// Not run: send it again, first thing, with the script's text.
 			delete(p.expires, r.key()) // its PEXPIRE may have found no key
 			p.requeue = append(p.requeue, r)
+			continue
+		case !broken && wrongNode(err):
+			// Not run: send it again, first thing, on a new connection.
+			delete(p.expires, r.key())
+			p.requeue = append(p.requeue, r)
+			failed = fmt.Errorf("the pump's connection no longer serves its slot: %w", err)
 			continue
 		case errors.Is(err, ErrUnconfirmed):
 			// Answered with something that is not an ID.
@@ -277,24 +283,38 @@ func (p *pump) applyRead(ctx context.Context, t *trip, res []rueidis.RedisResult
 			found, err = p.deliver(ctx, res[len(p.starts):])
 		}
 		if err != nil {
-			if isRedisErr(err) {
+			if isRedisErr(err) && !wrongNode(err) {
 				p.readRefused(err)
 				return nil
 			}
 			return err
 		}
 		if p.readFailures > 0 {
-			p.e.log.Info("stream: Redis reads work again", "pump", p.wakeKey, "refused", p.readFailures)
+			p.e.log.Info("stream: Redis reads work again", "pump", p.name, "refused", p.readFailures)
 			p.readFailures = 0
 		}
 	} else if !t.readRefused {
 		p.healthy()
 	}
+	if published > 0 {
+		p.e.lastPublish.Store(t.now.UnixMilli())
+	}
 	switch {
 	case published > 0 || found > 0:
 		p.activity(t.now)
 	case t.read:
-		p.readAgain, p.busy = false, false
+		p.busy = false
+	}
+	return nil
+}
+
+// firstBroken returns the first error of res that is no answer from
+// Redis (send reported the round trip broken).
+func firstBroken(res []rueidis.RedisResult) error {
+	for _, rr := range res {
+		if err := rr.Error(); err != nil && !isRedisErr(err) && !rueidis.IsRedisNil(err) {
+			return err
+		}
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ type redisShard struct {
 	mu      sync.Mutex
 	scratch []byte                // for building keys in roomByName
 	rooms   map[string]*redisRoom // by stream key
-	// dirty lists rooms to read in the next round: signalled, just
+	// dirty lists rooms to read in the next round: woken by Redis, just
 	// subscribed or unsubscribed, or left with more entries than one read
 	// returned. A room is listed once (redisRoom.dirty).
 	dirty []*redisRoom
