@@ -46,8 +46,8 @@ const slowDelivery = 50 * time.Millisecond
 // shard = FNV-1a(room) mod ReadShards. The hash tag puts each shard in one
 // Redis Cluster slot. A
 // CID lives for DedupeWindow in "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>";
-// presence in "<prefix>:{presence}:node:<node>" and
-// "<prefix>:{presence}:nodes".
+// presence in "<prefix>:{<shard>}#members:<room>" and under
+// "<prefix>:{presence}:" (redis_presence.go).
 //
 // Pumps. All Redis traffic of the hot path goes through pumps: one per node
 // on a single server or behind Sentinel, one per shard on a Cluster. A
@@ -99,7 +99,8 @@ const slowDelivery = 50 * time.Millisecond
 // History and Last read the room's stream (XRANGE, XREVRANGE) on the
 // shared client, bounded by Timeout; History's truncated flag is worked
 // out from the entries themselves (redis_history.go). Presence is a hash
-// per node refreshed every PresenceInterval (redis_presence.go).
+// per room (node → members), read through the client-side cache, and a
+// live key per node (redis_presence.go).
 //
 // Failures. A pump that fails backs off (exponential, with jitter),
 // reconnects, checks each room's stream (XINFO STREAM) and resumes from
@@ -202,7 +203,7 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.cancel = cancel
 	e.writeEpochs()
 	e.startPumps(ctx)
-	e.presence = newPresence(cfg.Prefix, e.node, cfg.PresenceInterval)
+	e.presence = newPresence(cfg, e.node)
 	e.running.Add(1)
 	go e.runPresence(ctx)
 	return e, nil

@@ -195,11 +195,11 @@ type RedisConfig struct {
 	// means DefaultRedisDedupeWindow (2m); at least 1ms.
 	DedupeWindow time.Duration `env:"REDIS_DEDUPE_WINDOW" help:"how long a message's cid is remembered per room: a resend within it is not appended twice and gets the first ID back"`
 	// PresenceInterval is how often each node publishes its member counts
-	// and heartbeat. A node that dies stops being counted within 3
-	// intervals (presenceLapse); a count set on one node shows on the
+	// and heartbeat. A node that dies stops being counted within 4
+	// intervals (presenceLapse + 1); a count set on one node shows on the
 	// others within about two. Zero means DefaultRedisPresenceInterval
 	// (1s); at least 1ms.
-	PresenceInterval time.Duration `env:"REDIS_PRESENCE_INTERVAL" help:"how often each node publishes its room member counts; a dead node stops being counted within 3 intervals"`
+	PresenceInterval time.Duration `env:"REDIS_PRESENCE_INTERVAL" help:"how often each node publishes its room member counts; a dead node stops being counted within 4 intervals"`
 }
 
 // MemoryConfig returns the part of c that the Memory engine shares with

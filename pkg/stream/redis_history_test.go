@@ -236,7 +236,7 @@ func TestRedisPresenceNodeDies(t *testing.T) {
 	}
 	proxy.Close()
 	start := time.Now()
-	bound := 3 * cfg.PresenceInterval
+	bound := (presenceLapse + 1) * cfg.PresenceInterval
 	testutil.EventuallyWithin(t, bound+2*time.Second, "the cut-off node to stop being counted", func() bool {
 		n, err := a.Members(ctx, "room")
 		return err == nil && n == 2
