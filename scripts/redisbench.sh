@@ -81,11 +81,20 @@ for rate in $RATES; do
 		/^total_commands_processed|^total_reads_processed|^total_writes_processed/ { v[$1] = $2 }
 		END { printf "  redis totals: %d commands, %d reads, %d writes\n", v["total_commands_processed"], v["total_reads_processed"], v["total_writes_processed"] }'
 	jq -r '"  sent: \(.messages.sent)"' "$OUT/run-$rate.json"
-	# Pump round trips and blocking reads of all gateways, whole run, and
-	# where Redis's time went (INFO commandstats, kept in OUT).
+	# Redis's CPU over the whole run (start, connects, joins, presence,
+	# the send phase, the drain) per published message; at rate 0, the
+	# share of a core Redis used while every node held its connections.
+	whole=$(cpu "$redis_pid")
+	jq -r --arg whole "$whole" --arg r "$redis_pid" '
+		.messages.sent as $n | ([.procs[] | select(.pid == ($r|tonumber)) | .cpu_send_seconds] | add) as $rc |
+		if $n > 0 then "  redis whole run: \($whole) s CPU, \(($whole|tonumber) * 1e6 / $n | .*10|round/10) us per message"
+		else "  idle: redis used \($rc * 100 / (if .messages.send_seconds > 0 then .messages.send_seconds else 1 end) | .*100|round/100) % of a core over the send phase (\($whole) s CPU whole run)" end
+	' "$OUT/run-$rate.json"
+	# Pump round trips and wakes of all gateways, whole run, and where
+	# Redis's time went (INFO commandstats, kept in OUT).
 	for u in "${urls[@]}"; do curl -s "http://${u#ws://}/metrics"; done | awk '
-		/^chat_redis_round_trips_total/ { rt += $2 } /^chat_redis_blocking_reads_total/ { bl += $2 }
-		END { printf "  gateways: %d pump round trips, %d blocking reads\n", rt, bl }' || true
+		/^chat_redis_round_trips_total/ { rt += $2 } /^chat_redis_wakes_total/ { wk += $2 } /^chat_redis_blocking_reads_total/ { bl += $2 }
+		END { printf "  gateways: %d pump round trips, %d wakes, %d blocking reads\n", rt, wk, bl }' || true
 	redis-cli -p "$rport" info commandstats | tr -d '\r' >"$OUT/commandstats-$rate.txt"
 	stop_started
 done

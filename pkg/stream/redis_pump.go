@@ -87,9 +87,12 @@ type pump struct {
 	evalText bool
 	requeue  []*pubReq // NOSCRIPT: not run, to send first in the next round trip
 	// arms are the rooms of this round trip's publishes that it does not
-	// read back (the sender is alone here): an XLEN after the publishes
-	// keeps their keys tracked (redis_wake.go).
+	// read back (the sender is alone here): one XREAD of them from "$"
+	// after the publishes keeps their keys tracked (redis_wake.go);
+	// armed lists them once, dollars holds the "$"s.
 	arms    []string
+	armed   map[string]struct{}
+	dollars []string
 	out     []redisDelivery
 	expires map[string]time.Time // room key → when its TTL was last refreshed
 	keys    []string
@@ -101,7 +104,7 @@ type pump struct {
 
 	lastActive   time.Time // start of the last round trip that published or found something
 	closing      bool      // Close stopped the pump: publish, do not read
-	lastTick     time.Time // start of the last round trip that read
+	lastTick     time.Time // start of the last round trip
 	lastSent     time.Time // end of the last round trip sent: an idle pump PINGs Block after it
 	busy         bool      // round trips found work within a few windows: pace them
 	lastFull     time.Time // when every room was last read
@@ -131,6 +134,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		reqs:        make(chan *pubReq, e.cfg.PublishQueue),
 		kick:        make(chan struct{}, 1),
 		scriptRooms: make(map[string]int),
+		armed:       make(map[string]struct{}),
 		expires:     make(map[string]time.Time),
 		refreshTTL:  min(e.cfg.TTL/ttlRefreshDivisor, maxTTLRefresh),
 		lastOK:      time.Now(),

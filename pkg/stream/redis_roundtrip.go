@@ -40,6 +40,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		return err
 	}
 	t := trip{now: time.Now(), read: read, epochCmd: -1}
+	p.lastTick = t.now // the pacing grid counts every round trip, reading or not
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	p.buildPublishes(&t)
 	if err := p.buildRead(ctx, &t); err != nil {
@@ -83,6 +84,7 @@ func (p *pump) buildPublishes(t *trip) {
 	}
 	clear(p.scriptRooms)
 	clear(p.arms)
+	clear(p.armed)
 	p.arms = p.arms[:0]
 	p.scripts = p.scripts[:0]
 	for _, r := range p.pending {
@@ -96,11 +98,15 @@ func (p *pump) buildPublishes(t *trip) {
 		// besides the sender: the XREAD runs after the XADD on the same
 		// connection, and also re-arms the tracking of its key, which the
 		// write disarmed (redis_wake.go). A room not read back is armed
-		// with an XLEN instead.
+		// by an XREAD from "$" instead, which reads nothing.
 		switch {
 		case p.closing:
 		case r.alone:
-			p.arms = append(p.arms, r.key())
+			if _, ok := p.armed[r.key()]; !ok {
+				key := strings.Clone(r.key()) // r.key() points into a buffer that is reused
+				p.armed[key] = struct{}{}
+				p.arms = append(p.arms, key)
+			}
 		case p.markRoom(r):
 			t.read = true
 		}
@@ -109,8 +115,11 @@ func (p *pump) buildPublishes(t *trip) {
 	p.pending = p.pending[:0]
 	t.evalText = p.evalText && len(p.scripts) > 0
 	p.buildScripts()
-	for _, key := range p.arms {
-		p.cmds = append(p.cmds, e.client.B().Xlen().Key(key).Build())
+	if len(p.arms) > 0 {
+		for len(p.dollars) < len(p.arms) {
+			p.dollars = append(p.dollars, "$")
+		}
+		p.cmds = append(p.cmds, e.client.B().Xread().Count(1).Streams().Key(p.arms...).Id(p.dollars[:len(p.arms)]...).Build())
 	}
 }
 
@@ -161,7 +170,6 @@ func (p *pump) buildRead(ctx context.Context, t *trip) error {
 	}
 	switch err := p.prepareRead(ctx, t.now); {
 	case err == nil:
-		p.lastTick = t.now
 	case isRedisErr(err):
 		p.cmds = p.cmds[:t.readCmd]
 		p.readRefused(err)
@@ -303,7 +311,10 @@ func (p *pump) applyRead(ctx context.Context, t *trip, res []rueidis.RedisResult
 	case published > 0 || found > 0:
 		p.activity(t.now)
 	case t.read:
-		p.busy = false
+		// A read that found nothing ends the pacing only once activity
+		// stopped: under load a wake often names an entry that the read
+		// already in flight brought (Redis sent it before that read ran).
+		p.busy = p.busy && t.now.Sub(p.lastActive) < 4*p.e.cfg.BatchWindow
 	}
 	return nil
 }

@@ -22,8 +22,8 @@ import (
 // Tracking is armed by reads and disarmed by writes, whoever wrote: a
 // pump that writes to a room it holds must read the room again in the same
 // pipeline, after the write, or it would not hear of the next one
-// (buildPublishes reads it back, or arms it with XLEN when the sender is
-// alone on this node). A connection that closes has lost what it
+// (buildPublishes reads it back, or arms it with an XREAD from "$",
+// which reads nothing, when the sender is alone on this node). A connection that closes has lost what it
 // tracked: rueidis then reports a nil invalidation, and every room is read
 // again. REDIS_SWEEP reads every room now and then all the same.
 
