@@ -183,16 +183,14 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	}
 	e.reqs.New = func() any { return &pubReq{b: make([]byte, 0, 512)} }
 
-	// The shards exist before the client: its connections report
-	// invalidations from the start (redis_wake.go).
+	// The shards exist before the client and the pumps, whose listener
+	// connections report invalidations (redis_wake.go).
 	e.shards = make([]*redisShard, cfg.ReadShards)
 	for i := range e.shards {
 		e.shards[i] = &redisShard{idx: i, keyPre: shardKey(cfg.Prefix, i, ":"), cidPre: shardKey(cfg.Prefix, i, "#cid:"),
 			epochKey: shardKey(cfg.Prefix, i, "#epoch"), rooms: make(map[string]*redisRoom)}
 	}
-	opt := clientOption(cfg, tlsCfg, e.node)
-	opt.OnInvalidations = e.onInvalidations
-	e.client, err = rueidis.NewClient(opt)
+	e.client, err = rueidis.NewClient(clientOption(cfg, tlsCfg, e.node))
 	if err != nil {
 		return nil, fmt.Errorf("stream: connect to Redis at %s: %w: %w (check IP_REDIS/PORT_REDIS or REDIS_ADDRS, that Redis runs, and that it is Redis 7 or later)",
 			strings.Join(cfg.Addrs, ","), ErrUnavailable, err)

@@ -14,13 +14,16 @@ import (
 // connection, sealing the one before), failing and backing off, and the
 // health that Health reports.
 
-// connect makes sure the pump has a connection: a dedicated one, which
-// tracks the keys it reads (CLIENT TRACKING ON NOLOOP: redis_wake.go).
-// On a Cluster it is pinned to the slot of the pump's shard by the
+// connect makes sure the pump has its connections: two dedicated ones.
+// The pump's own sends its round trips, synchronously on the pump's
+// goroutine (rueidis starts no reader for it), and tracks the keys it
+// reads (CLIENT TRACKING ON REDIRECT <listener> NOLOOP: redis_wake.go);
+// the listener receives the invalidations, on rueidis's reader goroutine.
+// On a Cluster both are pinned to the master of the pump's shard by the
 // shard's epoch key, sent first. On a single server or behind Sentinel,
-// when the previous one failed with a round trip in doubt, it is killed
-// from the new one first, so that nothing sent later can overtake what it
-// carried.
+// when the previous connection failed with a round trip in doubt, it is
+// killed from the new one first, so that nothing sent later can overtake
+// what it carried.
 func (p *pump) connect(ctx context.Context) error {
 	if p.conn != nil {
 		return nil
@@ -32,6 +35,17 @@ func (p *pump) connect(ctx context.Context) error {
 	// A pooled connection may have broken while idle (Redis restarted):
 	// rueidis drops it when it is given back, so try a few.
 	for range 4 {
+		var lid int64
+		lc, lrelease := e.client.Dedicate()
+		lost := lc.SetOnInvalidations(e.onInvalidations)
+		lid, err = p.clientID2(cctx, lc)
+		if err != nil {
+			go lrelease()
+			if isRedisErr(err) || cctx.Err() != nil {
+				break
+			}
+			continue
+		}
 		dc, release := e.client.Dedicate()
 		var cmds []rueidis.Completed
 		if e.cluster {
@@ -39,7 +53,7 @@ func (p *pump) connect(ctx context.Context) error {
 		}
 		first := len(cmds)
 		cmds = append(cmds, e.client.B().ClientId().Build(),
-			e.client.B().ClientTracking().On().Noloop().Build())
+			e.client.B().ClientTracking().On().Redirect(lid).Noloop().Build())
 		if p.sealID != 0 {
 			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
 		}
@@ -59,15 +73,31 @@ func (p *pump) connect(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			p.conn, p.release, p.clientID, p.sealID = dc, release, id, 0
+			p.conn, p.clientID, p.sealID, p.lost = dc, id, 0, lost
+			p.release = func() { release(); lrelease() }
 			return nil
 		}
-		go release()
+		go func() { release(); lrelease() }()
 		if isRedisErr(err) || cctx.Err() != nil {
 			break
 		}
 	}
 	return fmt.Errorf("connect pump: %w", err)
+}
+
+// clientID2 returns the CLIENT ID of the listener connection c; on a
+// Cluster an EXISTS of the shard's epoch key goes first, to pin c to the
+// shard's master.
+func (p *pump) clientID2(ctx context.Context, c rueidis.DedicatedClient) (int64, error) {
+	e := p.e
+	if !e.cluster {
+		return c.Do(ctx, e.client.B().ClientId().Build()).AsInt64()
+	}
+	res := c.DoMulti(ctx, e.client.B().Exists().Key(p.shards[0].epochKey).Build(), e.client.B().ClientId().Build())
+	if err := res[0].Error(); err != nil {
+		return 0, err
+	}
+	return res[1].AsInt64()
 }
 
 // epochCmds writes the epoch key of each of the pump's shards unless it
@@ -98,7 +128,7 @@ func (p *pump) disconnect() {
 	if p.release != nil {
 		go p.release()
 	}
-	p.conn, p.release = nil, nil
+	p.conn, p.release, p.lost = nil, nil, nil
 }
 
 // fail records a failed round trip: the connection is dropped (and, if
@@ -178,6 +208,8 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 		case r := <-p.reqs:
 			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
 		case <-p.kick:
+		case <-p.lost:
+			p.lost = nil // the round trip after the wait reconnects anyway
 		case <-p.e.stop:
 			return false
 		case <-ctx.Done():

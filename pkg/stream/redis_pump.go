@@ -66,14 +66,18 @@ type pump struct {
 	shards []*redisShard
 	name   string // "shard <n>" or "shards 0-<n>", for logs
 
-	reqs     chan *pubReq  // Publish → pump; buffered, PublishQueue
-	kick     chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
-	conn     doer          // nil until connected
-	release  func()        // gives a dedicated connection back
-	clientID int64         // CLIENT ID of the dedicated connection
-	sealID   int64         // connection to kill before sending again; 0: none
-	pending  []*pubReq     // taken from reqs, not sent yet
-	sent     []*pubReq     // in the current round trip
+	reqs chan *pubReq  // Publish → pump; buffered, PublishQueue
+	kick chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
+	conn doer          // nil until connected
+	// lost is closed (after at most one error) when the listener that
+	// receives the invalidations of conn's keys stops: conn's tracking is
+	// then void, and the pump reconnects.
+	lost     <-chan error
+	release  func()    // gives a dedicated connection back
+	clientID int64     // CLIENT ID of the dedicated connection
+	sealID   int64     // connection to kill before sending again; 0: none
+	pending  []*pubReq // taken from reqs, not sent yet
+	sent     []*pubReq // in the current round trip
 	cmds     []rueidis.Completed
 	// scripts are the script calls of this round trip, one per room
 	// (redis_dedupe.go); scriptRooms maps their rooms to them: later
@@ -156,6 +160,12 @@ func (p *pump) run(ctx context.Context) {
 			p.flushQueue(ctx)
 			return
 		}
+		select {
+		case err := <-p.lost:
+			p.trackingLost(err)
+			continue
+		default:
+		}
 		now := time.Now()
 		if len(p.pending) == 0 && !p.readDue(now) && !p.pingDue(now) {
 			// Nothing to send now: wait for work.
@@ -203,6 +213,8 @@ func (p *pump) idle(ctx context.Context, now time.Time) bool {
 		p.pending = append(p.pending, r)
 	case <-p.kick:
 	case <-t.C:
+	case err := <-p.lost:
+		p.trackingLost(err)
 	case <-p.e.stop:
 		p.flushQueue(ctx)
 		return false

@@ -175,41 +175,54 @@ func TestRedisWakesOnlyNodesHoldingTheRoom(t *testing.T) {
 	}
 }
 
-// TestRedisTrackingLostIsRecovered: when Redis drops a pump's connection
-// (and with it the keys the connection tracked), the pump reconnects,
-// reads every room again and is woken by the next messages as before, long
+// TestRedisTrackingLostIsRecovered: when Redis drops a pump's
+// connections, or only the listener that receives its invalidations (and
+// with it what the pump's connection tracked), the pump reconnects, reads
+// every room again and is woken by the next messages as before, long
 // before the sweep.
 func TestRedisTrackingLostIsRecovered(t *testing.T) {
-	srv := redistest.Start(t)
-	cfg := testRedisConfig(t, srv.Addr())
-	cfg.Sweep = time.Hour
-	cfg.Block = 200 * time.Millisecond // an idle pump finds the broken connection by its PING
-	nodes := startNodes(t, 2, cfg)
-	for _, nd := range nodes {
-		mustSubscribe(t, nd.e, "kept")
-	}
-	nodes[1].c.settle(t, nodes[1].e, "kept")
-	// Kill every connection of the reading node: Redis forgets what they
-	// tracked.
-	killed := 0
-	for _, line := range strings.Split(srv.MustDo("CLIENT", "LIST"), "\n") {
-		if strings.Contains(line, "name=chatgw-"+nodes[1].e.node) {
-			id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
-			srv.MustDo("CLIENT", "KILL", "ID", id)
-			killed++
-		}
-	}
-	if killed == 0 {
-		t.Fatal("found no connection of the reading node in CLIENT LIST")
-	}
-	var ids []ID
-	for i := range 3 {
-		ids = append(ids, mustPublishID(t, nodes[0].e, "kept", Message{Sender: 1, Payload: fmt.Appendf(nil, "after-%d", i)}))
-	}
-	got := nodes[1].c.waitFor(t, "kept", 4)
-	for i, m := range got[1:] {
-		if m.ID != ids[i] {
-			t.Fatalf("delivery %d after the kill has ID %v, want %v", i, m.ID, ids[i])
-		}
+	for _, which := range []string{"every connection", "the listener"} {
+		t.Run(which, func(t *testing.T) {
+			srv := redistest.Start(t)
+			cfg := testRedisConfig(t, srv.Addr())
+			cfg.Sweep = time.Hour
+			nodes := startNodes(t, 2, cfg)
+			for _, nd := range nodes {
+				mustSubscribe(t, nd.e, "kept")
+			}
+			nodes[1].c.settle(t, nodes[1].e, "kept")
+			// Kill the reading node's connections (or its listener, the
+			// target of its pump's REDIRECT): Redis forgets what they
+			// tracked.
+			killed := 0
+			for _, line := range strings.Split(srv.MustDo("CLIENT", "LIST"), "\n") {
+				if !strings.Contains(line, "name=chatgw-"+nodes[1].e.node) {
+					continue
+				}
+				id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+				if which == "the listener" {
+					_, rest, _ := strings.Cut(line, " redir=")
+					id, _, _ = strings.Cut(rest, " ")
+					if id == "-1" || id == "0" {
+						continue // not a pump's connection
+					}
+				}
+				srv.MustDo("CLIENT", "KILL", "ID", id)
+				killed++
+			}
+			if killed == 0 {
+				t.Fatalf("found no connection of the reading node to kill in CLIENT LIST")
+			}
+			var ids []ID
+			for i := range 3 {
+				ids = append(ids, mustPublishID(t, nodes[0].e, "kept", Message{Sender: 1, Payload: fmt.Appendf(nil, "after-%d", i)}))
+			}
+			got := nodes[1].c.waitFor(t, "kept", 4)
+			for i, m := range got[1:] {
+				if m.ID != ids[i] {
+					t.Fatalf("delivery %d after the kill has ID %v, want %v", i, m.ID, ids[i])
+				}
+			}
+		})
 	}
 }

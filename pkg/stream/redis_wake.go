@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -111,4 +113,14 @@ func (p *pump) poke() {
 	case p.kick <- struct{}{}:
 	default:
 	}
+}
+
+// trackingLost handles the end of the listener connection, with its
+// error (nil when rueidis gave none): the pump's tracking is void, so it
+// reconnects and reads every room again (fail).
+func (p *pump) trackingLost(err error) {
+	if err == nil {
+		err = errors.New("closed")
+	}
+	p.fail(fmt.Errorf("the connection that receives Redis's invalidations stopped: %w", err))
 }
