@@ -130,8 +130,8 @@ func TestRedisConfigDocsStateTheDefaults(t *testing.T) {
 		{"TTL", "help", fmt.Sprintf("min(TTL/%d, %s)", ttlRefreshDivisor, fmtDur(maxTTLRefresh))},
 		{"BatchWindow", "doc", fmt.Sprintf("at most %d times", maxWindowFactor)},
 		{"BatchWindow", "help", fmt.Sprintf("up to %dx", maxWindowFactor)},
-		{"PresenceInterval", "doc", fmt.Sprintf("within %d intervals", presenceLapse)},
-		{"PresenceInterval", "help", fmt.Sprintf("within %d intervals", presenceLapse)},
+		{"PresenceInterval", "doc", fmt.Sprintf("within %d intervals", presenceLapse+1)},
+		{"PresenceInterval", "help", fmt.Sprintf("within %d intervals", presenceLapse+1)},
 	} {
 		text := tags[tc.field].Get("help")
 		if tc.in == "doc" {

@@ -53,7 +53,7 @@ func (p *pump) connect(ctx context.Context) error {
 		}
 		first := len(cmds)
 		cmds = append(cmds, e.client.B().ClientId().Build(),
-			e.client.B().ClientTracking().On().Redirect(lid).Noloop().Build())
+			e.client.B().ClientTracking().On().Redirect(lid).Optin().Noloop().Build())
 		if p.sealID != 0 {
 			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
 		}
@@ -146,6 +146,10 @@ func (p *pump) fail(err error) {
 	}
 	p.disconnect()
 	p.verifyAll, p.epochDue = true, true
+	// Nothing is tracked on the next connection: its first read (every
+	// room, tracked) arms them all.
+	p.polling = false
+	clear(p.unarmed)
 	p.epoch++
 	p.hmu.Lock()
 	p.lastErr = err

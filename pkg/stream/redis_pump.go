@@ -65,6 +65,7 @@ type pump struct {
 	e      *Redis
 	shards []*redisShard
 	name   string // "shard <n>" or "shards 0-<n>", for logs
+	sigKey string // the signal stream it writes, and reads while polling
 
 	reqs chan *pubReq  // Publish → pump; buffered, PublishQueue
 	kick chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
@@ -79,6 +80,26 @@ type pump struct {
 	pending  []*pubReq // taken from reqs, not sent yet
 	sent     []*pubReq // in the current round trip
 	cmds     []rueidis.Completed
+	sigRooms map[string]struct{} // rooms named by this round trip's signal
+	sigNames []string
+	sigBuf   []byte // the signal's room list, space-separated
+	// owed are the rooms of signals that failed to be written: the next
+	// round trip's signal names them again (at most maxOwed; beyond that
+	// the next full read finds them, within REDIS_SWEEP). owedAt is when
+	// they go out with a round trip of their own if no publish carries
+	// them first; owedFailures counts the failed signal writes in a row.
+	owed          []string
+	owedAt        time.Time
+	owedFailures  int
+	sigFailLogged time.Time // when a failed signal write was last logged
+	// polling: the pump is under load and learns of other nodes' entries
+	// from the signal stream, read from sigLast in each round trip; its
+	// reads do not re-arm tracking, and unarmed lists the rooms they read,
+	// to re-arm when polling ends (redis_wake.go).
+	polling bool
+	sigLast ID
+	sigFull bool // the last signal read returned a full batch: read every room
+	unarmed map[*redisRoom]*redisShard
 	// scripts are the script calls of this round trip, one per room
 	// (redis_dedupe.go); scriptRooms maps their rooms to them: later
 	// messages to those rooms join the call.
@@ -127,6 +148,10 @@ type pump struct {
 }
 
 func newPump(e *Redis, shards []*redisShard) *pump {
+	sig := 0 // one signal stream for all shards on a single server
+	if e.cluster {
+		sig = shards[0].idx
+	}
 	name := "shard " + strconv.Itoa(shards[0].idx)
 	if len(shards) > 1 {
 		name = "shards " + strconv.Itoa(shards[0].idx) + "-" + strconv.Itoa(shards[len(shards)-1].idx)
@@ -137,6 +162,9 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		name:        name,
 		reqs:        make(chan *pubReq, e.cfg.PublishQueue),
 		kick:        make(chan struct{}, 1),
+		sigKey:      shardKey(e.cfg.Prefix, sig, "#signal"),
+		sigRooms:    make(map[string]struct{}),
+		unarmed:     make(map[*redisRoom]*redisShard),
 		scriptRooms: make(map[string]int),
 		armed:       make(map[string]struct{}),
 		expires:     make(map[string]time.Time),
@@ -167,7 +195,8 @@ func (p *pump) run(ctx context.Context) {
 		default:
 		}
 		now := time.Now()
-		if len(p.pending) == 0 && !p.readDue(now) && !p.pingDue(now) {
+		owedDue := len(p.owed) > 0 && !now.Before(p.owedAt)
+		if len(p.pending) == 0 && !owedDue && !p.readDue(now) && !p.pingDue(now) {
 			// Nothing to send now: wait for work.
 			if !p.idle(ctx, now) {
 				return
@@ -206,6 +235,9 @@ func (p *pump) idle(ctx context.Context, now time.Time) bool {
 	} else if full := p.lastFull.Add(p.e.cfg.Sweep); full.Before(at) {
 		at = full
 	}
+	if len(p.owed) > 0 && p.owedAt.Before(at) {
+		at = p.owedAt
+	}
 	t := time.NewTimer(at.Sub(now))
 	defer t.Stop()
 	select {
@@ -235,12 +267,12 @@ func (p *pump) take() {
 }
 
 // readDue reports whether the next round trip must read: rooms are dirty,
-// a full read is due, or the pump is recovering.
+// the pump polls the signals, a full read is due, or it is recovering.
 func (p *pump) readDue(now time.Time) bool {
 	if now.Before(p.readRetry) {
 		return false
 	}
-	if p.verifyAll || p.sweepDue(now) {
+	if p.polling || p.verifyAll || p.sweepDue(now) {
 		return true
 	}
 	for _, s := range p.shards {

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,10 +138,11 @@ func TestRedisIdlePumpReadsBackInOneRoundTrip(t *testing.T) {
 	}
 }
 
-// TestRedisWakesOnlyNodesHoldingTheRoom: a message wakes the nodes that
-// hold its room, once each, and no other node: Redis's cost per message
-// follows the nodes in the room, not the nodes in the system. Nodes with
-// no rooms, and nodes with other rooms, send Redis nothing for it.
+// TestRedisWakesOnlyNodesHoldingTheRoom: at chat rates a message wakes
+// the nodes that hold its room, once each, and no other node: Redis's cost
+// per message follows the nodes in the room, not the nodes in the system.
+// Nodes with no rooms, and nodes with other rooms, send Redis nothing for
+// it (idle pumps do not read the signal stream).
 func TestRedisWakesOnlyNodesHoldingTheRoom(t *testing.T) {
 	srv := redistest.Start(t)
 	cfg := testRedisConfig(t, srv.Addr())
@@ -158,8 +160,11 @@ func TestRedisWakesOnlyNodesHoldingTheRoom(t *testing.T) {
 	}
 	const n = 10
 	for i := range n {
+		// At chat rates (spaced by more than four batch windows, so that
+		// no pump starts polling the signal stream): one wake each.
+		time.Sleep(5 * DefaultRedisBatchWindow)
 		mustPublishID(t, nodes[0].e, "pair", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-		nodes[1].c.waitFor(t, "pair", i+2) // one at a time: one wake each
+		nodes[1].c.waitFor(t, "pair", i+2)
 	}
 	wakes := func(i int) int64 { return nodes[i].e.Stats().Wakes - before[i].Wakes }
 	if w := wakes(1); w < n || w > n+2 {
@@ -224,5 +229,70 @@ func TestRedisTrackingLostIsRecovered(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRedisPollsUnderLoadThenWakesAgain: under a burst the reading node
+// stops hearing of each message by invalidation and polls the signal
+// stream on the pacing grid (far fewer wakes than messages, nothing lost,
+// in order); once the burst is over it re-arms what it read while
+// polling, so that the next messages at chat rates wake it again, one
+// wake each, long before the sweep.
+func TestRedisPollsUnderLoadThenWakesAgain(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Sweep = time.Hour
+	nodes := startNodes(t, 2, cfg)
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, "burst")
+	}
+	nodes[1].c.settle(t, nodes[1].e, "burst")
+	before := nodes[1].e.Stats()
+	const burst = 2000
+	ids := make([]ID, 0, burst+5)
+	done := make(chan ID, burst)
+	for i := range burst {
+		nodes[0].e.Publish("burst", Message{Sender: 1, Payload: fmt.Appendf(nil, "b%d", i)}, func(_ any, id ID, err error) bool {
+			if err != nil {
+				t.Errorf("publish in the burst: %v", err)
+			}
+			done <- id
+			return false
+		}, nil)
+		if i%100 == 99 {
+			time.Sleep(DefaultRedisBatchWindow) // a steady stream, not one round trip
+		}
+	}
+	for range burst {
+		ids = append(ids, <-done)
+	}
+	nodes[1].c.waitFor(t, "burst", burst+1)
+	if w := nodes[1].e.Stats().Wakes - before.Wakes; w >= burst/4 {
+		t.Fatalf("the reading node woke %d times for a burst of %d: it should poll the signals under load", w, burst)
+	}
+	time.Sleep(10 * DefaultRedisBatchWindow) // the burst is over: polling ends
+	mid := nodes[1].e.Stats()
+	for i := range 5 {
+		time.Sleep(5 * DefaultRedisBatchWindow)
+		ids = append(ids, mustPublishID(t, nodes[0].e, "burst", Message{Sender: 1, Payload: fmt.Appendf(nil, "c%d", i)}))
+		nodes[1].c.waitFor(t, "burst", burst+2+i)
+	}
+	if w := nodes[1].e.Stats().Wakes - mid.Wakes; w != 5 {
+		t.Fatalf("after the burst, 5 messages at chat rates woke the reading node %d times; want 5 (its rooms re-armed)", w)
+	}
+	got := nodes[1].c.waitFor(t, "burst", burst+6)[1:]
+	slices.SortFunc(ids, func(a, b ID) int {
+		switch {
+		case a.Less(b):
+			return -1
+		case b.Less(a):
+			return 1
+		}
+		return 0
+	})
+	for i, m := range got {
+		if m.ID != ids[i] {
+			t.Fatalf("delivery %d has ID %v, want %v (lost, doubled or out of order)", i, m.ID, ids[i])
+		}
 	}
 }

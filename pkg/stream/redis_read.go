@@ -254,16 +254,29 @@ func (e *Redis) countTrimmed(r *redisRoom, in streamInfo) {
 
 // prepareRead appends the read of the round trip to p.cmds: the dirty
 // rooms (every room when a full read is due), in XREADs of at most
-// scanChunk keys. First it checks, with XINFO
+// scanChunk keys, and the signal stream while polling. Unless polling, each
+// XREAD follows a CLIENT CACHING YES, so that Redis tracks the rooms it
+// reads; a pump that starts polling first asks for the signal stream's
+// last ID, and one that stops reads (and so arms) the rooms it read while
+// polling (redis_wake.go). First it checks, with XINFO
 // STREAM, the rooms that may have lost entries (verify, a round trip of
 // its own); the rooms read from their start get their XINFO STREAM in the
 // pipeline too, right before the XREADs (applyStarts).
-func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
+func (p *pump) prepareRead(ctx context.Context, t *trip) error {
 	e := p.e
-	full := p.verifyAll || p.sweepDue(now)
+	now := t.now
+	full := p.verifyAll || p.sigFull || p.sweepDue(now)
+	if p.polling && !p.busy {
+		p.stopPolling()
+	}
+	t.sigInit = !p.polling && p.busy && !p.closing
+	t.tracked = !p.polling
 	p.keys, p.ids = p.keys[:0], p.ids[:0]
 	clear(p.starts)
 	p.starts = p.starts[:0]
+	if p.polling {
+		p.keys, p.ids = append(p.keys, p.sigKey), append(p.ids, p.sigLast.String())
+	}
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()
@@ -274,6 +287,9 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 			}
 			p.keys = append(p.keys, r.key)
 			p.ids = append(p.ids, r.cursor())
+			if p.polling {
+				p.unarmed[r] = s
+			}
 			if r.last.IsZero() {
 				p.starts = append(p.starts, startCheck{s, r, r.gen})
 			}
@@ -313,7 +329,10 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 		}
 	}
 	if full {
-		p.lastFull, p.verifyAll = now, false
+		p.lastFull, p.verifyAll, p.sigFull = now, false, false
+	}
+	if t.sigInit {
+		p.cmds = append(p.cmds, e.client.B().Xrevrange().Key(p.sigKey).End("+").Start("-").Count(1).Build())
 	}
 	for _, sc := range p.starts {
 		p.cmds = append(p.cmds, e.client.B().XinfoStream().Key(sc.r.key).Build())
@@ -321,6 +340,9 @@ func (p *pump) prepareRead(ctx context.Context, now time.Time) error {
 	count := int64(max(e.cfg.ReadCount, 1)) + 1 // the last entry read comes first again (redisRoom.cursor)
 	for start := 0; start < len(p.keys); start += scanChunk {
 		end := min(start+scanChunk, len(p.keys))
+		if t.tracked {
+			p.cmds = append(p.cmds, e.client.B().ClientCaching().Yes().Build())
+		}
 		p.cmds = append(p.cmds, e.client.B().Xread().Count(count).Streams().Key(p.keys[start:end]...).Id(p.ids[start:end]...).Build())
 	}
 	return nil
@@ -356,11 +378,15 @@ func (e *Redis) applyStarts(starts []startCheck, res []rueidis.RedisResult) erro
 	return nil
 }
 
-// deliver decodes the replies of the read and calls the Handler.
-// It returns how many entries the read found.
-func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found int, err error) {
+// deliver decodes the replies of the read and calls the Handler. With
+// tracked, every other reply is a CLIENT CACHING YES's OK. It returns how
+// many entries (and other nodes' signals) the read found.
+func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult, tracked bool) (found int, err error) {
 	e := p.e
-	for _, rr := range res {
+	for i, rr := range res {
+		if tracked && i%2 == 0 {
+			continue
+		}
 		reply, err := rr.ToMessage()
 		if err != nil {
 			if rueidis.IsRedisNil(err) {
@@ -369,6 +395,10 @@ func (p *pump) deliver(ctx context.Context, res []rueidis.RedisResult) (found in
 			return 0, fmt.Errorf("XREAD: %w", err)
 		}
 		err = forEachStream(reply, func(key string, v rueidis.RedisMessage) {
+			if key == p.sigKey {
+				found += p.collectSignals(v)
+				return
+			}
 			s := p.shardOfKey(key)
 			if s == nil {
 				return

@@ -18,9 +18,16 @@ import (
 // applying their answers: where each part starts in p.cmds. It lives on
 // the stack of roundTrip.
 type trip struct {
-	now         time.Time
-	epochCmd    int  // first SET NX of the epoch keys; -1: none
-	readCmd     int  // first command of the read (when read)
+	now      time.Time
+	epochCmd int // first SET NX of the epoch keys; -1: none
+	sigCmd   int // the signal's XADD; -1: none
+	readCmd  int // first command of the read (when read)
+	// sigInit: the read starts with the XREVRANGE that gives the signal
+	// stream's last ID, where polling starts (redis_wake.go).
+	sigInit bool
+	// tracked: each XREAD of the read follows a CLIENT CACHING YES, so
+	// that Redis tracks what it reads (the pump is not polling).
+	tracked     bool
 	read        bool // the round trip reads
 	readRefused bool // Redis refused what the read needs first
 	evalText    bool // its script calls carry the script's text (EVAL)
@@ -31,18 +38,20 @@ type trip struct {
 // read. A nil error means every command got an answer from Redis.
 //
 // Its steps, in order: buildPublishes (the epoch keys, the messages and
-// their TTLs, the XLENs that keep unread rooms tracked), buildRead, send,
-// then applyPublishes and applyRead on the answers. With nothing to send
+// their TTLs, the read that keeps unread rooms tracked), buildSignal,
+// buildRead, send, then applyPublishes, applySignal and applyRead on the
+// answers. With nothing to send
 // it sends a PING when one is due (pingDue).
 func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	if err := p.connect(ctx); err != nil {
 		p.refuse(fmt.Errorf("%w: %w", ErrUnavailable, err))
 		return err
 	}
-	t := trip{now: time.Now(), read: read, epochCmd: -1}
+	t := trip{now: time.Now(), read: read, epochCmd: -1, sigCmd: -1}
 	p.lastTick = t.now // the pacing grid counts every round trip, reading or not
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	p.buildPublishes(&t)
+	p.buildSignal(&t)
 	if err := p.buildRead(ctx, &t); err != nil {
 		p.flushSent(err)
 		return err
@@ -59,6 +68,11 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.epochDue = false
 	}
 	published, failed := p.applyPublishes(res, broken, t.evalText)
+	if t.sigCmd >= 0 {
+		if err := p.applySignal(res[t.sigCmd]); err != nil && failed == nil {
+			failed = err
+		}
+	}
 	if failed == nil && broken {
 		failed = firstBroken(res)
 	}
@@ -83,6 +97,13 @@ func (p *pump) buildPublishes(t *trip) {
 		p.cmds = append(p.cmds, p.epochCmds()...)
 	}
 	clear(p.scriptRooms)
+	clear(p.sigRooms)
+	p.sigNames = p.sigNames[:0]
+	for _, name := range p.owed {
+		p.signal(name)
+	}
+	clear(p.owed)
+	p.owed = p.owed[:0]
 	clear(p.arms)
 	clear(p.armed)
 	p.arms = p.arms[:0]
@@ -94,13 +115,17 @@ func (p *pump) buildPublishes(t *trip) {
 		}
 		p.buildPublish(r, t.now)
 		p.sent = append(p.sent, r)
+		p.signal(r.room)
 		// Read the room in this round trip too when it has members here
 		// besides the sender: the XREAD runs after the XADD on the same
 		// connection, and also re-arms the tracking of its key, which the
 		// write disarmed (redis_wake.go). A room not read back is armed
-		// by an XREAD from "$" instead, which reads nothing.
+		// by an XREAD from "$" instead, which reads nothing; while polling
+		// it is noted to be armed when polling ends.
 		switch {
 		case p.closing:
+		case r.alone && p.polling:
+			p.notArmed(r)
 		case r.alone:
 			if _, ok := p.armed[r.key()]; !ok {
 				key := strings.Clone(r.key()) // r.key() points into a buffer that is reused
@@ -119,7 +144,8 @@ func (p *pump) buildPublishes(t *trip) {
 		for len(p.dollars) < len(p.arms) {
 			p.dollars = append(p.dollars, "$")
 		}
-		p.cmds = append(p.cmds, e.client.B().Xread().Count(1).Streams().Key(p.arms...).Id(p.dollars[:len(p.arms)]...).Build())
+		p.cmds = append(p.cmds, e.client.B().ClientCaching().Yes().Build(),
+			e.client.B().Xread().Count(1).Streams().Key(p.arms...).Id(p.dollars[:len(p.arms)]...).Build())
 	}
 }
 
@@ -168,7 +194,7 @@ func (p *pump) buildRead(ctx context.Context, t *trip) error {
 	if !t.read {
 		return nil
 	}
-	switch err := p.prepareRead(ctx, t.now); {
+	switch err := p.prepareRead(ctx, t); {
 	case err == nil:
 	case isRedisErr(err):
 		p.cmds = p.cmds[:t.readCmd]
@@ -286,9 +312,13 @@ func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool) 
 func (p *pump) applyRead(ctx context.Context, t *trip, res []rueidis.RedisResult, published int) error {
 	found := 0
 	if t.read {
+		if t.sigInit {
+			p.startPolling(res[0])
+			res = res[1:]
+		}
 		err := p.e.applyStarts(p.starts, res)
 		if err == nil {
-			found, err = p.deliver(ctx, res[len(p.starts):])
+			found, err = p.deliver(ctx, res[len(p.starts):], t.tracked)
 		}
 		if err != nil {
 			if isRedisErr(err) && !wrongNode(err) {

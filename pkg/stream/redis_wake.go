@@ -124,3 +124,49 @@ func (p *pump) trackingLost(err error) {
 	}
 	p.fail(fmt.Errorf("the connection that receives Redis's invalidations stopped: %w", err))
 }
+
+// startPolling starts polling the signal stream after the ID that rr, the
+// answer to XREVRANGE <sigKey> + - COUNT 1, gives (none: from the start).
+// The round trip that asked read its rooms tracked, so whatever was
+// written before that ID was read or will wake the pump, and what comes
+// after it is in the signals.
+func (p *pump) startPolling(rr rueidis.RedisResult) {
+	entries, err := rr.ToArray()
+	if err != nil {
+		return // stays idle-style: every read tracked
+	}
+	p.sigLast = ID{}
+	if len(entries) > 0 {
+		if id, ok := entryID(&entries[0]); ok {
+			p.sigLast = id
+		}
+	}
+	p.polling, p.sigFull = true, false
+}
+
+// stopPolling ends polling: the rooms read while polling, whose tracking
+// those reads did not re-arm, are marked to be read (tracked) in this
+// round trip.
+func (p *pump) stopPolling() {
+	p.polling = false
+	for r, s := range p.unarmed {
+		s.mu.Lock()
+		if s.rooms[r.key] == r && !r.stuck {
+			s.markDirty(r)
+		}
+		s.mu.Unlock()
+	}
+	clear(p.unarmed)
+}
+
+// notArmed notes that r's room was written and not read back while
+// polling: its tracking is re-armed when polling ends.
+func (p *pump) notArmed(r *pubReq) {
+	s := r.shard
+	s.mu.Lock()
+	rm := s.rooms[r.key()]
+	s.mu.Unlock()
+	if rm != nil {
+		p.unarmed[rm] = s
+	}
+}
