@@ -48,7 +48,9 @@ func nextTick(last time.Time, w time.Duration) time.Time {
 // something. Two within a few windows mean load: the pump paces its
 // round trips. A lone message leaves it idle.
 func (p *pump) activity(t time.Time) {
-	w := p.e.cfg.BatchWindow
+	// The window in force: with many nodes it is several BatchWindows,
+	// and a busy pump's round trips are that far apart.
+	w := p.window()
 	p.busy = w > 0 && t.Sub(p.lastActive) < 4*w
 	p.lastActive = t
 }

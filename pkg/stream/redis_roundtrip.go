@@ -344,7 +344,7 @@ func (p *pump) applyRead(ctx context.Context, t *trip, res []rueidis.RedisResult
 		// A read that found nothing ends the pacing only once activity
 		// stopped: under load a wake often names an entry that the read
 		// already in flight brought (Redis sent it before that read ran).
-		p.busy = p.busy && t.now.Sub(p.lastActive) < 4*p.e.cfg.BatchWindow
+		p.busy = p.busy && t.now.Sub(p.lastActive) < 4*p.window()
 	}
 	return nil
 }

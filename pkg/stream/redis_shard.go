@@ -100,11 +100,6 @@ type redisRoom struct {
 // noticedAt reports whether a loss after cursor was announced already.
 func (r *redisRoom) noticedAt(cursor ID) bool { return r.noticedSet && r.noticed == cursor }
 
-// fresh reports whether r was subscribed to a stream that did not exist
-// and nothing of it was read yet: its cursor is 0-0, before which no
-// entry can be held, so a trim past the first entries can only show in
-// the counts (verify), which its reads check first.
-func (r *redisRoom) fresh() bool { return r.last.IsZero() && r.seqKnown && r.seq == 0 }
 
 // idRange is the range of IDs (from, to].
 type idRange struct{ from, to ID }

@@ -9,25 +9,40 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// This file holds how a pump learns that other nodes wrote to its rooms:
-// Redis tells it. Every connection of the engine runs CLIENT TRACKING ON
-// NOLOOP, so a key the connection read (XREAD, XINFO) is remembered by
-// Redis, and the first later write to it by another connection sends one
-// invalidation message naming the key (redis.io/docs: client-side
-// caching, default mode). The pump's own writes send none (NOLOOP).
+// This file holds how a pump learns that other nodes wrote to its rooms.
+// Two ways, by load:
 //
-// A message therefore reaches exactly the nodes that read its room since
-// the room's last write: a node wakes only for rooms it holds, an idle
-// node costs Redis nothing, and there is no signal stream, no blocking
-// read and no per-node wake key.
+//   - Idle (chat rates): Redis tells it. The pump's connection runs CLIENT
+//     TRACKING ON REDIRECT <listener> OPTIN NOLOOP, and each of its reads
+//     follows a CLIENT CACHING YES, so Redis remembers the rooms it read,
+//     and the first later write to one by another connection sends one
+//     invalidation naming it to the pump's listener connection
+//     (redis.io/docs: client-side caching). A message so wakes exactly the
+//     nodes that hold its room, once each, an idle node reads nothing, and
+//     the pump's own writes wake nobody (NOLOOP).
+//   - Busy (its round trips keep finding work, so they run on the pacing
+//     grid anyway): it polls. Every publishing round trip of every node
+//     appends one entry naming its rooms to the signal stream
+//     (redis_signal.go); a busy pump reads the entries after its cursor in
+//     each round trip, and its reads are not tracked, so that it is not
+//     sent one invalidation per message: at 12 nodes those cost Redis 40 %
+//     more per message than the polling (BENCHMARKS.md section 13).
 //
-// Tracking is armed by reads and disarmed by writes, whoever wrote: a
-// pump that writes to a room it holds must read the room again in the same
-// pipeline, after the write, or it would not hear of the next one
-// (buildPublishes reads it back, or arms it with an XREAD from "$",
-// which reads nothing, when the sender is alone on this node). A connection that closes has lost what it
-// tracked: rueidis then reports a nil invalidation, and every room is read
-// again. REDIS_SWEEP reads every room now and then all the same.
+// Switching. A pump that turns busy asks for the signal stream's last ID
+// in a round trip whose reads are still tracked: what was written before
+// is read or wakes it, what comes after is in the signals. One that turns
+// idle reads (tracked) every room it read while polling, from its
+// cursors: their tracking, which those reads did not re-arm, is armed
+// again, and what came meanwhile is read.
+//
+// Tracking is armed by reads and disarmed by writes, whoever wrote: an
+// idle pump that writes to a room it holds reads it again in the same
+// pipeline, after the write (buildPublishes reads it back, or arms it with
+// an XREAD from "$", which reads nothing, when the sender is alone on this
+// node). A listener connection that closes takes the tracking with it:
+// rueidis closes the channel that connect kept, and the pump reconnects
+// and reads every room again. REDIS_SWEEP reads every room now and then
+// all the same.
 
 // onInvalidations handles the invalidation messages of any connection of
 // the engine (rueidis calls it on the connection's reader goroutine: it
