@@ -57,12 +57,19 @@ for rate in $RATES; do
 	start_redis
 	urls=() gw=()
 	for n in $(seq "$NODES"); do
-		port=$(free_port)
-		env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS="$rport" PORT="$port" \
-			LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
-		pids+=($!)
-		gw+=($!)
-		wait_ready "$port"
+		# A free port can be taken by another process before the gateway
+		# binds it (many nodes, many load connections): try another.
+		for try in 1 2 3; do
+			port=$(free_port)
+			env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS="$rport" PORT="$port" \
+				LISTEN_HOST=127.0.0.1 LOG_LEVEL=warn $GW_ENV "$GATEWAY" >"$OUT/gateway$n-$rate.log" 2>&1 &
+			pid=$!
+			if wait_ready "$port" 2>/dev/null; then break; fi
+			kill "$pid" 2>/dev/null || true
+			[ "$try" -lt 3 ] || { echo "redisbench: gateway $n did not become ready (see $OUT/gateway$n-$rate.log)" >&2; exit 1; }
+		done
+		pids+=("$pid")
+		gw+=("$pid")
 		urls+=("ws://127.0.0.1:$port")
 	done
 	"$LOADGEN" -url "$(IFS=,; echo "${urls[*]}")" -conns $((MEMBERS * ROOMS)) -rooms "$ROOMS" -senders "$SENDERS" -rate "$rate" \
