@@ -117,7 +117,9 @@ cpu1=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s
 redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/commandstats.txt" || true
 
 "$BIN/loadgen" -mode merge -report "$OUT/report.html" "$OUT"/loadgen*.json | tee "$OUT/summary.txt" || status=1
-sent=$("$BIN/loadgen" -mode merge -json "$OUT"/loadgen*.json 2>/dev/null | awk -F'[:,]' '/"sent"/ { print $2; exit }' | tr -d ' ')
+# (awk reads to the end: exiting at the first match would fail the
+# pipeline when loadgen is still writing.)
+sent=$("$BIN/loadgen" -mode merge -json "$OUT"/loadgen*.json 2>/dev/null | awk -F'[:,]' '/"sent"/ && !n { n = $2 } END { print n }' | tr -d ' ')
 redis_rss=$(awk '/VmRSS/ { print $2 }' "/proc/$redis_pid/status" 2>/dev/null || echo 0)
 {
 	echo "redis      CPU $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')s during the run, $(awk -v a="$cpu0" -v b="$cpu1" -v n="${sent:-0}" 'BEGIN { if (n > 0) printf "%.2f", (b - a) * 1e6 / n; else print "-" }') µs per published message, RSS $((redis_rss / 1024)) MiB"

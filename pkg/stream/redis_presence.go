@@ -71,6 +71,10 @@ type presence struct {
 	mu     sync.Mutex
 	counts map[string]int      // room → members here, non-zero only
 	dirty  map[string]struct{} // rooms whose count changed since the last write
+	// written are the rooms whose hash this node wrote a count to (and
+	// set its TTL) since its last full write: a new count there is an
+	// HSET alone, the TTL being refreshed by the next full write.
+	written map[string]struct{}
 	// full asks the next write for every count: Redis may have lost them,
 	// or their hashes' TTL is due for a refresh (every refresh).
 	full     bool
@@ -104,6 +108,7 @@ func newPresence(cfg RedisConfig, node string) *presence {
 		refresh:   min(cfg.TTL/ttlRefreshDivisor, maxTTLRefresh),
 		counts:    make(map[string]int),
 		dirty:     make(map[string]struct{}),
+		written:   make(map[string]struct{}),
 		stale:     make(map[string][]string),
 		full:      true,
 	}
@@ -272,6 +277,7 @@ func (e *Redis) notePeers(res []rueidis.RedisResult, peersAt int, checked []stri
 // presenceChanges is what one presence write sends.
 type presenceChanges struct {
 	set     []string            // room, count pairs to write
+	ttl     []bool              // per pair of set: the hash's TTL is set too
 	del     []string            // rooms to delete: no members left
 	dirty   map[string]struct{} // the changes taken, to put back if the write fails
 	stale   map[string][]string // dead nodes' fields to delete
@@ -288,19 +294,32 @@ func (p *presence) takeChanges() presenceChanges {
 		p.full = true // the rooms' hashes need their TTL refreshed
 	}
 	ch := presenceChanges{dirty: p.dirty, stale: p.stale, full: p.full, checked: p.peers.Load().listed}
-	for room := range p.dirty {
-		if n, ok := p.counts[room]; ok {
-			ch.set = append(ch.set, room, strconv.Itoa(n))
-		} else {
-			ch.del = append(ch.del, room)
-		}
-	}
 	if ch.full {
-		ch.set = ch.set[:0]
+		clear(p.written)
 		for room, n := range p.counts {
 			ch.set = append(ch.set, room, strconv.Itoa(n))
+			ch.ttl = append(ch.ttl, true)
+			p.written[room] = struct{}{}
+		}
+		for room := range p.dirty {
+			if _, ok := p.counts[room]; !ok {
+				ch.del = append(ch.del, room)
+			}
 		}
 		p.lastFull = time.Now()
+	} else {
+		for room := range p.dirty {
+			n, ok := p.counts[room]
+			if !ok {
+				ch.del = append(ch.del, room)
+				delete(p.written, room)
+				continue
+			}
+			_, had := p.written[room]
+			ch.set = append(ch.set, room, strconv.Itoa(n))
+			ch.ttl = append(ch.ttl, !had)
+			p.written[room] = struct{}{}
+		}
 	}
 	p.dirty, p.stale, p.full = make(map[string]struct{}), make(map[string][]string), false
 	return ch
@@ -314,6 +333,10 @@ func (p *presence) putBack(ch presenceChanges) {
 		p.dirty[room] = struct{}{}
 	}
 	p.full = p.full || ch.full
+	if len(ch.set) > 0 {
+		// The TTLs of this write may not be set: write everything again.
+		p.full = true
+	}
 }
 
 // presenceCmds are the commands of one presence write, and where the
@@ -337,8 +360,10 @@ func (e *Redis) presenceCmds(ch presenceChanges) (cmds rueidis.Commands, peersAt
 	ttl := e.ttlMs
 	for i := 0; i < len(ch.set); i += 2 {
 		key := e.membersKey(ch.set[i])
-		cmds = append(cmds, c.B().Hset().Key(key).FieldValue().FieldValue(e.node, ch.set[i+1]).Build(),
-			c.B().Arbitrary("PEXPIRE").Keys(key).Args(ttl).Build())
+		cmds = append(cmds, c.B().Hset().Key(key).FieldValue().FieldValue(e.node, ch.set[i+1]).Build())
+		if ch.ttl[i/2] {
+			cmds = append(cmds, c.B().Arbitrary("PEXPIRE").Keys(key).Args(ttl).Build())
+		}
 	}
 	for _, room := range ch.del {
 		cmds = append(cmds, c.B().Hdel().Key(e.membersKey(room)).Field(e.node).Build())

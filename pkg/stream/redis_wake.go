@@ -25,8 +25,9 @@ import (
 //     appends one entry naming its rooms to the signal stream
 //     (redis_signal.go); a busy pump reads the entries after its cursor in
 //     each round trip, and its reads are not tracked, so that it is not
-//     sent one invalidation per message: at 12 nodes those cost Redis 40 %
-//     more per message than the polling (BENCHMARKS.md section 13).
+//     sent one invalidation per message and node: at 12 busy nodes those
+//     cost Redis a third more per message than the polling
+//     (BENCHMARKS.md section 13).
 //
 // Switching. A pump that turns busy asks for the signal stream's last ID
 // in a round trip whose reads are still tracked: what was written before
