@@ -100,7 +100,6 @@ type redisRoom struct {
 // noticedAt reports whether a loss after cursor was announced already.
 func (r *redisRoom) noticedAt(cursor ID) bool { return r.noticedSet && r.noticed == cursor }
 
-
 // idRange is the range of IDs (from, to].
 type idRange struct{ from, to ID }
 
