@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -394,5 +395,75 @@ func TestRedisCorruptReplies(t *testing.T) {
 	want := []string{"before", unconfirmed, "during", "after"}
 	if strings.Join(payloads, ",") != strings.Join(want, ",") {
 		t.Fatalf("delivered %q, want %q (the stream's order, once each)", payloads, want)
+	}
+}
+
+// TestRedisSignalStreamBroken: something else wrote a string at the
+// signal stream's key, so every signal write fails and a polling pump's
+// read of the signals is refused. Messages are still stored and
+// acknowledged, and delivered at once and in order, at chat rates and in
+// a burst during which the key breaks: idle pumps are told by Redis
+// (tracking), a pump does not start polling a stream it cannot read, and
+// one whose polling read is refused goes back to tracked reads.
+func TestRedisSignalStreamBroken(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := testRedisConfig(t, srv.Addr())
+	cfg.Sweep = time.Hour // the sweep cannot be what delivers them
+	nodes := startNodes(t, 2, cfg)
+	for _, nd := range nodes {
+		mustSubscribe(t, nd.e, "sig")
+	}
+	nodes[1].c.settle(t, nodes[1].e, "sig")
+	sigKey := nodes[0].e.pumps[0].sigKey
+	srv.MustDo("DEL", sigKey)
+	srv.MustDo("SET", sigKey, "not a stream")
+	var ids []ID
+	for i := range 3 {
+		time.Sleep(5 * DefaultRedisBatchWindow) // chat rates
+		id, err := PublishWait(context.Background(), nodes[0].e, "sig", Message{Sender: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+		if err != nil {
+			t.Fatalf("Publish %d with a broken signal key: %v (the message itself is stored)", i, err)
+		}
+		ids = append(ids, id)
+		nodes[1].c.waitFor(t, "sig", i+2)
+	}
+	// A burst that makes node 1 poll, with the key mended first and
+	// broken again halfway, while node 1 polls.
+	srv.MustDo("DEL", sigKey)
+	const burst = 2000
+	done := make(chan ID, burst)
+	for i := range burst {
+		if i == burst/2 {
+			srv.MustDo("DEL", sigKey)
+			srv.MustDo("SET", sigKey, "not a stream")
+		}
+		nodes[0].e.Publish("sig", Message{Sender: 1, Payload: fmt.Appendf(nil, "b%d", i)}, func(_ any, id ID, err error) bool {
+			if err != nil {
+				t.Errorf("publish in the burst: %v", err)
+			}
+			done <- id
+			return false
+		}, nil)
+		if i%100 == 99 {
+			time.Sleep(DefaultRedisBatchWindow) // a steady stream, not one round trip
+		}
+	}
+	for range burst {
+		ids = append(ids, <-done)
+	}
+	slices.SortFunc(ids[3:], func(a, b ID) int {
+		switch {
+		case a.Less(b):
+			return -1
+		case b.Less(a):
+			return 1
+		}
+		return 0
+	})
+	got := nodes[1].c.waitFor(t, "sig", 1+3+burst)[1:]
+	for i, m := range got {
+		if m.ID != ids[i] {
+			t.Fatalf("delivery %d has ID %v, want %v", i, m.ID, ids[i])
+		}
 	}
 }

@@ -229,8 +229,13 @@ func (p *pump) readRefused(err error) {
 	p.e.stats.readsRefused.Add(1)
 	p.readFailures++
 	// The rooms this read would have re-armed may miss their next wake:
-	// read them all once reads work again.
+	// read them all once reads work again. A polling pump goes back to
+	// tracked reads, which do not need the signal stream (it may be what
+	// Redis refuses).
 	p.verifyAll = true
+	if p.polling {
+		p.stopPolling()
+	}
 	d := p.e.retryPolicy().Wait(p.readFailures)
 	p.readRetry = time.Now().Add(d)
 	p.hmu.Lock()

@@ -153,6 +153,7 @@ func TestRedisWakesOnlyNodesHoldingTheRoom(t *testing.T) {
 	mustSubscribe(t, nodes[2].e, "other")
 	// nodes[3] holds nothing.
 	nodes[1].c.settle(t, nodes[1].e, "pair")
+	nodes[0].c.waitFor(t, "pair", 1) // node 1's marker woke node 0: before the count starts
 	nodes[2].c.settle(t, nodes[2].e, "other")
 	var before [4]Stats
 	for i, nd := range nodes {
