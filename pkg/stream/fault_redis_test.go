@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -431,35 +430,12 @@ func TestRedisSignalStreamBroken(t *testing.T) {
 	// broken again halfway, while node 1 polls.
 	srv.MustDo("DEL", sigKey)
 	const burst = 2000
-	done := make(chan ID, burst)
-	for i := range burst {
+	ids = append(ids, publishBurst(t, nodes[0].e, "sig", burst, func(i int) {
 		if i == burst/2 {
 			srv.MustDo("DEL", sigKey)
 			srv.MustDo("SET", sigKey, "not a stream")
 		}
-		nodes[0].e.Publish("sig", Message{Sender: 1, Payload: fmt.Appendf(nil, "b%d", i)}, func(_ any, id ID, err error) bool {
-			if err != nil {
-				t.Errorf("publish in the burst: %v", err)
-			}
-			done <- id
-			return false
-		}, nil)
-		if i%100 == 99 {
-			time.Sleep(DefaultRedisBatchWindow) // a steady stream, not one round trip
-		}
-	}
-	for range burst {
-		ids = append(ids, <-done)
-	}
-	slices.SortFunc(ids[3:], func(a, b ID) int {
-		switch {
-		case a.Less(b):
-			return -1
-		case b.Less(a):
-			return 1
-		}
-		return 0
-	})
+	})...)
 	got := nodes[1].c.waitFor(t, "sig", 1+3+burst)[1:]
 	for i, m := range got {
 		if m.ID != ids[i] {

@@ -250,23 +250,7 @@ func TestRedisPollsUnderLoadThenWakesAgain(t *testing.T) {
 	nodes[1].c.settle(t, nodes[1].e, "burst")
 	before := nodes[1].e.Stats()
 	const burst = 2000
-	ids := make([]ID, 0, burst+5)
-	done := make(chan ID, burst)
-	for i := range burst {
-		nodes[0].e.Publish("burst", Message{Sender: 1, Payload: fmt.Appendf(nil, "b%d", i)}, func(_ any, id ID, err error) bool {
-			if err != nil {
-				t.Errorf("publish in the burst: %v", err)
-			}
-			done <- id
-			return false
-		}, nil)
-		if i%100 == 99 {
-			time.Sleep(DefaultRedisBatchWindow) // a steady stream, not one round trip
-		}
-	}
-	for range burst {
-		ids = append(ids, <-done)
-	}
+	ids := publishBurst(t, nodes[0].e, "burst", burst, nil)
 	nodes[1].c.waitFor(t, "burst", burst+1)
 	if w := nodes[1].e.Stats().Wakes - before.Wakes; w >= burst/4 {
 		t.Fatalf("the reading node woke %d times for a burst of %d: it should poll the signals under load", w, burst)
@@ -282,6 +266,39 @@ func TestRedisPollsUnderLoadThenWakesAgain(t *testing.T) {
 		t.Fatalf("after the burst, 5 messages at chat rates woke the reading node %d times; want 5 (its rooms re-armed)", w)
 	}
 	got := nodes[1].c.waitFor(t, "burst", burst+6)[1:]
+	for i, m := range got {
+		if m.ID != ids[i] {
+			t.Fatalf("delivery %d has ID %v, want %v (lost, doubled or out of order)", i, m.ID, ids[i])
+		}
+	}
+}
+
+// publishBurst publishes n messages to room from e as a steady stream
+// (a pause of one batch window every 100, so that they spread over many
+// round trips), calling during(i) before message i when during is not
+// nil, and returns their IDs in stream order once all are acknowledged.
+func publishBurst(t *testing.T, e Engine, room string, n int, during func(i int)) []ID {
+	t.Helper()
+	done := make(chan ID, n)
+	for i := range n {
+		if during != nil {
+			during(i)
+		}
+		e.Publish(room, Message{Sender: 1, Payload: fmt.Appendf(nil, "b%d", i)}, func(_ any, id ID, err error) bool {
+			if err != nil {
+				t.Errorf("publish in the burst: %v", err)
+			}
+			done <- id
+			return false
+		}, nil)
+		if i%100 == 99 {
+			time.Sleep(DefaultRedisBatchWindow)
+		}
+	}
+	ids := make([]ID, 0, n)
+	for range n {
+		ids = append(ids, <-done)
+	}
 	slices.SortFunc(ids, func(a, b ID) int {
 		switch {
 		case a.Less(b):
@@ -291,9 +308,5 @@ func TestRedisPollsUnderLoadThenWakesAgain(t *testing.T) {
 		}
 		return 0
 	})
-	for i, m := range got {
-		if m.ID != ids[i] {
-			t.Fatalf("delivery %d has ID %v, want %v (lost, doubled or out of order)", i, m.ID, ids[i])
-		}
-	}
+	return ids
 }
