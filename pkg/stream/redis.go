@@ -398,11 +398,12 @@ func (e *Redis) info(ctx context.Context, key string) (streamInfo, error) {
 }
 
 // Subscribe starts delivery of room's messages and returns the room's
-// last ID. It reads that ID, so every message published after it returns
-// is delivered, and makes the room's pump read it at once. When Redis
-// cannot be reached the error wraps ErrUnavailable and the room is not
-// subscribed; while a pump is failing it says so at once, without a
-// round trip.
+// last ID. The room's pump reads that ID (XINFO STREAM) in its next round
+// trip, shared with the other joins and the publishes of the moment
+// (redis_join.go), so every message published after Subscribe returns is
+// delivered. When Redis cannot be reached the error wraps ErrUnavailable
+// and the room is not subscribed; while a pump is failing it says so at
+// once, without a round trip.
 func (e *Redis) Subscribe(room string) (ID, error) {
 	if e.closed.Load() {
 		return ID{}, ErrClosed
@@ -413,45 +414,7 @@ func (e *Redis) Subscribe(room string) (ID, error) {
 		// caller wait for a timeout.
 		return ID{}, fmt.Errorf("stream: subscribe to room %q: %w: %d of %d pumps cannot reach Redis", room, ErrUnavailable, n, len(e.pumps))
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
-	defer cancel()
-	in, err := e.info(ctx, key)
-	if err != nil {
-		return ID{}, e.opError("subscribe to", room, err)
-	}
-	last := in.lastGen
-	s.mu.Lock()
-	if e.closed.Load() {
-		s.mu.Unlock()
-		return ID{}, ErrClosed
-	}
-	switch r := s.rooms[key]; {
-	case r == nil:
-		r = &redisRoom{name: room, key: key, last: last, accounted: last, subscribed: true,
-			seq: in.added, seqKnown: in.hasAdded || in.missing}
-		s.rooms[key] = r
-		// Read it once from last: a message published between XINFO and
-		// now may have been reported before the room was listed.
-		s.markDirty(r)
-	case r.subscribed:
-		// Subscribed already (a concurrent Subscribe won).
-		s.mu.Unlock()
-		return last, nil
-	default:
-		// Unsubscribed, but the reader has not reached its stop yet: keep
-		// the cursor, skip what was published in between. Entries up to
-		// stop are still delivered: the caller drops them (up to last).
-		r.subscribed = true
-		r.gen++
-		if r.stop.Less(last) {
-			r.skips = append(r.skips, idRange{r.stop, last})
-		}
-		s.markDirty(r)
-	}
-	s.mu.Unlock()
-	s.pump.poke()
-	return last, nil
+	return e.join(s, room, key)
 }
 
 // Unsubscribe stops delivery of room's messages. Messages published

@@ -67,18 +67,21 @@ type pump struct {
 	name   string // "shard <n>" or "shards 0-<n>", for logs
 	sigKey string // the signal stream it writes, and reads while polling
 
-	reqs chan *pubReq  // Publish → pump; buffered, PublishQueue
-	kick chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
-	conn doer          // nil until connected
+	reqs  chan *pubReq  // Publish → pump; buffered, PublishQueue
+	joins chan *joinReq // Subscribe → pump; buffered, PublishQueue
+	kick  chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
+	conn  doer          // nil until connected
 	// lost is closed (after at most one error) when the listener that
 	// receives the invalidations of conn's keys stops: conn's tracking is
 	// then void, and the pump reconnects.
 	lost     <-chan error
-	release  func()    // gives a dedicated connection back
-	clientID int64     // CLIENT ID of the dedicated connection
-	sealID   int64     // connection to kill before sending again; 0: none
-	pending  []*pubReq // taken from reqs, not sent yet
-	sent     []*pubReq // in the current round trip
+	release  func()     // gives a dedicated connection back
+	clientID int64      // CLIENT ID of the dedicated connection
+	sealID   int64      // connection to kill before sending again; 0: none
+	pending  []*pubReq  // taken from reqs, not sent yet
+	joining  []*joinReq // taken from joins, not sent yet
+	joined   []*joinReq // sent in the current round trip
+	sent     []*pubReq  // in the current round trip
 	cmds     []rueidis.Completed
 	sigRooms map[string]struct{} // rooms named by this round trip's signal
 	sigNames []string
@@ -161,6 +164,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		shards:      shards,
 		name:        name,
 		reqs:        make(chan *pubReq, e.cfg.PublishQueue),
+		joins:       make(chan *joinReq, e.cfg.PublishQueue),
 		kick:        make(chan struct{}, 1),
 		sigKey:      shardKey(e.cfg.Prefix, sig, "#signal"),
 		sigRooms:    make(map[string]struct{}),
@@ -196,7 +200,7 @@ func (p *pump) run(ctx context.Context) {
 		}
 		now := time.Now()
 		owedDue := len(p.owed) > 0 && !now.Before(p.owedAt)
-		if len(p.pending) == 0 && !owedDue && !p.readDue(now) && !p.pingDue(now) {
+		if len(p.pending) == 0 && len(p.joining) == 0 && len(p.joins) == 0 && !owedDue && !p.readDue(now) && !p.pingDue(now) {
 			// Nothing to send now: wait for work.
 			if !p.idle(ctx, now) {
 				return
@@ -243,6 +247,8 @@ func (p *pump) idle(ctx context.Context, now time.Time) bool {
 	select {
 	case r := <-p.reqs:
 		p.pending = append(p.pending, r)
+	case j := <-p.joins:
+		p.joining = append(p.joining, j)
 	case <-p.kick:
 	case <-t.C:
 	case err := <-p.lost:
@@ -299,6 +305,7 @@ func (p *pump) sweepDue(now time.Time) bool { return now.Sub(p.lastFull) >= p.e.
 // without reading, and answers the rest when Redis does not take it.
 func (p *pump) flushQueue(ctx context.Context) {
 	p.closing = true
+	p.refuseJoins(ErrClosed)
 	for {
 		p.take()
 		if len(p.pending) == 0 {

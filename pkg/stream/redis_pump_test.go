@@ -3,7 +3,9 @@ package stream
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,4 +311,45 @@ func publishBurst(t *testing.T, e Engine, room string, n int, during func(i int)
 		return 0
 	})
 	return ids
+}
+
+// TestRedisJoinsShareRoundTrips: joins travel in the pump's round trips,
+// many to one, as one XINFO STREAM each and no read: 200 rooms joined at
+// once cost a handful of round trips and no XREAD, whatever else runs;
+// and a message published to each right after its join is delivered.
+func TestRedisJoinsShareRoundTrips(t *testing.T) {
+	srv := redistest.Start(t)
+	c := newCollector()
+	e := newTestRedis(t, testRedisConfig(t, srv.Addr()), c.handle, nil)
+	pub := newTestRedis(t, testRedisConfig(t, srv.Addr()), func(string, Message) {}, nil)
+	calls := func(cmd string) int {
+		out := srv.MustDo("INFO", "commandstats")
+		_, rest, _ := strings.Cut(out, "cmdstat_"+cmd+":calls=")
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		return n
+	}
+	mustSubscribe(t, e, "warm-up")
+	time.Sleep(50 * time.Millisecond) // let the warm-up's round trips end
+	const n = 200
+	before, xreads, xinfos := e.Stats(), calls("xread"), calls("xinfo|stream")
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { mustSubscribe(t, e, fmt.Sprintf("join-%d", i)) })
+	}
+	wg.Wait()
+	if trips := e.Stats().RoundTrips - before.RoundTrips; trips > n/10 {
+		t.Fatalf("%d joins at once took %d round trips; want them to share a few", n, trips)
+	}
+	if d := calls("xinfo|stream") - xinfos; d != n {
+		t.Fatalf("%d joins sent %d XINFO STREAM; want one each", n, d)
+	}
+	if d := calls("xread") - xreads; d != 0 {
+		t.Fatalf("%d joins made %d XREADs; a join reads nothing (its XINFO arms the room)", n, d)
+	}
+	for i := range n {
+		mustPublish(t, pub, fmt.Sprintf("join-%d", i), Message{Sender: 2, Payload: []byte("hi")})
+	}
+	for i := range n {
+		c.waitFor(t, fmt.Sprintf("join-%d", i), 1)
+	}
 }

@@ -280,7 +280,15 @@ func (p *pump) prepareRead(ctx context.Context, t *trip) error {
 	for _, s := range p.shards {
 		var checks []*redisRoom
 		s.mu.Lock()
+		var joining []*redisRoom
 		add := func(r *redisRoom) {
+			if r.joining {
+				// No cursor until its join's answer: read it after.
+				if r.dirty {
+					joining = append(joining, r)
+				}
+				return
+			}
 			if !r.subscribed && !r.last.Less(r.stop) {
 				s.drop(r) // unsubscribed and read up to its stop
 				return
@@ -315,6 +323,9 @@ func (p *pump) prepareRead(ctx context.Context, t *trip) error {
 		}
 		clear(s.dirty)
 		s.dirty = s.dirty[:0]
+		for _, r := range joining {
+			s.markDirty(r)
+		}
 		s.mu.Unlock()
 		if len(checks) > 0 {
 			if err := e.verify(ctx, p.conn, s, checks); err != nil {

@@ -21,6 +21,7 @@ type trip struct {
 	now      time.Time
 	epochCmd int // first SET NX of the epoch keys; -1: none
 	sigCmd   int // the signal's XADD; -1: none
+	joinCmd  int // first command of the joins; -1: none
 	readCmd  int // first command of the read (when read)
 	// sigInit: the read starts with the XREVRANGE that gives the signal
 	// stream's last ID, where polling starts (redis_wake.go).
@@ -47,13 +48,15 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.refuse(fmt.Errorf("%w: %w", ErrUnavailable, err))
 		return err
 	}
-	t := trip{now: time.Now(), read: read, epochCmd: -1, sigCmd: -1}
+	t := trip{now: time.Now(), read: read, epochCmd: -1, sigCmd: -1, joinCmd: -1}
 	p.lastTick = t.now // the pacing grid counts every round trip, reading or not
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	p.buildPublishes(&t)
 	p.buildSignal(&t)
+	p.buildJoins(&t)
 	if err := p.buildRead(ctx, &t); err != nil {
 		p.flushSent(err)
+		p.refuseJoins(fmt.Errorf("%w: %w", ErrUnavailable, err))
 		return err
 	}
 	if len(p.cmds) == 0 {
@@ -68,6 +71,13 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.epochDue = false
 	}
 	published, failed := p.applyPublishes(res, broken, t.evalText)
+	if t.joinCmd >= 0 {
+		if broken {
+			p.refuseJoins(fmt.Errorf("%w: %w", ErrUnavailable, firstBroken(res)))
+		} else {
+			p.applyJoins(res[t.joinCmd:])
+		}
+	}
 	if t.sigCmd >= 0 {
 		if err := p.applySignal(res[t.sigCmd]); err != nil && failed == nil {
 			failed = err
@@ -404,9 +414,10 @@ func (p *pump) flushSent(err error) {
 	p.sent = p.sent[:0]
 }
 
-// refuse answers every pending and queued message with err: they were
-// never sent.
+// refuse answers every pending and queued message, and every join, with
+// err: they were never sent.
 func (p *pump) refuse(err error) {
+	p.refuseJoins(err)
 	p.take()
 	for len(p.pending) > 0 {
 		for _, r := range p.pending {

@@ -60,6 +60,9 @@ type redisRoom struct {
 	lastStrOf ID     // the ID lastStr was made from
 
 	subscribed bool
+	// joining: a placeholder while its Subscribe waits for the pump's
+	// XINFO (redis_join.go): not read yet, but marked by wakes.
+	joining bool
 	// gen counts the Subscribe and Unsubscribe calls that changed the room,
 	// so that verify ignores an XINFO answer older than the last change.
 	gen uint64
