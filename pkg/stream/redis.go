@@ -145,7 +145,7 @@ type Redis struct {
 	failing atomic.Int32 // pumps whose last round trip failed
 	stats   counters
 	stop    chan struct{}
-	cancel  context.CancelFunc // stops blocking reads
+	cancel  context.CancelFunc // ends the pumps' and presence's round trips in flight
 	running sync.WaitGroup
 }
 

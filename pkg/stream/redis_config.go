@@ -65,8 +65,8 @@ const (
 
 // Bounds of RedisConfig's fields, checked once the defaults are set.
 const (
-	// maxRedisReadShards caps REDIS_READ_SHARDS: each shard holds one
-	// blocking connection per node.
+	// maxRedisReadShards caps REDIS_READ_SHARDS: on a Cluster each shard
+	// has a pump, with two connections per node.
 	maxRedisReadShards = 1024
 	// minRedisDuration is the least value of the duration fields that
 	// cannot be turned off (REDIS_TTL, REDIS_BLOCK, REDIS_SWEEP, ...).

@@ -38,7 +38,7 @@ func (p *pump) connect(ctx context.Context) error {
 		var lid int64
 		lc, lrelease := e.client.Dedicate()
 		lost := lc.SetOnInvalidations(e.onInvalidations)
-		lid, err = p.clientID2(cctx, lc)
+		lid, err = p.listenerID(cctx, lc)
 		if err != nil {
 			go lrelease()
 			if isRedisErr(err) || cctx.Err() != nil {
@@ -85,10 +85,10 @@ func (p *pump) connect(ctx context.Context) error {
 	return fmt.Errorf("connect pump: %w", err)
 }
 
-// clientID2 returns the CLIENT ID of the listener connection c; on a
+// listenerID returns the CLIENT ID of the listener connection c; on a
 // Cluster an EXISTS of the shard's epoch key goes first, to pin c to the
 // shard's master.
-func (p *pump) clientID2(ctx context.Context, c rueidis.DedicatedClient) (int64, error) {
+func (p *pump) listenerID(ctx context.Context, c rueidis.DedicatedClient) (int64, error) {
 	e := p.e
 	if !e.cluster {
 		return c.Do(ctx, e.client.B().ClientId().Build()).AsInt64()

@@ -25,8 +25,8 @@ const (
 // maxBatch bounds the messages of one round trip.
 const maxBatch = 1024
 
-// doer is what a pump sends its round trips through: the shared client on
-// a Cluster, a dedicated connection otherwise.
+// doer is what a pump sends its round trips through: its dedicated
+// connection (redis_conn.go).
 type doer interface {
 	DoMulti(ctx context.Context, multi ...rueidis.Completed) []rueidis.RedisResult
 }
@@ -119,7 +119,7 @@ type pump struct {
 	// after the publishes keeps their keys tracked (redis_wake.go);
 	// armed lists them once, dollars holds the "$"s.
 	arms    []string
-	armed   map[string]struct{}
+	armed   map[*redisRoom]struct{}
 	dollars []string
 	out     []redisDelivery
 	expires map[string]time.Time // room key → when its TTL was last refreshed
@@ -170,7 +170,7 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		sigRooms:    make(map[string]struct{}),
 		unarmed:     make(map[*redisRoom]*redisShard),
 		scriptRooms: make(map[string]int),
-		armed:       make(map[string]struct{}),
+		armed:       make(map[*redisRoom]struct{}),
 		expires:     make(map[string]time.Time),
 		refreshTTL:  min(e.cfg.TTL/ttlRefreshDivisor, maxTTLRefresh),
 		lastOK:      time.Now(),

@@ -137,10 +137,11 @@ func (p *pump) buildPublishes(t *trip) {
 		case r.alone && p.polling:
 			p.notArmed(r)
 		case r.alone:
-			if _, ok := p.armed[r.key()]; !ok {
-				key := strings.Clone(r.key()) // r.key() points into a buffer that is reused
-				p.armed[key] = struct{}{}
-				p.arms = append(p.arms, key)
+			if rm := p.roomOf(r); rm != nil {
+				if _, ok := p.armed[rm]; !ok {
+					p.armed[rm] = struct{}{}
+					p.arms = append(p.arms, rm.key)
+				}
 			}
 		case p.markRoom(r):
 			t.read = true
@@ -178,6 +179,14 @@ func (p *pump) buildPublish(r *pubReq, now time.Time) {
 		p.cmds = append(p.cmds, e.client.B().Arbitrary("PEXPIRE").Keys(r.key()).Args(e.ttlMs).Build())
 		p.expires[strings.Clone(r.key())] = now // r.key() points into a buffer that is reused
 	}
+}
+
+// roomOf returns the room r publishes to as this node holds it, or nil.
+func (p *pump) roomOf(r *pubReq) *redisRoom {
+	s := r.shard
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rooms[r.key()]
 }
 
 // markRoom lists r's room to be read in the next read, and reports

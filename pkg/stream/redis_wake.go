@@ -178,11 +178,7 @@ func (p *pump) stopPolling() {
 // notArmed notes that r's room was written and not read back while
 // polling: its tracking is re-armed when polling ends.
 func (p *pump) notArmed(r *pubReq) {
-	s := r.shard
-	s.mu.Lock()
-	rm := s.rooms[r.key()]
-	s.mu.Unlock()
-	if rm != nil {
-		p.unarmed[rm] = s
+	if rm := p.roomOf(r); rm != nil {
+		p.unarmed[rm] = r.shard
 	}
 }
