@@ -219,6 +219,7 @@ func clientOption(cfg RedisConfig, tlsCfg *tls.Config, node string) rueidis.Clie
 		SelectDB:         cfg.DB,
 		TLSConfig:        tlsCfg,
 		Dialer:           dialer,
+		DialCtxFn:        dialRedis,
 		ClientName:       "chatgw-" + node,
 		ConnWriteTimeout: cfg.Timeout,
 		MaxFlushDelay:    cfg.FlushDelay,
