@@ -111,9 +111,11 @@ type queue struct{ frames []*Frame }
 
 var queuePool = sync.Pool{New: func() any { return &queue{frames: make([]*Frame, 0, 8)} }}
 
-// Send queues f for the connection; its event loop writes the queue at the
-// end of its current round, so frames sent close together leave in one
-// writev. Send never blocks on the client: when the queue passes
+// Send queues f for the connection. When its event loop is in a round, or
+// already woken for one, the loop writes the queue at the end of it, so
+// frames sent close together leave in one writev; when the loop sleeps,
+// Send writes on the caller's goroutine, which costs less than waking the
+// loop (flushSoon). Send never blocks on the client: when the queue passes
 // Config.MaxQueueBytes the connection is closed with 1008 "slow consumer".
 // Frames sent to a closing or closed connection are dropped. Send takes its
 // own reference to f; the caller keeps its own.
@@ -131,7 +133,7 @@ func (c *Conn) Send(f *Frame) {
 	schedule := c.enqueueLocked(f)
 	c.mu.Unlock()
 	if schedule {
-		c.loop.flushLater(c)
+		c.loop.flushSoon(c)
 	}
 }
 

@@ -50,6 +50,27 @@ func (l *loop) flushLater(c *Conn) {
 	l.wakeLocked()
 }
 
+// flushSoon gets c's queue written soon: at the end of the loop's round
+// when the loop is in one or already woken for one, so that frames queued
+// close together leave in one writev; otherwise now, on the caller's
+// goroutine. Waking a sleeping loop costs more than the write itself (the
+// eventfd, a thread woken, a round of epoll_wait): at chat rates, where
+// loops sleep between messages, that wake-up was most of what a delivery
+// from another goroutine (the Redis engine's pump, another loop) cost.
+// Under load loops are in rounds or woken, and their writes stay theirs.
+func (l *loop) flushSoon(c *Conn) {
+	l.mu.Lock()
+	if l.inRound || l.wakeup || l.dead {
+		l.flushes = append(l.flushes, c) // served by the round in progress or due
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	c.mu.Lock()
+	c.flushLocked() // EAGAIN leaves the rest to the loop's EPOLLOUT
+	c.mu.Unlock()
+}
+
 // wakeLocked unlocks l.mu and, unless a wake-up is already pending or the
 // loop is in a round (it serves its lists at the end of each round), wakes
 // the loop through its eventfd.

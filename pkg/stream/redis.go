@@ -200,7 +200,11 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	e.writeEpochs()
-	e.startPumps(ctx)
+	if err := e.startPumps(ctx); err != nil {
+		cancel()
+		e.client.Close()
+		return nil, err
+	}
 	e.presence = newPresence(cfg, e.node)
 	e.running.Add(1)
 	go e.runPresence(ctx)
@@ -249,13 +253,24 @@ func clientOption(cfg RedisConfig, tlsCfg *tls.Config, node string) rueidis.Clie
 
 // startPumps starts the pumps: one per shard on a Cluster (each shard is
 // one slot), one for every shard otherwise.
-func (e *Redis) startPumps(ctx context.Context) {
+func (e *Redis) startPumps(ctx context.Context) error {
+	groups := [][]*redisShard{e.shards}
 	if e.cluster {
+		groups = groups[:0]
 		for _, s := range e.shards {
-			e.pumps = append(e.pumps, newPump(e, []*redisShard{s}))
+			groups = append(groups, []*redisShard{s})
 		}
-	} else {
-		e.pumps = []*pump{newPump(e, e.shards)}
+	}
+	for _, g := range groups {
+		p, err := newPump(e, g)
+		if err != nil {
+			for _, p := range e.pumps {
+				p.w.close()
+			}
+			e.pumps = nil
+			return err
+		}
+		e.pumps = append(e.pumps, p)
 	}
 	for _, p := range e.pumps {
 		for _, s := range p.shards {
@@ -264,6 +279,7 @@ func (e *Redis) startPumps(ctx context.Context) {
 		e.running.Add(1)
 		go p.run(ctx)
 	}
+	return nil
 }
 
 // writeEpochs writes every shard's epoch key that does not exist (SET
@@ -334,6 +350,7 @@ func (e *Redis) Publish(room string, m Message, ack Ack, ref any) {
 	select {
 	case s.pump.reqs <- r:
 		e.pubMu.RUnlock()
+		s.pump.w.wake()
 	default:
 		e.pubMu.RUnlock()
 		e.putReq(r)
@@ -528,6 +545,9 @@ func (e *Redis) Close(ctx context.Context) error {
 		return nil
 	}
 	close(e.stop)
+	for _, p := range e.pumps {
+		p.w.interrupt()
+	}
 	done := make(chan struct{})
 	go func() {
 		e.running.Wait()

@@ -73,7 +73,8 @@ func (p *pump) connect(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			p.conn, p.clientID, p.sealID, p.lost = dc, id, 0, lost
+			p.conn, p.clientID, p.sealID = dc, id, 0
+			p.lost, p.lostDone = p.watchLost(lost)
 			p.release = func() { release(); lrelease() }
 			return nil
 		}
@@ -128,7 +129,26 @@ func (p *pump) disconnect() {
 	if p.release != nil {
 		go p.release()
 	}
-	p.conn, p.release, p.lost = nil, nil, nil
+	if p.lostDone != nil {
+		close(p.lostDone)
+	}
+	p.conn, p.release, p.lost, p.lostDone = nil, nil, nil, nil
+}
+
+// watchLost relays the end of a listener (lost, from rueidis) to the
+// pump: the returned channel gets lost's error, and the pump is woken to
+// read it. Closing done (disconnect) ends the watch.
+func (p *pump) watchLost(lost <-chan error) (<-chan error, chan struct{}) {
+	relay, done := make(chan error, 1), make(chan struct{})
+	go func() {
+		select {
+		case err := <-lost:
+			relay <- err
+			p.w.wake()
+		case <-done:
+		}
+	}()
+	return relay, done
 }
 
 // fail records a failed round trip: the connection is dropped (and, if
@@ -200,26 +220,27 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 	// the policy's wait n-1.
 	policy := p.e.retryPolicy()
 	policy.Jitter = true
-	d := policy.Wait(p.failures - 1)
-	t := time.NewTimer(d)
-	defer t.Stop()
+	until := time.Now().Add(policy.Wait(p.failures - 1))
 	down := fmt.Errorf("%w: Redis does not answer; retrying", ErrUnavailable)
 	p.refuse(down)
-	for {
-		select {
-		case <-t.C:
-			return true
-		case r := <-p.reqs:
-			p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
-		case <-p.kick:
-		case <-p.lost:
-			p.lost = nil // the round trip after the wait reconnects anyway
-		case <-p.e.stop:
-			return false
-		case <-ctx.Done():
+	for time.Now().Before(until) {
+		p.w.sleep(until)
+		if p.stopped() || ctx.Err() != nil {
 			return false
 		}
+		for {
+			select {
+			case r := <-p.reqs:
+				p.answer(r, ID{}, fmt.Errorf("stream: publish to room %q: %w", r.room, down))
+				continue
+			case <-p.lost:
+				p.lost = nil // the round trip after the wait reconnects anyway
+			default:
+			}
+			break
+		}
 	}
+	return !p.stopped() && ctx.Err() == nil
 }
 
 // readRefused records a read that Redis answered with an error: reads

@@ -69,19 +69,23 @@ type pump struct {
 
 	reqs  chan *pubReq  // Publish → pump; buffered, PublishQueue
 	joins chan *joinReq // Subscribe → pump; buffered, PublishQueue
-	kick  chan struct{} // rooms marked dirty (Subscribe, invalidations) → pump; buffered 1
-	conn  doer          // nil until connected
+	// w wakes the pump: after a publish or a join is queued, rooms were
+	// marked dirty (Subscribe, invalidations), the listener was lost, or
+	// Close (redis_waker.go).
+	w    *waker
+	conn doer // nil until connected
 	// lost is closed (after at most one error) when the listener that
 	// receives the invalidations of conn's keys stops: conn's tracking is
 	// then void, and the pump reconnects.
 	lost     <-chan error
-	release  func()     // gives a dedicated connection back
-	clientID int64      // CLIENT ID of the dedicated connection
-	sealID   int64      // connection to kill before sending again; 0: none
-	pending  []*pubReq  // taken from reqs, not sent yet
-	joining  []*joinReq // taken from joins, not sent yet
-	joined   []*joinReq // sent in the current round trip
-	sent     []*pubReq  // in the current round trip
+	lostDone chan struct{} // closed by disconnect: ends watchLost
+	release  func()        // gives a dedicated connection back
+	clientID int64         // CLIENT ID of the dedicated connection
+	sealID   int64         // connection to kill before sending again; 0: none
+	pending  []*pubReq     // taken from reqs, not sent yet
+	joining  []*joinReq    // taken from joins, not sent yet
+	joined   []*joinReq    // sent in the current round trip
+	sent     []*pubReq     // in the current round trip
 	cmds     []rueidis.Completed
 	sigRooms map[string]struct{} // rooms named by this round trip's signal
 	sigNames []string
@@ -150,7 +154,11 @@ type pump struct {
 	lastErr error     // error of the last round trip, nil after success
 }
 
-func newPump(e *Redis, shards []*redisShard) *pump {
+func newPump(e *Redis, shards []*redisShard) (*pump, error) {
+	w, err := newWaker()
+	if err != nil {
+		return nil, err
+	}
 	sig := 0 // one signal stream for all shards on a single server
 	if e.cluster {
 		sig = shards[0].idx
@@ -160,12 +168,12 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		name = "shards " + strconv.Itoa(shards[0].idx) + "-" + strconv.Itoa(shards[len(shards)-1].idx)
 	}
 	return &pump{
+		w:           w,
 		e:           e,
 		shards:      shards,
 		name:        name,
 		reqs:        make(chan *pubReq, e.cfg.PublishQueue),
 		joins:       make(chan *joinReq, e.cfg.PublishQueue),
-		kick:        make(chan struct{}, 1),
 		sigKey:      shardKey(e.cfg.Prefix, sig, "#signal"),
 		sigRooms:    make(map[string]struct{}),
 		unarmed:     make(map[*redisRoom]*redisShard),
@@ -176,13 +184,14 @@ func newPump(e *Redis, shards []*redisShard) *pump {
 		lastOK:      time.Now(),
 		verifyAll:   true,
 		epochDue:    true,
-	}
+	}, nil
 }
 
 // run is the pump's loop. It returns once Close stopped it and every
 // queued message has had its answer.
 func (p *pump) run(ctx context.Context) {
 	defer p.e.running.Done()
+	defer p.w.close()
 	defer p.disconnect()
 	for {
 		// The first retry after a failure is immediate: a connection that
@@ -200,7 +209,7 @@ func (p *pump) run(ctx context.Context) {
 		}
 		now := time.Now()
 		owedDue := len(p.owed) > 0 && !now.Before(p.owedAt)
-		if len(p.pending) == 0 && len(p.joining) == 0 && len(p.joins) == 0 && !owedDue && !p.readDue(now) && !p.pingDue(now) {
+		if len(p.pending) == 0 && len(p.reqs) == 0 && len(p.joining) == 0 && len(p.joins) == 0 && !owedDue && !p.readDue(now) && !p.pingDue(now) {
 			// Nothing to send now: wait for work.
 			if !p.idle(ctx, now) {
 				return
@@ -213,12 +222,7 @@ func (p *pump) run(ctx context.Context) {
 			// The grid is wall-clock time: never wait more than a window,
 			// even when the clock was set back.
 			if d := min(time.Until(nextTick(p.lastTick, w)), w); d > 0 {
-				t := time.NewTimer(d)
-				select {
-				case <-t.C:
-				case <-p.e.stop:
-					t.Stop()
-				}
+				p.w.pause(time.Now().Add(d), p.stopped)
 			}
 		}
 		p.take()
@@ -228,7 +232,7 @@ func (p *pump) run(ctx context.Context) {
 	}
 }
 
-// idle waits for work: a message, a kick (rooms were marked dirty), or
+// idle waits for work: a message, a join, rooms marked dirty, or
 // the time of the next PING, full read (REDIS_SWEEP) or retry of refused
 // reads (readRetry). It reports false once Close stopped the pump, after
 // flushing its queue.
@@ -242,22 +246,28 @@ func (p *pump) idle(ctx context.Context, now time.Time) bool {
 	if len(p.owed) > 0 && p.owedAt.Before(at) {
 		at = p.owedAt
 	}
-	t := time.NewTimer(at.Sub(now))
-	defer t.Stop()
-	select {
-	case r := <-p.reqs:
-		p.pending = append(p.pending, r)
-	case j := <-p.joins:
-		p.joining = append(p.joining, j)
-	case <-p.kick:
-	case <-t.C:
-	case err := <-p.lost:
-		p.trackingLost(err)
-	case <-p.e.stop:
+	p.w.sleep(at)
+	if p.stopped() {
 		p.flushQueue(ctx)
 		return false
 	}
+	select {
+	case err := <-p.lost:
+		p.trackingLost(err)
+	default:
+	}
+	p.take()
 	return true
+}
+
+// stopped reports whether Close stopped the engine.
+func (p *pump) stopped() bool {
+	select {
+	case <-p.e.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // take moves queued messages to pending, up to maxBatch.

@@ -124,12 +124,7 @@ func (e *Redis) shardOfKey(key string) *redisShard {
 }
 
 // poke makes the pump look at its dirty rooms soon.
-func (p *pump) poke() {
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
-}
+func (p *pump) poke() { p.w.wake() }
 
 // trackingLost handles the end of the listener connection, with its
 // error (nil when rueidis gave none): the pump's tracking is void, so it
