@@ -57,6 +57,9 @@ type loop struct {
 	flushes    []*Conn // connections with frames to write
 	flushSpare []*Conn
 	wakeup     bool
+	// direct counts the writes other goroutines made for this loop's
+	// connections while it slept (flushSoon), since its last round.
+	direct int
 
 	// Handshake state, valid during one call of upgrade (upgrade.go).
 	up         ws.Upgrader
@@ -145,6 +148,7 @@ func (l *loop) run() {
 		l.now = time.Now().UnixNano()
 		l.mu.Lock()
 		l.inRound = true // posts from now on are served at the end of this round
+		l.direct = 0
 		l.mu.Unlock()
 		again := l.startRound()
 		l.serveEvents(events[:n])

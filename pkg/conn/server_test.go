@@ -2,6 +2,7 @@ package conn
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -402,6 +404,65 @@ func TestSendReferences(t *testing.T) {
 		t.Fatalf("Send to a closing connection left %d references, want 1", got)
 	}
 	f.Release()
+}
+
+// TestSendToSleepingLoop: frames sent from another goroutine while the
+// loop sleeps reach every client, whether that goroutine writes them
+// (up to maxDirectWrites connections) or wakes the loop for the rest; and
+// a write that fills the socket on that goroutine is finished by the loop
+// once the client reads.
+func TestSendToSleepingLoop(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{EventLoops: 1, MaxQueueBytes: 8 << 20}, rec)
+	l := s.loops[0]
+	asleep := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return !l.inRound && !l.wakeup
+	}
+	type peer struct {
+		nc net.Conn
+		br *bufio.Reader
+		c  *Conn
+	}
+	peers := make([]peer, 2*maxDirectWrites+3)
+	for i := range peers {
+		nc, br, c := dialServer(t, s, rec)
+		peers[i] = peer{nc, br, c}
+	}
+	for round := range 3 {
+		testutil.Eventually(t, "the loop to sleep", asleep)
+		f := NewTextFrame([]byte("hello " + strconv.Itoa(round)))
+		for _, p := range peers {
+			p.c.Send(f)
+		}
+		f.Release()
+		for i, p := range peers {
+			_ = p.nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
+			wf, err := ws.ReadFrame(p.br)
+			if err != nil || string(wf.Payload) != "hello "+strconv.Itoa(round) {
+				t.Fatalf("round %d: client %d read %q, %v", round, i, wf.Payload, err)
+			}
+		}
+	}
+
+	// 4 MiB to a client that reads nothing yet: far more than the socket
+	// takes, so the write on this goroutine stops at EAGAIN.
+	testutil.Eventually(t, "the loop to sleep", asleep)
+	p := peers[0]
+	payload := bytes.Repeat([]byte("x"), 4<<20)
+	big := NewTextFrame(payload)
+	p.c.Send(big)
+	big.Release()
+	if n, _ := p.c.Queued(); n == 0 {
+		t.Fatal("4 MiB were written at once: the socket took everything, nothing tests the rest")
+	}
+	_ = p.nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
+	wf, err := ws.ReadFrame(p.br)
+	if err != nil || !bytes.Equal(wf.Payload, payload) {
+		t.Fatalf("the big frame: read %d bytes, %v; want all %d", len(wf.Payload), err, len(payload))
+	}
+	testutil.Eventually(t, "the queue to empty", func() bool { n, _ := p.c.Queued(); return n == 0 })
 }
 
 // TestSlowConsumerReleasesFrames: a client that never reads is closed with
