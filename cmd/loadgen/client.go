@@ -1,31 +1,31 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
-	"net"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 )
 
-// client is one WebSocket connection. Its reader goroutine owns the
-// counters and trackers; its sender goroutine (if any) owns sent; both
-// write frames under wmu. The runner reads everything only after both
-// goroutines have finished.
+// client is one WebSocket connection. Its epoll loop (poll.go) owns the
+// counters, trackers and partial; its sender goroutine (if any) owns
+// sent; both write frames under wmu. The runner reads everything only
+// after the loops and senders have finished.
 type client struct {
 	id        int
 	room      int
 	sender    int // global sender ID, or -1 if this connection only receives
-	nc        net.Conn
-	br        *bufio.Reader
+	fd        int // the socket, non-blocking
 	wmu       sync.Mutex
 	peers     []seqTracker // one per sender of the room, by index in room
+	partial   []byte       // an incomplete frame, read so far; nil between frames
 	frag      []byte       // a fragmented message being reassembled
 	sent      uint32
 	dropped   bool // closed by the gateway or broken before the end
@@ -41,38 +41,24 @@ type client struct {
 	info      int64 // presence and truncated-history frames
 }
 
-// readLoop reads and accounts for frames until the connection ends.
-func (c *client) readLoop(r *runner) {
-	defer r.readers.Done()
-	defer r.live.connected.Add(-1)
-	for {
-		f, err := readFrame(c.br)
+// feed accounts for the complete frames at the start of b and returns
+// what is left of an incomplete one, and whether the connection is done
+// (it got a close frame). Payloads are handled in place.
+func (c *client) feed(r *runner, b []byte) (rest []byte, done bool, err error) {
+	for len(b) > 0 {
+		f, n, err := parseFrame(b)
 		if err != nil {
-			if !r.closing.Load() {
-				c.dropped = true
-				r.live.errs.add(readErrKind(err))
-			}
-			return
+			return nil, false, err
 		}
-		done := c.handle(r, f)
-		if f.discard > 0 {
-			_, _ = c.br.Discard(f.discard)
+		if n == 0 {
+			return b, false, nil
 		}
-		if done {
-			return
+		if c.handle(r, f) {
+			return nil, true, nil
 		}
+		b = b[n:]
 	}
-}
-
-// readErrKind names a read error for the error counts.
-func readErrKind(err error) string {
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		return "read_timeout"
-	}
-	if err == errFrameTooLarge {
-		return "read_frame_too_large"
-	}
-	return "read_eof" // connection ended without a close frame
+	return nil, false, nil
 }
 
 // handle processes one frame and reports whether the connection is done.
@@ -80,7 +66,7 @@ func (c *client) handle(r *runner, f frame) bool {
 	switch f.op {
 	case ws.OpText, ws.OpBinary:
 		if !f.fin {
-			c.frag = append(c.frag[:0], f.payload...)
+			c.frag = append(c.frag[:0], f.payload...) // payloads alias the read buffer
 			return false
 		}
 		c.onMessage(r, f.payload)
@@ -176,13 +162,13 @@ func (c *client) onStamp(r *runner, st stamp) {
 	}
 }
 
-// writeControl writes a control frame, ignoring errors: the reader will
+// writeControl writes a control frame, ignoring errors: the loop will
 // see the connection fail.
 func (c *client) writeControl(r *runner, op ws.OpCode, payload []byte) {
-	buf := appendClientFrame(make([]byte, 0, 14+len(payload)), op, payload, randomMask())
+	var b [14 + 125]byte
+	buf := appendClientFrame(b[:0], op, payload, randomMask())
 	c.wmu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout))
-	_, _ = c.nc.Write(buf)
+	_ = writeFull(c.fd, buf, r.cfg.writeTimeout)
 	c.wmu.Unlock()
 }
 
@@ -234,20 +220,47 @@ func (c *client) sendLoop(r *runner, start, end time.Time) {
 func (c *client) write(r *runner, b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.nc.SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout)); err != nil {
-		return err
-	}
-	_, err := c.nc.Write(b)
-	return err
+	return writeFull(c.fd, b, r.cfg.writeTimeout)
 }
 
-// close sends a normal closure and closes the socket.
-func (c *client) close(r *runner) {
+// close sends a normal closure and closes the socket; its loop has
+// stopped (closeAll).
+func (c *client) close() {
 	var body [2]byte
 	binary.BigEndian.PutUint16(body[:], uint16(ws.StatusNormalClosure))
+	var b [8]byte
 	c.wmu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	_, _ = c.nc.Write(appendClientFrame(make([]byte, 0, 8), ws.OpClose, body[:], randomMask()))
+	_ = writeFull(c.fd, appendClientFrame(b[:0], ws.OpClose, body[:], randomMask()), 100*time.Millisecond)
 	c.wmu.Unlock()
-	_ = c.nc.Close()
+	unix.Close(c.fd)
+}
+
+// errWriteTimeout: the socket took nothing for the write's timeout.
+var errWriteTimeout = errors.New("write timed out: the gateway does not read")
+
+// writeFull writes all of b to the non-blocking socket fd, waiting (poll)
+// for room at most timeout in all.
+func writeFull(fd int, b []byte, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			left := time.Until(deadline)
+			if left <= 0 {
+				return errWriteTimeout
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			if _, err := unix.Poll(pfd, int(left/time.Millisecond)+1); err != nil && err != unix.EINTR {
+				return err
+			}
+			continue
+		case err != nil:
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }

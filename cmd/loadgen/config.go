@@ -50,7 +50,6 @@ type config struct {
 	jsonOut        bool          // print the summary as JSON
 	maxConns       int           // refuse -conns above this
 	pad            int           // padding bytes per message
-	readBuf        int           // per-connection read buffer
 	writeTimeout   time.Duration // per frame write
 	quiet          bool          // no progress line
 	files          []string      // merge mode: summaries to merge
@@ -94,7 +93,6 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.jsonOut, "json", false, "print the summary as JSON on stdout (includes the encoded latency histogram, for -mode merge)")
 	fs.IntVar(&c.maxConns, "max-conns", 19000, "safety bound: refuse -conns above this")
 	fs.IntVar(&c.pad, "pad", 0, "padding `bytes` appended to each message after the stamp")
-	fs.IntVar(&c.readBuf, "read-buf", 2048, "per-connection read buffer `bytes`; larger frames are copied")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 5*time.Second, "timeout for writing one frame; a sender that hits it stops")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of loadgen itself to `file` (go tool pprof)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no live progress line on stderr")
@@ -226,8 +224,6 @@ func (c *config) checkNumbers() error {
 		return fmt.Errorf("-drain must be between 0 and %v", maxDrain)
 	case c.pad < 0 || c.pad > maxFrameSize/2:
 		return fmt.Errorf("-pad must be between 0 and %d", maxFrameSize/2)
-	case c.readBuf < 256 || c.readBuf > 1<<20:
-		return errors.New("-read-buf must be between 256 and 1048576")
 	case !validRoomName(c.roomPrefix):
 		return fmt.Errorf("-room-prefix %q: room names may hold only ASCII letters, digits, _ - .", c.roomPrefix)
 	}

@@ -106,3 +106,47 @@ func readFrame(br *bufio.Reader) (frame, error) {
 	}
 	return f, nil
 }
+
+// parseFrame parses the frame at the start of b, unmasking its payload in
+// place. It returns the frame and the bytes it took, or n == 0 when b
+// holds only part of it (read more and call again). payload aliases b.
+func parseFrame(b []byte) (f frame, n int, err error) {
+	if len(b) < 2 {
+		return frame{}, 0, nil
+	}
+	f = frame{fin: b[0]&0x80 != 0, op: ws.OpCode(b[0] & 0x0f)}
+	masked := b[1]&0x80 != 0
+	hlen, size := 2, uint64(b[1]&0x7f)
+	switch size {
+	case 126:
+		hlen += 2
+	case 127:
+		hlen += 8
+	}
+	if masked {
+		hlen += 4
+	}
+	if len(b) < hlen {
+		return frame{}, 0, nil
+	}
+	switch size {
+	case 126:
+		size = uint64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		size = binary.BigEndian.Uint64(b[2:10])
+	}
+	if size > maxFrameSize {
+		return frame{}, 0, errFrameTooLarge
+	}
+	total := hlen + int(size)
+	if len(b) < total {
+		return frame{}, 0, nil
+	}
+	f.payload = b[hlen:total]
+	if masked {
+		var mask [4]byte
+		copy(mask[:], b[hlen-4:hlen])
+		ws.Cipher(f.payload, mask, 0)
+	}
+	return f, total, nil
+}

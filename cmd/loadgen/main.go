@@ -114,7 +114,9 @@ func load(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	return newRunner(cfg, stderr).execute(ctx)
+	r := newRunner(cfg, stderr)
+	r.fdLimit = int64(limit)
+	return r.execute(ctx)
 }
 
 // merge reads and merges summary files.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,9 +21,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// closeWait bounds how long the end of a run waits for reader goroutines.
-const closeWait = 10 * time.Second
-
 // runner carries one load test through its phases: connect, hold, send,
 // drain, close.
 type runner struct {
@@ -32,8 +29,9 @@ type runner struct {
 	prefix   string // room name prefix
 	live     *live
 	clients  []*client // by connection index; nil where the dial failed
+	poll     *pollSet  // the epoll loops that read the connections
+	fdLimit  int64     // connections this process can hold (RLIMIT_NOFILE), for the summary
 	closing  atomic.Bool
-	readers  sync.WaitGroup
 	senders  sync.WaitGroup
 	stopSend chan struct{}
 	stderr   io.Writer
@@ -71,6 +69,8 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 		}
 	}
 	sampleAll(func(p *ProcStats, s procSample) { p.Start = s })
+	self := os.Getpid()
+	selfStart := sampleProc(self, time.Now())
 
 	stopProgress := make(chan struct{})
 	progressDone := make(chan struct{})
@@ -84,6 +84,13 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 		r.live.progress(w, r.cfg.label, r.cfg.pids, stopProgress, time.Now())
 	}()
 
+	ps, err := newPollSet(r, runtime.GOMAXPROCS(0))
+	if err != nil {
+		close(stopProgress)
+		<-progressDone
+		return nil, err
+	}
+	r.poll = ps
 	connStart := time.Now()
 	r.connectAll(ctx)
 	connSecs := time.Since(connStart).Seconds()
@@ -91,6 +98,8 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	r.live.phase.Store("hold")
 	wait(ctx, r.cfg.hold)
 	sampleAll(func(p *ProcStats, s procSample) { p.Connected, p.SendStart = s, s })
+	debug.FreeOSMemory() // what the connections hold, not the garbage of dialling them
+	selfConnected := sampleProc(self, time.Now())
 
 	r.live.phase.Store("send")
 	sendStart := time.Now()
@@ -102,7 +111,7 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	sampleAll(func(p *ProcStats, s procSample) { p.End = s })
 
 	r.live.phase.Store("close")
-	err := r.closeAll()
+	r.closeAll()
 	close(stopProgress)
 	<-progressDone
 
@@ -114,8 +123,9 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 	s.Timeline = r.live.timeline
 	r.live.mu.Unlock()
 	s.Procs = samples
+	s.Self = SelfStats{RSSStartBytes: selfStart.RSSBytes, RSSConnectedBytes: selfConnected.RSSBytes, FDLimit: r.fdLimit}
 	s.derive()
-	return s, err
+	return s, nil
 }
 
 // wait sleeps for d or until ctx is done.
@@ -176,7 +186,7 @@ func placement(i, rooms, urls int) (room, url int) {
 	return room, (room + i/rooms) % urls
 }
 
-// dial opens connection i and starts its reader.
+// dial opens connection i and hands its socket to an epoll loop.
 func (r *runner) dial(ctx context.Context, i int) {
 	room, url := placement(i, r.cfg.rooms, len(r.cfg.urls))
 	u := r.cfg.urls[url] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
@@ -203,18 +213,66 @@ func (r *runner) dial(ctx context.Context, i int) {
 		r.live.errs.add(dialErrKind(err))
 		return
 	}
-	if br == nil {
-		br = bufio.NewReaderSize(nc, r.cfg.readBuf)
+	// The socket leaves Go's netpoller for an epoll loop: a duplicate of
+	// the descriptor stays, the net.Conn (and its buffers) goes.
+	fd, err := detach(nc)
+	if err != nil {
+		r.live.failed.Add(1)
+		r.live.errs.add("detach (" + err.Error() + ")")
+		return
 	}
-	c := &client{id: i, room: room, sender: -1, nc: nc, br: br, peers: make([]seqTracker, r.cfg.senders)}
+	c := &client{id: i, room: room, sender: -1, fd: fd, peers: make([]seqTracker, r.cfg.senders)}
 	if member := i / r.cfg.rooms; member < r.cfg.senders {
 		c.sender = room*r.cfg.senders + member
 	}
-	r.clients[i] = c
 	r.live.opened.Add(1)
 	r.live.connected.Add(1)
-	r.readers.Add(1)
-	go c.readLoop(r)
+	if br != nil && br.Buffered() > 0 { // frames that came with the 101
+		b, _ := br.Peek(br.Buffered())
+		rest, done, err := c.feed(r, b)
+		if err != nil || done {
+			c.dropped = true
+			r.live.errs.add("closed_at_handshake")
+			unix.Close(fd)
+			r.live.connected.Add(-1)
+			r.clients[i] = c
+			return
+		}
+		c.partial = append([]byte(nil), rest...)
+	}
+	r.clients[i] = c
+	if err := r.poll.add(c); err != nil {
+		c.dropped = true
+		r.live.errs.add("epoll_ctl (" + err.Error() + ")")
+		unix.Close(fd)
+		r.live.connected.Add(-1)
+	}
+}
+
+// detach returns a duplicate of nc's descriptor, non-blocking and
+// close-on-exec, and closes nc.
+func detach(nc net.Conn) (int, error) {
+	defer nc.Close()
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no descriptor", nc)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // netDialer returns a TCP dialer bound to src, if valid. The port is left
@@ -302,21 +360,14 @@ func (r *runner) sendAll(ctx context.Context, start, end time.Time) {
 	}
 }
 
-// closeAll closes every connection and waits for the readers to end.
-func (r *runner) closeAll() error {
+// closeAll stops the epoll loops, then sends a normal closure on every
+// connection still open and closes it.
+func (r *runner) closeAll() {
 	r.closing.Store(true)
-	for _, c := range r.clients {
-		if c != nil {
-			c.close(r)
-		}
-	}
-	done := make(chan struct{})
-	go func() { r.readers.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(closeWait):
-		return fmt.Errorf("reader goroutines still running %v after closing all connections; this is a loadgen bug", closeWait)
+	r.poll.close()
+	for _, c := range r.poll.open() {
+		c.close()
+		r.live.connected.Add(-1)
 	}
 }
 

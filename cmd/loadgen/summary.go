@@ -30,6 +30,9 @@ type Summary struct {
 	Latency   LatencyStats     `json:"latency_us"`
 	Errors    map[string]int64 `json:"errors"`
 	Procs     []ProcStats      `json:"procs,omitempty"`
+	// Self is the load tool's own memory: what holding the connections
+	// costs the load processes themselves (summed over merged summaries).
+	Self SelfStats `json:"self"`
 	// ProcTotal adds up all -pid processes, for a run against several
 	// gateway processes: their RSS growth per connection and their CPU
 	// per delivery together. Set when there are two or more.
@@ -37,6 +40,16 @@ type Summary struct {
 	// Timeline has one point per second of the run (for -report). Merged
 	// summaries add the points of the same second.
 	Timeline []TimePoint `json:"timeline,omitempty"`
+}
+
+// SelfStats is the load tool's own resident memory before it connected
+// and once every connection was open (after -hold), and the descriptor
+// limit it found (RLIMIT_NOFILE after raising the soft limit).
+type SelfStats struct {
+	RSSStartBytes     int64   `json:"rss_start_bytes"`
+	RSSConnectedBytes int64   `json:"rss_connected_bytes"`
+	RSSPerConnBytes   float64 `json:"rss_per_conn_bytes"` // growth / conns opened
+	FDLimit           int64   `json:"fd_limit"`           // per process; the smallest over merged summaries
 }
 
 // ProcTotal is the sum over the sampled processes.
@@ -122,6 +135,10 @@ func (s *Summary) setLatency(h *hdr.Histogram) error {
 
 // derive recomputes the per-process ratios from the samples and counts.
 func (s *Summary) derive() {
+	s.Self.RSSPerConnBytes = 0
+	if s.Conns.Opened > 0 {
+		s.Self.RSSPerConnBytes = float64(s.Self.RSSConnectedBytes-s.Self.RSSStartBytes) / float64(s.Conns.Opened)
+	}
 	for i := range s.Procs {
 		p := &s.Procs[i]
 		p.CPUSendSeconds = float64(p.End.CPUTicks-p.SendStart.CPUTicks) / clockTicks
@@ -220,6 +237,11 @@ func mergeSummaries(in []*Summary) (*Summary, error) {
 		out.Targets = append(out.Targets, s.Targets...)
 		out.Rooms += s.Rooms
 		addConns(&out.Conns, s.Conns)
+		out.Self.RSSStartBytes += s.Self.RSSStartBytes
+		out.Self.RSSConnectedBytes += s.Self.RSSConnectedBytes
+		if out.Self.FDLimit == 0 || (s.Self.FDLimit > 0 && s.Self.FDLimit < out.Self.FDLimit) {
+			out.Self.FDLimit = s.Self.FDLimit
+		}
 		addMessages(&out.Messages, s.Messages)
 		for k, v := range s.Errors {
 			out.Errors[k] += v
@@ -354,6 +376,14 @@ func (s *Summary) writeText(w io.Writer) error {
 			fmtMicros(l.P50), fmtMicros(l.P90), fmtMicros(l.P99), fmtMicros(l.P999), fmtMicros(l.Max))
 	}
 	fmt.Fprintf(&b, "  errors     %s\n", fmtCounts(s.Errors))
+	if s.Self.RSSConnectedBytes > 0 {
+		per := "-"
+		if s.Conns.Opened > 0 {
+			per = fmt.Sprintf("%.0f", s.Self.RSSPerConnBytes)
+		}
+		fmt.Fprintf(&b, "  loadgen    RSS start %s connected %s | %s B RSS per held connection | descriptor limit %d per process\n",
+			fmtBytes(s.Self.RSSStartBytes), fmtBytes(s.Self.RSSConnectedBytes), per, s.Self.FDLimit)
+	}
 	// Ratios without a denominator (no connection opened, nothing
 	// received) print as a dash, never as 0.
 	perConn := func(v float64) string {
