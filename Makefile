@@ -12,7 +12,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
-.PHONY: all build image test deps check unit deploy-check browser fuzz smoke bench run clean
+.PHONY: all build image test deps check unit deploy-check browser fuzz smoke loadtest-ci bench run clean
 
 all: build
 
@@ -38,7 +38,7 @@ run:
 # everything, the race and fuzz builds and k8s.io/api included: about
 # 13 min. Installs are quiet: their output goes to a log printed only on
 # failure. Each step's message says how long it takes.
-test: deps check unit deploy-check browser fuzz smoke
+test: deps check unit deploy-check browser fuzz smoke loadtest-ci
 
 # deps installs redis-server and redis-cli, and haproxy, from Debian's
 # packages when the machine lacks them: the tests start their own servers
@@ -104,6 +104,14 @@ fuzz:
 smoke: build
 	@echo "== make test: 1 000-connection smoke load on two gateway nodes and a Redis (about 15 s)"
 	scripts/smoke.sh
+
+# loadtest-ci is the scaled-down million-connection run of BENCHMARKS.md
+# section 15: 20 000 connections in rooms of 100 over two gateway and two
+# loadgen processes (each from its own source addresses), one Redis; it
+# fails on any loss, duplicate, reordering or failed connection.
+loadtest-ci: build
+	@echo "== make test: 20 000 connections over 2 gateways and 2 load processes, 10 s of fan-out (about 25 s)"
+	CONNS=20000 ROOMS=200 GATEWAYS=2 LOADGENS=2 RATE=1 HOLD=3s DURATION=10s DRAIN=3s scripts/loadtest.sh
 
 # soak runs the model-based test of the message path (cmd/gateway
 # TestModel) over many seeds; make test runs a short budget of 8. A

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Many-process load test on one host: several gateway processes sharing one
-# port (SO_REUSEPORT) and one Redis, several loadgen processes spreading
-# connections over source addresses 127.0.0.2-127.0.0.20, one merged result.
+# port (SO_REUSEPORT) and one Redis, several loadgen processes, each from
+# two loopback source addresses of its own (127.0.1.2 and up), one merged
+# result.
 #
-# One process holds at most ~19 500 sockets here (hard limit 20 000 open
-# files), hence several of each. Everything is bounded and stops by itself.
+# One process holds at most its hard open-file limit of sockets (20 000
+# here), hence several of each: by default as many gateways and loadgens
+# as CONNS needs (gateways keep 7 % headroom, since SO_REUSEPORT spreads
+# connections by hash, not evenly). Rooms have CONNS/ROOMS members each;
+# each loadgen holds whole rooms. Before starting, the script checks that
+# the machine can hold CONNS (free memory: about 11 KiB per connection in
+# all, most of it the kernel's for both ends of each socket; fs.file-max:
+# two descriptors per connection) and refuses with the reason otherwise.
+# Everything it starts is stopped on success, failure or Ctrl-C, and the
+# run is bounded in time.
 #
 # Usage (all optional, defaults shown):
-#   CONNS=100000 ROOMS=10000 GATEWAYS=6 LOADGENS=6 SENDERS=1 RATE=0.5 \
-#   HOLD=20s DURATION=30s DRAIN=5s scripts/loadtest.sh
+#   CONNS=100000 ROOMS=10000 GATEWAYS=<as needed> LOADGENS=<as needed> \
+#   SENDERS=1 RATE=0.5 HOLD=20s DURATION=30s DRAIN=5s scripts/loadtest.sh
+# The million-connection run of BENCHMARKS.md section 15:
+#   CONNS=1000000 ROOMS=10000 RATE=0.1 HOLD=60s DURATION=30s scripts/loadtest.sh
 # The gateways' PORT and the Redis port are free loopback ports picked at
 # start (printed); set PORT=<port> to choose the gateways' port, and
 # REDIS_PORT=<port> to use a running Redis instead of starting one.
@@ -21,8 +32,6 @@ cd "$(dirname "$0")/.."
 
 CONNS=${CONNS:-100000}
 ROOMS=${ROOMS:-10000}
-GATEWAYS=${GATEWAYS:-6}
-LOADGENS=${LOADGENS:-6}
 SENDERS=${SENDERS:-1}
 RATE=${RATE:-0.5}
 HOLD=${HOLD:-20s}
@@ -31,24 +40,60 @@ DRAIN=${DRAIN:-5s}
 BIN=${BIN:-bin}
 OUT=${OUT:-$(mktemp -d /tmp/loadtest.XXXXXX)}
 mkdir -p "$OUT"
-SRC_FIRST=2
-SRC_LAST=20
 
 . scripts/lib.sh
 PORT=${PORT:-$(free_port)}
 [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || make build >/dev/null
-if (( CONNS % LOADGENS != 0 || ROOMS % LOADGENS != 0 )); then
-	echo "loadtest: CONNS and ROOMS must divide by LOADGENS ($LOADGENS)" >&2
-	exit 2
+refuse() { echo "loadtest: $*" >&2; exit 2; }
+(( ROOMS > 0 && CONNS % ROOMS == 0 )) || refuse "CONNS ($CONNS) must be a multiple of ROOMS ($ROOMS): rooms have CONNS/ROOMS members each"
+members=$((CONNS / ROOMS))
+
+# Processes: each holds at most its open-file limit of sockets.
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] && hard=1048576
+cap=$((hard - 64)) # what loadgen and the gateway keep for themselves
+(( cap >= members )) || refuse "a room of $members members does not fit in one loadgen (open-file limit $hard)"
+gw_cap=$((cap * 93 / 100))
+GATEWAYS=${GATEWAYS:-$(((CONNS + gw_cap - 1) / gw_cap))}
+if [ -z "${LOADGENS:-}" ]; then
+	LOADGENS=$(((CONNS + cap - 1) / cap))
+	while (( (ROOMS + LOADGENS - 1) / LOADGENS * members > cap )); do LOADGENS=$((LOADGENS + 1)); done
+fi
+(( LOADGENS <= ROOMS )) || refuse "LOADGENS ($LOADGENS) must not exceed ROOMS ($ROOMS)"
+(( (ROOMS + LOADGENS - 1) / LOADGENS * members <= cap )) ||
+	refuse "$LOADGENS loadgen processes would hold $(((ROOMS + LOADGENS - 1) / LOADGENS * members)) connections each, more than the open-file limit allows ($cap): raise LOADGENS"
+(( (CONNS + GATEWAYS - 1) / GATEWAYS <= cap )) ||
+	refuse "$GATEWAYS gateways would hold $(((CONNS + GATEWAYS - 1) / GATEWAYS)) connections each, more than the open-file limit allows ($cap): raise GATEWAYS"
+
+# Memory: about 11 KiB per connection (kernel ~8.5 KiB for both ends,
+# gateway and load tool ~1 KiB each), 40 MiB per process, 1 GiB to spare.
+need_mib=$((CONNS * 11 / 1024 + (GATEWAYS + LOADGENS) * 40 + 1024))
+avail_mib=$(($(awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo) / 1024))
+(( need_mib <= avail_mib )) ||
+	refuse "$CONNS connections need about $need_mib MiB (11 KiB each: the kernel's socket memory for both ends, the gateway's and the load tool's), and $avail_mib MiB are available: lower CONNS or free memory"
+# Descriptors: two per connection (both ends on this host), system-wide.
+read -r fused _ fmax </proc/sys/fs/file-nr
+need_fds=$((2 * CONNS + (GATEWAYS + LOADGENS) * 100))
+(( fused + need_fds <= fmax )) ||
+	refuse "$CONNS connections need $need_fds descriptors (two each, both ends on this host) and fs.file-max allows $((fmax - fused)) more: as root, sysctl -w fs.file-max=$((fused + need_fds + 100000))"
+
+# Connection tracking, when some firewall rule uses it, keeps an entry per
+# connection (loopback too).
+if [ -r /proc/sys/net/netfilter/nf_conntrack_count ]; then
+	read -r ct </proc/sys/net/netfilter/nf_conntrack_count
+	read -r ctmax </proc/sys/net/netfilter/nf_conntrack_max
+	(( ct == 0 || ct + CONNS < ctmax )) ||
+		refuse "connection tracking is on ($ct entries) and holds at most $ctmax: as root, sysctl -w net.netfilter.nf_conntrack_max=$((ct + CONNS + 100000))"
 fi
 
 pids=()
 cleanup() {
-	# Newest first: the gateways stop before the Redis they use.
+	# Newest first: the loadgens, then the gateways, then the Redis they use.
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'echo "loadtest: interrupted; stopping every process it started" >&2; exit 130' INT TERM
 
 mem() { awk -v k="$1" '$1 == k":" { print $2 }' /proc/meminfo; }
 
@@ -57,7 +102,7 @@ if [ -z "${REDIS_PORT:-}" ]; then
 	REDIS_PORT=$(free_port)
 	while [ "$REDIS_PORT" = "$PORT" ]; do REDIS_PORT=$(free_port); done
 	redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" \
-		--maxclients 10000 >"$OUT/redis.log" 2>&1 &
+		--maxclients $((1000 + 10 * GATEWAYS)) >"$OUT/redis.log" 2>&1 &
 	pids+=($!)
 	redis_pid=$!
 	for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -80,18 +125,21 @@ for _ in $(seq 100); do
 done
 PORT=$PORT "$BIN/gateway" -healthcheck || { echo "loadtest: gateways did not start; see $OUT" >&2; exit 1; }
 
-# Split the source addresses among the loadgen processes.
-nsrc=$((SRC_LAST - SRC_FIRST + 1))
-per=$(( nsrc / LOADGENS )); (( per >= 1 )) || per=1
 cpu0=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s += $2 } END { print s }')
 lg_pids=()
 for i in $(seq 0 $((LOADGENS - 1))); do
-	a=$(( SRC_FIRST + (i * per) % nsrc )); b=$(( a + per - 1 ))
-	(( b <= SRC_LAST )) || b=$SRC_LAST
-	"$BIN/loadgen" -url "ws://127.0.0.1:$PORT" -conns $((CONNS / LOADGENS)) -rooms $((ROOMS / LOADGENS)) \
+	# Whole rooms per process; two source addresses of its own, each with
+	# the whole ephemeral port range towards the gateways' one address.
+	rooms=$((ROOMS / LOADGENS + (i < ROOMS % LOADGENS ? 1 : 0)))
+	net=$((1 + i / 120)) host=$((2 + 2 * (i % 120)))
+	# -dial-concurrency 64: the processes dial at once, and the gateways'
+	# accept backlogs (SOMAXCONN) are shared by all of them.
+	"$BIN/loadgen" -url "ws://127.0.0.1:$PORT" -conns $((rooms * members)) -rooms "$rooms" \
 		-senders "$SENDERS" -rate "$RATE" -hold "$HOLD" -duration "$DURATION" -drain "$DRAIN" \
-		-src "127.0.0.$a-127.0.0.$b" -pid "$(IFS=,; echo "${gw_pids[*]}")" -json -label "loadgen$i" \
+		-dial-concurrency 64 -src "127.0.$net.$host-127.0.$net.$((host + 1))" \
+		-pid "$(IFS=,; echo "${gw_pids[*]}")" -json -label "loadgen$i" \
 		>"$OUT/loadgen$i.json" 2>"$OUT/loadgen$i.log" &
+	pids+=($!)
 	lg_pids+=($!)
 done
 
@@ -103,9 +151,10 @@ tick=0
 while kill -0 "${lg_pids[0]}" 2>/dev/null; do
 	s=$(mem Slab); (( s > peak )) && peak=$s
 	if (( tick % 5 == 4 )); then
-		for i in $(seq 0 $((LOADGENS - 1))); do
+		for i in $(seq 0 $((LOADGENS < 4 ? LOADGENS - 1 : 3))); do
 			tail -n 1 "$OUT/loadgen$i.log" 2>/dev/null || true
 		done
+		(( LOADGENS <= 4 )) || echo "  (and $((LOADGENS - 4)) more loadgen processes; their logs are in $OUT)"
 	fi
 	tick=$((tick + 1))
 	sleep 1
