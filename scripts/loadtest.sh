@@ -136,7 +136,7 @@ for i in $(seq 0 $((LOADGENS - 1))); do
 	# accept backlogs (SOMAXCONN) are shared by all of them.
 	"$BIN/loadgen" -url "ws://127.0.0.1:$PORT" -conns $((rooms * members)) -rooms "$rooms" \
 		-senders "$SENDERS" -rate "$RATE" -hold "$HOLD" -duration "$DURATION" -drain "$DRAIN" \
-		-dial-concurrency 64 -src "127.0.$net.$host-127.0.$net.$((host + 1))" \
+		-dial-concurrency 64 -max-conns "$cap" -src "127.0.$net.$host-127.0.$net.$((host + 1))" \
 		-pid "$(IFS=,; echo "${gw_pids[*]}")" -json -label "loadgen$i" \
 		>"$OUT/loadgen$i.json" 2>"$OUT/loadgen$i.log" &
 	pids+=($!)

@@ -35,6 +35,13 @@ type Hub struct {
 	banned      penalties   // addresses recently closed for their rate
 	addrs       addrBuckets // buckets of the client addresses (RATE_LIMIT_PER_IP, BYTE_RATE_PER_IP)
 
+	// subLog rate-limits the log of failed subscriptions
+	// (logSubscribeFailed).
+	subLog struct {
+		sync.Mutex
+		at      time.Time
+		skipped int
+	}
 	mu    sync.RWMutex
 	rooms map[string]*room
 	stats counters

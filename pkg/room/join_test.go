@@ -2,6 +2,7 @@ package room
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -415,4 +417,47 @@ func errorCode(t *testing.T, frame string) string {
 		t.Fatalf("frame %s is not an error frame with a detail", frame)
 	}
 	return e.Error
+}
+
+// TestSubscribeFailuresLogSparingly: while the engine refuses, every join
+// to a new room fails; the log gets one line a second, naming how many
+// failures it did not show, not one per join.
+func TestSubscribeFailuresLogSparingly(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	h, err := NewHub(Config{}, slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := fmt.Errorf("test: %w", stream.ErrUnavailable)
+	for i := range 1000 {
+		h.logSubscribeFailed("r"+strconv.Itoa(i), refused)
+	}
+	mu.Lock()
+	lines := strings.Count(buf.String(), "cannot subscribe room")
+	mu.Unlock()
+	if lines != 1 {
+		t.Fatalf("1 000 failures within a second logged %d lines, want 1", lines)
+	}
+	h.subLog.Lock()
+	h.subLog.at = h.subLog.at.Add(-time.Second) // a second later
+	h.subLog.Unlock()
+	h.logSubscribeFailed("later", refused)
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(buf.String(), "not_logged_since_last=999") {
+		t.Fatalf("the next line does not count the 999 failures not logged:\n%s", buf.String())
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

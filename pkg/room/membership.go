@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/chatgw/gateway/pkg/conn"
 	"github.com/chatgw/gateway/pkg/stream"
@@ -98,6 +99,25 @@ func (h *Hub) OnOpen(c *conn.Conn) (conn.Opening, error) {
 	return conn.OpenPending, nil
 }
 
+// logSubscribeFailed logs a refused subscription at most once a second,
+// with how many were not logged since. While Redis is unreachable every
+// join to a new room fails; a line each flooded the log (408 000 lines in
+// one overloaded run of BENCHMARKS.md section 15).
+func (h *Hub) logSubscribeFailed(name string, err error) {
+	h.subLog.Lock()
+	now := time.Now()
+	if !h.subLog.at.IsZero() && now.Sub(h.subLog.at) < time.Second {
+		h.subLog.skipped++
+		h.subLog.Unlock()
+		return
+	}
+	skipped := h.subLog.skipped
+	h.subLog.at, h.subLog.skipped = now, 0
+	h.subLog.Unlock()
+	h.log.Warn("cannot subscribe room; its joins are refused with 503 until the engine works", "room", name, "err", err,
+		"not_logged_since_last", skipped)
+}
+
 // subscribe subscribes the room on the engine and answers its pending
 // joins.
 func (h *Hub) subscribe(name string, r *room) {
@@ -109,7 +129,7 @@ func (h *Hub) subscribe(name string, r *room) {
 	if err != nil {
 		r.state = roomIdle
 		r.mu.Unlock()
-		h.log.Warn("cannot subscribe room", "room", name, "err", err)
+		h.logSubscribeFailed(name, err)
 		refused := &conn.HandshakeError{Status: http.StatusServiceUnavailable, Reason: "the message store is unavailable; retry later"}
 		for _, c := range pend {
 			c.Complete(refused)
