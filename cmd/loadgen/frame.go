@@ -48,61 +48,92 @@ type frame struct {
 	discard int // bytes to Discard from the reader once payload is used
 }
 
+// frameHeader is the parsed head of a server frame.
+type frameHeader struct {
+	fin    bool
+	op     ws.OpCode
+	hlen   int // bytes of the head, mask included
+	size   int // bytes of the payload
+	masked bool
+	mask   [4]byte
+}
+
+// parseHeader parses the frame head at the start of b. When b holds only
+// part of it, ok is false and, if b has at least 2 bytes, h.hlen says how
+// many the head takes.
+func parseHeader(b []byte) (h frameHeader, ok bool, err error) {
+	if len(b) < 2 {
+		return h, false, nil
+	}
+	h.fin, h.op, h.masked = b[0]&0x80 != 0, ws.OpCode(b[0]&0x0f), b[1]&0x80 != 0
+	h.hlen = 2
+	n := uint64(b[1] & 0x7f)
+	switch n {
+	case 126:
+		h.hlen += 2
+	case 127:
+		h.hlen += 8
+	}
+	if h.masked {
+		h.hlen += 4
+	}
+	if len(b) < h.hlen {
+		return h, false, nil
+	}
+	switch n {
+	case 126:
+		n = uint64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		n = binary.BigEndian.Uint64(b[2:10])
+	}
+	if n > maxFrameSize {
+		return h, false, errFrameTooLarge
+	}
+	h.size = int(n)
+	if h.masked {
+		copy(h.mask[:], b[h.hlen-4:h.hlen])
+	}
+	return h, true, nil
+}
+
 // readFrame reads the next frame from br. Frames that fit in br's buffer
 // are returned in place, without copying or allocating; the caller must
 // call br.Discard(f.discard) when done with f.payload. Larger frames are
 // copied into a new slice and f.discard is 0.
 func readFrame(br *bufio.Reader) (frame, error) {
-	hdr, err := br.Peek(2)
+	b, err := br.Peek(2)
 	if err != nil {
 		return frame{}, err
 	}
-	f := frame{fin: hdr[0]&0x80 != 0, op: ws.OpCode(hdr[0] & 0x0f)}
-	masked := hdr[1]&0x80 != 0
-	hlen, n := 2, uint64(hdr[1]&0x7f)
-	switch n {
-	case 126:
-		hlen += 2
-	case 127:
-		hlen += 8
+	h, ok, err := parseHeader(b)
+	if err == nil && !ok {
+		if b, err = br.Peek(h.hlen); err != nil {
+			return frame{}, err
+		}
+		h, _, err = parseHeader(b)
 	}
-	if masked {
-		hlen += 4
-	}
-	if hdr, err = br.Peek(hlen); err != nil {
+	if err != nil {
 		return frame{}, err
 	}
-	switch n {
-	case 126:
-		n = uint64(binary.BigEndian.Uint16(hdr[2:4]))
-	case 127:
-		n = binary.BigEndian.Uint64(hdr[2:10])
-	}
-	if n > maxFrameSize {
-		return frame{}, errFrameTooLarge
-	}
-	var mask [4]byte
-	if masked {
-		copy(mask[:], hdr[hlen-4:hlen])
-	}
-	total := hlen + int(n)
+	f := frame{fin: h.fin, op: h.op}
+	total := h.hlen + h.size
 	if total <= br.Size() {
 		buf, err := br.Peek(total)
 		if err != nil {
 			return frame{}, err
 		}
-		f.payload, f.discard = buf[hlen:], total
+		f.payload, f.discard = buf[h.hlen:], total
 	} else {
-		if _, err := br.Discard(hlen); err != nil {
+		if _, err := br.Discard(h.hlen); err != nil {
 			return frame{}, err
 		}
-		f.payload = make([]byte, n)
+		f.payload = make([]byte, h.size)
 		if _, err := io.ReadFull(br, f.payload); err != nil {
-			return frame{}, fmt.Errorf("read %d-byte frame payload: %w", n, err)
+			return frame{}, fmt.Errorf("read %d-byte frame payload: %w", h.size, err)
 		}
 	}
-	if masked {
-		ws.Cipher(f.payload, mask, 0)
+	if h.masked {
+		ws.Cipher(f.payload, h.mask, 0)
 	}
 	return f, nil
 }
@@ -111,42 +142,17 @@ func readFrame(br *bufio.Reader) (frame, error) {
 // place. It returns the frame and the bytes it took, or n == 0 when b
 // holds only part of it (read more and call again). payload aliases b.
 func parseFrame(b []byte) (f frame, n int, err error) {
-	if len(b) < 2 {
-		return frame{}, 0, nil
+	h, ok, err := parseHeader(b)
+	if !ok || err != nil {
+		return frame{}, 0, err
 	}
-	f = frame{fin: b[0]&0x80 != 0, op: ws.OpCode(b[0] & 0x0f)}
-	masked := b[1]&0x80 != 0
-	hlen, size := 2, uint64(b[1]&0x7f)
-	switch size {
-	case 126:
-		hlen += 2
-	case 127:
-		hlen += 8
-	}
-	if masked {
-		hlen += 4
-	}
-	if len(b) < hlen {
-		return frame{}, 0, nil
-	}
-	switch size {
-	case 126:
-		size = uint64(binary.BigEndian.Uint16(b[2:4]))
-	case 127:
-		size = binary.BigEndian.Uint64(b[2:10])
-	}
-	if size > maxFrameSize {
-		return frame{}, 0, errFrameTooLarge
-	}
-	total := hlen + int(size)
+	total := h.hlen + h.size
 	if len(b) < total {
 		return frame{}, 0, nil
 	}
-	f.payload = b[hlen:total]
-	if masked {
-		var mask [4]byte
-		copy(mask[:], b[hlen-4:hlen])
-		ws.Cipher(f.payload, mask, 0)
+	f = frame{fin: h.fin, op: h.op, payload: b[h.hlen:total]}
+	if h.masked {
+		ws.Cipher(f.payload, h.mask, 0)
 	}
 	return f, total, nil
 }
