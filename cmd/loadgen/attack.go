@@ -14,9 +14,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 )
 
 // The attack mode (-mode attack) plays one hostile client against a
@@ -121,6 +123,25 @@ func (a *attacker) dialQuery(ctx context.Context, room, query string) (net.Conn,
 		br = bufio.NewReaderSize(nc, 4096)
 	}
 	return nc, br, nil
+}
+
+// netDialer returns a TCP dialer bound to src, if valid. The port is left
+// to connect() (IP_BIND_ADDRESS_NO_PORT), so each source address offers
+// the whole ephemeral port range to every gateway address.
+func netDialer(src netip.Addr) *net.Dialer {
+	d := &net.Dialer{}
+	if !src.IsValid() {
+		return d
+	}
+	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	d.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		})
+		return errors.Join(err, serr)
+	}
+	return d
 }
 
 func (a *attacker) run(ctx context.Context) (*attackReport, error) {

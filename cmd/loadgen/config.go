@@ -75,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.attackInterval, "attack-interval", time.Second, "-mode attack fragments: each holder adds one byte every `interval`")
 	fs.IntVar(&c.attackBytes, "attack-bytes", 1, "-mode attack fragments: `bytes` of each holder's first fragment")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
-	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended")
+	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended; a host name is looked up once and its first address of the -src family (IPv4 without -src) is used")
 	fs.IntVar(&c.conns, "conns", 100, "connections to open (`N`); connection i joins room i mod -rooms")
 	fs.IntVar(&c.rooms, "rooms", 10, "rooms to spread the connections over (`M`)")
 	fs.StringVar(&c.roomPrefix, "room-prefix", "", "room name `prefix`; rooms are <prefix><0..M-1>; default lg<run id>- so runs never share rooms")

@@ -19,13 +19,14 @@
 // senders of messages sent × room members other than the sender that
 // stayed connected through the whole run.
 //
-// Once its handshake is done, a connection holds no goroutine and no
-// buffer: its socket goes to one of GOMAXPROCS epoll loops (poll.go), which
-// read every readable socket into one buffer per loop and account for the
-// frames in place, keeping bytes per connection only while a frame is
-// incomplete. Senders have a goroutine each. The summary reports the load
-// tool's own memory per held connection (about 0.75 KiB) and the
-// descriptor limit it found.
+// A connection has no goroutine and, once its handshake is done, no
+// buffer: one of GOMAXPROCS epoll loops opens it (dial.go: a non-blocking
+// connect and the upgrade request written and its answer read by the
+// loop) and then reads it (poll.go), reading every readable socket into
+// one buffer per loop and accounting for the frames in place, keeping
+// bytes per connection only while a frame is incomplete. Senders have a
+// goroutine each. The summary reports the load tool's own memory per held
+// connection (about 0.75 KiB) and the descriptor limit it found.
 //
 // Phases: connect (paced by -connect-rate, bounded by -dial-concurrency
 // and -connect-timeout), hold (-hold, idle), send (-duration), drain

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -293,11 +291,9 @@ func (f *floor) upgrade(c *floorConn, req []byte) bool {
 	if len(path) == 0 || len(key) == 0 {
 		return false
 	}
-	h := sha1.New()
-	h.Write(key)
-	h.Write([]byte("258EAFA5-E914-47DA-95CA-C5AB0DC85B11")) // RFC 6455 section 1.3
+	accept := acceptKey(key)
 	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
-		base64.StdEncoding.EncodeToString(h.Sum(nil)) + "\r\n\r\n"
+		string(accept[:]) + "\r\n\r\n"
 	if n, err := unix.Write(c.fd, []byte(resp)); err != nil || n != len(resp) {
 		return false
 	}

@@ -10,13 +10,12 @@ import (
 )
 
 // The receive side without a goroutine or a buffer per connection, as in
-// the gateway: once its handshake is done, a connection's socket is handed
-// to one of a few epoll loops, which read every readable socket into one
-// buffer per loop and account for the frames in place. A connection keeps
-// bytes of its own only while a frame is incomplete. So an idle connection
-// costs the load tool its client struct and its trackers (a few hundred
-// bytes: "load tool RSS per held connection" in the summary), and a
-// million fit in a few processes.
+// the gateway: a few epoll loops open the connections (dial.go) and then
+// read every readable socket into one buffer per loop and account for the
+// frames in place. A connection keeps bytes of its own only while a frame
+// is incomplete. So an idle connection costs the load tool its client
+// struct and its trackers (a few hundred bytes: "load tool RSS per held
+// connection" in the summary), and a million fit in a few processes.
 
 // pollBufSize is the read buffer of one loop, shared by its connections.
 const pollBufSize = 64 << 10
@@ -24,54 +23,63 @@ const pollBufSize = 64 << 10
 // pollWait bounds one epoll_wait, so that a loop notices that it must stop.
 const pollWait = 100 * time.Millisecond
 
-// pollSet is the loops of one run. Connections are spread over them by
-// index.
+// pollSet is the loops of one run. Each holds the connections it opened
+// (dial.go spreads them by index).
 type pollSet struct {
 	loops []*pollLoop
 	stop  atomic.Bool
 	wg    sync.WaitGroup
 }
 
-// pollLoop is one epoll loop and the connections it reads.
+// pollLoop is one epoll loop, the connections it opens and those it reads.
 type pollLoop struct {
 	r    *runner
 	epfd int
 	buf  []byte
+	dl   *dialer // its share of the connect phase; nil when over. Only the loop uses it
 	mu   sync.Mutex
-	byFD []*client // by descriptor; guarded by mu (the dialers add to it)
+	byFD []*client // the connections it reads, by descriptor; guarded by mu (open reads it)
 }
 
-// newPollSet starts n loops for r.
-func newPollSet(r *runner, n int) (*pollSet, error) {
+// newPollSet starts n loops for r, which open the connections of job.
+func newPollSet(r *runner, n int, job *dialJob) (*pollSet, error) {
 	ps := &pollSet{}
 	for range n {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
-			ps.close()
-			return nil, errors.New("loadgen: epoll_create1: " + err.Error())
+			for _, l := range ps.loops {
+				unix.Close(l.epfd)
+			}
+			return nil, errors.New("loadgen: epoll_create1: " + err.Error() + " (raise ulimit -n?)")
 		}
-		l := &pollLoop{r: r, epfd: epfd, buf: make([]byte, pollBufSize)}
-		ps.loops = append(ps.loops, l)
+		ps.loops = append(ps.loops, &pollLoop{r: r, epfd: epfd, buf: make([]byte, pollBufSize)})
+	}
+	job.assign(ps.loops)
+	for _, l := range ps.loops {
 		ps.wg.Add(1)
 		go l.run(ps)
 	}
 	return ps, nil
 }
 
-// add hands c, whose handshake is done, to its loop. The caller has
+// hold makes c, whose handshake is done and whose socket is registered
+// with l's epoll, one of the connections l reads. The caller has
 // processed what came with the handshake (c.partial).
-func (ps *pollSet) add(c *client) error {
-	l := ps.loops[c.id%len(ps.loops)]
+func (l *pollLoop) hold(c *client) {
 	l.mu.Lock()
 	if c.fd >= len(l.byFD) {
 		l.byFD = append(l.byFD, make([]*client, c.fd+1-len(l.byFD)+len(l.byFD)/2)...)
 	}
 	l.byFD[c.fd] = c
 	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(c.fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
-		l.forget(c)
-		return err
+}
+
+// held returns the connection l reads on fd, or nil.
+func (l *pollLoop) held(fd int32) *client {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if int(fd) < len(l.byFD) {
+		return l.byFD[fd]
 	}
 	return nil
 }
@@ -101,11 +109,27 @@ func (ps *pollSet) open() []*client {
 	return out
 }
 
+// run is the loop: it opens its share of the connections, then reads
+// until ps stops.
 func (l *pollLoop) run(ps *pollSet) {
 	defer ps.wg.Done()
+	defer func() {
+		if l.dl != nil { // stopped while dialling
+			l.dl.abort(errLoopStopped)
+			l.endDialing()
+		}
+	}()
 	events := make([]unix.EpollEvent, 256)
 	for !ps.stop.Load() {
-		n, err := unix.EpollWait(l.epfd, events, int(pollWait/time.Millisecond))
+		wait := pollWait
+		if l.dl != nil {
+			var done bool
+			if wait, done = l.dl.step(); done {
+				l.endDialing()
+				wait = pollWait
+			}
+		}
+		n, err := unix.EpollWait(l.epfd, events, int((wait+time.Millisecond-1)/time.Millisecond))
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -114,14 +138,22 @@ func (l *pollLoop) run(ps *pollSet) {
 			return
 		}
 		for i := range n {
-			l.mu.Lock()
-			c := l.byFD[events[i].Fd]
-			l.mu.Unlock()
-			if c != nil {
+			if c := l.held(events[i].Fd); c != nil {
 				l.readable(c)
+			} else if l.dl != nil {
+				l.dl.event(events[i].Fd, events[i].Events)
 			}
 		}
 	}
+}
+
+// errLoopStopped: an epoll loop stopped before its dials ended.
+var errLoopStopped = errors.New("loadgen: the epoll loop stopped during the connect phase")
+
+// endDialing tells the job that l's share of the connect phase is over.
+func (l *pollLoop) endDialing() {
+	l.dl.job.wg.Done()
+	l.dl = nil
 }
 
 // readable reads c until the socket is empty and accounts for its frames.

@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"io"
+	"bufio"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/sys/unix"
 
 	"github.com/chatgw/gateway/internal/testutil"
 )
@@ -19,38 +18,38 @@ import (
 // close frame is answered and ends the connection (counted as dropped:
 // the gateway closed it during the run).
 func TestPollLoopReassembles(t *testing.T) {
-	r := newRunner(config{conns: 1, rooms: 1, senders: 1}, io.Discard)
-	ps, err := newPollSet(r, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ps.close()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := fds[1]
-	defer unix.Close(peer)
-	c := &client{id: 0, room: 0, sender: -1, fd: fds[0], peers: make([]seqTracker, 1)}
-	r.live.connected.Add(1)
-	if err := ps.add(c); err != nil {
-		t.Fatal(err)
-	}
-
-	server := func(op ws.OpCode, payload []byte) []byte {
-		b, err := ws.CompileFrame(ws.NewFrame(op, true, payload))
-		if err != nil {
-			t.Fatal(err)
+	// Connection 0 sends, connection 1 receives: the test plays the
+	// gateway of connection 1, the second to connect (one dial at a time).
+	peers := make(chan net.Conn, 2)
+	release := make(chan struct{})
+	url := startServer(t, func(c net.Conn, br *bufio.Reader) {
+		req := readUpgrade(br)
+		if req == nil {
+			return
 		}
-		return b
+		peers <- c // before the 101: connection 1 is dialled after it
+		if _, err := c.Write([]byte(switching(req))); err == nil {
+			<-release // the test reads and writes c
+		}
+	})
+	t.Cleanup(func() { close(release) }) // runs before the server's
+	r := newTestRunner(t, url, "-conns", "2", "-rooms", "1", "-senders", "1", "-rate", "0", "-dial-concurrency", "1")
+	connect(t, r)
+	if r.live.connected.Load() != 2 {
+		t.Fatalf("connected %d, errors %v; want 2", r.live.connected.Load(), r.live.errs.snapshot())
 	}
+	<-peers // connection 0's
+	peer := <-peers
+	c := r.clients[1]
+	br := bufio.NewReader(peer)
+
 	msg := func(seq uint32, pad int) []byte {
 		st := stamp{run: r.run, sender: 0, seq: seq, nanos: time.Now().UnixNano()}
-		return server(ws.OpText, appendChatMessage(nil, st, pad, false))
+		return ws.MustCompileFrame(ws.NewFrame(ws.OpText, true, appendChatMessage(nil, st, pad, false)))
 	}
 	send := func(b []byte) {
 		t.Helper()
-		if err := writeFull(peer, b, testutil.Timeout); err != nil {
+		if _, err := peer.Write(b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -76,23 +75,22 @@ func TestPollLoopReassembles(t *testing.T) {
 	received(5)
 
 	// A ping is answered with a pong carrying its payload.
-	send(server(ws.OpPing, []byte("are you there")))
-	pong := readPeerFrame(t, peer)
-	if pong.Header.OpCode != ws.OpPong || string(pong.Payload) != "are you there" {
-		t.Fatalf("answer to a ping: %v %q", pong.Header.OpCode, pong.Payload)
+	send(serverFrame(ws.OpPing, "are you there"))
+	if p := pongOf(peer, br); p != "are you there" {
+		t.Fatalf("answer to a ping: %q", p)
 	}
 
 	// A close frame: the client answers it and the loop lets go.
-	send(server(ws.OpClose, ws.NewCloseFrameBody(ws.StatusGoingAway, "bye")))
-	if f := readPeerFrame(t, peer); f.Header.OpCode != ws.OpClose {
-		t.Fatalf("answer to a close frame: %v", f.Header.OpCode)
+	send(serverFrame(ws.OpClose, string(ws.NewCloseFrameBody(ws.StatusGoingAway, "bye"))))
+	if f, err := readClientFrame(peer, br); err != nil || f.Header.OpCode != ws.OpClose {
+		t.Fatalf("answer to a close frame: %v, %v", f.Header.OpCode, err)
 	}
-	testutil.Eventually(t, "the loop to close the connection", func() bool { return r.live.connected.Load() == 0 })
-	if open := ps.open(); len(open) != 0 {
-		t.Fatalf("%d connections still held after the close", len(open))
+	testutil.Eventually(t, "the loop to close the connection", func() bool { return r.live.connected.Load() == 1 })
+	if open := r.poll.open(); len(open) != 1 || open[0] != r.clients[0] {
+		t.Fatalf("%d connections still held after the close, want connection 0 only", len(open))
 	}
-	ps.close()
-	// The loop has stopped: its counts can be read.
+	r.closeAll()
+	// The loops have stopped: the counts can be read.
 	if c.received != 5 || c.dup != 0 || c.late != 0 || c.unparsed != 0 || c.peers[0].lost(5) != 0 {
 		t.Fatalf("received %d, duplicated %d, late %d, unparsed %d, lost %d; want 5 in order",
 			c.received, c.dup, c.late, c.unparsed, c.peers[0].lost(5))
@@ -101,28 +99,4 @@ func TestPollLoopReassembles(t *testing.T) {
 	if !c.dropped || r.live.errs.snapshot()["close_1001"] != 1 {
 		t.Fatalf("a close by the gateway: dropped %v, errors %v; want dropped and close_1001 once", c.dropped, r.live.errs.snapshot())
 	}
-}
-
-// readPeerFrame reads one masked client frame from the non-blocking
-// socket fd.
-func readPeerFrame(t *testing.T, fd int) ws.Frame {
-	t.Helper()
-	var got []byte
-	deadline := time.Now().Add(testutil.Timeout)
-	buf := make([]byte, 512)
-	for time.Now().Before(deadline) {
-		n, err := unix.Read(fd, buf)
-		if n > 0 {
-			got = append(got, buf[:n]...)
-			if f, err := ws.ReadFrame(bytes.NewReader(got)); err == nil {
-				return ws.UnmaskFrameInPlace(f)
-			}
-		}
-		if err != nil && err != unix.EAGAIN {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	t.Fatal("no frame from the client")
-	return ws.Frame{}
 }

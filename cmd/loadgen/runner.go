@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -18,7 +16,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/sys/unix"
 )
 
 // runner carries one load test through its phases: connect, hold, send,
@@ -84,15 +81,12 @@ func (r *runner) execute(ctx context.Context) (*Summary, error) {
 		r.live.progress(w, r.cfg.label, r.cfg.pids, stopProgress, time.Now())
 	}()
 
-	ps, err := newPollSet(r, runtime.GOMAXPROCS(0))
-	if err != nil {
+	connStart := time.Now()
+	if err := r.connectAll(ctx); err != nil {
 		close(stopProgress)
 		<-progressDone
 		return nil, err
 	}
-	r.poll = ps
-	connStart := time.Now()
-	r.connectAll(ctx)
 	connSecs := time.Since(connStart).Seconds()
 
 	r.live.phase.Store("hold")
@@ -138,42 +132,29 @@ func wait(ctx context.Context, d time.Duration) {
 	}
 }
 
-// connectAll opens the connections, paced by -connect-rate and bounded by
-// -dial-concurrency and -connect-timeout.
-func (r *runner) connectAll(ctx context.Context) {
+// connectAll starts the epoll loops, which open the connections (dial.go)
+// paced by -connect-rate and bounded by -dial-concurrency, -dial-timeout
+// and -connect-timeout, and returns once every dial has ended.
+func (r *runner) connectAll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.connectTimeout)
 	defer cancel()
-	sem := make(chan struct{}, r.cfg.dialConc)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range r.cfg.conns {
-		if r.cfg.connectRate > 0 {
-			wait(ctx, time.Until(start.Add(time.Duration(float64(i)/r.cfg.connectRate*float64(time.Second)))))
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			n := int64(r.cfg.conns - i)
-			r.live.failed.Add(n)
-			r.live.errs.addN("not_dialed", n)
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			r.dial(ctx, i)
-		}()
+	job := newDialJob(ctx, r)
+	ps, err := newPollSet(r, runtime.GOMAXPROCS(0), job)
+	if err != nil {
+		return err
 	}
-	wg.Wait()
+	r.poll = ps
+	job.wg.Wait()
+	return nil
 }
 
 // dialError marks a failure of the TCP connect, as opposed to the handshake.
 type dialError struct{ err error }
 
+// Error returns the failed connect's error text.
 func (e *dialError) Error() string { return e.err.Error() }
+
+// Unwrap returns the failed connect's error.
 func (e *dialError) Unwrap() error { return e.err }
 
 // placement returns the room of connection i and the index of its gateway
@@ -184,114 +165,6 @@ func (e *dialError) Unwrap() error { return e.err }
 func placement(i, rooms, urls int) (room, url int) {
 	room = i % rooms
 	return room, (room + i/rooms) % urls
-}
-
-// dial opens connection i and hands its socket to an epoll loop.
-func (r *runner) dial(ctx context.Context, i int) {
-	room, url := placement(i, r.cfg.rooms, len(r.cfg.urls))
-	u := r.cfg.urls[url] + "/ws/chat/" + r.prefix + strconv.Itoa(room) + "/"
-	if r.cfg.options != "" {
-		u += "?" + r.cfg.options
-	}
-	var src netip.Addr
-	if len(r.cfg.src) > 0 {
-		src = r.cfg.src[i%len(r.cfg.src)]
-	}
-	d := ws.Dialer{
-		Timeout: r.cfg.dialTimeout,
-		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nc, err := netDialer(src).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			return nc, nil
-		},
-	}
-	nc, br, _, err := d.Dial(ctx, u)
-	if err != nil {
-		r.live.failed.Add(1)
-		r.live.errs.add(dialErrKind(err))
-		return
-	}
-	// The socket leaves Go's netpoller for an epoll loop: a duplicate of
-	// the descriptor stays, the net.Conn (and its buffers) goes.
-	fd, err := detach(nc)
-	if err != nil {
-		r.live.failed.Add(1)
-		r.live.errs.add("detach (" + err.Error() + ")")
-		return
-	}
-	c := &client{id: i, room: room, sender: -1, fd: fd, peers: make([]seqTracker, r.cfg.senders)}
-	if member := i / r.cfg.rooms; member < r.cfg.senders {
-		c.sender = room*r.cfg.senders + member
-	}
-	r.live.opened.Add(1)
-	r.live.connected.Add(1)
-	if br != nil && br.Buffered() > 0 { // frames that came with the 101
-		b, _ := br.Peek(br.Buffered())
-		rest, done, err := c.feed(r, b)
-		if err != nil || done {
-			c.dropped = true
-			r.live.errs.add("closed_at_handshake")
-			unix.Close(fd)
-			r.live.connected.Add(-1)
-			r.clients[i] = c
-			return
-		}
-		c.partial = append([]byte(nil), rest...)
-	}
-	r.clients[i] = c
-	if err := r.poll.add(c); err != nil {
-		c.dropped = true
-		r.live.errs.add("epoll_ctl (" + err.Error() + ")")
-		unix.Close(fd)
-		r.live.connected.Add(-1)
-	}
-}
-
-// detach returns a duplicate of nc's descriptor, non-blocking and
-// close-on-exec, and closes nc.
-func detach(nc net.Conn) (int, error) {
-	defer nc.Close()
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return -1, fmt.Errorf("%T has no descriptor", nc)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, derr
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
-// netDialer returns a TCP dialer bound to src, if valid. The port is left
-// to connect() (IP_BIND_ADDRESS_NO_PORT), so each source address offers
-// the whole ephemeral port range to every gateway address.
-func netDialer(src netip.Addr) *net.Dialer {
-	d := &net.Dialer{}
-	if !src.IsValid() {
-		return d
-	}
-	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-	d.Control = func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-		})
-		return errors.Join(err, serr)
-	}
-	return d
 }
 
 // dialErrKind names a dial or handshake failure for the error counts.
@@ -316,6 +189,8 @@ func dialErrKind(err error) string {
 			return "dial_unreachable"
 		case errors.Is(err, syscall.ECONNRESET):
 			return "dial_reset"
+		case errors.Is(err, errNoAddress):
+			return "dial_no_address (the -url host has no address of the -src family: give -src addresses of its family)"
 		}
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) {

@@ -54,7 +54,7 @@ func BenchmarkFrameReaderFeed(b *testing.B) {
 			if chunk == 0 {
 				chunk = len(input)
 			}
-			r := &frameReader{max: 64 << 10}
+			r := &frameReader{lim: &readLimits{max: 64 << 10}}
 			defer r.reset()
 			n := 0
 			emit := func(op ws.OpCode, p []byte) readResult {

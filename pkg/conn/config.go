@@ -24,11 +24,12 @@ type Config struct {
 	// closes the connection with 1009. Zero means 64 KiB. It also bounds
 	// what one connection holds for an unfinished message: at most about
 	// twice MaxMessageBytes of buffer (maxPartialPerConn).
-	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES" help:"largest client message in bytes; longer ones close with 1009"`
+	MaxMessageBytes int `env:"MAX_MESSAGE_BYTES" help:"largest client message in bytes (at most half of MAX_QUEUE_BYTES); longer ones close with 1009"`
 	// MaxQueueBytes bounds the bytes queued for one client that does not
 	// read; past it the connection is closed with 1008. Zero means 1 MiB.
-	// It must be at least 2×MaxMessageBytes (minQueueMessages).
-	MaxQueueBytes int `env:"MAX_QUEUE_BYTES" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES)"`
+	// It must be at least 2×MaxMessageBytes (minQueueMessages) and at
+	// most 1 GiB (maxQueueBytes).
+	MaxQueueBytes int `env:"MAX_QUEUE_BYTES" help:"bytes queued for a client that does not read before it is closed with 1008 (at least 2x MAX_MESSAGE_BYTES, at most 1 GiB)"`
 	// MaxPartialBytes bounds the bytes the server holds for unfinished
 	// frames and fragmented messages, all connections together, counted
 	// as buffer capacity (Stats.PartialBytes). A connection whose read
@@ -167,11 +168,15 @@ const (
 // Bounds of Config values that setDefaults checks; the help tags and
 // comments that state them are held to them by TestConfigHelpStatesBounds.
 const (
-	minQueueMessages = 2       // MaxQueueBytes is at least minQueueMessages×MaxMessageBytes
-	maxFrameRate     = 1e9     // frames per second
-	maxEventLoops    = 1024    // EventLoops
-	minHeaderBytes   = 1 << 10 // MaxHeaderBytes
-	maxHeaderBytes   = 1 << 20 // MaxHeaderBytes
+	minQueueMessages = 2 // MaxQueueBytes is at least minQueueMessages×MaxMessageBytes
+	// maxQueueBytes bounds MaxQueueBytes (and so MaxMessageBytes, at most
+	// half of it): a connection counts its queued and unfinished bytes in
+	// 32 bits, which keeps an idle Conn small.
+	maxQueueBytes  = 1 << 30
+	maxFrameRate   = 1e9     // frames per second
+	maxEventLoops  = 1024    // EventLoops
+	minHeaderBytes = 1 << 10 // MaxHeaderBytes
+	maxHeaderBytes = 1 << 20 // MaxHeaderBytes
 	// perIPMin is the least default of MaxConnectionsPerIP (perIPDefault).
 	perIPMin = 1000
 	// perIPShare: MaxConnectionsPerIP defaults to 1/perIPShare of
@@ -227,9 +232,11 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.MaxMessageBytes < 0:
 		return fmt.Errorf("conn: MAX_MESSAGE_BYTES is %d; want a positive byte count", c.MaxMessageBytes)
+	case c.MaxQueueBytes > maxQueueBytes:
+		return fmt.Errorf("conn: MAX_QUEUE_BYTES is %d; want at most %d (1 GiB) per client", c.MaxQueueBytes, maxQueueBytes)
 	case c.MaxQueueBytes < minQueueMessages*c.MaxMessageBytes:
-		return fmt.Errorf("conn: MAX_QUEUE_BYTES (%d) must be at least %d× MAX_MESSAGE_BYTES (%d); raise it or lower MAX_MESSAGE_BYTES",
-			c.MaxQueueBytes, minQueueMessages, c.MaxMessageBytes)
+		return fmt.Errorf("conn: MAX_QUEUE_BYTES (%d) must be at least %d× MAX_MESSAGE_BYTES (%d); raise it (at most %d) or lower MAX_MESSAGE_BYTES (at most %d)",
+			c.MaxQueueBytes, minQueueMessages, c.MaxMessageBytes, maxQueueBytes, maxQueueBytes/minQueueMessages)
 	case c.MaxPartialBytes < maxPartialPerConn(c.MaxMessageBytes):
 		return fmt.Errorf("conn: MAX_PARTIAL_BYTES (%d) must be at least %d, what one connection may hold for a message of MAX_MESSAGE_BYTES (%d); raise it or lower MAX_MESSAGE_BYTES",
 			c.MaxPartialBytes, maxPartialPerConn(c.MaxMessageBytes), c.MaxMessageBytes)

@@ -102,6 +102,8 @@ func TestConfigHelpStatesBounds(t *testing.T) {
 	for _, tc := range []struct{ where, text, want string }{
 		{"MaxQueueBytes help", help("MaxQueueBytes"), fmt.Sprintf("at least %dx MAX_MESSAGE_BYTES", minQueueMessages)},
 		{"MaxQueueBytes comment", docs["MaxQueueBytes"], fmt.Sprintf("at least %d×MaxMessageBytes", minQueueMessages)},
+		{"MaxQueueBytes help bound", help("MaxQueueBytes"), fmt.Sprintf("at most %d GiB", maxQueueBytes>>30)},
+		{"MaxQueueBytes comment bound", docs["MaxQueueBytes"], fmt.Sprintf("at most %d GiB", maxQueueBytes>>30)},
 		{"CloseTimeout help", help("CloseTimeout"), fmt.Sprintf("up to %dx", closeWaitFactor)},
 		{"CloseTimeout comment", docs["CloseTimeout"], fmt.Sprintf("up to %d×CloseTimeout", closeWaitFactor)},
 		{"MaxConnectionsPerIP help", help("MaxConnectionsPerIP"), fmt.Sprintf("a quarter of MAX_CONNECTIONS, at least %d", perIPMin)},

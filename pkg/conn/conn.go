@@ -17,45 +17,53 @@ import (
 // Handler's callbacks for one Conn are all made from its event loop, one
 // at a time.
 type Conn struct {
+	// An idle connection costs mostly this struct: the fields are ordered
+	// to pack it into the 208-byte size class (TestConnSize).
 	id       uint64
 	fd       int
 	loop     *loop
 	routeKey string // Handler.Route's answer: Key
 	remote   netip.AddrPort
-	slot     int // Handler's bookkeeping, see SetSlot
+	slot     int32 // Handler's bookkeeping, see SetSlot
 
 	// Owned by the event loop.
-	state        connState
-	idx          int // position in loop.conns
+	idx          int32 // position in loop.conns
 	rd           frameReader
-	lastRead     int64  // loop clock (unix ns) of the last read
-	pingSent     int64  // loop clock of the unanswered ping; 0 when none
-	deadline     int64  // handshake or close deadline; 0 when none
-	closeBy      int64  // closing: the deadline may be extended up to here
-	acked        uint64 // closing: bytes the client had acknowledged (TCP_INFO)
-	cause        error  // why the connection is closing
-	resp         []byte // the 101 response, held while joining
-	partial      int    // bytes of rd counted in Stats.PartialBytes
-	partialSince int64  // loop clock when the unfinished message began; 0 when none
-	readRound    uint32 // loop round of readsLeft
-	readsLeft    uint8  // reads left to this connection in readRound
-	inAgain      bool   // in loop.again: has data left to read next round
-	hup          bool   // the peer shut its side down: read until EOF, not a short read
-	perIP        bool   // counted in Server.perIP (MaxConnectionsPerIP)
-	websocket    bool   // counted in Stats.WebSockets (MaxConnections)
-	fromProxy    bool   // the peer is a trusted proxy (proxy.go)
-	proxyRead    bool   // the start of the stream was checked for a PROXY header
-	anonymous    bool   // from a trusted proxy that named no client (yet)
+	lastRead     int64   // loop clock (unix ns) of the last read
+	pingSent     int64   // loop clock of the unanswered ping; 0 when none
+	deadline     int64   // handshake or close deadline; 0 when none
+	closer       *closer // stateClosing: why, and how long it may take
+	partialSince int64   // loop clock when the unfinished message began; 0 when none
+	partial      int32   // bytes of rd counted in Stats.PartialBytes
+	readRound    uint32  // loop round of readsLeft
+	state        connState
+	readsLeft    uint8 // reads left to this connection in readRound
+	inAgain      bool  // in loop.again: has data left to read next round
+	hup          bool  // the peer shut its side down: read until EOF, not a short read
+	perIP        bool  // counted in Server.perIP (MaxConnectionsPerIP)
+	websocket    bool  // counted in Stats.WebSockets (MaxConnections)
+	fromProxy    bool  // the peer is a trusted proxy (proxy.go)
+	proxyRead    bool  // the start of the stream was checked for a PROXY header
+	anonymous    bool  // from a trusted proxy that named no client (yet)
 
 	// Write side, guarded by mu.
+	ready    bool // the 101 response is written; frames may follow
+	closing  bool // no more frames but the close frame are queued
+	shutWR   bool // close frame flushed and write side shut down
+	closed   bool // fd released; nothing may touch it
 	mu       sync.Mutex
 	out      *queue // pending frames; nil when empty
-	outOff   int    // bytes of out.frames[0] already written
-	outBytes int    // bytes pending in out
-	ready    bool   // the 101 response is written; frames may follow
-	closing  bool   // no more frames but the close frame are queued
-	shutWR   bool   // close frame flushed and write side shut down
-	closed   bool   // fd released; nothing may touch it
+	outOff   int32  // bytes of out.frames[0] already written
+	outBytes int32  // bytes pending in out (at most MAX_QUEUE_BYTES, 1 GiB, and a frame)
+}
+
+// closer is what a closing connection (stateClosing) keeps besides its
+// deadline. It is allocated when the close starts, so that open
+// connections do not carry it.
+type closer struct {
+	cause   error  // why the connection is closing
+	closeBy int64  // the deadline may be extended up to here
+	acked   uint64 // bytes the client had acknowledged (TCP_INFO)
 }
 
 type connState uint8
@@ -88,11 +96,12 @@ func (c *Conn) ClientKnown() bool { return !c.anonymous }
 
 // SetSlot stores an integer for the Handler's bookkeeping (such as the
 // connection's index in a member list). It must only be used from the
-// Handler's own synchronisation domain; conn never reads it.
-func (c *Conn) SetSlot(i int) { c.slot = i }
+// Handler's own synchronisation domain; conn never reads it. It is kept
+// in 32 bits: i must lie within ±2^31.
+func (c *Conn) SetSlot(i int) { c.slot = int32(i) }
 
 // Slot returns the integer stored by SetSlot.
-func (c *Conn) Slot() int { return c.slot }
+func (c *Conn) Slot() int { return int(c.slot) }
 
 // Complete completes an upgrade for which Handler.OnOpen returned
 // OpenPending. With a nil err the 101 response is written, frames sent to c
@@ -125,7 +134,7 @@ func (c *Conn) Send(f *Frame) {
 		c.mu.Unlock()
 		return
 	}
-	if c.outBytes+len(f.buf) > c.loop.srv.cfg.MaxQueueBytes {
+	if int(c.outBytes)+len(f.buf) > c.loop.srv.cfg.MaxQueueBytes {
 		c.mu.Unlock()
 		c.Close(ErrSlowConsumer)
 		return
@@ -143,7 +152,7 @@ func (c *Conn) Send(f *Frame) {
 // to read. It may be called from any goroutine.
 func (c *Conn) Queued() (n, limit int) {
 	c.mu.Lock()
-	n = c.outBytes
+	n = int(c.outBytes)
 	c.mu.Unlock()
 	return n, c.loop.srv.cfg.MaxQueueBytes
 }
@@ -158,7 +167,7 @@ func (c *Conn) enqueueLocked(f *Frame) bool {
 		c.out = queuePool.Get().(*queue)
 	}
 	c.out.frames = append(c.out.frames, f)
-	c.outBytes += len(f.buf)
+	c.outBytes += int32(len(f.buf))
 	c.loop.queued.Add(int64(len(f.buf)))
 	return len(c.out.frames) == 1 && c.ready && !c.shutWR && !c.closed
 }
@@ -233,14 +242,14 @@ func (c *Conn) flushLocked() {
 
 // advanceLocked drops the first n written bytes from the queue.
 func (c *Conn) advanceLocked(n int) {
-	c.outBytes -= n
+	c.outBytes -= int32(n)
 	c.loop.queued.Add(int64(-n))
 	frames := c.out.frames
 	i := 0
 	for ; i < len(frames) && n > 0; i++ {
-		rest := len(frames[i].buf) - c.outOff
+		rest := len(frames[i].buf) - int(c.outOff)
 		if n < rest {
-			c.outOff += n
+			c.outOff += int32(n)
 			break
 		}
 		n -= rest
@@ -278,7 +287,7 @@ func (c *Conn) dropUnsentLocked() {
 	}
 	frames := c.out.frames
 	for i := 1; i < len(frames); i++ {
-		c.outBytes -= len(frames[i].buf)
+		c.outBytes -= int32(len(frames[i].buf))
 		c.loop.queued.Add(int64(-len(frames[i].buf)))
 		frames[i].Release()
 		frames[i] = nil

@@ -154,7 +154,7 @@ func FuzzReadFrame(f *testing.F) {
 			}
 		}
 		// Byte by byte too, checking the bytes held after each.
-		br := &frameReader{max: fuzzMax}
+		br := &frameReader{lim: &readLimits{max: fuzzMax}}
 		for i := range input {
 			if _, err := br.feed([]byte{input[i]}, func(ws.OpCode, []byte) readResult { return readOn }); err != nil {
 				break

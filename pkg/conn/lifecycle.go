@@ -28,11 +28,8 @@ func (l *loop) register(c *Conn) {
 		l.drop(c)
 		return
 	}
-	for c.fd >= len(l.byFD) {
-		l.byFD = append(l.byFD, make([]*Conn, max(1024, len(l.byFD)))...)
-	}
-	l.byFD[c.fd] = c
-	c.idx = len(l.conns)
+	l.setFD(c.fd, c)
+	c.idx = int32(len(l.conns))
 	l.conns = append(l.conns, c)
 	c.lastRead = l.now
 	c.deadline = l.now + int64(l.srv.cfg.HandshakeTimeout)
@@ -59,10 +56,12 @@ func (l *loop) closing(c *Conn, cause error) {
 	}
 	if c.state == stateOpen {
 		c.state = stateClosing
-		c.cause = cause
 		c.deadline = l.now + int64(l.srv.cfg.CloseTimeout) // no longer a pause
-		c.closeBy = l.now + closeWaitFactor*int64(l.srv.cfg.CloseTimeout)
-		c.acked = bytesAcked(c.fd)
+		c.closer = &closer{
+			cause:   cause,
+			closeBy: l.now + closeWaitFactor*int64(l.srv.cfg.CloseTimeout),
+			acked:   bytesAcked(c.fd),
+		}
 		c.rd.discardData() // its messages are not delivered any more
 		if c.rd.paused {
 			// What the pause kept is dropped; read on for the close frame.
@@ -110,7 +109,7 @@ func (l *loop) detach(c *Conn) (wasOpen bool) {
 	c.closing, c.closed = true, true
 	c.dropQueueLocked()
 	c.mu.Unlock()
-	l.byFD[c.fd] = nil
+	l.setFD(c.fd, nil)
 	last := l.conns[len(l.conns)-1]
 	l.conns[c.idx] = last
 	last.idx = c.idx
@@ -124,7 +123,8 @@ func (l *loop) detach(c *Conn) (wasOpen bool) {
 	}
 	wasOpen = c.state == stateOpen || c.state == stateJoining
 	c.state = stateClosed
-	c.resp = nil
+	delete(l.held, c)
+	c.closer = nil
 	l.srv.stats.open.Add(-1)
 	return wasOpen
 }

@@ -3,6 +3,7 @@ package conn
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
@@ -233,11 +235,11 @@ func TestJoinAtCapEvictsHeads(t *testing.T) {
 // open-file limit while exhausted is set: accept fails with EMFILE unless
 // the spare descriptor is closed (only that frees one). fails counts the
 // EMFILE answers.
-func exhaustedAccept(s *Server, exhausted *atomic.Bool, fails *atomic.Int64) func(int) (int, unix.Sockaddr, error) {
-	return func(lfd int) (int, unix.Sockaddr, error) {
+func exhaustedAccept(s *Server, exhausted *atomic.Bool, fails *atomic.Int64) func(int) (int, netip.AddrPort, error) {
+	return func(lfd int) (int, netip.AddrPort, error) {
 		if exhausted.Load() && s.spare >= 0 { // s.spare: the Serve goroutine's, as this call
 			fails.Add(1)
-			return -1, nil, unix.EMFILE
+			return -1, netip.AddrPort{}, unix.EMFILE
 		}
 		return accept4(lfd)
 	}
@@ -298,12 +300,12 @@ func TestAcceptBackoff(t *testing.T) {
 	var calls []time.Time
 	failing.Store(true)
 	s := startLoggedServer(t, Config{}, newRecorder(), logs.logger(), func(s *Server) {
-		s.accept = func(lfd int) (int, unix.Sockaddr, error) {
+		s.accept = func(lfd int) (int, netip.AddrPort, error) {
 			if failing.Load() {
 				mu.Lock()
 				calls = append(calls, time.Now())
 				mu.Unlock()
-				return -1, nil, unix.EMFILE
+				return -1, netip.AddrPort{}, unix.EMFILE
 			}
 			return accept4(lfd)
 		}
@@ -364,5 +366,33 @@ func TestStatsCountRefusalsAndCloses(t *testing.T) {
 	st := s.Stats()
 	if st.RefusedBy["forbidden"] != 1 || st.RefusedBy["per_ip"] != 1 || st.Refused != 2 {
 		t.Errorf("refusals %d by %v; want forbidden 1 and per_ip 1", st.Refused, st.RefusedBy)
+	}
+}
+
+// TestRawToAddrPort: accept4's address conversion, ports in network byte
+// order, mapped IPv4 unmapped, other families the zero AddrPort.
+func TestRawToAddrPort(t *testing.T) {
+	var rsa unix.RawSockaddrAny
+	a4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+	a4.Family, a4.Addr = unix.AF_INET, [4]byte{10, 1, 2, 3}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a4.Port))[:], 8000)
+	if got, want := rawToAddrPort(&rsa), netip.MustParseAddrPort("10.1.2.3:8000"); got != want {
+		t.Errorf("IPv4: %v, want %v", got, want)
+	}
+	rsa = unix.RawSockaddrAny{}
+	a6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+	a6.Family, a6.Addr = unix.AF_INET6, netip.MustParseAddr("2001:db8::7").As16()
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a6.Port))[:], 65534)
+	if got, want := rawToAddrPort(&rsa), netip.MustParseAddrPort("[2001:db8::7]:65534"); got != want {
+		t.Errorf("IPv6: %v, want %v", got, want)
+	}
+	a6.Addr = netip.MustParseAddr("::ffff:192.0.2.9").As16()
+	if got, want := rawToAddrPort(&rsa), netip.MustParseAddrPort("192.0.2.9:65534"); got != want {
+		t.Errorf("mapped IPv4: %v, want %v", got, want)
+	}
+	rsa = unix.RawSockaddrAny{}
+	rsa.Addr.Family = unix.AF_UNIX
+	if got := rawToAddrPort(&rsa); got.IsValid() {
+		t.Errorf("AF_UNIX: %v, want the zero AddrPort", got)
 	}
 }

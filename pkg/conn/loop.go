@@ -1,7 +1,6 @@
 package conn
 
 import (
-	"bytes"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -26,12 +25,12 @@ type loop struct {
 	efd  int     // eventfd that wakes the loop for posted requests
 	poll *poller // parks the loop goroutine until epfd has events (poll.go)
 
-	byFD       []*Conn // owned connections by file descriptor
-	conns      []*Conn // owned connections, for the periodic scan
-	buf        []byte  // read buffer shared by all connections of the loop
-	now        int64   // clock at the last wake-up, unix ns
-	round      uint32  // rounds since start: Conn.readRound
-	again      []*Conn // connections with data left to read, each once (Conn.inAgain)
+	byFD       [][]*Conn // owned connections by file descriptor, in chunks of fdChunk (lookup)
+	conns      []*Conn   // owned connections, for the periodic scan
+	buf        []byte    // read buffer shared by all connections of the loop
+	now        int64     // clock at the last wake-up, unix ns
+	round      uint32    // rounds since start: Conn.readRound
+	again      []*Conn   // connections with data left to read, each once (Conn.inAgain)
 	againSpare []*Conn
 	expired    []*Conn // scan's list, kept for reuse
 	emit       emitFunc
@@ -63,11 +62,19 @@ type loop struct {
 
 	// Handshake state, valid during one call of upgrade (upgrade.go).
 	up         ws.Upgrader
-	hsRouteKey string // what Handler.Route returned
-	hsResp     bytes.Buffer
-	hsCounted  bool   // the refusal was counted by the check that made it
-	hsXFF      []byte // X-Forwarded-For values of a trusted proxy's request
-	hsFwd      []byte // Forwarded values of a trusted proxy's request
+	hsRouteKey string      // what Handler.Route returned
+	hs         handshakeIO // the request head and the response
+	hsCounted  bool        // the refusal was counted by the check that made it
+	hsXFF      []byte      // X-Forwarded-For values of a trusted proxy's request
+	hsFwd      []byte      // Forwarded values of a trusted proxy's request
+
+	// Owned by the loop goroutine. readLim is the server's reader limits
+	// with this loop's clock, for the loop's connections (frameReader.lim).
+	readLim readLimits
+
+	// held keeps the 101 response of each connection whose Handler has
+	// not answered yet (stateJoining), until Conn.Complete.
+	held map[*Conn][]byte
 
 	queued atomic.Int64 // bytes queued for the loop's connections (Stats.QueuedBytes)
 }
@@ -94,8 +101,9 @@ func newLoop(s *Server) (*loop, error) {
 		unix.Close(efd)
 		return nil, err
 	}
-	l := &loop{srv: s, epfd: epfd, efd: efd, poll: p, buf: make([]byte, readBufferSize), done: make(chan struct{})}
+	l := &loop{srv: s, epfd: epfd, efd: efd, poll: p, buf: make([]byte, readBufferSize), done: make(chan struct{}), held: make(map[*Conn][]byte)}
 	l.emit = l.onFrame
+	l.readLim = s.readLim
 	l.up = ws.Upgrader{
 		OnRequest:       l.onRequest,
 		OnHost:          l.onHost,
@@ -197,10 +205,31 @@ func (l *loop) serveEvents(events []unix.EpollEvent) {
 	}
 }
 
+// fdChunk is how many descriptors one chunk of loop.byFD covers. The
+// table grows by chunks that never move, so growing it leaves no garbage
+// (a doubled slice would copy itself at every step).
+const fdChunk = 4096
+
 // lookup returns the connection the loop owns on fd, or nil.
 func (l *loop) lookup(fd int) *Conn {
-	if fd < 0 || fd >= len(l.byFD) {
+	if fd < 0 || fd/fdChunk >= len(l.byFD) || l.byFD[fd/fdChunk] == nil {
 		return nil
 	}
-	return l.byFD[fd]
+	return l.byFD[fd/fdChunk][fd%fdChunk]
+}
+
+// setFD records c as the connection on its descriptor (nil clears it),
+// adding the chunk it falls in.
+func (l *loop) setFD(fd int, c *Conn) {
+	k := fd / fdChunk
+	for k >= len(l.byFD) {
+		l.byFD = append(l.byFD, nil)
+	}
+	if l.byFD[k] == nil {
+		if c == nil {
+			return
+		}
+		l.byFD[k] = make([]*Conn, fdChunk)
+	}
+	l.byFD[k][fd%fdChunk] = c
 }

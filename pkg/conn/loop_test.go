@@ -129,7 +129,7 @@ func TestReadBudgetPerRound(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
 	c := &Conn{fd: fds[0], loop: l, state: stateOpen, ready: true, slot: -1}
-	c.rd.max = 1 << 10
+	c.rd.lim = &readLimits{max: 1 << 10}
 	msg := frame(bText, []byte("0123456789abcd")) // 20 bytes
 	if _, err := unix.Write(fds[1], bytes.Repeat(msg, 200)); err != nil {
 		t.Fatal(err)
@@ -604,5 +604,34 @@ func TestPacedReadsLoseNothing(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// TestByFDChunks: the descriptor table across a chunk's edge, a chunk
+// added for a high descriptor, and clearing where no chunk was made.
+func TestByFDChunks(t *testing.T) {
+	var l loop
+	a, b, c := &Conn{}, &Conn{}, &Conn{}
+	l.setFD(fdChunk-1, a)
+	l.setFD(fdChunk, b)
+	l.setFD(5*fdChunk+7, c)
+	for _, tc := range []struct {
+		fd   int
+		want *Conn
+	}{{fdChunk - 1, a}, {fdChunk, b}, {5*fdChunk + 7, c}, {0, nil}, {fdChunk + 1, nil}, {3 * fdChunk, nil}, {9 * fdChunk, nil}, {-1, nil}} {
+		if got := l.lookup(tc.fd); got != tc.want {
+			t.Errorf("lookup(%d) = %p, want %p", tc.fd, got, tc.want)
+		}
+	}
+	if l.byFD[3] != nil {
+		t.Error("a chunk was made for descriptors no connection has")
+	}
+	l.setFD(3*fdChunk+1, nil) // no chunk there: nothing to clear, nothing made
+	if l.byFD[3] != nil {
+		t.Error("clearing made a chunk")
+	}
+	l.setFD(fdChunk, nil)
+	if l.lookup(fdChunk) != nil || l.lookup(fdChunk-1) != a {
+		t.Error("clearing one descriptor touched another")
 	}
 }

@@ -104,7 +104,7 @@ func (l *loop) resumeDue() {
 		}
 		c.deadline = 0
 		l.cur = c
-		c.rd.now = l.now
+		l.readLim.now = l.now
 		res, err := c.rd.resume(l.emit)
 		l.fed(c, res, err)
 		if c.state == stateOpen && !c.rd.paused {

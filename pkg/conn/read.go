@@ -88,7 +88,7 @@ func (l *loop) readNext(c *Conn) {
 // frames parses data into messages and control frames.
 func (l *loop) frames(c *Conn, data []byte) {
 	l.cur = c
-	c.rd.now = l.now
+	l.readLim.now = l.now
 	res, err := c.rd.feed(data, l.emit)
 	l.fed(c, res, err)
 }
@@ -110,7 +110,7 @@ func (l *loop) fed(c *Conn, res readResult, err error) {
 			l.limit(c, ErrServerBusy)
 		}
 	case c.state == stateClosing:
-		l.release(c, c.cause) // garbage after our close frame
+		l.release(c, c.closer.cause) // garbage after our close frame
 	default:
 		c.Close(err)
 		l.closing(c, err)
@@ -131,7 +131,7 @@ func (l *loop) early(c *Conn, data []byte) {
 	if c.rd.in != nil {
 		held += len(c.rd.in.b)
 	}
-	if held > c.rd.max+maxFrameHeader {
+	if held > c.rd.lim.max+maxFrameHeader {
 		l.release(c, ErrTooLarge)
 		return
 	}
@@ -155,11 +155,11 @@ func (l *loop) account(c *Conn) bool {
 	case c.partialSince == 0 || c.rd.completed:
 		c.partialSince = l.now
 	}
-	d := held - c.partial
+	d := held - int(c.partial)
 	if d == 0 {
 		return false
 	}
-	c.partial = held
+	c.partial = int32(held) // at most maxPartialPerConn(MaxMessageBytes ≤ 512 MiB) and a read: under 2 GiB
 	total := l.srv.stats.partial.Add(int64(d))
 	return d > 0 && total > int64(l.srv.cfg.MaxPartialBytes)
 }
@@ -169,7 +169,7 @@ func (l *loop) onFrame(op ws.OpCode, payload []byte) readResult {
 	c := l.cur
 	if c.state == stateClosing {
 		if op == ws.OpClose { // the answer to our close frame
-			l.release(c, c.cause)
+			l.release(c, c.closer.cause)
 			return readStop
 		}
 		return readOn // discard frames in flight

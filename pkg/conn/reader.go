@@ -39,22 +39,30 @@ func maxPartialPerConn(max int) int {
 // The caller reads nothing more from the client meanwhile, so TCP flow
 // control slows the client down: nothing is dropped, order is kept.
 type frameReader struct {
-	max        int     // largest message payload accepted, in bytes
-	in         *buffer // bytes of one incomplete frame, or the bytes kept by a pause; nil when none
-	msg        *buffer // payload of a fragmented message so far; nil when none
-	fragmented bool    // a fragmented text message is in progress
-	discard    bool    // drop data payloads (closing): fragments are not kept
-	completed  bool    // a text message ended during the last feed
-	paused     bool    // in holds the bytes from the first frame not taken: resume them
+	lim        *readLimits // its loop's limits and clock, shared by the loop's readers
+	in         *buffer     // bytes of one incomplete frame, or the bytes kept by a pause; nil when none
+	msg        *buffer     // payload of a fragmented message so far; nil when none
+	fragmented bool        // a fragmented text message is in progress
+	discard    bool        // drop data payloads (closing): fragments are not kept
+	completed  bool        // a text message ended during the last feed
+	paused     bool        // in holds the bytes from the first frame not taken: resume them
 
 	// Frame rate limit, a GCRA token bucket in integer nanoseconds: each
-	// frame moves tat (the theoretical arrival time) interval later; a
-	// frame that finds tat more than tolerance ahead of now pauses the
-	// reader until it is not. interval 0 means no limit.
-	now       int64 // clock of the current feed, unix ns; set by the caller
-	tat       int64
-	interval  int64
-	tolerance int64
+	// frame moves tat (the theoretical arrival time) lim.interval later;
+	// a frame that finds tat more than lim.tolerance ahead of lim.now
+	// pauses the reader until it is not. lim.interval 0 means no limit.
+	tat int64
+}
+
+// readLimits are the limits of every reader of a loop, and the loop's
+// clock. They are the same for all its connections, so each reader points
+// to one copy instead of carrying its own (an idle connection is mostly
+// its Conn).
+type readLimits struct {
+	now       int64 // clock of the current feed, unix ns; set by the loop before it feeds a reader
+	max       int   // largest message payload accepted, in bytes
+	interval  int64 // frame rate: ns per frame; 0 means no limit
+	tolerance int64 // frame rate: how far ahead (ns) tat may run: the burst
 }
 
 // readResult is what an emit function tells the reader after a frame, and
@@ -76,17 +84,17 @@ const (
 
 // frameWait returns how long a reader paused at the frame rate must wait
 // before the next frame fits.
-func (r *frameReader) frameWait() int64 { return r.tat - r.tolerance - r.now }
+func (r *frameReader) frameWait() int64 { return r.tat - r.lim.tolerance - r.lim.now }
 
-// setRate limits the reader to rate frames per second on average and
-// burst frames at once; rate <= 0 means no limit.
-func (r *frameReader) setRate(rate, burst int) {
+// setRate limits readers to rate frames per second on average and burst
+// frames at once; rate <= 0 means no limit.
+func (l *readLimits) setRate(rate, burst int) {
 	if rate <= 0 {
-		r.interval, r.tolerance = 0, 0
+		l.interval, l.tolerance = 0, 0
 		return
 	}
-	r.interval = max(int64(time.Second)/int64(rate), 1)
-	r.tolerance = int64(max(burst, 1)-1) * r.interval
+	l.interval = max(int64(time.Second)/int64(rate), 1)
+	l.tolerance = int64(max(burst, 1)-1) * l.interval
 }
 
 // emitFunc receives one complete text message (OpText) or control frame
@@ -297,7 +305,7 @@ func (r *frameReader) header(b []byte) (h frameHeader, whole bool, err error) {
 			return h, false, ErrBadLength
 		}
 	}
-	if !h.op.IsControl() && length > uint64(r.max-r.msgLen()) {
+	if !h.op.IsControl() && length > uint64(r.lim.max-r.msgLen()) {
 		return h, false, ErrTooLarge
 	}
 	h.hn += 4 // masking key
@@ -340,16 +348,16 @@ func (r *frameReader) next(b []byte, emit emitFunc) (int, readResult, error) {
 // taking nothing, when the frame must wait; a closing reader (discard) is
 // not limited.
 func (r *frameReader) take() bool {
-	if r.interval == 0 || r.discard {
+	if r.lim.interval == 0 || r.discard {
 		return true
 	}
-	if r.tat < r.now {
-		r.tat = r.now
+	if now := r.lim.now; r.tat < now {
+		r.tat = now
 	}
-	if r.tat-r.now > r.tolerance {
+	if r.tat-r.lim.now > r.lim.tolerance {
 		return false
 	}
-	r.tat += r.interval
+	r.tat += r.lim.interval
 	return true
 }
 
@@ -420,8 +428,8 @@ func (r *frameReader) continuation(h frameHeader, payload []byte, mask [4]byte, 
 
 // untake gives back the frame-rate token of a frame read again later.
 func (r *frameReader) untake() {
-	if r.interval > 0 {
-		r.tat -= r.interval
+	if r.lim.interval > 0 {
+		r.tat -= r.lim.interval
 	}
 }
 

@@ -103,7 +103,7 @@ func (r result) String() string { return fmt.Sprintf("events %v, err %v", r.even
 // feedChunks feeds input to a new frameReader in the given chunks (each
 // copied first: feed unmasks in place) and stops at the first error.
 func feedChunks(max int, input []byte, sizes func(i int) int) (result, *frameReader) {
-	r := &frameReader{max: max}
+	r := &frameReader{lim: &readLimits{max: max}}
 	var res result
 	emit := func(op ws.OpCode, p []byte) readResult {
 		res.events = append(res.events, event{op, string(p)})
@@ -400,7 +400,7 @@ func TestFrameReaderHoldsNoBufferWhenIdle(t *testing.T) {
 // which returns it; the frames after it are not parsed.
 func TestFrameReaderEmitStop(t *testing.T) {
 	input := cat(frame(bText, []byte("a")), frame(bText, []byte("b")), frame(bBinary, nil))
-	r := &frameReader{max: 100}
+	r := &frameReader{lim: &readLimits{max: 100}}
 	defer r.reset()
 	var got []string
 	res, err := r.feed(input, func(op ws.OpCode, p []byte) readResult {
@@ -417,7 +417,7 @@ func TestFrameReaderEmitStop(t *testing.T) {
 // one read, so no copy is made.
 func TestFrameReaderUnmasksInPlace(t *testing.T) {
 	input := frame(bText, []byte("hello"))
-	r := &frameReader{max: 100}
+	r := &frameReader{lim: &readLimits{max: 100}}
 	defer r.reset()
 	var aliased bool
 	_, err := r.feed(input, func(op ws.OpCode, p []byte) readResult {
@@ -608,10 +608,10 @@ func TestFrameRate(t *testing.T) {
 		{"empty continuation", frame(bCont, nil)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &frameReader{max: 1 << 20}
+			r := &frameReader{lim: &readLimits{max: 1 << 20}}
 			defer r.reset()
-			r.setRate(10, 5) // 100 ms per frame, 5 at once
-			r.now = int64(time.Hour)
+			r.lim.setRate(10, 5) // 100 ms per frame, 5 at once
+			r.lim.now = int64(time.Hour)
 			frames := 0
 			count := func(ws.OpCode, []byte) readResult { frames++; return readOn }
 			feed := func(b []byte) error {
@@ -647,18 +647,18 @@ func TestFrameRate(t *testing.T) {
 			if w := r.frameWait(); w <= 0 || w > int64(100*time.Millisecond) {
 				t.Fatalf("wait %v, want up to one interval", time.Duration(w))
 			}
-			r.now += int64(100 * time.Millisecond)
+			r.lim.now += int64(100 * time.Millisecond)
 			if res, err := r.resume(count); res != readPause || err != nil || len(r.in.b) != len(tc.one) {
 				t.Fatalf("resumed 100 ms later: result %d, err %v; want frame 6 taken and a pause at 7", res, err)
 			}
-			r.now += int64(100 * time.Millisecond)
+			r.lim.now += int64(100 * time.Millisecond)
 			if res, err := r.resume(count); res != readOn || err != nil || r.paused || r.in != nil {
 				t.Fatalf("resumed again: result %d, err %v, paused %v; want frame 7 taken and nothing kept", res, err, r.paused)
 			}
 			if tc.name != "empty continuation" && frames != before+2 {
 				t.Fatalf("%d frames emitted after the pauses, want 2", frames-before)
 			}
-			r.now += int64(time.Minute)
+			r.lim.now += int64(time.Minute)
 			for i := 1; i <= 5; i++ {
 				if err := feed(tc.one); err != nil {
 					t.Fatalf("frame %d of a burst after a pause: %v", i, err)
@@ -668,8 +668,8 @@ func TestFrameRate(t *testing.T) {
 	}
 	t.Run("no limit", func(t *testing.T) {
 		nop := func(ws.OpCode, []byte) readResult { return readOn }
-		r := &frameReader{max: 1 << 20}
-		r.setRate(-1, 0)
+		r := &frameReader{lim: &readLimits{max: 1 << 20}}
+		r.lim.setRate(-1, 0)
 		if res, err := r.feed(bytes.Repeat(frame(bPing, nil), 100_000), nop); res != readOn || err != nil {
 			t.Fatalf("result %d, err %v; want every frame taken", res, err)
 		}
@@ -680,7 +680,7 @@ func TestFrameRate(t *testing.T) {
 // and emits none, still checks the framing and still emits control
 // frames (the client's close frame is what it waits for).
 func TestFrameReaderDiscard(t *testing.T) {
-	r := &frameReader{max: 100}
+	r := &frameReader{lim: &readLimits{max: 100}}
 	defer r.reset()
 	var got []event
 	emit := func(op ws.OpCode, p []byte) readResult {
@@ -714,7 +714,7 @@ func TestFrameReaderDiscard(t *testing.T) {
 // in the middle, byte by byte.
 func TestFrameReaderHoldsOneFrame(t *testing.T) {
 	const maxMsg = 1000
-	r := &frameReader{max: maxMsg}
+	r := &frameReader{lim: &readLimits{max: maxMsg}}
 	defer r.reset()
 	nop := func(ws.OpCode, []byte) readResult { return readOn }
 	first := frame(bText, bytes.Repeat([]byte("a"), 300))
@@ -754,7 +754,7 @@ func TestDeclinedMessageIsEmittedAgainWhole(t *testing.T) {
 		{"fragments", cat(frame(bFragText, []byte("decl")), frame(bPing, []byte("p")), frame(bCont, []byte("in")), frame(bFinCont, []byte("ed")))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &frameReader{max: 1 << 20}
+			r := &frameReader{lim: &readLimits{max: 1 << 20}}
 			defer r.reset()
 			var got []string
 			decline := true

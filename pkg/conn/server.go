@@ -127,6 +127,7 @@ type Server struct {
 	loops   []*loop
 	tick    time.Duration
 	hosts   HostList    // Config.AllowedHosts
+	readLim readLimits  // every reader's limits (Config.MaxMessageBytes, FrameRate, FrameBurst), copied by each loop
 	origins *originList // Config.AllowedOrigins; nil: any origin
 	perIP   ipLimit     // connections per client address
 	proxies proxyList   // Config.TrustedProxies
@@ -146,9 +147,9 @@ type Server struct {
 
 	// Owned by the Serve goroutine (and Listen and Shutdown before and
 	// after it).
-	accept     func(lfd int) (int, unix.Sockaddr, error) // accept4; tests replace it
-	spare      int                                       // a descriptor to free when accept fails with EMFILE; -1 when none
-	failures   int                                       // accept failures since the last warning
+	accept     func(lfd int) (int, netip.AddrPort, error) // accept4; tests replace it
+	spare      int                                        // a descriptor to free when accept fails with EMFILE; -1 when none
+	failures   int                                        // accept failures since the last warning
 	lastWarned time.Time
 }
 
@@ -179,6 +180,8 @@ func NewServer(cfg Config, h Handler, logger *slog.Logger) (*Server, error) {
 	s.hosts = NewHostList(cfg.AllowedHosts)
 	s.origins, _ = newOriginList(cfg.AllowedOrigins) // checked by setDefaults
 	s.perIP.max = max(cfg.MaxConnectionsPerIP, 0)
+	s.readLim.max = cfg.MaxMessageBytes
+	s.readLim.setRate(cfg.FrameRate, cfg.FrameBurst)
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	s.idBase = binary.LittleEndian.Uint64(b[:])
@@ -300,7 +303,7 @@ func (s *Server) Serve() error {
 	failed := 0 // accept failures in a row that Serve waited after
 	next := 0
 	for {
-		fd, sa, err := s.accept(s.lfd)
+		fd, remote, err := s.accept(s.lfd)
 		if s.stopping.Load() {
 			if err == nil {
 				unix.Close(fd)
@@ -331,7 +334,6 @@ func (s *Server) Serve() error {
 			return fmt.Errorf("conn: accept: %w", err)
 		}
 		s.stats.accepted.Add(1)
-		remote := sockaddrToAddrPort(sa)
 		proxy := s.proxies.trusts(remote.Addr())
 		perIP, reason := s.admit(remote.Addr(), proxy)
 		if reason != "" {
@@ -348,9 +350,8 @@ func (s *Server) Serve() error {
 			fromProxy: proxy,
 			anonymous: proxy,
 		}
-		c.rd.max = s.cfg.MaxMessageBytes
-		c.rd.setRate(s.cfg.FrameRate, s.cfg.FrameBurst)
 		c.loop = s.loops[next]
+		c.rd.lim = &c.loop.readLim
 		next = (next + 1) % len(s.loops)
 		s.stats.open.Add(1)
 		c.loop.post(reqRegister, c, nil)
@@ -446,6 +447,9 @@ func (s *Server) closeLoops() {
 
 // hostAllowed checks a Host header against Config.AllowedHosts.
 func (s *Server) hostAllowed(host []byte) bool {
+	if s.hosts.Any() {
+		return true // no copy of the header to check
+	}
 	return s.hosts.Allows(string(host))
 }
 

@@ -126,6 +126,8 @@ func TestConfigValidation(t *testing.T) {
 		{"negative partial bytes", Config{MaxPartialBytes: -1}, "MAX_PARTIAL_BYTES"},
 		{"partial bytes under one message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, MaxPartialBytes: 3000}, "MAX_PARTIAL_BYTES"},
 		{"partial bytes of one message", Config{MaxMessageBytes: 1000, MaxQueueBytes: 2000, MaxPartialBytes: maxPartialPerConn(1000)}, ""},
+		{"queue of 1 GiB", Config{MaxQueueBytes: 1 << 30}, ""},
+		{"queue over 1 GiB", Config{MaxQueueBytes: 1<<30 + 1}, "MAX_QUEUE_BYTES"},
 		{"negative fragment timeout", Config{FragmentTimeout: -1}, "FRAGMENT_TIMEOUT"},
 		{"frame rate -1: no limit", Config{FrameRate: -1}, ""},
 		{"frame rate -2", Config{FrameRate: -2}, "FRAME_RATE"},

@@ -48,7 +48,7 @@ func (l *loop) scan() {
 			l.srv.stats.timedOut.Add(1)
 			l.reject(c, 503, "joining took too long; retry later", errHandshakeTimeout)
 		case stateClosing:
-			l.release(c, c.cause)
+			l.release(c, c.closer.cause)
 		}
 	}
 	l.expired = expired[:0]
@@ -57,24 +57,24 @@ func (l *loop) scan() {
 // extendClose gives a closing connection whose deadline passed more time
 // while the client still reads what was sent before the close frame: it
 // acknowledged bytes since the last look and some are still on their
-// way. It reports whether the deadline moved; never past c.closeBy.
+// way. It reports whether the deadline moved; never past closer.closeBy.
 func (l *loop) extendClose(c *Conn) bool {
-	if l.now >= c.closeBy {
+	if l.now >= c.closer.closeBy {
 		return false
 	}
 	info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
 		return false
 	}
-	progressed := info.Bytes_acked > c.acked
-	c.acked = info.Bytes_acked
+	progressed := info.Bytes_acked > c.closer.acked
+	c.closer.acked = info.Bytes_acked
 	c.mu.Lock()
 	queued := c.out != nil
 	c.mu.Unlock()
 	if !progressed || !queued && info.Notsent_bytes == 0 && info.Unacked == 0 {
 		return false
 	}
-	c.deadline = min(l.now+int64(l.srv.cfg.CloseTimeout), c.closeBy)
+	c.deadline = min(l.now+int64(l.srv.cfg.CloseTimeout), c.closer.closeBy)
 	return true
 }
 

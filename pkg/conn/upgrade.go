@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -114,17 +113,16 @@ func (l *loop) readProxyHeader(c *Conn, old int) (int, bool) {
 func (l *loop) upgrade(c *Conn, head, rest []byte) {
 	l.hsRouteKey, l.hsCounted = "", false
 	l.hsXFF, l.hsFwd = l.hsXFF[:0], l.hsFwd[:0]
-	l.hsResp.Reset()
+	l.hs.resp.Reset()
+	l.hs.head.Reset(head)
 	l.cur = c
-	_, err := l.up.Upgrade(struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(head), &l.hsResp})
+	_, err := l.up.Upgrade(&l.hs)
 	l.cur = nil
+	l.hs.head.Reset(nil)
 	if err == nil && c.state == stateJoining {
 		// The Handler answers later (Conn.Complete): hold the response,
 		// and any bytes sent behind the request.
-		c.resp = append([]byte(nil), l.hsResp.Bytes()...)
+		l.held[c] = append([]byte(nil), l.hs.resp.Bytes()...)
 		c.rd.in.b = c.rd.in.b[:copy(c.rd.in.b, rest)]
 		if len(c.rd.in.b) == 0 {
 			c.rd.releaseIn()
@@ -134,7 +132,7 @@ func (l *loop) upgrade(c *Conn, head, rest []byte) {
 	}
 
 	c.mu.Lock()
-	_, werr := unix.Write(c.fd, l.hsResp.Bytes())
+	_, werr := unix.Write(c.fd, l.hs.resp.Bytes())
 	if err == nil && werr == nil {
 		c.state = stateOpen
 		c.deadline = 0
@@ -162,6 +160,20 @@ func (l *loop) upgrade(c *Conn, head, rest []byte) {
 	c.rd.releaseIn()
 	l.frames(c, tmp)
 }
+
+// handshakeIO is what gobwas/ws upgrades over: the request head in hand
+// and the response being written. Each loop has one, so an upgrade
+// allocates neither.
+type handshakeIO struct {
+	head bytes.Reader
+	resp bytes.Buffer
+}
+
+// Read reads the request head.
+func (h *handshakeIO) Read(p []byte) (int, error) { return h.head.Read(p) }
+
+// Write writes to the response.
+func (h *handshakeIO) Write(p []byte) (int, error) { return h.resp.Write(p) }
 
 // bareLF reports whether head has a LF not preceded by CR at or after
 // from.
@@ -197,14 +209,14 @@ func (l *loop) complete(c *Conn, err error) {
 		return
 	}
 	c.mu.Lock()
-	_, werr := unix.Write(c.fd, c.resp)
+	_, werr := unix.Write(c.fd, l.held[c])
 	if werr == nil {
 		c.ready = true
 		c.flushLocked() // frames sent since OnOpen
 		c.shutdownIfFlushedLocked()
 	}
 	c.mu.Unlock()
-	c.resp = nil
+	delete(l.held, c)
 	if werr != nil {
 		l.release(c, werr)
 		return

@@ -25,8 +25,7 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 	n := 0
 	r.mu.RLock()
 	r.seen(m.ID)
-	for i := range r.members {
-		mb := &r.members[i]
+	for mb := range r.members.all() {
 		c := mb.c
 		if c.ID() == m.Sender || !mb.floor.Less(m.ID) {
 			continue // its own, or older than its join or replay
@@ -69,8 +68,7 @@ func (h *Hub) Deliver(name string, m stream.Message) {
 func (h *Hub) notifyLost(r *room, m stream.Message) {
 	var f *conn.Frame
 	r.mu.RLock()
-	for i := range r.members {
-		mb := &r.members[i]
+	for mb := range r.members.all() {
 		s := mb.sess
 		if s == nil || !s.followsIDs() || !mb.floor.Less(m.ID) {
 			continue

@@ -26,6 +26,8 @@
 //	hub.go         Hub, NewHub, Stats, Close; the lock order
 //	route.go       Route: request path → room name, query options, token (auth)
 //	membership.go  OnOpen/OnClose: join and leave, Subscribe/Unsubscribe on the engine
+//	members.go     a room's member list, in chunks that never move
+//	roomwork.go    the workers that subscribe and unsubscribe rooms
 //	publish.go     OnMessage: limits, decode, Engine.Publish; published, the engine's Ack
 //	ack.go         ack=1: the ack frame, the cid check
 //	deliver.go     Deliver: the engine's messages → member queues; loss notices

@@ -45,6 +45,7 @@ type Hub struct {
 	mu    sync.RWMutex
 	rooms map[string]*room
 	stats counters
+	work  roomWork // subscriptions changing (roomwork.go)
 
 	// Presence (presence.go): the rooms with presence=1 members, polled
 	// by one goroutine started with the first of them, stopped by Close.

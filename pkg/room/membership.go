@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,8 +14,9 @@ import (
 
 // room holds the local members of one room.
 type room struct {
+	name    string       // the key of h.rooms; its members' connection key when they set no option (Hub.knownRoom)
 	mu      sync.RWMutex // Lock: join, leave, state; RLock: deliver, and a member's own limiter
-	members []member
+	members memberList
 	pending []*conn.Conn // joined while the subscription is not ready
 	state   roomState
 	refs    int // members and pending joins; guarded by Hub.mu
@@ -35,9 +37,8 @@ type room struct {
 // used only by OnMessage, which runs on the member's event loop one call
 // at a time, under room.mu.RLock; the rest changes only under room.mu.Lock.
 type member struct {
-	c    *conn.Conn
-	user string   // the username its token forces, as JSON; "" when none
-	sess *session // its query options and replay (session.go); nil when it set none
+	c    *conn.Conn // its key holds the username its token forces (splitConnKey)
+	sess *session   // its query options and replay (session.go); nil when it set none
 	// floor: deliveries at or below it are skipped, as older than the
 	// member's join (room.last then) or replayed already (session.go).
 	floor stream.ID
@@ -66,7 +67,7 @@ func (h *Hub) OnOpen(c *conn.Conn) (conn.Opening, error) {
 	h.mu.Lock()
 	r := h.rooms[name]
 	if r == nil {
-		r = &room{}
+		r = &room{name: strings.Clone(name)} // not a part of the joiner's URI: knownRoom shares it
 		h.rooms[name] = r
 	}
 	r.refs++
@@ -75,7 +76,7 @@ func (h *Hub) OnOpen(c *conn.Conn) (conn.Opening, error) {
 	r.mu.Lock()
 	if r.state == roomSubscribed {
 		s := h.join(name, r, c)
-		h.engine.SetMembers(name, len(r.members))
+		h.engine.SetMembers(name, r.members.len())
 		r.mu.Unlock()
 		if s == nil || !s.async() {
 			return conn.OpenNow, nil
@@ -94,7 +95,7 @@ func (h *Hub) OnOpen(c *conn.Conn) (conn.Opening, error) {
 	}
 	r.mu.Unlock()
 	if start {
-		go h.subscribe(name, r)
+		h.subscribeLater(name, r)
 	}
 	return conn.OpenPending, nil
 }
@@ -119,8 +120,17 @@ func (h *Hub) logSubscribeFailed(name string, err error) {
 }
 
 // subscribe subscribes the room on the engine and answers its pending
-// joins.
+// joins. A room whose joiners all left while the job waited (timed out
+// behind a hung engine) goes back to idle without a round trip.
 func (h *Hub) subscribe(name string, r *room) {
+	r.mu.Lock()
+	if len(r.pending) == 0 && r.members.len() == 0 {
+		r.state = roomIdle
+		r.mu.Unlock()
+		h.unref(name, r, 0)
+		return
+	}
+	r.mu.Unlock()
 	last, err := h.engine.Subscribe(name)
 	r.seen(last)
 	r.mu.Lock()
@@ -147,11 +157,11 @@ func (h *Hub) subscribe(name string, r *room) {
 			sessions[i] = s
 		}
 	}
-	empty := len(r.members) == 0
+	empty := r.members.len() == 0
 	if empty {
 		r.state = roomUnsubscribing // every joiner left meanwhile
 	} else if len(pend) > 0 {
-		h.engine.SetMembers(name, len(r.members))
+		h.engine.SetMembers(name, r.members.len())
 	}
 	r.mu.Unlock()
 	for i, c := range pend {
@@ -199,14 +209,12 @@ func (h *Hub) unsubscribe(name string, r *room) {
 // when c set no query option). r.mu must be held. The caller reports the
 // new count to the engine (SetMembers).
 func (h *Hub) join(name string, r *room, c *conn.Conn) *session {
-	_, user := splitConnKey(c.Key())
 	s := newSession(c)
-	c.SetSlot(len(r.members))
 	lim := h.startLimiter(c)
 	if (h.rate.addr.rate > 0 || h.rate.addrMsgs.rate > 0) && c.ClientKnown() {
 		lim.addr = h.addrs.get(clientAddr(c.Remote()))
 	}
-	r.members = append(r.members, member{c: c, user: user, sess: s, floor: r.position(), rate: lim})
+	c.SetSlot(r.members.add(member{c: c, sess: s, floor: r.position(), rate: lim}))
 	if s != nil && s.opts.flags&optPresence != 0 {
 		r.watchers++
 		if r.watchers == 1 {
@@ -244,7 +252,7 @@ func (r *room) position() stream.ID {
 // others reports whether r has a member, or a pending join, other than
 // c. r.mu must be held (RLock is enough).
 func (r *room) others(c *conn.Conn) bool {
-	n := len(r.members) + len(r.pending)
+	n := r.members.len() + len(r.pending)
 	if r.member(c) != nil {
 		n--
 	}
@@ -254,8 +262,10 @@ func (r *room) others(c *conn.Conn) bool {
 // member returns c's entry in r.members, or nil when c is not a member.
 // r.mu must be held (RLock is enough).
 func (r *room) member(c *conn.Conn) *member {
-	if i := c.Slot(); i >= 0 && i < len(r.members) && r.members[i].c == c {
-		return &r.members[i]
+	if i := c.Slot(); i >= 0 && i < r.members.len() {
+		if m := r.members.at(i); m.c == c {
+			return m
+		}
 	}
 	return nil
 }
@@ -287,19 +297,18 @@ func (h *Hub) leave(c *conn.Conn) {
 		if ab := m.rate.addr; ab != nil {
 			h.addrs.put(clientAddr(c.Remote()), ab)
 		}
-		i, last := c.Slot(), len(r.members)-1
-		r.members[i] = r.members[last]
-		r.members[i].c.SetSlot(i)
-		r.members[last] = member{}
-		r.members = r.members[:last]
+		i := c.Slot()
+		if moved := r.members.remove(i); moved != nil {
+			moved.c.SetSlot(i)
+		}
 		c.SetSlot(-1)
 		found = true
-		h.engine.SetMembers(name, len(r.members))
+		h.engine.SetMembers(name, r.members.len())
 	} else if i := slices.Index(r.pending, c); i >= 0 {
 		r.pending = slices.Delete(r.pending, i, i+1)
 		found = true
 	}
-	leave := found && len(r.members) == 0 && len(r.pending) == 0 && r.state == roomSubscribed
+	leave := found && r.members.len() == 0 && len(r.pending) == 0 && r.state == roomSubscribed
 	if leave {
 		r.state = roomUnsubscribing
 	}
@@ -308,7 +317,7 @@ func (h *Hub) leave(c *conn.Conn) {
 		return
 	}
 	if leave {
-		go h.unsubscribe(name, r)
+		h.unsubscribeLater(name, r)
 	}
 	h.unref(name, r, 1)
 }

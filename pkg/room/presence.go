@@ -103,8 +103,7 @@ func (h *Hub) pollRoom(ctx context.Context, w watchedRoom) {
 	}
 	var f *conn.Frame
 	w.r.mu.RLock()
-	for i := range w.r.members {
-		mb := &w.r.members[i]
+	for mb := range w.r.members.all() {
 		if s := mb.sess; s != nil && s.opts.flags&optPresence != 0 {
 			f = sendPresence(mb.c, s, n, f)
 		}

@@ -109,11 +109,11 @@ func (h *Hub) admit(r *room, c *conn.Conn, now int64, n int) (s sender, ok bool)
 	} else {
 		s.verdict = m.rate.take(now, &h.rate)
 	}
-	s.user = m.user
+	_, s.user = splitConnKey(m.c.Key()) // the username its token forces, as JSON; "" when none
 	s.acks = m.sess != nil && m.sess.opts.flags&optAck != 0
 	// alone: no other local member, so this node need not read the
 	// message back.
-	s.alone = len(r.members)+len(r.pending) <= 1
+	s.alone = r.members.len()+len(r.pending) <= 1
 	r.mu.RUnlock()
 	return s, true
 }

@@ -1,6 +1,7 @@
 package room
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -25,6 +26,9 @@ const MaxRoomName = 100
 // splitConnKey). Token checks run here, on the event loop: an ES256 or RS256
 // verification costs tens of microseconds per upgrade.
 func (h *Hub) Route(uri []byte) (string, error) {
+	if name, ok := h.knownRoom(uri); ok {
+		return name, nil
+	}
 	path, query, _ := strings.Cut(string(uri), "?")
 	rest, ok := strings.CutPrefix(path, PathPrefix)
 	if !ok {
@@ -57,6 +61,29 @@ func (h *Hub) Route(uri []byte) (string, error) {
 		}
 	}
 	return withOptions(connKey, opts), nil
+}
+
+// knownRoom returns the name of a room this node holds when uri is its
+// plain path (no query, no escape, no token to check), without copying
+// uri: most joins are to rooms that have members already, and their
+// connections then share the room's name as their key instead of each
+// keeping a copy of its URI.
+func (h *Hub) knownRoom(uri []byte) (string, bool) {
+	rest, ok := bytes.CutPrefix(uri, []byte(PathPrefix))
+	if !ok || h.tokens != nil || bytes.IndexByte(uri, '?') >= 0 {
+		return "", false
+	}
+	name, _, _ := bytes.Cut(rest, []byte("/"))
+	if bytes.IndexByte(name, '%') >= 0 {
+		return "", false
+	}
+	h.mu.RLock()
+	r := h.rooms[string(name)]
+	h.mu.RUnlock()
+	if r == nil {
+		return "", false
+	}
+	return r.name, true
 }
 
 // connKeySep separates the room name from the username a token fixes, and

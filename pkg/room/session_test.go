@@ -522,7 +522,7 @@ func replaying(h *Hub, name string) bool {
 	h.mu.RUnlock()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, m := range r.members {
+	for m := range r.members.all() {
 		if m.sess != nil && m.sess.replaying {
 			return true
 		}
