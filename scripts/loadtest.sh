@@ -19,14 +19,21 @@
 #   CONNS=100000 ROOMS=10000 GATEWAYS=<as needed> LOADGENS=<as needed> \
 #   SENDERS=1 RATE=0.5 HOLD=20s DURATION=30s DRAIN=5s CONNECT_RATE=0 \
 #   scripts/loadtest.sh
+# PLACEMENT=spread (default) gives the gateways one port (SO_REUSEPORT):
+# the kernel spreads connections by hash, so every room spans every
+# gateway and each message is read from Redis by every node.
+# PLACEMENT=room gives each gateway a port of its own and each loadgen all
+# of them (loadgen -placement room): every member of a room joins the same
+# gateway, as behind a load balancer that hashes the room's path (haproxy
+# `balance uri`), and rooms are dealt to the gateways in turn.
 # GW_ENV adds variables to the gateways (e.g. "PING_INTERVAL=10m").
 # CONNECT_RATE is new connections per second over all loadgens (0: as fast
 # as they go). With more processes than twice the CPUs, every process runs
 # with GOMAXPROCS=1 (set GOMAXPROCS to override): a hundred processes with
 # a thread per CPU each mostly spend the CPUs switching between them.
 # The million-connection run of BENCHMARKS.md section 15:
-#   CONNS=1000000 ROOMS=10000 RATE=0.1 CONNECT_RATE=3000 HOLD=30s DURATION=30s \
-#   GW_ENV=PING_INTERVAL=10m scripts/loadtest.sh
+#   CONNS=1000000 ROOMS=10000 RATE=0.1 CONNECT_RATE=4000 HOLD=30s DURATION=30s \
+#   DRAIN=10s PLACEMENT=room GW_ENV=PING_INTERVAL=10m scripts/loadtest.sh
 # (with the default PING_INTERVAL of 30 s, a million idle connections are
 # 33 000 pings and pongs a second, more than this 2-core host has left
 # once it also runs the million clients)
@@ -47,6 +54,7 @@ RATE=${RATE:-0.5}
 HOLD=${HOLD:-20s}
 DURATION=${DURATION:-30s}
 DRAIN=${DRAIN:-5s}
+PLACEMENT=${PLACEMENT:-spread}
 BIN=${BIN:-bin}
 OUT=${OUT:-$(mktemp -d /tmp/loadtest.XXXXXX)}
 mkdir -p "$OUT"
@@ -72,6 +80,12 @@ fi
 (( LOADGENS <= ROOMS )) || refuse "LOADGENS ($LOADGENS) must not exceed ROOMS ($ROOMS)"
 (( (ROOMS + LOADGENS - 1) / LOADGENS * members <= cap )) ||
 	refuse "$LOADGENS loadgen processes would hold $(((ROOMS + LOADGENS - 1) / LOADGENS * members)) connections each, more than the open-file limit allows ($cap): raise LOADGENS"
+case $PLACEMENT in
+spread) ;;
+room) (( (ROOMS + GATEWAYS - 1) / GATEWAYS * members <= cap )) ||
+	refuse "$GATEWAYS gateways would hold $(((ROOMS + GATEWAYS - 1) / GATEWAYS)) whole rooms of $members each, more than the open-file limit allows ($cap): raise GATEWAYS" ;;
+*) refuse "PLACEMENT is $PLACEMENT; want spread or room" ;;
+esac
 (( (CONNS + GATEWAYS - 1) / GATEWAYS <= cap )) ||
 	refuse "$GATEWAYS gateways would hold $(((CONNS + GATEWAYS - 1) / GATEWAYS)) connections each, more than the open-file limit allows ($cap): raise GATEWAYS"
 
@@ -151,46 +165,76 @@ fi
 
 slab0=$(mem Slab)
 gw_pids=()
+gw_ports=() # PLACEMENT=room: each gateway's own port; spread: PORT for all
 for i in $(seq "$GATEWAYS"); do
+	port=$PORT
+	if [ "$PLACEMENT" = room ] && ((i > 1)); then
+		port=$(free_port)
+		while [[ " ${gw_ports[*]} $REDIS_PORT " == *" $port "* ]]; do port=$(free_port); done
+	fi
+	gw_ports+=("$port")
 	env ENVIRONMENT=production ALLOWED_HOSTS='*' IP_REDIS=127.0.0.1 PORT_REDIS=$REDIS_PORT \
-		PORT=$PORT LISTEN_HOST=127.0.0.1 REUSE_PORT=true LOG_LEVEL=warn ${GW_ENV:-} \
+		PORT=$port LISTEN_HOST=127.0.0.1 REUSE_PORT=true LOG_LEVEL=warn ${GW_ENV:-} \
 		"$BIN/gateway" >"$OUT/gateway$i.log" 2>&1 &
 	pids+=($!)
 	gw_pids+=($!)
 done
-for _ in $(seq 100); do
-	PORT=$PORT "$BIN/gateway" -healthcheck 2>/dev/null && break
-	sleep 0.1
+for port in $(printf '%s\n' "${gw_ports[@]}" | sort -u); do
+	for _ in $(seq 100); do
+		PORT=$port "$BIN/gateway" -healthcheck 2>/dev/null && break
+		sleep 0.1
+	done
+	PORT=$port "$BIN/gateway" -healthcheck || { echo "loadtest: gateways did not start on :$port; see $OUT" >&2; exit 1; }
 done
-PORT=$PORT "$BIN/gateway" -healthcheck || { echo "loadtest: gateways did not start; see $OUT" >&2; exit 1; }
 
 cpu0=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s += $2 } END { print s }')
 lg_pids=()
+first_room=0 # the first room of loadgen i, counting every loadgen's rooms
 for i in $(seq 0 $((LOADGENS - 1))); do
 	# Whole rooms per process; two source addresses of its own, each with
 	# the whole ephemeral port range towards the gateways' one address.
 	rooms=$((ROOMS / LOADGENS + (i < ROOMS % LOADGENS ? 1 : 0)))
+	urls="ws://127.0.0.1:$PORT"
+	if [ "$PLACEMENT" = room ]; then
+		# Rotated so that this loadgen's first room goes to the gateway
+		# next in turn: rooms are dealt to the gateways evenly.
+		urls=$(for k in $(seq 0 $((GATEWAYS - 1))); do echo "ws://127.0.0.1:${gw_ports[$(((first_room + k) % GATEWAYS))]}"; done | paste -sd,)
+	fi
 	net=$((1 + i / 120)) host=$((2 + 2 * (i % 120)))
 	# -dial-concurrency 64: the processes dial at once, and the gateways'
 	# accept backlogs (SOMAXCONN) are shared by all of them. Only the
 	# first samples the gateways (-pid): each sample reads /proc, and fifty
 	# samplers of fifty gateways cost a sixth of a core.
-	nice -n "$LOADGEN_NICE" "$BIN/loadgen" -url "ws://127.0.0.1:$PORT" -conns $((rooms * members)) -rooms "$rooms" \
+	nice -n "$LOADGEN_NICE" "$BIN/loadgen" -url "$urls" -placement "$PLACEMENT" -conns $((rooms * members)) -rooms "$rooms" \
 		-senders "$SENDERS" -rate "$RATE" -hold "$HOLD" -duration "$DURATION" -drain "$DRAIN" \
 		-dial-concurrency 64 -max-conns "$cap" -connect-rate "$(awk -v r="${CONNECT_RATE:-0}" -v n="$LOADGENS" 'BEGIN { print r / n }')" -src "127.0.$net.$host-127.0.$net.$((host + 1))" \
 		$( ((i == 0)) && echo -pid "$(IFS=,; echo "${gw_pids[*]}")" ) -json -label "loadgen$i" \
 		>"$OUT/loadgen$i.json" 2>"$OUT/loadgen$i.log" &
 	pids+=($!)
 	lg_pids+=($!)
+	first_room=$((first_room + rooms))
 done
 
 # Sample kernel slab memory while connections are held, and show each
 # load process's latest progress line every 5 s.
-echo "loadtest: $GATEWAYS gateways on :$PORT (Redis on :$REDIS_PORT), $LOADGENS loadgen processes, $CONNS connections in $ROOMS rooms; logs in $OUT"
+echo "loadtest: $GATEWAYS gateways on :$(IFS=,; echo "${gw_ports[*]}" | tr ',' '\n' | sort -u | paste -sd,) ($PLACEMENT placement; Redis on :$REDIS_PORT), $LOADGENS loadgen processes, $CONNS connections in $ROOMS rooms; logs in $OUT"
 peak=$slab0
 tick=0
+redis_cpu() { redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s += $2 } END { print s }'; }
+# Redis's CPU while every connection is held and nothing is sent (the
+# phase loadgen0 reports as "hold", from its 5th second, when the other
+# loadgens' last connects are over): presence and liveness work alone.
+hold_t0="" hold_c0="" hold_t1="" hold_c1="" hold_ticks=0
 while kill -0 "${lg_pids[0]}" 2>/dev/null; do
 	s=$(mem Slab); (( s > peak )) && peak=$s
+	if tail -n 1 "$OUT/loadgen0.log" 2>/dev/null | grep -q ' hold '; then
+		hold_ticks=$((hold_ticks + 1))
+		if ((hold_ticks >= 5)); then
+			now=$(date +%s.%N) c=$(redis_cpu)
+			[ -n "$hold_t0" ] || { hold_t0=$now hold_c0=$c; }
+			hold_t1=$now hold_c1=$c
+		fi
+	fi
 	if (( tick % 5 == 4 )); then
 		for i in $(seq 0 $((LOADGENS < 4 ? LOADGENS - 1 : 3))); do
 			tail -n 1 "$OUT/loadgen$i.log" 2>/dev/null || true
@@ -202,7 +246,7 @@ while kill -0 "${lg_pids[0]}" 2>/dev/null; do
 done
 status=0
 for p in "${lg_pids[@]}"; do wait "$p" || status=1; done
-cpu1=$(redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/used_cpu_(sys|user):/ { s += $2 } END { print s }')
+cpu1=$(redis_cpu)
 # Where Redis's time went (whole life of the server when the script started it).
 redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/commandstats.txt" || true
 
@@ -213,6 +257,9 @@ sent=$({ "$BIN/loadgen" -mode merge -json "$OUT"/loadgen*.json 2>/dev/null || tr
 redis_rss=$(awk '/VmRSS/ { print $2 }' "/proc/$redis_pid/status" 2>/dev/null || echo 0)
 {
 	echo "redis      CPU $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')s during the run, $(awk -v a="$cpu0" -v b="$cpu1" -v n="${sent:-0}" 'BEGIN { if (n > 0) printf "%.2f", (b - a) * 1e6 / n; else print "-" }') µs per published message, RSS $((redis_rss / 1024)) MiB"
+	if [ -n "$hold_t0" ] && [ "$hold_t1" != "$hold_t0" ]; then
+		echo "redis      idle during the hold: $(awk -v t0="$hold_t0" -v t1="$hold_t1" -v c0="$hold_c0" -v c1="$hold_c1" 'BEGIN { printf "%.2f %% of a core over %.0f s", (c1 - c0) * 100 / (t1 - t0), t1 - t0 }') (every node holding its connections, nothing sent)"
+	fi
 	echo "kernel     slab memory peak +$(( (peak - slab0) / 1024 )) MiB over the run ($(( (peak - slab0) * 1024 / (CONNS > 0 ? CONNS : 1) )) B per connection, both ends)"
 	echo "report     $OUT/report.html"
 	echo "results    $OUT"

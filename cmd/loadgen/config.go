@@ -33,6 +33,8 @@ type config struct {
 	attackBytes    int           // attack fragments: size of each holder's first fragment
 	listen         string        // floor mode: loopback address to listen on
 	urls           []string      // gateway base URLs, ws://host:port
+	placement      string        // -placement: "spread" or "room"
+	byRoom         bool          // -placement room: a room's members all on URL room mod len(urls)
 	conns          int           // connections to open
 	rooms          int           // rooms to spread them over
 	roomPrefix     string        // room name prefix; "" means "lg<run>-"
@@ -76,6 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.attackBytes, "attack-bytes", 1, "-mode attack fragments: `bytes` of each holder's first fragment")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8200", "-mode floor: loopback `ip:port` to listen on")
 	fs.StringVar(&urls, "url", "ws://127.0.0.1:8000", "gateway base `URLs`, comma-separated; member m of room k (connection m*rooms+k) goes to URL (k+m) mod count, so every room spans all URLs; loopback only; /ws/chat/<room>/ is appended; a host name is looked up once and its first address of the -src family (IPv4 without -src) is used")
+	fs.StringVar(&c.placement, "placement", "spread", "how members meet the -url gateways: `spread` (member m of room k on URL (k+m) mod count: every room spans every gateway, each message crosses nodes) or room (every member of room k on URL k mod count, as a load balancer hashing the room's path places them: haproxy balance uri)")
 	fs.IntVar(&c.conns, "conns", 100, "connections to open (`N`); connection i joins room i mod -rooms")
 	fs.IntVar(&c.rooms, "rooms", 10, "rooms to spread the connections over (`M`)")
 	fs.StringVar(&c.roomPrefix, "room-prefix", "", "room name `prefix`; rooms are <prefix><0..M-1>; default lg<run id>- so runs never share rooms")
@@ -181,6 +184,13 @@ func (c *config) finish(urls, src, pids string) error {
 	}
 	if _, err := url.ParseQuery(c.options); err != nil || strings.ContainsAny(c.options, "#? ") {
 		return fmt.Errorf("-options %q: want a query string such as ids=1&ack=1", c.options)
+	}
+	switch c.placement {
+	case "spread":
+	case "room":
+		c.byRoom = true
+	default:
+		return fmt.Errorf("-placement %q: want spread or room", c.placement)
 	}
 	var err error
 	if c.urls, err = parseURLs(urls, c.remote); err != nil {

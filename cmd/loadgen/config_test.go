@@ -211,7 +211,7 @@ func TestPlacement(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			per := map[int][]int{}
 			for i := range tt.conns {
-				room, url := placement(i, tt.rooms, tt.urls)
+				room, url := placement(i, tt.rooms, tt.urls, false)
 				if room != i%tt.rooms {
 					t.Fatalf("connection %d: room %d, want %d", i, room, i%tt.rooms)
 				}
@@ -233,11 +233,28 @@ func TestPlacement(t *testing.T) {
 	// The first two members of each room, on two URLs, are on different
 	// nodes: the case the old i mod len(urls) placement got wrong.
 	for room := range 4 {
-		_, a := placement(room, 4, 2)
-		_, b := placement(4+room, 4, 2)
+		_, a := placement(room, 4, 2, false)
+		_, b := placement(4+room, 4, 2, false)
 		if a == b {
 			t.Errorf("room %d: members 0 and 1 both on URL %d", room, a)
 		}
+	}
+}
+
+// TestPlacementByRoom: -placement room puts every member of room k on URL
+// k mod count, and the flag refuses other values.
+func TestPlacementByRoom(t *testing.T) {
+	for i := range 5 * 7 * 3 {
+		room, url := placement(i, 7, 3, true)
+		if room != i%7 || url != room%3 {
+			t.Fatalf("connection %d: room %d URL %d, want room %d URL %d", i, room, url, i%7, (i%7)%3)
+		}
+	}
+	if _, err := parseFlags([]string{"-placement", "room"}, io.Discard); err != nil {
+		t.Errorf("-placement room: %v", err)
+	}
+	if _, err := parseFlags([]string{"-placement", "nearest"}, io.Discard); err == nil || !strings.Contains(err.Error(), "spread or room") {
+		t.Errorf("-placement nearest: %v, want an error naming spread and room", err)
 	}
 }
 

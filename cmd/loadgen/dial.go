@@ -186,7 +186,7 @@ func (d *dialer) start(i int, now time.Duration) {
 // target returns the gateway, room and source address of connection i.
 func (d *dialer) target(i int) (t *target, room int, src netip.Addr) {
 	cfg := &d.job.r.cfg
-	room, url := placement(i, cfg.rooms, len(cfg.urls))
+	room, url := placement(i, cfg.rooms, len(cfg.urls), cfg.byRoom)
 	if n := len(cfg.src); n > 0 {
 		src = cfg.src[i%n]
 	}

@@ -158,12 +158,16 @@ func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 // placement returns the room of connection i and the index of its gateway
-// URL. Connection i is member m = i / rooms of room i mod rooms, and member
-// m of room k goes to URL (k + m) mod len(urls): the members of every room
-// are spread over all the URLs, so with several gateways each message
-// crosses nodes whatever the number of rooms.
-func placement(i, rooms, urls int) (room, url int) {
+// URL. Connection i is member m = i / rooms of room i mod rooms. Spread
+// (byRoom false), member m of room k goes to URL (k + m) mod len(urls):
+// the members of every room are spread over all the URLs, so with several
+// gateways each message crosses nodes whatever the number of rooms. By
+// room, every member of room k goes to URL k mod len(urls).
+func placement(i, rooms, urls int, byRoom bool) (room, url int) {
 	room = i % rooms
+	if byRoom {
+		return room, room % urls
+	}
 	return room, (room + i/rooms) % urls
 }
 
