@@ -12,7 +12,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
-.PHONY: all build image test deps check unit deploy-check browser fuzz smoke loadtest-ci bench run clean
+.PHONY: all build image test deps check unit network deploy-check browser fuzz smoke loadtest-ci bench run clean
 
 all: build
 
@@ -29,7 +29,7 @@ run:
 	$(GO) run ./cmd/gateway
 
 # test: everything CI checks, in order: tools, static checks, unit and
-# end-to-end tests under the race detector, the deploy files against their
+# end-to-end tests under the race detector, the network tests (root), the deploy files against their
 # schemas, the chat page in headless Chromium, short fuzz runs, and a
 # small load smoke run that asserts zero loss. On a machine that has run it
 # before it takes about 3-5 min (2 cores); the first run on a new machine
@@ -38,7 +38,7 @@ run:
 # everything, the race and fuzz builds and k8s.io/api included: about
 # 13 min. Installs are quiet: their output goes to a log printed only on
 # failure. Each step's message says how long it takes.
-test: deps check unit deploy-check browser fuzz smoke loadtest-ci
+test: deps check unit network deploy-check browser fuzz smoke loadtest-ci
 
 # deps installs redis-server and redis-cli, and haproxy, from Debian's
 # packages when the machine lacks them: the tests start their own servers
@@ -61,6 +61,7 @@ check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags network ./internal/netlab/ ./test/network/
 
 # unit prints a line per package as it finishes and, every 15 s, which
 # packages still run (internal/testprogress reads go test -json); failed
@@ -71,6 +72,17 @@ unit:
 	@$(GO) run ./internal/testprogress $(GO) test -race -count=1 -timeout 15m -json ./...
 	@echo "== make test: allocation guards without the race detector (about 15 s)"
 	@$(GO) run ./internal/testprogress $(GO) test -count=1 -run 'Allocs|Allocat' -json ./...
+
+# network runs the tests on a network of hosts built inside this machine
+# (internal/netlab: network namespaces on a bridge, links cut and shaped;
+# test/network: the gateway with a client host cut off). They need root
+# and iproute2 (installed when missing); without root the target fails,
+# never skips. Everything they make is removed afterwards.
+network:
+	@echo "== make test: the network tests: hosts as network namespaces on a bridge, links cut and shaped (about 20 s; needs root)"
+	@command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || scripts/apt-install.sh "the network tests" "about 10 s" iproute2
+	@[ "$$(id -u)" = 0 ] || { echo "make network: the network tests build network namespaces, which needs root: run it as root (CI does)"; exit 1; }
+	@$(GO) run ./internal/testprogress $(GO) test -tags network -count=1 -timeout 5m -json ./internal/netlab/ ./test/network/
 
 # deploy-check validates deploy/ against the real schemas: the k8s
 # manifests decode strictly into k8s.io/api types, the compose file loads

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -69,10 +70,12 @@ func TestPollerWait(t *testing.T) {
 
 // TestTimersRunWhileIdle: an idle loop, parked in the netpoller, still
 // runs its timers: a silent client is pinged, and closed with 1001 when it
-// does not answer.
+// does not answer; the socket is freed at once (FIN after the close
+// frame), without waiting CLOSE_TIMEOUT for a reply that will not come.
 func TestTimersRunWhileIdle(t *testing.T) {
 	rec := newRecorder()
-	s := startServer(t, Config{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, rec)
+	const closeTimeout = time.Minute
+	s := startServer(t, Config{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond, CloseTimeout: closeTimeout}, rec)
 	nc, br, _ := dialServer(t, s, rec)
 	_ = nc.SetReadDeadline(time.Now().Add(testutil.Timeout))
 	f, err := ws.ReadFrame(br)
@@ -100,4 +103,8 @@ func TestTimersRunWhileIdle(t *testing.T) {
 	case <-time.After(testutil.Timeout):
 		t.Fatal("OnClose was not called")
 	}
+	if _, err := br.ReadByte(); err != io.EOF { // testutil.Timeout < closeTimeout
+		t.Fatalf("after the close frame: %v, want EOF (the socket freed, not held for CLOSE_TIMEOUT)", err)
+	}
+	testutil.Eventually(t, "the server to count the connection out", func() bool { return s.Stats().WebSockets == 0 })
 }

@@ -8,7 +8,8 @@ import (
 // The loop's timers. Each loop scans its connections every tick (at most
 // a second, and at most half of the shortest timeout): handshake, pending
 // join, unfinished message (FRAGMENT_TIMEOUT) and closing deadlines,
-// pings after PING_INTERVAL of silence and their PONG_TIMEOUT.
+// pings after PING_INTERVAL of silence and their PONG_TIMEOUT (past it the
+// connection is freed at once: no close handshake with a silent peer).
 
 // scan runs the timers: handshake, unfinished-message and close
 // deadlines, pings and pong timeouts.
@@ -31,7 +32,7 @@ func (l *loop) scan() {
 				l.srv.stats.timedOut.Add(1)
 				c.Close(ErrFragmentTimeout)
 			case c.pingSent != 0 && l.now-c.pingSent > int64(cfg.PongTimeout):
-				c.Close(ErrPingTimeout)
+				expired = append(expired, c) // freed below
 			case c.pingSent == 0 && l.now-c.lastRead > int64(cfg.PingInterval):
 				c.pingSent = l.now
 				c.Send(pingFrame)
@@ -49,6 +50,14 @@ func (l *loop) scan() {
 			l.reject(c, 503, "joining took too long; retry later", errHandshakeTimeout)
 		case stateClosing:
 			l.release(c, c.closer.cause)
+		case stateOpen:
+			// Silent through PING_INTERVAL and PONG_TIMEOUT: the client's
+			// host is gone or stuck (a half-open connection) and will not
+			// answer a close frame either. The frame goes if the socket
+			// takes it; the connection is freed now, not CLOSE_TIMEOUT
+			// later.
+			c.Close(ErrPingTimeout)
+			l.release(c, ErrPingTimeout)
 		}
 	}
 	l.expired = expired[:0]
