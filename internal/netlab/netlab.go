@@ -12,6 +12,8 @@
 //	c, err := client.Dial("tcp", gw.Addr().String()+":8000")
 //	lab.Cut(client)                      // packets to and from client vanish
 //	lab.Heal(client)
+//	lab.Partition(gw, redis)             // only these two lose each other
+//	lab.Rejoin(gw, redis)
 //
 // It needs root and the ip and tc commands (Debian's iproute2). Without
 // them New fails the test with what is missing: it never skips.
@@ -175,6 +177,22 @@ func (l *Lab) Cut(h *Host) {
 func (l *Lab) Heal(h *Host) {
 	l.t.Helper()
 	l.run("ip", "link", "set", h.veth, "up")
+}
+
+// Partition separates a and b: each drops what it would send to the
+// other (a blackhole route in each namespace), while both still reach
+// every other host. Their connections stay open with nothing arriving.
+func (l *Lab) Partition(a, b *Host) {
+	l.t.Helper()
+	l.run("ip", "-n", a.ns, "route", "add", "blackhole", b.addr.String()+"/32")
+	l.run("ip", "-n", b.ns, "route", "add", "blackhole", a.addr.String()+"/32")
+}
+
+// Rejoin undoes Partition.
+func (l *Lab) Rejoin(a, b *Host) {
+	l.t.Helper()
+	l.run("ip", "-n", a.ns, "route", "del", "blackhole", b.addr.String()+"/32")
+	l.run("ip", "-n", b.ns, "route", "del", "blackhole", a.addr.String()+"/32")
 }
 
 // Shape limits what the bridge sends to h to rate (tc's units, such as
