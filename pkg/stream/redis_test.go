@@ -264,11 +264,19 @@ type node struct {
 	c *collector
 }
 
+// startNodes starts n engines on cfg, each with a collector, and waits
+// until every one reaches Redis.
 func startNodes(t *testing.T, n int, cfg RedisConfig) []node {
 	nodes := make([]node, n)
 	for i := range nodes {
 		nodes[i].c = newCollector()
 		nodes[i].e = newTestRedis(t, cfg, nodes[i].c.handle, nil)
+	}
+	// Every pump connected before the test starts: on a loaded machine a
+	// pump's first connect may outlast cfg.Timeout and be retried, and
+	// meanwhile Subscribe answers "backend unavailable" at once.
+	for i, nd := range nodes {
+		testutil.Eventually(t, fmt.Sprintf("node %d to reach Redis", i), func() bool { return nd.e.Health() == nil })
 	}
 	return nodes
 }
