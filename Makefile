@@ -79,7 +79,7 @@ unit:
 # and iproute2 (installed when missing); without root the target fails,
 # never skips. Everything they make is removed afterwards.
 network:
-	@echo "== make test: the network tests: hosts as network namespaces on a bridge, links cut and shaped, a client host and a gateway's Redis cut off (about 35 s; needs root)"
+	@echo "== make test: the network tests: hosts as network namespaces on a bridge, links cut and shaped, a client host and a gateway's Redis cut off, resets, latency (about 45 s; needs root)"
 	@command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || scripts/apt-install.sh "the network tests" "about 10 s" iproute2
 	@[ "$$(id -u)" = 0 ] || { echo "make network: the network tests build network namespaces, which needs root: run it as root (CI does)"; exit 1; }
 	@$(GO) run ./internal/testprogress $(GO) test -tags network -count=1 -timeout 5m -json ./internal/netlab/ ./test/network/

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +98,53 @@ func readExactly(t *testing.T, r net.Conn, want []byte, within time.Duration) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("read other bytes than were sent")
+	}
+}
+
+// TestProxy: a proxy adds its delay each way (a round trip takes at least
+// twice it), keeps the bytes in order under jitter, and Reset cuts the
+// connections it carries.
+func TestProxy(t *testing.T) {
+	lab := New(t)
+	a, b := lab.Host("a"), lab.Host("b")
+	ln, err := b.Listen("tcp", b.Addr().String()+":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // echo
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		}
+	}()
+	const delay, jitter = 30 * time.Millisecond, 10 * time.Millisecond
+	p := a.StartProxy(t, 0, b.Addr().String()+":9000", delay, jitter)
+	c, err := a.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	roundTrip(t, c, c, []byte("ping"), 5*time.Second)
+	if rtt := time.Since(start); rtt < 2*(delay-jitter) {
+		t.Errorf("round trip through the proxy took %v, want at least %v", rtt, 2*(delay-jitter))
+	}
+	var want []byte
+	for i := range 200 { // many small writes: jitter must not reorder them
+		msg := []byte(strconv.Itoa(i) + ",")
+		want = append(want, msg...)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readExactly(t, c, want, 10*time.Second)
+	p.Reset()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read after Reset succeeded, want the connection cut")
 	}
 }

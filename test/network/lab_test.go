@@ -214,6 +214,9 @@ func (w *wsClient) write(f ws.Frame) error {
 	return ws.WriteFrame(w.c, ws.MaskFrame(f))
 }
 
+// textFrame is a text frame of s.
+func textFrame(s string) ws.Frame { return ws.NewTextFrame([]byte(s)) }
+
 // send sends a text message.
 func (w *wsClient) send(t *testing.T, text string) {
 	t.Helper()

@@ -84,7 +84,7 @@ func TestGatewayCutOffFromRedis(t *testing.T) {
 	}
 	// Every message answered; then what the store holds, read back.
 	waitFor(t, "every message to be answered", 15*time.Second, h.allAnswered)
-	stored := replay(t, clients, addr)
+	stored := replayRoom(t, clients, addr, "cut")
 	sender.c.Close()
 	member.c.Close()
 	wg.Wait()
@@ -148,11 +148,11 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 	}
 }
 
-// replay joins the room with since=0 and returns the message numbers it
+// replayRoom joins room with since=0 and returns the message numbers it
 // replays, in order, with their IDs.
-func replay(t *testing.T, h *netlab.Host, addr string) []stored {
+func replayRoom(t *testing.T, h *netlab.Host, addr, room string) []stored {
 	t.Helper()
-	c := dialWS(t, h, addr, "/ws/chat/cut/?ids=1&since=0")
+	c := dialWS(t, h, addr, "/ws/chat/"+room+"/?ids=1&since=0")
 	defer c.c.Close()
 	var out []stored
 	for {
