@@ -178,6 +178,27 @@ func TestNodesShareRooms(t *testing.T) {
 	})
 }
 
+// storedAfter reports whether, within 2 s, the room "restart"'s stream
+// in r holds a message numbered from or above.
+func storedAfter(t *testing.T, r *redistest.Server, from int) bool {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if keys := strings.Fields(r.MustDo("KEYS", "*:restart")); len(keys) == 1 {
+			for _, line := range strings.Split(r.MustDo("XRANGE", keys[0], "-", "+"), "\n") {
+				var m struct{ Message string }
+				if json.Unmarshal([]byte(line), &m) == nil {
+					if n, err := strconv.Atoi(m.Message); err == nil && n >= from {
+						return true
+					}
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
 // TestRedisRestartLosesNothingAccepted: Redis is killed and restarted
 // while a sender streams messages. Every message is either delivered, in
 // order and once, or refused to its sender with "unavailable"; readiness
@@ -232,7 +253,7 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 		}
 	}()
 
-	const total = 600
+	const roundSize, maxRounds = 200, 5
 	send := func(i int) {
 		b, _ := json.Marshal(map[string]string{"username": "s", "message": strconv.Itoa(i)})
 		sender.writeRaw(rawFrame(finText, b, false))
@@ -249,17 +270,27 @@ func TestRedisRestartLosesNothingAccepted(t *testing.T) {
 		send(i)
 	}
 	r.Restart()
-	testutil.Eventually(t, "readyz to recover", func() bool {
-		s0, _ := nodes[0].httpGet(t, "/readyz")
-		s1, _ := nodes[1].httpGet(t, "/readyz")
-		return s0 == 200 && s1 == 200
-	})
-	for i := 400; i < total; i++ {
-		send(i)
+	// After the restart, rounds of messages until Redis holds one of
+	// them: a node may lose its fresh connections once more while the
+	// restarted Redis settles (seen once in a loaded full test run: every
+	// message of the round answered unconfirmed, none stored), and what
+	// such a round sends is accounted like the rest below.
+	sent := 400
+	for round := 0; ; round++ {
+		testutil.Eventually(t, "readyz to recover", func() bool {
+			s0, _ := nodes[0].httpGet(t, "/readyz")
+			s1, _ := nodes[1].httpGet(t, "/readyz")
+			return s0 == 200 && s1 == 200
+		})
+		for range roundSize {
+			send(sent)
+			sent++
+		}
+		if round == maxRounds-1 || storedAfter(t, r, 400) {
+			break
+		}
 	}
-	// One more, so that the last message is sent after recovery too.
-	send(total)
-	sent := total + 1
+	total := sent - 1
 
 	// Every message must end up answered (refused or unconfirmed) or
 	// stored; what the stream holds is what was accepted. Wait for the
