@@ -97,6 +97,8 @@ var gatewayMetrics = []metric{
 	counter("redis_reads_refused_total", "Redis reads answered with an error.", func(s *snapshot) int64 { return s.engine.ReadsRefused }),
 	counter("redis_malformed_entries_total", "Stream entries skipped because they could not be decoded.", func(s *snapshot) int64 { return s.engine.Malformed }),
 	counter("redis_lost_entries_total", "Entries of subscribed rooms that Redis trimmed (REDIS_MAXLEN) or lost before this node read them.", func(s *snapshot) int64 { return s.engine.Lost }),
+	counter("redis_rollbacks_total", "Times a room's stream had lost entries this node had read (a Redis failover or restart that lost writes): logged, recorded for resumes, IDs raised past them.", func(s *snapshot) int64 { return s.engine.Rollbacks }),
+	counter("redis_wait_short_total", "Round trips whose WAIT (REDIS_WAIT_REPLICAS) was confirmed by fewer replicas than asked: their messages were answered unconfirmed.", func(s *snapshot) int64 { return s.engine.WaitShort }),
 	newMetric("engine_healthy", "1 while the engine can accept and deliver messages (what /readyz reports), else 0.", prometheus.GaugeValue,
 		func(s *snapshot) float64 {
 			if s.ready {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -93,16 +94,17 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	go func() {
 		defer close(q)
 		last := time.Time{}
+		buf := make([]byte, 32<<10)
 		for {
-			b := make([]byte, 32<<10)
-			n, err := src.Read(b)
+			n, err := src.Read(buf)
 			if n > 0 {
+				b := append([]byte(nil), buf[:n]...)
 				at := time.Now().Add(p.delay + time.Duration((rand.Float64()*2-1)*float64(p.jitter)))
 				if at.Before(last) {
 					at = last // never overtake the chunk before
 				}
 				last = at
-				q <- chunk{b[:n], at}
+				q <- chunk{b, at}
 			}
 			if err != nil {
 				return
@@ -110,7 +112,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		}
 	}()
 	for c := range q {
-		time.Sleep(time.Until(c.at))
+		sleepUntil(c.at)
 		if _, err := dst.Write(c.b); err != nil {
 			break
 		}
@@ -123,6 +125,28 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	delete(p.conns, dst)
 	delete(p.conns, src)
 	p.mu.Unlock()
+}
+
+// preciseBelow is the longest wait that sleepUntil makes with a
+// nanosleep on the goroutine's thread: Go's timers wake idle processes
+// up to a millisecond late (a 1.2 ms time.Sleep measured 2.2 ms here),
+// which would turn a 1 ms delay into 1.5. Longer waits (the clients' 20
+// ms) keep time.Sleep, so that many connections do not each hold a
+// thread.
+const preciseBelow = 5 * time.Millisecond
+
+// sleepUntil waits until t.
+func sleepUntil(t time.Time) {
+	d := time.Until(t)
+	switch {
+	case d <= 0:
+	case d < preciseBelow:
+		ts := syscall.NsecToTimespec(int64(d))
+		for syscall.Nanosleep(&ts, &ts) == syscall.EINTR {
+		}
+	default:
+		time.Sleep(d)
+	}
 }
 
 // close stops the proxy and its connections.

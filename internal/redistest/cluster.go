@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,11 +86,15 @@ type Sentinel struct {
 	Master, Replica *Server
 	// Sentinel is the sentinel process; clients connect to its Addr.
 	Sentinel *Server
+	// Link carries the replication from the master to the replica:
+	// closing it cuts the replica off (a partition), so that writes the
+	// master takes afterwards are not replicated.
+	Link *Proxy
 	// MasterName is the name the sentinel monitors the master under.
 	MasterName string
 }
 
-// StartSentinel starts a master, a replica (`--replicaof`) and a sentinel
+// StartSentinel starts a master, a replica (`--replicaof`, through Link) and a sentinel
 // (`redis-server <conf> --sentinel`) whose generated configuration uses a
 // down-after-milliseconds of downAfter, waits until the replica is in sync
 // and the sentinel knows it, and kills them all when the test ends.
@@ -97,7 +102,9 @@ func StartSentinel(t testing.TB, downAfter time.Duration) *Sentinel {
 	t.Helper()
 	st := &Sentinel{MasterName: "chatgw"}
 	st.Master = Start(t)
-	st.Replica = Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(st.Master.Port()))
+	st.Link = StartProxy(t, st.Master.Addr())
+	_, linkPort, _ := net.SplitHostPort(st.Link.Addr())
+	st.Replica = Start(t, "--replicaof", "127.0.0.1", linkPort)
 	testutil.EventuallyWithin(t, clusterTimeout, "the replica to sync with the master", func() bool {
 		info, err := st.Replica.Do("INFO", "replication")
 		return err == nil && strings.Contains(info, "master_link_status:up")

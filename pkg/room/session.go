@@ -212,7 +212,7 @@ func (h *Hub) replay(name string, r *room, c *conn.Conn, s *session, complete bo
 		}
 		// Last's entries are followed by what came after them; a short
 		// page of History is the end of the stream: try the switch.
-		if !rd.fromLast && len(rd.msgs) < replayPage {
+		if !rd.fromLast && entries(rd.msgs) < replayPage {
 			live, ok := h.goLive(r, c, s, rd.cursor)
 			if live || !ok {
 				return
@@ -273,6 +273,15 @@ func (h *Hub) sendRead(c *conn.Conn, s *session, rd *replayRead) bool {
 		}
 	}
 	for _, m := range rd.msgs {
+		if m.Lost {
+			// Entries recorded gone between two held ones (a Redis
+			// rollback): the frame a live member gets for a loss.
+			since, from := rd.cursor, m.ID
+			if !sendPaced(s.ctx, c, textFrame(func(b []byte) []byte { return appendTruncated(b, since, from, !from.IsZero()) })) {
+				return false
+			}
+			continue
+		}
 		if !rd.cursor.Less(m.ID) {
 			continue
 		}
@@ -286,6 +295,17 @@ func (h *Hub) sendRead(c *conn.Conn, s *session, rd *replayRead) bool {
 		h.stats.replayed.Add(1)
 	}
 	return true
+}
+
+// entries counts the entries of msgs, leaving out loss notices.
+func entries(msgs []stream.Message) int {
+	n := 0
+	for i := range msgs {
+		if !msgs[i].Lost {
+			n++
+		}
+	}
+	return n
 }
 
 // sendPaced sends fr to c once c's queue has room for it (pace, within

@@ -34,6 +34,11 @@ type logEngine struct {
 	cids       map[string]stream.ID
 	members    map[string]int
 	next       uint64
+	// lostBefore holds, per room, an entry ID before which entries
+	// were lost (a Redis rollback): History puts a loss notice there
+	// when its page holds an entry before it, or at the end when no
+	// entry follows (stream.Page).
+	lostBefore map[string]stream.ID
 	afterRead  func(room string, call int)
 	calls      int
 	failFrom   int // History calls numbered this or later fail; 0 none
@@ -101,6 +106,9 @@ func (e *logEngine) History(_ context.Context, room string, after stream.ID, n i
 			out = append(out, m)
 		}
 	}
+	if gap, ok := e.lostBefore[room]; ok {
+		out = e.markLost(out, gap)
+	}
 	p := stream.Page{Messages: out, Truncated: !after.IsZero() && after.Less(e.trimmed[room])}
 	if log := e.entries[room]; len(log) > 0 {
 		p.End = log[len(log)-1].ID
@@ -111,6 +119,21 @@ func (e *logEngine) History(_ context.Context, room string, after stream.ID, n i
 		hook(room, call)
 	}
 	return p, nil
+}
+
+// markLost puts a loss notice in page before the entry gap (a zero gap:
+// after the last entry) when an entry of the page comes before it.
+func (e *logEngine) markLost(page []stream.Message, gap stream.ID) []stream.Message {
+	for i, m := range page {
+		if i > 0 && !gap.IsZero() && !m.ID.Less(gap) {
+			out := append(append([]stream.Message(nil), page[:i]...), stream.Message{Lost: true, LostAfter: page[i-1].ID, ID: m.ID})
+			return append(out, page[i:]...)
+		}
+	}
+	if gap.IsZero() && len(page) > 0 {
+		return append(page, stream.Message{Lost: true, LostAfter: page[len(page)-1].ID})
+	}
+	return page
 }
 
 func (e *logEngine) Last(_ context.Context, room string, n int) ([]stream.Message, error) {
@@ -453,6 +476,51 @@ func TestSinceTruncated(t *testing.T) {
 		if f := all.recvText(t); f != chatMsg("u", fmt.Sprint(i)) {
 			t.Fatalf("since=0, entry %d: %s", i, f)
 		}
+	}
+}
+
+// TestReplayTellsLossesWithin: a History page with a loss notice between
+// two entries (Redis rolled back entries that some node had delivered)
+// makes the replay send the truncated frame there, with the entries
+// around it; a notice at the end (nothing held after the loss) gives the
+// frame without "from". Live delivery then follows as usual.
+func TestReplayTellsLossesWithin(t *testing.T) {
+	e := newLogEngine()
+	_, addr := startLogHub(t, Config{}, conn.Config{}, e)
+	var ids []stream.ID
+	for i := range 5 {
+		ids = append(ids, e.publish("r", "u", fmt.Sprint(i)))
+	}
+	e.mu.Lock()
+	e.lostBefore = map[string]stream.ID{"r": ids[3]}
+	e.mu.Unlock()
+	c := joined(t, dialAsync(t, addr, "/ws/chat/r/?ids=1&since="+ids[0].String()))
+	want := []string{withID("u", "1", ids[1]), withID("u", "2", ids[2]),
+		fmt.Sprintf(`{"truncated":{"since":"%s","from":"%s"}}`, ids[2], ids[3]),
+		withID("u", "3", ids[3]), withID("u", "4", ids[4])}
+	for i, w := range want {
+		if f := c.recvText(t); f != w {
+			t.Fatalf("frame %d: %s, want %s", i, f, w)
+		}
+	}
+	live := e.publish("r", "u", "live")
+	if f := c.recvText(t); f != withID("u", "live", live) {
+		t.Fatalf("live frame %s", f)
+	}
+
+	e.mu.Lock()
+	e.lostBefore = map[string]stream.ID{"r": {}}
+	e.mu.Unlock()
+	end := joined(t, dialAsync(t, addr, "/ws/chat/r/?ids=1&since="+ids[3].String()))
+	for i, w := range []string{withID("u", "4", ids[4]), withID("u", "live", live),
+		fmt.Sprintf(`{"truncated":{"since":"%s"}}`, live)} {
+		if f := end.recvText(t); f != w {
+			t.Fatalf("end: frame %d: %s, want %s", i, f, w)
+		}
+	}
+	next := e.publish("r", "u", "next")
+	if f := end.recvText(t); f != withID("u", "next", next) {
+		t.Fatalf("end: live frame %s", f)
 	}
 }
 

@@ -114,11 +114,13 @@ type Message struct {
 	// (see Ack): a member may have joined since. A hint: delivering it is
 	// not an error. Handlers never see it set.
 	Alone bool
-	// Lost marks a notice instead of an entry, in Handler calls only:
-	// entries of the room after LostAfter and before ID may have been
-	// trimmed (REDIS_MAXLEN) or lost by Redis before this node read them,
+	// Lost marks a notice instead of an entry, in Handler calls and
+	// History pages: entries of the room after LostAfter and before ID
+	// may have been trimmed (REDIS_MAXLEN) or lost by Redis (a rollback:
+	// a failover or restart that lost writes) before this node read them,
 	// so its members never get them. It comes right before the entry ID,
-	// after the entry LostAfter. Sender and Payload are empty.
+	// after the entry LostAfter; a zero ID (History only) means nothing
+	// is held after LostAfter. Sender and Payload are empty.
 	Lost      bool
 	LostAfter ID
 }
@@ -219,7 +221,10 @@ type Engine interface {
 
 // Page is one read of a room's history (History.History).
 type Page struct {
-	// Messages are the entries after the requested ID, oldest first.
+	// Messages are the entries after the requested ID, oldest first,
+	// with a loss notice (Message.Lost) where Redis recorded that entries
+	// between two of them are gone (a rollback). Notices do not count
+	// toward the n entries asked for.
 	Messages []Message
 	// Truncated reports that entries after the requested ID may be gone:
 	// the held entries do not reach back to it, and entries were trimmed
@@ -266,6 +271,16 @@ type Stats struct {
 	// Lost counts the entries of subscribed rooms that Redis trimmed
 	// (REDIS_MAXLEN) or lost before this node read them (Redis).
 	Lost int64
+	// Rollbacks counts the times a room's stream was found to have lost
+	// entries this node had read (Redis failed over to a replica that
+	// lacked them, or restarted without them): each is logged, recorded
+	// in the stream for History and the other nodes, and the stream's
+	// last ID raised so that no ID is used twice (Redis).
+	Rollbacks int64
+	// WaitShort counts the round trips whose WAIT (REDIS_WAIT_REPLICAS)
+	// was confirmed by fewer replicas than asked: their messages were
+	// answered ErrUnconfirmed (Redis).
+	WaitShort int64
 	// PublishLatency is the time from Publish to its outcome (Redis: the
 	// Memory engine answers at once); RoundTripLatency the time of one
 	// pump round trip (Redis).
@@ -279,6 +294,7 @@ type counters struct {
 	duplicates                                atomic.Int64
 	roundTrips, roundTripErrors, wakes        atomic.Int64
 	readsRefused, malformed, lost             atomic.Int64
+	rollbacks, waitShort                      atomic.Int64
 	publishLatency, roundTripLatency          hist.Histogram
 }
 
@@ -307,6 +323,8 @@ func (c *counters) snapshot() Stats {
 		ReadsRefused:     c.readsRefused.Load(),
 		Malformed:        c.malformed.Load(),
 		Lost:             c.lost.Load(),
+		Rollbacks:        c.rollbacks.Load(),
+		WaitShort:        c.waitShort.Load(),
 		PublishLatency:   c.publishLatency.Snapshot(),
 		RoundTripLatency: c.roundTripLatency.Snapshot(),
 	}

@@ -63,6 +63,19 @@ const (
 	DefaultRedisFlushDelay = 20 * time.Microsecond
 )
 
+// DefaultRedisWaitReplicas is the default of RedisConfig.WaitReplicas
+// (REDIS_WAIT_REPLICAS): acknowledge what the primary stored.
+const DefaultRedisWaitReplicas = 0
+
+// DefaultRedisWaitTimeout is the default of RedisConfig.WaitTimeout
+// (REDIS_WAIT_TIMEOUT), or half of Timeout when that is shorter: a
+// replica normally confirms within a network round trip, and each round
+// trip of a pump (every delivery of its rooms) waits for it.
+const DefaultRedisWaitTimeout = 250 * time.Millisecond
+
+// maxWaitReplicas caps REDIS_WAIT_REPLICAS.
+const maxWaitReplicas = 16
+
 // Bounds of RedisConfig's fields, checked once the defaults are set.
 const (
 	// maxRedisReadShards caps REDIS_READ_SHARDS: on a Cluster each shard
@@ -200,6 +213,21 @@ type RedisConfig struct {
 	// others within about two. Zero means DefaultRedisPresenceInterval
 	// (1s); at least 1ms.
 	PresenceInterval time.Duration `env:"REDIS_PRESENCE_INTERVAL" help:"how often each node publishes its room member counts; a dead node stops being counted within 4 intervals"`
+	// WaitReplicas, when above zero, makes acknowledgements durable
+	// across a failover: after the publishes of each round trip the pump
+	// sends WAIT <WaitReplicas> <WaitTimeout>, and a message is
+	// acknowledged only when that many replicas confirmed it; otherwise
+	// its sender gets ErrUnconfirmed (stored on the primary, maybe lost
+	// by a failover). The round trip's read follows the WAIT, so this
+	// node delivers its own messages once they are replicated. Zero means
+	// DefaultRedisWaitReplicas (0): acknowledge what the primary stored;
+	// at most 16.
+	WaitReplicas int `env:"REDIS_WAIT_REPLICAS" help:"acknowledge a message only once this many replicas have it (WAIT), so acked messages survive a failover; 0: once the primary has it"`
+	// WaitTimeout bounds each WAIT of WaitReplicas: while replicas lag,
+	// every round trip of a pump, and so every delivery of its rooms,
+	// waits this long. Zero means DefaultRedisWaitTimeout (250ms), or half
+	// of Timeout when that is shorter; it must be below Timeout.
+	WaitTimeout time.Duration `env:"REDIS_WAIT_TIMEOUT" help:"with REDIS_WAIT_REPLICAS: how long a round trip waits for the replicas before its messages are answered unconfirmed (deliveries wait too); default 250ms or half of REDIS_TIMEOUT"`
 }
 
 // MemoryConfig returns the part of c that the Memory engine shares with
@@ -259,6 +287,7 @@ func (c *RedisConfig) counts() []countField {
 		count(&c.ReadShards, DefaultRedisReadShards, maxRedisReadShards, "REDIS_READ_SHARDS"),
 		count(&c.ReadCount, DefaultRedisReadCount, 0, "REDIS_READ_COUNT"),
 		count(&c.PublishQueue, DefaultPublishQueue, 0, "PUBLISH_QUEUE"),
+		count(&c.WaitReplicas, DefaultRedisWaitReplicas, maxWaitReplicas, "REDIS_WAIT_REPLICAS"),
 	}
 }
 
@@ -276,6 +305,9 @@ func (c RedisConfig) Defaulted() RedisConfig {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = min(DefaultRedisWaitTimeout, c.Timeout/2)
 	}
 	return c
 }
@@ -316,6 +348,12 @@ func (c RedisConfig) withDefaults() (RedisConfig, error) {
 	}
 	if strings.ContainsAny(c.Prefix, "{}") {
 		return c, fmt.Errorf("stream: REDIS_PREFIX=%q contains '{' or '}': the engine adds the hash tag itself, remove them", c.Prefix)
+	}
+	switch {
+	case c.WaitTimeout < minRedisDuration:
+		return c, fmt.Errorf("stream: REDIS_WAIT_TIMEOUT=%v is below %v: use a duration such as %v, or unset it for the default", c.WaitTimeout, minRedisDuration, DefaultRedisWaitTimeout)
+	case c.WaitTimeout >= c.Timeout:
+		return c, fmt.Errorf("stream: REDIS_WAIT_TIMEOUT=%v is not below REDIS_TIMEOUT=%v: the round trip would time out first; lower it, or unset it for the default", c.WaitTimeout, c.Timeout)
 	}
 	if c.BackoffMin > c.BackoffMax {
 		return c, fmt.Errorf("stream: REDIS_BACKOFF_MIN=%v exceeds REDIS_BACKOFF_MAX=%v: lower the minimum or raise the maximum", c.BackoffMin, c.BackoffMax)
@@ -366,6 +404,7 @@ func (c RedisConfig) LogValue() slog.Value {
 		slog.Int("read_shards", c.ReadShards), slog.Int("read_count", c.ReadCount), slog.Duration("block", c.Block), slog.Duration("sweep", c.Sweep),
 		slog.Duration("timeout", c.Timeout), slog.Duration("flush_delay", c.FlushDelay), slog.Duration("batch_window", c.BatchWindow), slog.Int("publish_queue", c.PublishQueue), slog.Duration("backoff_min", c.BackoffMin), slog.Duration("backoff_max", c.BackoffMax),
 		slog.Duration("dedupe_window", c.DedupeWindow), slog.Duration("presence_interval", c.PresenceInterval),
+		slog.Int("wait_replicas", c.WaitReplicas), slog.Duration("wait_timeout", c.WaitTimeout),
 	)
 }
 

@@ -20,7 +20,9 @@ import (
 // CID's dedupe key, "<prefix>:{<shard>}#cid:<len(room)>:<room>:<cid>",
 // which shares the hash tag of the room's stream (one Cluster slot, as
 // scripts need): if it holds an ID, the message is a resend and the
-// script answers that ID without appending anything; otherwise it
+// script answers that ID without appending anything (it writes the same
+// value back, so that a WAIT after it, REDIS_WAIT_REPLICAS, covers the
+// first copy however it was written); otherwise it
 // appends the entry exactly as the plain path does (XADD MAXLEN ~, fields
 // s and p) and stores the new ID in the dedupe key for DedupeWindow (SET
 // PX). The room's length in the key keeps room "a:b" with CID "c" apart
@@ -49,6 +51,7 @@ for i = 3, #ARGV, 3 do
   local id = false
   if k > 0 then id = redis.call('GET', KEYS[k]) end
   if id then
+    redis.call('SET', KEYS[k], id, 'KEEPTTL')
     out[#out+1] = id
     out[#out+1] = 1
   else

@@ -110,8 +110,49 @@ func (e *Redis) History(ctx context.Context, room string, after ID, n int) (Page
 	if len(msgs) > n {
 		msgs = msgs[:n]
 	}
-	return Page{Messages: msgs, End: in.lastGen, Truncated: e.truncated(after, held, in, epoch, now),
+	truncated := e.truncated(after, held, in, epoch, now)
+	if !in.maxDeleted.IsZero() {
+		var gap bool
+		msgs, gap = markDeleted(msgs, after, in.maxDeleted, len(msgs) < n)
+		truncated = truncated || gap
+	}
+	return Page{Messages: msgs, End: in.lastGen, Truncated: truncated,
 		Trimmed: !in.missing && (!in.hasAdded || in.added > in.length)}, nil
+}
+
+// markDeleted marks where entries recorded deleted (up to gone, the
+// stream's max-deleted-entry-id: a rollback, redis_rollback.go) were
+// between the entries of a page read after after: right after after
+// (gap: the page is truncated), between two entries (a loss notice,
+// Message.Lost, before the later one), or after the last one of the
+// stream (end: a notice with a zero ID, nothing held after it). gone is
+// never held, so entries that straddle it had deleted entries between
+// them.
+func markDeleted(msgs []Message, after, gone ID, end bool) ([]Message, bool) {
+	if !after.Less(gone) {
+		return msgs, false
+	}
+	for i, m := range msgs {
+		if !gone.Less(m.ID) {
+			continue
+		}
+		if i == 0 {
+			return msgs, true
+		}
+		out := make([]Message, 0, len(msgs)+1)
+		out = append(out, msgs[:i]...)
+		out = append(out, Message{ID: m.ID, Lost: true, LostAfter: msgs[i-1].ID})
+		return append(out, msgs[i:]...), false
+	}
+	// Nothing held past the record: at the stream's end, the entries
+	// after the last one are gone; otherwise the next page tells.
+	switch {
+	case len(msgs) == 0:
+		return msgs, true
+	case end:
+		return append(msgs, Message{Lost: true, LostAfter: msgs[len(msgs)-1].ID}), false
+	}
+	return msgs, false
 }
 
 // historyReply is what History's transaction answered.

@@ -61,6 +61,7 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 			s.bad++
 			return out
 		}
+		notice := false
 		if i == 0 && r.last.Less(id) && !r.noticedAt(r.last) &&
 			(r.lossAhead || !r.last.IsZero() && !id.follows(r.last) || r.last.IsZero() && !r.heldFrom.IsZero() && r.heldFrom.Less(id)) {
 			// Entries after the last one read are gone: verify counted
@@ -71,19 +72,30 @@ func (s *redisShard) collectStream(key string, v rueidis.RedisMessage, readCount
 			// Tell the members right before the first entry after the gap
 			// (verify counts).
 			r.noticed, r.noticedSet, r.check = r.last, true, true
-			if r.subscribed {
-				out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Lost: true, LostAfter: r.last}})
-			}
+			notice = true
 		}
 		r.lossAhead, r.heldFrom = false, ID{}
 		if !r.last.Less(id) {
 			continue // already read
+		}
+		if !r.gone.IsZero() && r.gone.Less(id) {
+			// Entries up to gone were deleted (a rollback another node
+			// recorded) before this node read them: tell the members
+			// before the first entry past the record.
+			notice = notice || r.last.Less(r.gone) && r.high.Less(r.gone)
+			r.gone = ID{}
+		}
+		if notice && r.subscribed {
+			out = append(out, redisDelivery{room: r.name, msg: Message{ID: id, Lost: true, LostAfter: r.last}})
 		}
 		if r.stuck {
 			r.stuck = false
 			s.stuck--
 		}
 		r.last = id
+		if r.high.Less(id) {
+			r.high = id
+		}
 		r.seq++
 		sender, payload, ok := decodeFields(&entries[i])
 		if !ok {
@@ -144,63 +156,92 @@ func skipped(r *redisRoom, id ID) bool {
 // (the reader is between the oldest and the newest entry held), the room
 // stays checked.
 func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
-	cmds := make([]rueidis.Completed, len(checks))
+	cmds := make([]rueidis.Completed, 0, 2*len(checks))
 	gens := make([]uint64, len(checks))
+	lasts := make([]ID, len(checks))
 	s.mu.Lock()
 	for i, r := range checks {
-		cmds[i] = e.client.B().XinfoStream().Key(r.key).Build()
-		gens[i] = r.gen
+		// XINFO STREAM, and whether the last entry read is still held
+		// (a rollback, rolledBack).
+		cmds = append(cmds, e.client.B().XinfoStream().Key(r.key).Build())
+		gens[i], lasts[i] = r.gen, r.last
+		if !r.last.IsZero() {
+			id := r.last.String()
+			cmds = append(cmds, e.client.B().Xrange().Key(r.key).Start(id).End(id).Build())
+		}
 	}
 	s.mu.Unlock()
 	vctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	res := do.DoMulti(vctx, cmds...)
 	cancel()
-	infos := make([]streamInfo, len(res))
-	for i, rr := range res {
+	infos := make([]streamInfo, len(checks))
+	held := make([]bool, len(checks))
+	k := 0
+	for i := range checks {
 		var err error
-		if infos[i], err = parseStreamInfo(rr); err != nil {
+		if infos[i], err = parseStreamInfo(res[k]); err != nil {
 			return fmt.Errorf("XINFO STREAM: %w", err)
+		}
+		k++
+		held[i] = true
+		if !lasts[i].IsZero() {
+			entries, err := res[k].ToArray()
+			if err != nil {
+				return fmt.Errorf("XRANGE: %w", err)
+			}
+			held[i] = len(entries) > 0
+			k++
 		}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for i, r := range checks {
 		if s.rooms[r.key] != r {
 			continue
 		}
 		r.check = false
-		if r.gen != gens[i] {
+		if r.gen != gens[i] || r.last != lasts[i] {
 			// Subscribe or Unsubscribe changed the room after XINFO ran:
 			// its answer may predate the room's stop. Check again later.
 			r.check = true
 			continue
 		}
-		e.applyStreamInfo(s, r, infos[i])
+		e.applyStreamInfo(s, r, infos[i], held[i])
 	}
-	return nil
+	s.mu.Unlock()
+	return e.raise(ctx, do, s, checks)
 }
 
 // applyStreamInfo updates r from in, its XINFO STREAM: a leaving room
 // whose stop is gone is dropped, a stream that vanished or went back in
 // time moves the cursor with it, and entries trimmed unread are counted
 // (countTrimmed). s.mu must be held.
-func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo) {
+func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo, lastHeld bool) {
 	if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
 		// Leaving toward a stop that no longer exists: nothing left
 		// to deliver.
 		s.drop(r)
 		return
 	}
+	if r.high.Less(r.last) {
+		r.high = r.last
+	}
 	switch {
+	case r.last.Less(in.maxDeleted) && r.high.Less(in.maxDeleted):
+		r.gone = in.maxDeleted // deleted entries ahead, none read here
+	case !lastHeld && !r.last.IsZero() && !in.maxDeleted.Less(r.last) && !r.high.Less(in.maxDeleted):
+		// The last entry read is gone, recorded deleted (a rollback that
+		// another node recorded), and this node read every entry up to
+		// the record: that the next read does not begin with it is no
+		// news here.
+		r.noticed, r.noticedSet = r.last, true
+	}
+	switch {
+	case rolledBack(r, in, lastHeld):
+		e.rollback(r, in)
 	case in.missing:
-		if !r.last.IsZero() && r.seqKnown && r.seq > 0 {
-			e.log.Warn("stream: room stream vanished from Redis (expired, or lost by a restart without persistence); undelivered messages are lost",
-				"room", r.name, "last_id", r.last.String())
-		}
 		r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
 	case in.lastGen.Less(r.last):
-		e.log.Warn("stream: Redis lost messages of the room (failover or restart without persistence); resuming from what it has",
-			"room", r.name, "last_id", r.last.String(), "redis_last_id", in.lastGen.String())
+		// A stream that went back under a cursor that read nothing of it.
 		r.last, r.seq, r.seqKnown, r.skips, r.accounted = in.lastGen, in.added, in.hasAdded, nil, in.lastGen
 	case !in.hasAdded:
 		r.seqKnown = false
@@ -384,7 +425,7 @@ func (e *Redis) applyStarts(starts []startCheck, res []rueidis.RedisResult) erro
 		}
 		sc.s.mu.Lock()
 		if sc.s.rooms[sc.r.key] == sc.r && sc.r.gen == sc.gen && sc.r.last.IsZero() {
-			e.applyStreamInfo(sc.s, sc.r, in)
+			e.applyStreamInfo(sc.s, sc.r, in, true)
 		}
 		sc.s.mu.Unlock()
 	}

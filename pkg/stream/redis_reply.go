@@ -136,6 +136,10 @@ type streamInfo struct {
 	// hasAdded is false on Redis before 7, which does not count entries:
 	// trimmed entries then go undetected.
 	hasAdded bool
+	// maxDeleted is max-deleted-entry-id (Redis 7+): the greatest ID
+	// removed other than by trimming (XDEL, or the engine's record of a
+	// rollback, raiseScript). Zero when none.
+	maxDeleted ID
 }
 
 // parseStreamInfo decodes an XINFO STREAM reply. A missing key is not an
@@ -182,6 +186,10 @@ func parseStreamInfoMessage(msg *rueidis.RedisMessage) (streamInfo, error) {
 	if v, ok := m["entries-added"]; ok {
 		in.added, err = v.AsInt64()
 		in.hasAdded = err == nil
+	}
+	if v, ok := m["max-deleted-entry-id"]; ok {
+		raw, _ := v.ToString()
+		in.maxDeleted, _ = ParseID(raw)
 	}
 	return in, nil
 }

@@ -20,6 +20,7 @@ import (
 type trip struct {
 	now      time.Time
 	epochCmd int // first SET NX of the epoch keys; -1: none
+	waitCmd  int // the WAIT after the publishes (REDIS_WAIT_REPLICAS); -1: none
 	sigCmd   int // the signal's XADD; -1: none
 	joinCmd  int // first command of the joins; -1: none
 	readCmd  int // first command of the read (when read)
@@ -48,10 +49,11 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 		p.refuse(fmt.Errorf("%w: %w", ErrUnavailable, err))
 		return err
 	}
-	t := trip{now: time.Now(), read: read, epochCmd: -1, sigCmd: -1, joinCmd: -1}
+	t := trip{now: time.Now(), read: read, epochCmd: -1, waitCmd: -1, sigCmd: -1, joinCmd: -1}
 	p.lastTick = t.now // the pacing grid counts every round trip, reading or not
 	p.cmds, p.sent = p.cmds[:0], p.sent[:0]
 	p.buildPublishes(&t)
+	p.buildWait(&t)
 	p.buildSignal(&t)
 	p.buildJoins(&t)
 	if err := p.buildRead(ctx, &t); err != nil {
@@ -70,7 +72,7 @@ func (p *pump) roundTrip(ctx context.Context, read bool) error {
 	if t.epochCmd >= 0 && firstError(res[t.epochCmd:t.epochCmd+len(p.shards)]) == nil {
 		p.epochDue = false
 	}
-	published, failed := p.applyPublishes(res, broken, t.evalText)
+	published, failed := p.applyPublishes(res, broken, t.evalText, p.waitOutcome(res, t.waitCmd))
 	if t.joinCmd >= 0 {
 		if broken {
 			p.refuseJoins(fmt.Errorf("%w: %w", ErrUnavailable, firstBroken(res)))
@@ -251,12 +253,49 @@ func (p *pump) send(ctx context.Context) (res []rueidis.RedisResult, broken bool
 	return res, broken
 }
 
+// buildWait appends, when REDIS_WAIT_REPLICAS is set and the round trip
+// publishes, the WAIT that makes the primary answer once that many
+// replicas have every write of this connection so far: the messages of
+// this round trip, and (through the publish script's write on a hit) the
+// first copy of a resent CID. What follows it in the pipeline, the
+// read among it, runs after it.
+func (p *pump) buildWait(t *trip) {
+	e := p.e
+	if e.cfg.WaitReplicas == 0 || len(p.sent) == 0 {
+		return
+	}
+	t.waitCmd = len(p.cmds)
+	p.cmds = append(p.cmds, e.client.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build())
+}
+
+// waitOutcome returns nil when the round trip had no WAIT or enough
+// replicas confirmed it, and otherwise why its stored messages are not
+// acknowledged: they are answered ErrUnconfirmed (applyPublishes).
+func (p *pump) waitOutcome(res []rueidis.RedisResult, waitCmd int) error {
+	if waitCmd < 0 {
+		return nil
+	}
+	want := p.e.cfg.WaitReplicas
+	n, err := res[waitCmd].AsInt64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: stored on the primary, but WAIT for %d replicas (REDIS_WAIT_REPLICAS) failed: %w; it may be lost if Redis fails over", ErrUnconfirmed, want, err)
+	case n < int64(want):
+		p.e.stats.waitShort.Add(1)
+		return fmt.Errorf("%w: stored on the primary, but only %d of REDIS_WAIT_REPLICAS=%d replicas confirmed it within REDIS_WAIT_TIMEOUT (%v); it may be lost if Redis fails over",
+			ErrUnconfirmed, n, want, p.e.cfg.WaitTimeout)
+	}
+	return nil
+}
+
 // applyPublishes answers the senders of p.sent, in order, from res.
 // Messages whose script call Redis did not run (NOSCRIPT) go back to
-// pending, first, to be sent again with the script's text. It returns how
-// many messages were published, and the error of a message that got no
-// answer (it may be stored), if any.
-func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool) (published int, failed error) {
+// pending, first, to be sent again with the script's text. A stored
+// message is answered unreplicated instead of its ID when the round
+// trip's WAIT fell short (waitOutcome). It returns how many messages
+// were published, and the error of a message that got no answer (it may
+// be stored), if any.
+func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool, unreplicated error) (published int, failed error) {
 	e := p.e
 	published = len(p.sent)
 	p.requeue = p.requeue[:0]
@@ -270,6 +309,8 @@ func (p *pump) applyPublishes(res []rueidis.RedisResult, broken, evalText bool) 
 			id, err = parseXaddReply(res[r.cmd])
 		}
 		switch {
+		case err == nil && unreplicated != nil:
+			err, id, dup = unreplicated, ID{}, false
 		case err == nil:
 		case !broken && isNoScript(err):
 			// Not run: send it again, first thing, with the script's text.

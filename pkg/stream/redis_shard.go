@@ -92,6 +92,14 @@ type redisRoom struct {
 	// oldest entry verify saw held: a read that begins after it finds
 	// that entries were trimmed in between.
 	heldFrom ID
+	// high is the greatest entry read (last, before a rollback moved
+	// it back). gone, when set, is a record in the stream that entries up
+	// to it were deleted (max-deleted-entry-id: a rollback recorded by
+	// some node), above high: the members here may have missed some, and
+	// are told when the read passes it (collectStream). raise, when set,
+	// is the ID a rollback found here asks to raise the stream to
+	// (redis_rollback.go).
+	high, gone, raise ID
 	// dirty: the room is listed in its shard's dirty list.
 	dirty bool
 	// stuck: the last read returned an entry whose ID could not be

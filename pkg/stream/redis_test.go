@@ -147,7 +147,7 @@ func TestRedisConfig(t *testing.T) {
 			MaxLen: 1000, TTL: 24 * time.Hour, ReadShards: 16, ReadCount: 512, Block: 5 * time.Second, Sweep: 30 * time.Second,
 			Timeout: 2 * time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 5 * time.Second,
 			FlushDelay: 20 * time.Microsecond, BatchWindow: 2 * time.Millisecond, PublishQueue: 16384,
-			DedupeWindow: 2 * time.Minute, PresenceInterval: time.Second,
+			DedupeWindow: 2 * time.Minute, PresenceInterval: time.Second, WaitTimeout: DefaultRedisWaitTimeout,
 		}
 		if fmt.Sprint(c) != fmt.Sprint(want) {
 			t.Fatalf("defaults\n got %+v\nwant %+v", c, want)
@@ -547,7 +547,7 @@ func TestRedisRestartWithoutPersistence(t *testing.T) {
 	// Only what was accepted after the restart is still in Redis: check
 	// those exactly, and that all deliveries are in increasing ID order.
 	checkExactlyOnce(t, c, "amnesia", accepted[before:], p.refused)
-	if !strings.Contains(log.String(), "vanished from Redis") {
+	if !strings.Contains(log.String(), "Redis lost messages of the room that this node had read") {
 		t.Fatal("the lost stream was not logged")
 	}
 }
