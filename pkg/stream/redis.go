@@ -74,8 +74,9 @@ const slowDelivery = 50 * time.Millisecond
 // ErrUnconfirmed when it was sent but Redis did not answer in time: it
 // may then be stored. A sender waits at most twice Timeout. On a single
 // server or behind Sentinel the pump uses a dedicated connection and,
-// after a round trip fails, kills that connection (CLIENT KILL ID) from
-// its next one before sending anything else, so a message in doubt is
+// after a round trip fails, kills that connection from its next one
+// before sending anything else (CLIENT KILL ID <id> ADDR <addr>: after a
+// restart or failover the ID alone may name another client), so a message in doubt is
 // stored before the sender's later messages or never.
 //
 // Delivery. The Handler is called from the pump's goroutine, in stream

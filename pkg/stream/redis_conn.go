@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/chatgw/gateway/internal/backoff"
@@ -52,16 +54,17 @@ func (p *pump) connect(ctx context.Context) error {
 			cmds = append(cmds, p.epochCmds()...)
 		}
 		first := len(cmds)
-		cmds = append(cmds, e.client.B().ClientId().Build(),
+		cmds = append(cmds, e.client.B().ClientInfo().Build(),
 			e.client.B().ClientTracking().On().Redirect(lid).Optin().Noloop().Build())
 		if p.sealID != 0 {
-			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Build())
+			cmds = append(cmds, e.client.B().ClientKill().Id(p.sealID).Addr(p.sealAddr).Build())
 		}
 		res := dc.DoMulti(cctx, cmds...)
 		err = firstError(res[:first])
 		var id int64
+		var addr string
 		if err == nil {
-			id, err = res[first].AsInt64()
+			id, addr, err = parseClientInfo(res[first])
 		}
 		if err == nil {
 			err = res[first+1].Error()
@@ -73,7 +76,7 @@ func (p *pump) connect(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			p.conn, p.clientID, p.sealID = dc, id, 0
+			p.conn, p.clientID, p.clientAddr, p.sealID = dc, id, addr, 0
 			p.lost, p.lostDone = p.watchLost(lost)
 			p.release = func() { release(); lrelease() }
 			return nil
@@ -99,6 +102,29 @@ func (p *pump) listenerID(ctx context.Context, c rueidis.DedicatedClient) (int64
 		return 0, err
 	}
 	return res[1].AsInt64()
+}
+
+// parseClientInfo decodes CLIENT INFO's answer: the connection's id=
+// and addr= (its address as Redis sees it).
+func parseClientInfo(rr rueidis.RedisResult) (id int64, addr string, err error) {
+	s, err := rr.ToString()
+	if err != nil {
+		return 0, "", err
+	}
+	// RESP3 answers a verbatim string, which rueidis gives with its
+	// format ("txt:").
+	for _, f := range strings.Fields(strings.TrimPrefix(s, "txt:")) {
+		switch k, v, _ := strings.Cut(f, "="); k {
+		case "id":
+			id, err = strconv.ParseInt(v, 10, 64)
+		case "addr":
+			addr = v
+		}
+	}
+	if err != nil || id == 0 || addr == "" {
+		return 0, "", fmt.Errorf("CLIENT INFO answered %q, want id= and addr=", s)
+	}
+	return id, addr, nil
 }
 
 // epochCmds writes the epoch key of each of the pump's shards unless it
@@ -162,7 +188,7 @@ func (p *pump) fail(err error) {
 	if p.release != nil && !p.e.cluster {
 		// (Not on a Cluster: the next connection may go to another
 		// master, where that ID names another client.)
-		p.sealID = p.clientID
+		p.sealID, p.sealAddr = p.clientID, p.clientAddr
 	}
 	p.disconnect()
 	p.verifyAll, p.epochDue = true, true

@@ -80,16 +80,23 @@ type pump struct {
 	lost     <-chan error
 	lostDone chan struct{} // closed by disconnect: ends watchLost
 	release  func()        // gives a dedicated connection back
-	clientID int64         // CLIENT ID of the dedicated connection
-	sealID   int64         // connection to kill before sending again; 0: none
-	pending  []*pubReq     // taken from reqs, not sent yet
-	joining  []*joinReq    // taken from joins, not sent yet
-	joined   []*joinReq    // sent in the current round trip
-	sent     []*pubReq     // in the current round trip
-	cmds     []rueidis.Completed
-	sigRooms map[string]struct{} // rooms named by this round trip's signal
-	sigNames []string
-	sigBuf   []byte // the signal's room list, space-separated
+	// clientID and clientAddr name the dedicated connection as Redis
+	// sees it (CLIENT INFO's id= and addr=); sealID and sealAddr the one
+	// to kill before sending again (sealID 0: none). Both are given to
+	// CLIENT KILL: after a restart or a failover Redis hands the same IDs
+	// to new clients, and the address keeps another one from being killed.
+	clientID   int64
+	clientAddr string
+	sealID     int64
+	sealAddr   string
+	pending    []*pubReq  // taken from reqs, not sent yet
+	joining    []*joinReq // taken from joins, not sent yet
+	joined     []*joinReq // sent in the current round trip
+	sent       []*pubReq  // in the current round trip
+	cmds       []rueidis.Completed
+	sigRooms   map[string]struct{} // rooms named by this round trip's signal
+	sigNames   []string
+	sigBuf     []byte // the signal's room list, space-separated
 	// owed are the rooms of signals that failed to be written: the next
 	// round trip's signal names them again (at most maxOwed; beyond that
 	// the next full read finds them, within REDIS_SWEEP). owedAt is when
