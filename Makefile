@@ -75,14 +75,15 @@ unit:
 
 # network runs the tests on a network of hosts built inside this machine
 # (internal/netlab: network namespaces on a bridge, links cut and shaped;
-# test/network: the gateway with a client host cut off). They need root
+# test/network: the gateway with a client host cut off, Redis cut off,
+# Sentinel and Cluster failovers under traffic). They need root
 # and iproute2 (installed when missing); without root the target fails,
 # never skips. Everything they make is removed afterwards.
 network:
-	@echo "== make test: the network tests: hosts as network namespaces on a bridge, links cut and shaped, a client host and a gateway's Redis cut off, resets, latency (about 45 s; needs root)"
+	@echo "== make test: the network tests: hosts as network namespaces on a bridge, links cut and shaped, a client host and a gateway's Redis cut off, resets, latency, Redis failovers under 2 000 msg/s with Sentinel and Cluster (about 3 min; needs root)"
 	@command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || scripts/apt-install.sh "the network tests" "about 10 s" iproute2
 	@[ "$$(id -u)" = 0 ] || { echo "make network: the network tests build network namespaces, which needs root: run it as root (CI does)"; exit 1; }
-	@$(GO) run ./internal/testprogress $(GO) test -tags network -count=1 -timeout 5m -json ./internal/netlab/ ./test/network/
+	@$(GO) run ./internal/testprogress $(GO) test -tags network -count=1 -timeout 10m -json ./internal/netlab/ ./test/network/
 
 # deploy-check validates deploy/ against the real schemas: the k8s
 # manifests decode strictly into k8s.io/api types, the compose file loads

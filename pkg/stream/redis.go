@@ -132,6 +132,9 @@ type Redis struct {
 	// activePeers is how many other nodes published within peerActive,
 	// as presence last read it: it sets the pacing window.
 	activePeers atomic.Int32
+	// primary, behind Sentinel, is the address of the server the shared
+	// client reaches: the primary (redis_primary.go). Nil until known.
+	primary atomic.Pointer[string]
 	// lastPublish is when (unix ms) a pump of this node last published:
 	// presence tells the other nodes whether this one is active.
 	lastPublish atomic.Int64
@@ -209,6 +212,10 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.presence = newPresence(cfg, e.node)
 	e.running.Add(1)
 	go e.runPresence(ctx)
+	if cfg.SentinelMaster != "" {
+		e.running.Add(1)
+		go e.watchPrimary(ctx)
+	}
 	return e, nil
 }
 

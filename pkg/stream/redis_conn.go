@@ -61,10 +61,9 @@ func (p *pump) connect(ctx context.Context) error {
 		}
 		res := dc.DoMulti(cctx, cmds...)
 		err = firstError(res[:first])
-		var id int64
-		var addr string
+		var ci clientInfo
 		if err == nil {
-			id, addr, err = parseClientInfo(res[first])
+			ci, err = parseClientInfo(res[first])
 		}
 		if err == nil {
 			err = res[first+1].Error()
@@ -76,7 +75,11 @@ func (p *pump) connect(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			p.conn, p.clientID, p.clientAddr, p.sealID = dc, id, addr, 0
+			p.conn, p.clientID, p.clientAddr, p.sealID = dc, ci.id, ci.addr, 0
+			if p.server != "" && p.server != ci.laddr {
+				p.moved = true // checked and raised by the next full read (verifyAll)
+			}
+			p.server, p.primarySeen = ci.laddr, e.primary.Load()
 			p.lost, p.lostDone = p.watchLost(lost)
 			p.release = func() { release(); lrelease() }
 			return nil
@@ -104,27 +107,35 @@ func (p *pump) listenerID(ctx context.Context, c rueidis.DedicatedClient) (int64
 	return res[1].AsInt64()
 }
 
-// parseClientInfo decodes CLIENT INFO's answer: the connection's id=
-// and addr= (its address as Redis sees it).
-func parseClientInfo(rr rueidis.RedisResult) (id int64, addr string, err error) {
+// clientInfo is what the engine reads of CLIENT INFO's answer.
+type clientInfo struct {
+	id    int64  // id=: the connection's client ID
+	addr  string // addr=: the connection's address as Redis sees it
+	laddr string // laddr=: the server's own address on it
+}
+
+// parseClientInfo decodes CLIENT INFO's answer.
+func parseClientInfo(rr rueidis.RedisResult) (ci clientInfo, err error) {
 	s, err := rr.ToString()
 	if err != nil {
-		return 0, "", err
+		return ci, err
 	}
 	// RESP3 answers a verbatim string, which rueidis gives with its
 	// format ("txt:").
 	for _, f := range strings.Fields(strings.TrimPrefix(s, "txt:")) {
 		switch k, v, _ := strings.Cut(f, "="); k {
 		case "id":
-			id, err = strconv.ParseInt(v, 10, 64)
+			ci.id, err = strconv.ParseInt(v, 10, 64)
 		case "addr":
-			addr = v
+			ci.addr = v
+		case "laddr":
+			ci.laddr = v
 		}
 	}
-	if err != nil || id == 0 || addr == "" {
-		return 0, "", fmt.Errorf("CLIENT INFO answered %q, want id= and addr=", s)
+	if err != nil || ci.id == 0 || ci.addr == "" || ci.laddr == "" {
+		return clientInfo{}, fmt.Errorf("CLIENT INFO answered %q, want id=, addr= and laddr= (Redis 6.2 or later)", s)
 	}
-	return id, addr, nil
+	return ci, nil
 }
 
 // epochCmds writes the epoch key of each of the pump's shards unless it

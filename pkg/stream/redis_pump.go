@@ -89,14 +89,24 @@ type pump struct {
 	clientAddr string
 	sealID     int64
 	sealAddr   string
-	pending    []*pubReq  // taken from reqs, not sent yet
-	joining    []*joinReq // taken from joins, not sent yet
-	joined     []*joinReq // sent in the current round trip
-	sent       []*pubReq  // in the current round trip
-	cmds       []rueidis.Completed
-	sigRooms   map[string]struct{} // rooms named by this round trip's signal
-	sigNames   []string
-	sigBuf     []byte // the signal's room list, space-separated
+	// server is the address of the Redis server the connection reaches
+	// (CLIENT INFO's laddr=), and primarySeen the engine's record of the
+	// primary when it connected: behind Sentinel, a pump whose server is
+	// no longer the primary reconnects (redis_primary.go).
+	server      string
+	primarySeen *string
+	// moved: the pump's connection reaches another server than the one
+	// before (a failover); the next full read raises every room ahead
+	// (redis_rollback.go).
+	moved    bool
+	pending  []*pubReq  // taken from reqs, not sent yet
+	joining  []*joinReq // taken from joins, not sent yet
+	joined   []*joinReq // sent in the current round trip
+	sent     []*pubReq  // in the current round trip
+	cmds     []rueidis.Completed
+	sigRooms map[string]struct{} // rooms named by this round trip's signal
+	sigNames []string
+	sigBuf   []byte // the signal's room list, space-separated
 	// owed are the rooms of signals that failed to be written: the next
 	// round trip's signal names them again (at most maxOwed; beyond that
 	// the next full read finds them, within REDIS_SWEEP). owedAt is when
@@ -233,6 +243,10 @@ func (p *pump) run(ctx context.Context) {
 			}
 		}
 		p.take()
+		if err := p.stalePrimary(); err != nil {
+			p.fail(err)
+			continue
+		}
 		if err := p.roundTrip(ctx, p.readDue(time.Now())); err != nil {
 			p.fail(err)
 		}

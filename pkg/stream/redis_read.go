@@ -155,7 +155,13 @@ func skipped(r *redisRoom, id ID) bool {
 // announced by the next read (collectStream). While the count cannot tell
 // (the reader is between the oldest and the newest entry held), the room
 // stays checked.
-func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
+//
+// verify also reads the greatest entry held up to the last one read: when
+// that is not the last one read, Redis lost entries the node had read (a
+// rollback, redis_rollback.go). With moved (the pump's connection reaches
+// another server than before: a failover), every room is raised ahead of
+// the new server's clock (raiseScript), then any rollback found recorded.
+func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*redisRoom, moved bool) error {
 	cmds := make([]rueidis.Completed, 0, 2*len(checks))
 	gens := make([]uint64, len(checks))
 	lasts := make([]ID, len(checks))
@@ -166,8 +172,8 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 		cmds = append(cmds, e.client.B().XinfoStream().Key(r.key).Build())
 		gens[i], lasts[i] = r.gen, r.last
 		if !r.last.IsZero() {
-			id := r.last.String()
-			cmds = append(cmds, e.client.B().Xrange().Key(r.key).Start(id).End(id).Build())
+			// The greatest entry held up to it.
+			cmds = append(cmds, e.client.B().Xrevrange().Key(r.key).End(r.last.String()).Start("-").Count(1).Build())
 		}
 	}
 	s.mu.Unlock()
@@ -175,7 +181,7 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 	res := do.DoMulti(vctx, cmds...)
 	cancel()
 	infos := make([]streamInfo, len(checks))
-	held := make([]bool, len(checks))
+	below := make([]ID, len(checks))
 	k := 0
 	for i := range checks {
 		var err error
@@ -183,13 +189,14 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			return fmt.Errorf("XINFO STREAM: %w", err)
 		}
 		k++
-		held[i] = true
 		if !lasts[i].IsZero() {
 			entries, err := res[k].ToArray()
 			if err != nil {
-				return fmt.Errorf("XRANGE: %w", err)
+				return fmt.Errorf("XREVRANGE: %w", err)
 			}
-			held[i] = len(entries) > 0
+			if len(entries) > 0 {
+				below[i], _ = entryID(&entries[0])
+			}
 			k++
 		}
 	}
@@ -205,7 +212,10 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 			r.check = true
 			continue
 		}
-		e.applyStreamInfo(s, r, infos[i], held[i])
+		e.applyStreamInfo(s, r, infos[i], below[i])
+		if moved {
+			r.ahead = true
+		}
 	}
 	s.mu.Unlock()
 	return e.raise(ctx, do, s, checks)
@@ -215,7 +225,8 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 // whose stop is gone is dropped, a stream that vanished or went back in
 // time moves the cursor with it, and entries trimmed unread are counted
 // (countTrimmed). s.mu must be held.
-func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo, lastHeld bool) {
+func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo, below ID) {
+	lastHeld := below == r.last
 	if !r.subscribed && (in.missing || in.lastGen.Less(r.stop)) {
 		// Leaving toward a stop that no longer exists: nothing left
 		// to deliver.
@@ -237,7 +248,7 @@ func (e *Redis) applyStreamInfo(s *redisShard, r *redisRoom, in streamInfo, last
 	}
 	switch {
 	case rolledBack(r, in, lastHeld):
-		e.rollback(r, in)
+		e.rollback(r, in, below)
 	case in.missing:
 		r.last, r.seq, r.seqKnown, r.skips, r.accounted = ID{}, 0, true, nil, ID{}
 	case in.lastGen.Less(r.last):
@@ -369,7 +380,7 @@ func (p *pump) prepareRead(ctx context.Context, t *trip) error {
 		}
 		s.mu.Unlock()
 		if len(checks) > 0 {
-			if err := e.verify(ctx, p.conn, s, checks); err != nil {
+			if err := e.verify(ctx, p.conn, s, checks, p.moved && full); err != nil {
 				return err
 			}
 			// verify may have moved cursors: take them again.
@@ -383,7 +394,7 @@ func (p *pump) prepareRead(ctx context.Context, t *trip) error {
 		}
 	}
 	if full {
-		p.lastFull, p.verifyAll, p.sigFull = now, false, false
+		p.lastFull, p.verifyAll, p.sigFull, p.moved = now, false, false, false
 	}
 	if t.sigInit {
 		p.cmds = append(p.cmds, e.client.B().Xrevrange().Key(p.sigKey).End("+").Start("-").Count(1).Build())
@@ -425,7 +436,7 @@ func (e *Redis) applyStarts(starts []startCheck, res []rueidis.RedisResult) erro
 		}
 		sc.s.mu.Lock()
 		if sc.s.rooms[sc.r.key] == sc.r && sc.r.gen == sc.gen && sc.r.last.IsZero() {
-			e.applyStreamInfo(sc.s, sc.r, in, true)
+			e.applyStreamInfo(sc.s, sc.r, in, sc.r.last)
 		}
 		sc.s.mu.Unlock()
 	}

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/redis/rueidis"
 )
@@ -25,10 +26,26 @@ import (
 // Redis only keeps one such record per stream, the greatest: an older
 // rollback of the same stream stays recorded in what History and the
 // nodes decide from the entries themselves.
+//
+// A failover can also leave two primaries taking writes for a while: the
+// old one partitioned from the sentinels but not from every gateway.
+// Gateways move to the new primary at different times (each within
+// primaryCheck of learning it, redis_primary.go), and the IDs each
+// primary hands out meanwhile come from the same clock. So a pump whose
+// connection reaches another server than before (moved) raises every
+// room it holds ahead of the new server's clock by 2 × primaryCheck +
+// REDIS_TIMEOUT before it publishes: what the new primary hands out lies
+// past anything the old one can hand out to a gateway that has not moved
+// yet. For those seconds a room's IDs run ahead of the clock (the
+// sequence part counts up within one millisecond).
 
 // raiseScript raises a stream's last ID and its max-deleted-entry-id to
 // ARGV[1] unless they are at or past it, creating the stream (empty,
-// expiring after ARGV[2] ms) when it is gone. KEYS[1] is the stream. It
+// expiring after ARGV[2] ms) when it is gone. With ARGV[3] above 0 it
+// raises the last ID to the server's clock plus ARGV[3] ms too (not the
+// record): after a failover, so that what this server hands out next
+// lies past anything the old primary may still hand out to gateways
+// that have not moved yet (a partition). KEYS[1] is the stream. It
 // answers the stream's last ID before the call ("0-0" when it was gone).
 // IDs are compared as numbers written in decimal without leading zeros.
 const raiseScript = `local function num(a, b)
@@ -41,22 +58,29 @@ local function less(x, y)
   if xm ~= ym then return num(xm, ym) end
   return num(xs, ys)
 end
+local floor = ARGV[1]
+local ahead = tonumber(ARGV[3])
+if ahead > 0 then
+  local t = redis.call('TIME')
+  local ms = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ahead)
+  if less(floor, ms) then floor = ms end
+end
+local last, gone = '0-0', '0-0'
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  if floor == '0-0' then return last end
   redis.call('XGROUP', 'CREATE', KEYS[1], 'raise', '0', 'MKSTREAM')
   redis.call('XGROUP', 'DESTROY', KEYS[1], 'raise')
-  redis.call('XSETID', KEYS[1], ARGV[1], 'MAXDELETEDID', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return '0-0'
-end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local last, gone = '0-0', '0-0'
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then last = info[i+1] end
-  if info[i] == 'max-deleted-entry-id' then gone = info[i+1] end
+else
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i+1] end
+    if info[i] == 'max-deleted-entry-id' then gone = info[i+1] end
+  end
 end
 local top = last
-if less(top, ARGV[1]) then top = ARGV[1] end
-if less(gone, ARGV[1]) then
+if less(top, floor) then top = floor end
+if ARGV[1] ~= '0-0' and less(gone, ARGV[1]) then
   redis.call('XSETID', KEYS[1], top, 'MAXDELETEDID', ARGV[1])
 elseif top ~= last then
   redis.call('XSETID', KEYS[1], top)
@@ -86,7 +110,7 @@ func rolledBack(r *redisRoom, in streamInfo, lastHeld bool) bool {
 // cursor to what the stream holds. Entries up to the last one read were
 // delivered here already, so its members are not told again. s.mu must
 // be held.
-func (e *Redis) rollback(r *redisRoom, in streamInfo) {
+func (e *Redis) rollback(r *redisRoom, in streamInfo, below ID) {
 	e.stats.rollbacks.Add(1)
 	e.log.Warn("stream: Redis lost messages of the room that this node had read (a failover to a replica that lacked them, or a restart without them); recorded for resumes, its IDs raised past them",
 		"room", r.name, "last_read_id", r.last.String(), "redis_last_id", in.lastGen.String(), "stream_gone", in.missing)
@@ -101,8 +125,10 @@ func (e *Redis) rollback(r *redisRoom, in streamInfo) {
 	case in.lastGen.Less(r.last):
 		r.last, r.seq, r.seqKnown, r.accounted = in.lastGen, in.added, in.hasAdded, in.lastGen
 	default:
-		// Newer entries are held: read on after the last one read.
-		r.seqKnown, r.accounted = false, r.last
+		// Newer entries are held, and may have IDs up to the last one
+		// read (written on the new primary while this node still read
+		// the old one): read on after the greatest one held before it.
+		r.last, r.seqKnown, r.accounted = below, false, below
 	}
 	r.skips, r.heldFrom, r.lossAhead, r.check = nil, ID{}, false, true
 	// The next read begins after the cursor: a first entry that does not
@@ -111,18 +137,24 @@ func (e *Redis) rollback(r *redisRoom, in streamInfo) {
 }
 
 // raise runs raiseScript, on the pump's connection do, for the rooms of
-// checks that a rollback left to raise. A room whose raise Redis refuses
+// checks that a rollback or a move (redisRoom.ahead) left to raise. A room whose raise Redis refuses
 // is logged and not tried again; one that got no answer stays to raise,
 // and the error is returned.
 func (e *Redis) raise(ctx context.Context, do doer, s *redisShard, checks []*redisRoom) error {
 	var rooms []*redisRoom
 	var cmds []rueidis.Completed
 	s.mu.Lock()
+	ahead := strconv.FormatInt((2*primaryCheck + e.cfg.Timeout).Milliseconds(), 10)
 	for _, r := range checks {
-		if s.rooms[r.key] == r && !r.raise.IsZero() {
-			rooms = append(rooms, r)
-			cmds = append(cmds, e.client.B().Eval().Script(raiseScript).Numkeys(1).Key(r.key).Arg(r.raise.String(), e.ttlMs).Build())
+		if s.rooms[r.key] != r || r.raise.IsZero() && !r.ahead {
+			continue
 		}
+		a := "0"
+		if r.ahead {
+			a = ahead
+		}
+		rooms = append(rooms, r)
+		cmds = append(cmds, e.client.B().Eval().Script(raiseScript).Numkeys(1).Key(r.key).Arg(r.raise.String(), e.ttlMs, a).Build())
 	}
 	s.mu.Unlock()
 	if len(cmds) == 0 {
@@ -147,7 +179,7 @@ func (e *Redis) raise(ctx context.Context, do doer, s *redisShard, checks []*red
 			e.log.Warn("stream: Redis refused to record a rollback of the room: resumes across it may not be told, and IDs could repeat",
 				"room", r.name, "raise_to", r.raise.String(), "err", err)
 		}
-		r.raise = ID{}
+		r.raise, r.ahead = ID{}, false
 	}
 	return failed
 }

@@ -100,6 +100,9 @@ type redisRoom struct {
 	// is the ID a rollback found here asks to raise the stream to
 	// (redis_rollback.go).
 	high, gone, raise ID
+	// ahead asks verify to raise the stream's last ID ahead of the
+	// server's clock (a failover: redis_rollback.go).
+	ahead bool
 	// dirty: the room is listed in its shard's dirty list.
 	dirty bool
 	// stuck: the last read returned an entry whose ID could not be

@@ -80,14 +80,35 @@ func TestMain(m *testing.M) {
 // it when the test ends, and returns its host:port.
 func startGateway(t *testing.T, h *netlab.Host, env map[string]string) string {
 	t.Helper()
+	return startGatewayProc(t, h, env).addr
+}
+
+// gatewayProc is a gateway process on a lab host: its address and what it
+// logged.
+type gatewayProc struct {
+	addr  string
+	logMu sync.Mutex
+	logs  strings.Builder
+}
+
+// log returns what the gateway logged so far.
+func (g *gatewayProc) log() string {
+	g.logMu.Lock()
+	defer g.logMu.Unlock()
+	return g.logs.String()
+}
+
+// startGatewayProc is startGateway, returning the process so that the
+// test can read its log; the log is printed when the test fails.
+func startGatewayProc(t *testing.T, h *netlab.Host, env map[string]string) *gatewayProc {
+	t.Helper()
+	g := &gatewayProc{}
 	cmd := h.Command(buildGateway(t))
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", gatewayPort), "LOG_LEVEL=warn", "SHUTDOWN_TIMEOUT=2s", "DRAIN_DELAY=0s", "DRAIN_WINDOW=0s")
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	var logs strings.Builder
-	var logMu sync.Mutex
-	cmd.Stdout, cmd.Stderr = lockedWriter{&logMu, &logs}, lockedWriter{&logMu, &logs}
+	cmd.Stdout, cmd.Stderr = lockedWriter{&g.logMu, &g.logs}, lockedWriter{&g.logMu, &g.logs}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start the gateway on %s: %v", h.Name, err)
 	}
@@ -97,20 +118,18 @@ func startGateway(t *testing.T, h *netlab.Host, env map[string]string) string {
 		_ = cmd.Process.Kill()
 		<-done
 		if t.Failed() {
-			logMu.Lock()
-			t.Logf("gateway log:\n%s", logs.String())
-			logMu.Unlock()
+			t.Logf("gateway log (%s):\n%s", h.Name, g.log())
 		}
 	})
-	addr := fmt.Sprintf("%s:%d", h.Addr(), gatewayPort)
+	g.addr = fmt.Sprintf("%s:%d", h.Addr(), gatewayPort)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := httpGet(h, addr, "/healthz"); err == nil {
-			return addr
+		if _, err := httpGet(h, g.addr, "/healthz"); err == nil {
+			return g
 		}
 		select {
 		case <-done:
-			t.Fatalf("the gateway on %s exited: %s", h.Name, logs.String())
+			t.Fatalf("the gateway on %s exited: %s", h.Name, g.log())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -168,12 +187,23 @@ type wsClient struct {
 // and closes it when the test ends.
 func dialWS(t *testing.T, h *netlab.Host, addr, path string) *wsClient {
 	t.Helper()
+	w, err := openWS(h, addr, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.c.Close() })
+	return w
+}
+
+// openWS is dialWS for any goroutine: it returns the error, and the
+// caller closes the client.
+func openWS(h *netlab.Host, addr, path string) (*wsClient, error) {
 	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(context.Context, string, string) (net.Conn, error) {
 		return h.Dial("tcp", addr)
 	}}
 	c, br, _, err := d.Dial(context.Background(), "ws://"+addr+path)
 	if err != nil {
-		t.Fatalf("dial %s from %s: %v", path, h.Name, err)
+		return nil, fmt.Errorf("dial %s from %s: %w", path, h.Name, err)
 	}
 	w := &wsClient{c: c, msgs: make(chan string, 1024)}
 	var r io.Reader = c
@@ -181,8 +211,7 @@ func dialWS(t *testing.T, h *netlab.Host, addr, path string) *wsClient {
 		r = io.MultiReader(br, c)
 	}
 	go w.read(bufio.NewReader(r))
-	t.Cleanup(func() { c.Close() })
-	return w
+	return w, nil
 }
 
 // read reads frames until the connection ends.

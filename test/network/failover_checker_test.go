@@ -1,0 +1,141 @@
+//go:build network
+
+package network
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// errorRecorder is a reporter that keeps the errors the checker reports.
+type errorRecorder struct{ errs []string }
+
+// Helper does nothing: no test to attribute lines to.
+func (e *errorRecorder) Helper() {}
+
+// Errorf records an error.
+func (e *errorRecorder) Errorf(format string, args ...any) {
+	e.errs = append(e.errs, fmt.Sprintf(format, args...))
+}
+
+// cleanRecord returns a record without violations: one room, two senders
+// of three messages each, all acked, stored in order and delivered to a
+// member; stream IDs 101-0, 102-0, ... in send order.
+func cleanRecord() *failoverRecord {
+	r := newFailoverRecord([]int{0, 0}, 1)
+	m := &foMember{name: "member", self: -1}
+	r.members = []*foMember{m}
+	ms := uint64(100)
+	for n := 1; n <= 3; n++ {
+		for k := range 2 {
+			ms++
+			key, id := msgKey{k, n}, streamID{ms, 0}
+			r.sentAt[k] = append(r.sentAt[k], time.Unix(int64(ms), 0))
+			r.answers[key] = []foAnswer{{kind: "ack", id: id}}
+			r.stored[0] = append(r.stored[0], roomFrame{key: key, id: id})
+			m.frames = append(m.frames, roomFrame{key: key, id: id})
+		}
+	}
+	return r
+}
+
+// without returns frames without the message key.
+func without(frames []roomFrame, key msgKey) []roomFrame {
+	return slices.DeleteFunc(frames, func(f roomFrame) bool { return f.trunc == nil && f.key == key })
+}
+
+// TestFailoverChecker: the checker finds each violation it looks for in
+// an otherwise clean record, and nothing in a clean one, or in one whose
+// losses are announced.
+func TestFailoverChecker(t *testing.T) {
+	lost := msgKey{1, 3} // the last message: ID 106-0
+	cases := []struct {
+		name        string
+		noAckedLoss bool
+		change      func(r *failoverRecord)
+		want        string // the kind of error expected; "" for none
+	}{
+		{"clean", true, func(*failoverRecord) {}, ""},
+		{"no answer", false, func(r *failoverRecord) { delete(r.answers, msgKey{0, 2}) }, "answers"},
+		{"two answers", false, func(r *failoverRecord) {
+			r.answers[msgKey{0, 2}] = append(r.answers[msgKey{0, 2}], foAnswer{kind: "unconfirmed"})
+		}, "answers"},
+		{"stray answer", false, func(r *failoverRecord) { r.strays = append(r.strays, "sender 0: {}") }, "stray answer"},
+		{"unavailable, stored", false, func(r *failoverRecord) {
+			r.answers[msgKey{0, 2}] = []foAnswer{{kind: "unavailable"}}
+		}, "unavailable, yet stored or delivered"},
+		{"acked, lost, counted", false, func(r *failoverRecord) {
+			r.stored[0] = without(r.stored[0], lost)
+			r.members[0].frames = without(r.members[0].frames, lost)
+		}, ""},
+		{"acked, lost, waiting for replicas", true, func(r *failoverRecord) {
+			r.stored[0] = without(r.stored[0], lost)
+			r.members[0].frames = without(r.members[0].frames, lost)
+		}, "acked, lost"},
+		{"acked, stored under another ID", false, func(r *failoverRecord) {
+			r.answers[lost] = []foAnswer{{kind: "ack", id: streamID{200, 0}}}
+		}, "acked, stored under another ID"},
+		{"stored twice", false, func(r *failoverRecord) { r.stored[0] = append(r.stored[0], r.stored[0][0]) }, "stored twice"},
+		{"store out of send order", false, func(r *failoverRecord) {
+			r.stored[0][0], r.stored[0][2] = r.stored[0][2], r.stored[0][0]
+		}, "store out of send order"},
+		{"delivered twice", false, func(r *failoverRecord) {
+			r.members[0].frames = append(r.members[0].frames, r.members[0].frames[0])
+		}, "delivered twice"},
+		{"delivered out of order", false, func(r *failoverRecord) {
+			f := r.members[0].frames
+			f[0], f[2] = f[2], f[0]
+		}, "delivered out of order"},
+		{"ID reuse", false, func(r *failoverRecord) { r.members[0].frames[2].id = streamID{101, 0} }, "ID reuse"},
+		{"stored, never delivered", false, func(r *failoverRecord) {
+			r.members[0].frames = without(r.members[0].frames, msgKey{1, 2})
+		}, "stored, never delivered"},
+		{"stored, never delivered, announced", false, func(r *failoverRecord) {
+			m := r.members[0]
+			m.frames = without(m.frames, msgKey{1, 2})
+			m.frames = append(m.frames, roomFrame{trunc: &truncation{since: streamID{103, 0}, from: streamID{105, 0}, hasFrom: true}})
+		}, ""},
+		{"silent loss", false, func(r *failoverRecord) {
+			r.resumes = []resumeResult{{plan: resumePlan{member: r.members[0], since: streamID{103, 0}, gap: streamID{104, 0}},
+				frames: []roomFrame{{key: msgKey{0, 3}, id: streamID{105, 0}}}}}
+		}, "silent loss"},
+		{"announced loss", false, func(r *failoverRecord) {
+			r.resumes = []resumeResult{{plan: resumePlan{member: r.members[0], since: streamID{103, 0}, gap: streamID{104, 0}},
+				frames: []roomFrame{{trunc: &truncation{since: streamID{103, 0}}}}}}
+		}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := cleanRecord()
+			tc.change(r)
+			var rep errorRecorder
+			r.check(&rep, tc.noAckedLoss)
+			switch {
+			case tc.want == "" && len(rep.errs) > 0:
+				t.Errorf("errors in a record without violations: %q", rep.errs)
+			case tc.want != "" && !slices.ContainsFunc(rep.errs, func(e string) bool { return strings.HasPrefix(e, tc.want+":") }):
+				t.Errorf("no %q error; got %q", tc.want, rep.errs)
+			}
+		})
+	}
+}
+
+// TestResumePlans: a member that got entries the store lost is resumed
+// from the last stored entry it got before each run of them, and from its
+// last entry when that one is lost.
+func TestResumePlans(t *testing.T) {
+	r := cleanRecord()
+	r.stored[0] = without(without(r.stored[0], msgKey{1, 1}), msgKey{1, 3}) // IDs 102-0 and 106-0
+	plans := r.resumePlans(foMaxGaps)
+	got := make([]string, len(plans))
+	for i, p := range plans {
+		got[i] = fmt.Sprintf("since=%s gap=%s first=%v", p.since, p.gap, p.first)
+	}
+	want := []string{"since=101-0 gap=102-0 first=false", "since=105-0 gap=106-0 first=false", "since=106-0 gap=106-0 first=true"}
+	if !slices.Equal(got, want) {
+		t.Errorf("plans %q, want %q", got, want)
+	}
+}
