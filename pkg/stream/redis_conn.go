@@ -80,6 +80,7 @@ func (p *pump) connect(ctx context.Context) error {
 				p.moved = true // checked and raised by the next full read (verifyAll)
 			}
 			p.server, p.primarySeen = ci.laddr, e.primary.Load()
+			p.retryNow.Store(false)
 			p.lost, p.lostDone = p.watchLost(lost)
 			p.release = func() { release(); lrelease() }
 			return nil
@@ -264,6 +265,9 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 		p.w.sleep(until)
 		if p.stopped() || ctx.Err() != nil {
 			return false
+		}
+		if p.retryNow.Swap(false) {
+			break // the sentinels named a new primary: try it at once
 		}
 		for {
 			select {

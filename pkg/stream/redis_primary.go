@@ -16,7 +16,8 @@ import (
 // sentinels, so the engine asks it, every primaryCheck, which server it
 // reaches (CLIENT INFO's laddr); a pump connected before the answer
 // changed, to another server, drops its connection before its next round
-// trip and connects to the new primary.
+// trip and connects to the new primary, and a pump waiting to retry
+// (Redis was down: the old primary died) tries the new one at once.
 
 // primaryCheck is how often the engine asks which server is the primary.
 const primaryCheck = 250 * time.Millisecond
@@ -47,6 +48,7 @@ func (e *Redis) watchPrimary(ctx context.Context) {
 			if old != nil {
 				e.log.Info("stream: the sentinels moved the primary; pumps reconnect to it", "from", *old, "to", ci.laddr)
 				for _, p := range e.pumps {
+					p.retryNow.Store(true)
 					p.w.wake()
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -95,6 +96,9 @@ type pump struct {
 	// no longer the primary reconnects (redis_primary.go).
 	server      string
 	primarySeen *string
+	// retryNow, set by watchPrimary when the primary moved, ends a wait
+	// before a retry (waitRetry).
+	retryNow atomic.Bool
 	// moved: the pump's connection reaches another server than the one
 	// before (a failover); the next full read raises every room ahead
 	// (redis_rollback.go).
