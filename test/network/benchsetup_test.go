@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/netlab"
+	"github.com/chatgw/gateway/internal/redistest"
 )
 
 const (
@@ -219,43 +219,10 @@ func dialBenchRESP(h *netlab.Host, addr string) (*benchRESPConn, error) {
 // close closes the connection.
 func (c *benchRESPConn) close() { c.c.Close() }
 
-// do sends a command and reads its answer: a simple string, an integer or
-// a bulk string as text, an error reply as an error.
+// do sends a command and reads its answer as text (redistest.Command).
 func (c *benchRESPConn) do(args ...string) (string, error) {
 	_ = c.c.SetDeadline(time.Now().Add(5 * time.Second))
-	var req bytes.Buffer
-	fmt.Fprintf(&req, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&req, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := c.c.Write(req.Bytes()); err != nil {
-		return "", err
-	}
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	line = strings.TrimSuffix(line, "\r\n")
-	if line == "" {
-		return "", errors.New("redis: empty reply")
-	}
-	switch line[0] {
-	case '+', ':':
-		return line[1:], nil
-	case '-':
-		return "", fmt.Errorf("redis: %s", line[1:])
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return "", fmt.Errorf("redis: bulk reply %q", line)
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(c.r, buf); err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	}
-	return "", fmt.Errorf("redis: unexpected reply %q", line)
+	return redistest.Command(c.c, c.r, args...)
 }
 
 // benchRTTProbe PINGs Redis every probeEvery from a gateway's host, the way

@@ -5,9 +5,7 @@ package network
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"github.com/chatgw/gateway/internal/netlab"
+	"github.com/chatgw/gateway/internal/redistest"
 )
 
 // This file builds replicated Redis topologies on a lab network, each
@@ -263,64 +262,7 @@ func nodeCommand(h *netlab.Host, addr string, args ...string) (string, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Second))
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := c.Write(b.Bytes()); err != nil {
-		return "", err
-	}
-	var out []string
-	if err := readNodeReply(bufio.NewReader(c), &out); err != nil {
-		return "", err
-	}
-	return strings.Join(out, "\n"), nil
-}
-
-// readNodeReply reads one RESP2 reply and appends its text to out.
-func readNodeReply(r *bufio.Reader, out *[]string) error {
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return errors.New("empty reply line")
-	}
-	switch line[0] {
-	case '+', ':':
-		*out = append(*out, line[1:])
-	case '-':
-		return errors.New(line[1:])
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil {
-			return err
-		}
-		if n < 0 {
-			*out = append(*out, "")
-			return nil
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return err
-		}
-		*out = append(*out, string(buf[:n]))
-	case '*':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := readNodeReply(r, out); err != nil {
-				return err
-			}
-		}
-	default:
-		return fmt.Errorf("unexpected reply %q", line)
-	}
-	return nil
+	return redistest.Command(c, bufio.NewReader(c), args...)
 }
 
 // sentinelNet is a primary and a replica, each on its own host, watched
