@@ -23,7 +23,8 @@ func (e *errorRecorder) Errorf(format string, args ...any) {
 
 // cleanRecord returns a record without violations: one room, two senders
 // of three messages each, all acked, stored in order and delivered to a
-// member; stream IDs 101-0, 102-0, ... in send order.
+// member 10 ms after their send; stream IDs 101-0, 102-0, ... in send
+// order.
 func cleanRecord() *failoverRecord {
 	r := newFailoverRecord([]int{0, 0}, 1)
 	m := &foMember{name: "member", self: -1}
@@ -33,10 +34,11 @@ func cleanRecord() *failoverRecord {
 		for k := range 2 {
 			ms++
 			key, id := msgKey{k, n}, streamID{ms, 0}
-			r.sentAt[k] = append(r.sentAt[k], time.Unix(int64(ms), 0))
+			at := time.Unix(int64(ms), 0)
+			r.sentAt[k] = append(r.sentAt[k], at)
 			r.answers[key] = []foAnswer{{kind: "ack", id: id}}
 			r.stored[0] = append(r.stored[0], roomFrame{key: key, id: id})
-			m.frames = append(m.frames, roomFrame{key: key, id: id})
+			m.frames = append(m.frames, roomFrame{key: key, id: id, at: at.Add(10 * time.Millisecond)})
 		}
 	}
 	return r
@@ -52,67 +54,83 @@ func without(frames []roomFrame, key msgKey) []roomFrame {
 // losses are announced.
 func TestFailoverChecker(t *testing.T) {
 	lost := msgKey{1, 3} // the last message: ID 106-0
+	every := promises{noAckedLoss: true, allAcked: true, allDelivered: true, within: time.Second}
 	cases := []struct {
-		name        string
-		noAckedLoss bool
-		change      func(r *failoverRecord)
-		want        string // the kind of error expected; "" for none
+		name    string
+		promise promises
+		change  func(r *failoverRecord)
+		want    string // the kind of error expected; "" for none
 	}{
-		{"clean", true, func(*failoverRecord) {}, ""},
-		{"no answer", false, func(r *failoverRecord) { delete(r.answers, msgKey{0, 2}) }, "answers"},
-		{"two answers", false, func(r *failoverRecord) {
+		{"clean", promises{noAckedLoss: true}, func(*failoverRecord) {}, ""},
+		{"no answer", promises{}, func(r *failoverRecord) { delete(r.answers, msgKey{0, 2}) }, "answers"},
+		{"two answers", promises{}, func(r *failoverRecord) {
 			r.answers[msgKey{0, 2}] = append(r.answers[msgKey{0, 2}], foAnswer{kind: "unconfirmed"})
 		}, "answers"},
-		{"stray answer", false, func(r *failoverRecord) { r.strays = append(r.strays, "sender 0: {}") }, "stray answer"},
-		{"unavailable, stored", false, func(r *failoverRecord) {
+		{"stray answer", promises{}, func(r *failoverRecord) { r.strays = append(r.strays, "sender 0: {}") }, "stray answer"},
+		{"unavailable, stored", promises{}, func(r *failoverRecord) {
 			r.answers[msgKey{0, 2}] = []foAnswer{{kind: "unavailable"}}
 		}, "unavailable, yet stored or delivered"},
-		{"acked, lost, counted", false, func(r *failoverRecord) {
+		{"acked, lost, counted", promises{}, func(r *failoverRecord) {
 			r.stored[0] = without(r.stored[0], lost)
 			r.members[0].frames = without(r.members[0].frames, lost)
 		}, ""},
-		{"acked, lost, waiting for replicas", true, func(r *failoverRecord) {
+		{"acked, lost, waiting for replicas", promises{noAckedLoss: true}, func(r *failoverRecord) {
 			r.stored[0] = without(r.stored[0], lost)
 			r.members[0].frames = without(r.members[0].frames, lost)
 		}, "acked, lost"},
-		{"acked, stored under another ID", false, func(r *failoverRecord) {
+		{"acked, stored under another ID", promises{}, func(r *failoverRecord) {
 			r.answers[lost] = []foAnswer{{kind: "ack", id: streamID{200, 0}}}
 		}, "acked, stored under another ID"},
-		{"stored twice", false, func(r *failoverRecord) { r.stored[0] = append(r.stored[0], r.stored[0][0]) }, "stored twice"},
-		{"store out of send order", false, func(r *failoverRecord) {
+		{"stored twice", promises{}, func(r *failoverRecord) { r.stored[0] = append(r.stored[0], r.stored[0][0]) }, "stored twice"},
+		{"store out of send order", promises{}, func(r *failoverRecord) {
 			r.stored[0][0], r.stored[0][2] = r.stored[0][2], r.stored[0][0]
 		}, "store out of send order"},
-		{"delivered twice", false, func(r *failoverRecord) {
+		{"delivered twice", promises{}, func(r *failoverRecord) {
 			r.members[0].frames = append(r.members[0].frames, r.members[0].frames[0])
 		}, "delivered twice"},
-		{"delivered out of order", false, func(r *failoverRecord) {
+		{"delivered out of order", promises{}, func(r *failoverRecord) {
 			f := r.members[0].frames
 			f[0], f[2] = f[2], f[0]
 		}, "delivered out of order"},
-		{"ID reuse", false, func(r *failoverRecord) { r.members[0].frames[2].id = streamID{101, 0} }, "ID reuse"},
-		{"stored, never delivered", false, func(r *failoverRecord) {
+		{"ID reuse", promises{}, func(r *failoverRecord) { r.members[0].frames[2].id = streamID{101, 0} }, "ID reuse"},
+		{"stored, never delivered", promises{}, func(r *failoverRecord) {
 			r.members[0].frames = without(r.members[0].frames, msgKey{1, 2})
 		}, "stored, never delivered"},
-		{"stored, never delivered, announced", false, func(r *failoverRecord) {
+		{"stored, never delivered, announced", promises{}, func(r *failoverRecord) {
 			m := r.members[0]
 			m.frames = without(m.frames, msgKey{1, 2})
 			m.frames = append(m.frames, roomFrame{trunc: &truncation{since: streamID{103, 0}, from: streamID{105, 0}, hasFrom: true}})
 		}, ""},
-		{"silent loss", false, func(r *failoverRecord) {
+		{"silent loss", promises{}, func(r *failoverRecord) {
 			r.resumes = []resumeResult{{plan: resumePlan{member: r.members[0], since: streamID{103, 0}, gap: streamID{104, 0}},
 				frames: []roomFrame{{key: msgKey{0, 3}, id: streamID{105, 0}}}}}
 		}, "silent loss"},
-		{"announced loss", false, func(r *failoverRecord) {
+		{"announced loss", promises{}, func(r *failoverRecord) {
 			r.resumes = []resumeResult{{plan: resumePlan{member: r.members[0], since: streamID{103, 0}, gap: streamID{104, 0}},
 				frames: []roomFrame{{trunc: &truncation{since: streamID{103, 0}}}}}}
 		}, ""},
+		{"clean, every promise", every, func(*failoverRecord) {}, ""},
+		{"live only, clean", every, func(r *failoverRecord) { r.liveOnly, r.stored[0] = true, nil }, ""},
+		{"own message delivered", promises{}, func(r *failoverRecord) { r.members[0].self = 0 }, "own message delivered"},
+		{"not acked", promises{allAcked: true}, func(r *failoverRecord) {
+			r.answers[msgKey{0, 2}] = []foAnswer{{kind: "unconfirmed"}}
+		}, "not acked"},
+		{"sent, never delivered, announced", promises{allDelivered: true}, func(r *failoverRecord) {
+			m := r.members[0]
+			r.liveOnly, r.stored[0] = true, nil
+			m.frames = without(m.frames, msgKey{1, 2})
+			m.frames = append(m.frames, roomFrame{trunc: &truncation{since: streamID{103, 0}, from: streamID{105, 0}, hasFrom: true}})
+		}, "sent, never delivered"},
+		{"late delivery", promises{within: time.Second}, func(r *failoverRecord) {
+			r.members[0].frames[1].at = r.members[0].frames[1].at.Add(2 * time.Second)
+		}, "late delivery"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := cleanRecord()
 			tc.change(r)
 			var rep errorRecorder
-			r.check(&rep, tc.noAckedLoss)
+			r.check(&rep, tc.promise)
 			switch {
 			case tc.want == "" && len(rep.errs) > 0:
 				t.Errorf("errors in a record without violations: %q", rep.errs)

@@ -5,8 +5,6 @@ package network
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,10 +14,12 @@ import (
 // This file is the record of a failover test, Jepsen-style, as history
 // (history_test.go) is for one sender and one member, widened to many
 // senders, rooms and members: per message, when it was sent and the
-// answers its sender got; per live member, every frame it got, in order;
-// per room, what the store holds after the run (a since=0 replay). The
-// checker (failoverRecord.check) judges the record once the run is over,
-// and lists the resumes (resumePlan) that must announce each loss.
+// answers its sender got; per live member, every frame it got, in order,
+// with its arrival time; per room, what the store holds after the run (a
+// since=0 replay). The checker (failoverRecord.check, failover_check_test.go) judges the record
+// once the run is over, and lists the resumes (resumePlan) that must
+// announce each loss. Tests without a fault in the store record their
+// traffic the same way, without the replay (liveOnly; liverun_test.go).
 
 // streamID is a Redis stream ID, <ms>-<seq>.
 type streamID struct{ ms, seq uint64 }
@@ -101,11 +101,13 @@ func (tr truncation) String() string {
 }
 
 // roomFrame is a frame a member or a replaying client got: a chat
-// message with its ID, or a truncated notice (trunc set).
+// message with its ID, or a truncated notice (trunc set); at is when a
+// live member got it (zero in a replay).
 type roomFrame struct {
 	key   msgKey
 	id    streamID
 	trunc *truncation
+	at    time.Time
 }
 
 // parseRoomFrame decodes a frame of an ids=1 member.
@@ -143,8 +145,16 @@ type foMember struct {
 	room, gateway int
 	self          int // the sender it is, or -1
 	frames        []roomFrame
-	bad           []string // frames it could not decode
-	closedEarly   bool     // its connection ended before the test closed it
+	presence      []presenceFrame // with presence=1: the counts it got
+	bad           []string        // frames it could not decode
+	closedEarly   bool            // its connection ended before the test closed it
+}
+
+// presenceFrame is a {"presence":{"members":N}} frame a live member got,
+// with its arrival time.
+type presenceFrame struct {
+	members int
+	at      time.Time
 }
 
 // failoverRecord is the record of one failover run. Senders are numbered
@@ -168,6 +178,10 @@ type failoverRecord struct {
 	// promoted is when the replica was promoted (zero: not recorded):
 	// acked messages sent later and lost are counted apart.
 	promoted time.Time
+	// liveOnly says the run does not read the store back (stored stays
+	// empty): check skips what needs it (acked ⇒ stored, delivered ⇒
+	// stored).
+	liveOnly bool
 }
 
 // resumeResult is a resume of a resumePlan and what it got, or why it
@@ -256,9 +270,20 @@ func (r *failoverRecord) readMember(m *foMember, w *wsClient, closed func() bool
 	r.ended(m, closed)
 }
 
-// addFrame records a frame member m got.
+// addFrame records a frame member m got now: a chat message, a
+// truncated notice or a presence count.
 func (r *failoverRecord) addFrame(m *foMember, text string) {
+	now := time.Now()
+	if strings.HasPrefix(text, `{"presence":`) {
+		if n, ok := parsePresence(text); ok {
+			r.mu.Lock()
+			m.presence = append(m.presence, presenceFrame{members: n, at: now})
+			r.mu.Unlock()
+			return
+		}
+	}
 	f, err := parseRoomFrame(text)
+	f.at = now
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
@@ -266,6 +291,19 @@ func (r *failoverRecord) addFrame(m *foMember, text string) {
 		return
 	}
 	m.frames = append(m.frames, f)
+}
+
+// presenceAt returns when member m first got a presence count of n
+// members after since (zero: not yet).
+func (r *failoverRecord) presenceAt(m *foMember, n int, since time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range m.presence {
+		if p.members == n && p.at.After(since) {
+			return p.at
+		}
+	}
+	return time.Time{}
 }
 
 // ended records that m's connection ended, early unless closed says the
@@ -333,6 +371,34 @@ func (r *failoverRecord) unanswered() int {
 	return n
 }
 
+// complete reports whether every message sent has an answer and every
+// live member got as many chat messages as were sent to its room by the
+// others: all a run without faults waits for before check.
+func (r *failoverRecord) complete() bool {
+	if r.unanswered() > 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.members {
+		want := 0
+		for k, sent := range r.sentAt {
+			if r.roomOf[k] == m.room && k != m.self {
+				want += len(sent)
+			}
+		}
+		for _, f := range m.frames {
+			if f.trunc == nil {
+				want--
+			}
+		}
+		if want > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // deliveries returns how many frames the live members got.
 func (r *failoverRecord) deliveries() int {
 	r.mu.Lock()
@@ -362,337 +428,4 @@ func (r *failoverRecord) answerSummary() string {
 		fmt.Fprintf(&b, "\n  sender %d (room %d): sent %d, last answers %v", k, r.roomOf[k], len(sent), last)
 	}
 	return b.String()
-}
-
-// failoverCounts are what check found, for the scenario's log line.
-type failoverCounts struct {
-	sent, acked, ackedLost, unavailable, unconfirmed, unconfirmedStored int
-	// ackedLostLate counts the acked messages lost that were sent after
-	// the promotion: acked by the old primary although a new one existed.
-	ackedLostLate                                              int
-	stored, storedTruncated                                    int
-	delivered, deliveredLost, storedUndelivered, liveTruncated int
-	idReuse, twoIDs                                            int
-	resumes, silentResumes                                     int
-	// ackGap is the longest time any sender went without an ack: from
-	// the send of one acked message to the send of its next acked one.
-	ackGap time.Duration
-}
-
-// reporter is what the checker reports violations to: the test, or in
-// the checker's own test a recorder of them.
-type reporter interface {
-	Helper()
-	Errorf(format string, args ...any)
-}
-
-// errLimit reports the first few errors of each kind and counts the
-// rest, so that a run with thousands of violations stays readable. Each
-// error starts with its kind.
-type errLimit struct {
-	t reporter
-	n map[string]int
-}
-
-// errorf reports an error of kind (the first 5 of each kind are shown).
-func (e *errLimit) errorf(kind, format string, args ...any) {
-	e.t.Helper()
-	e.n[kind]++
-	if e.n[kind] <= 5 {
-		e.t.Errorf(kind+": "+format, args...)
-	}
-}
-
-// summary reports how many errors of each kind were not shown.
-func (e *errLimit) summary() {
-	e.t.Helper()
-	for _, kind := range slices.Sorted(maps.Keys(e.n)) {
-		if n := e.n[kind]; n > 5 {
-			e.t.Errorf("%s: %d more like these", kind, n-5)
-		}
-	}
-}
-
-// check checks the record against the promised properties and returns
-// the counts:
-//   - every message sent gets exactly one answer: ack, unavailable or
-//     unconfirmed; no answer names a message that was not sent;
-//   - unavailable ⇒ never stored, never delivered live;
-//   - acked ⇒ stored once with the acked ID, or lost (counted; with
-//     noAckedLoss, as when the gateways wait for a replica, an error);
-//   - nothing stored twice, nor anything not sent; each room's store in
-//     each of its senders' send order;
-//   - each member gets each sender's messages in send order, none twice,
-//     and every stored message of its room, unless a truncated notice it
-//     got covers the message's ID;
-//   - no stream ID of a room is ever seen (acks, live, store, resumes)
-//     for two messages, nor a message under two IDs;
-//   - every resume of resumePlans got a truncated notice in time (judge).
-func (r *failoverRecord) check(t reporter, noAckedLoss bool) failoverCounts {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e := &errLimit{t: t, n: map[string]int{}}
-	defer e.summary()
-	var c failoverCounts
-
-	// Who owns each ID of each room, and the IDs of each message.
-	owner := make([]map[streamID]msgKey, r.rooms)
-	for i := range owner {
-		owner[i] = map[streamID]msgKey{}
-	}
-	idsOf := map[msgKey]map[streamID]bool{}
-	see := func(k msgKey, id streamID, where string) {
-		room := r.roomOf[k.sender]
-		if o, ok := owner[room][id]; ok && o != k {
-			c.idReuse++
-			e.errorf("ID reuse", "room %d: ID %s is message %s (%s) and message %s", room, id, k, where, o)
-			return
-		}
-		owner[room][id] = k
-		if idsOf[k] == nil {
-			idsOf[k] = map[streamID]bool{}
-		}
-		idsOf[k][id] = true
-	}
-	validKey := func(k msgKey) bool {
-		return k.sender >= 0 && k.sender < len(r.sentAt) && k.n >= 1 && k.n <= len(r.sentAt[k.sender])
-	}
-
-	// The store, per room.
-	storedIDs := map[msgKey][]streamID{}
-	inStore := make([]map[streamID]msgKey, r.rooms)
-	for room, frames := range r.stored {
-		inStore[room] = map[streamID]msgKey{}
-		last := map[int]int{} // sender → last n stored
-		for _, f := range frames {
-			if f.trunc != nil {
-				c.storedTruncated++
-				continue
-			}
-			c.stored++
-			if !validKey(f.key) || r.roomOf[f.key.sender] != room {
-				e.errorf("stored, never sent", "room %d holds message %s (%s)", room, f.key, f.id)
-				continue
-			}
-			see(f.key, f.id, "stored")
-			storedIDs[f.key] = append(storedIDs[f.key], f.id)
-			inStore[room][f.id] = f.key
-			if n := last[f.key.sender]; f.key.n <= n {
-				e.errorf("store out of send order", "room %d holds sender %d's message %d after its message %d", room, f.key.sender, f.key.n, n)
-			}
-			last[f.key.sender] = f.key.n
-		}
-	}
-	for k, ids := range storedIDs {
-		if len(ids) > 1 {
-			e.errorf("stored twice", "message %s stored %d times: %v", k, len(ids), ids)
-		}
-	}
-
-	// What the live members got.
-	delivered := map[msgKey]int{} // to any member
-	for _, m := range r.members {
-		if m.closedEarly {
-			e.errorf("member closed", "the %s was disconnected during the run", m.name)
-		}
-		for _, b := range m.bad {
-			e.errorf("member frame", "the %s got %s", m.name, b)
-		}
-		got := map[msgKey]int{}
-		last := map[int]int{}
-		var truncs []truncation
-		for _, f := range m.frames {
-			if f.trunc != nil {
-				c.liveTruncated++
-				truncs = append(truncs, *f.trunc)
-				continue
-			}
-			c.delivered++
-			if !validKey(f.key) || r.roomOf[f.key.sender] != m.room {
-				e.errorf("delivered, never sent", "the %s got message %s (%s), not sent to its room", m.name, f.key, f.id)
-				continue
-			}
-			if f.key.sender == m.self {
-				e.errorf("own message delivered", "the %s got its own message %s (%s)", m.name, f.key, f.id)
-			}
-			see(f.key, f.id, "delivered live to the "+m.name)
-			got[f.key]++
-			delivered[f.key]++
-			if got[f.key] > 1 {
-				e.errorf("delivered twice", "the %s got message %s %d times", m.name, f.key, got[f.key])
-			} else if n := last[f.key.sender]; f.key.n < n {
-				e.errorf("delivered out of order", "the %s got sender %d's message %d after its message %d", m.name, f.key.sender, f.key.n, n)
-			}
-			last[f.key.sender] = max(last[f.key.sender], f.key.n)
-			if inStore[m.room][f.id] != f.key {
-				c.deliveredLost++
-			}
-		}
-		for _, sf := range r.stored[m.room] {
-			if sf.trunc != nil || got[sf.key] > 0 || !validKey(sf.key) || sf.key.sender == m.self {
-				continue
-			}
-			if !slices.ContainsFunc(truncs, func(tr truncation) bool { return tr.covers(sf.id) }) {
-				c.storedUndelivered++
-				e.errorf("stored, never delivered", "the %s never got message %s (%s), which the store holds, and no truncated notice covers it", m.name, sf.key, sf.id)
-			}
-		}
-	}
-	// The resumes that must announce a loss.
-	for _, res := range r.resumes {
-		c.resumes++
-		why := ""
-		if res.err != nil {
-			why = res.err.Error()
-		} else {
-			for _, f := range res.frames {
-				if f.trunc == nil && validKey(f.key) && r.roomOf[f.key.sender] == res.plan.member.room {
-					see(f.key, f.id, "replayed to a resume")
-				}
-			}
-			why = res.plan.judge(res.frames)
-		}
-		if why != "" {
-			c.silentResumes++
-			e.errorf("silent loss", "%s: %s", res.plan, why)
-		}
-	}
-	// Each message's answer.
-	for _, s := range r.strays {
-		e.errorf("stray answer", "%s: names no message sent", s)
-	}
-	for k, sent := range r.sentAt {
-		var lastAck time.Time
-		for i, at := range sent {
-			key := msgKey{k, i + 1}
-			c.sent++
-			as, ids := r.answers[key], storedIDs[key]
-			if len(as) != 1 {
-				e.errorf("answers", "message %s got %d answers %v, want exactly one", key, len(as), as)
-				if len(as) == 0 {
-					continue
-				}
-			}
-			switch a := as[0]; a.kind {
-			case "ack":
-				c.acked++
-				see(key, a.id, "acked")
-				if !lastAck.IsZero() {
-					c.ackGap = max(c.ackGap, at.Sub(lastAck))
-				}
-				lastAck = at
-				switch {
-				case len(ids) == 0:
-					c.ackedLost++
-					if !r.promoted.IsZero() && at.After(r.promoted) {
-						c.ackedLostLate++
-					}
-					if noAckedLoss {
-						e.errorf("acked, lost", "message %s acked as %s is not in the store after the failover", key, a.id)
-					}
-				case ids[0] != a.id:
-					e.errorf("acked, stored under another ID", "message %s acked as %s is stored as %v", key, a.id, ids)
-				}
-			case "unavailable":
-				c.unavailable++
-				if len(ids) > 0 || delivered[key] > 0 {
-					e.errorf("unavailable, yet stored or delivered", "message %s answered unavailable is stored as %v and was delivered live %d times", key, ids, delivered[key])
-				}
-			case "unconfirmed":
-				c.unconfirmed++
-				if len(ids) > 0 {
-					c.unconfirmedStored++
-				}
-			default:
-				e.errorf("answers", "message %s answered %q, want ack, unavailable or unconfirmed", key, a.kind)
-			}
-		}
-	}
-	for k, ids := range idsOf {
-		if len(ids) > 1 {
-			c.twoIDs++
-			e.errorf("one message, two IDs", "message %s was seen under IDs %v", k, slices.SortedFunc(maps.Keys(ids), streamID.compare))
-		}
-	}
-	return c
-}
-
-// resumePlan is a resume that must announce a loss: a client joining
-// the room with since= gets a truncated notice before any replayed entry
-// at or after gap (with first set: before any entry at all).
-type resumePlan struct {
-	member *foMember
-	since  streamID
-	gap    streamID // the first lost entry the member got live
-	first  bool     // since is itself a lost entry: the notice comes first
-}
-
-// String describes the plan, for messages.
-func (p resumePlan) String() string {
-	if p.first {
-		return fmt.Sprintf("resume of the %s with since=%s (its last ID, lost)", p.member.name, p.since)
-	}
-	return fmt.Sprintf("resume of the %s with since=%s (before the lost %s)", p.member.name, p.since, p.gap)
-}
-
-// resumePlans returns, for each member that got live entries the store
-// no longer holds, a resume from the last ID it got before each run of
-// them (at most maxGaps runs per member), and one from the last ID it got
-// when that one is lost.
-func (r *failoverRecord) resumePlans(maxGaps int) []resumePlan {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var plans []resumePlan
-	for _, m := range r.members {
-		held := map[streamID]msgKey{}
-		for _, f := range r.stored[m.room] {
-			if f.trunc == nil {
-				held[f.id] = f.key
-			}
-		}
-		var prev *streamID
-		inGap, gaps := false, 0
-		var lastID streamID
-		lastLost := false
-		for _, f := range m.frames {
-			if f.trunc != nil {
-				continue
-			}
-			k, ok := held[f.id]
-			lost := !ok || k != f.key
-			if lost && !inGap && gaps < maxGaps {
-				since := f.id.pred()
-				if prev != nil {
-					since = *prev
-				}
-				plans = append(plans, resumePlan{member: m, since: since, gap: f.id})
-				gaps++
-			}
-			inGap = lost
-			if !lost {
-				id := f.id
-				prev = &id
-			}
-			lastID, lastLost = f.id, lost
-		}
-		if lastLost {
-			plans = append(plans, resumePlan{member: m, since: lastID, gap: lastID, first: true})
-		}
-	}
-	return plans
-}
-
-// judge returns what is wrong with the frames a resume got ("" when the
-// loss was announced in time).
-func (p resumePlan) judge(frames []roomFrame) string {
-	for i, f := range frames {
-		if f.trunc != nil {
-			return ""
-		}
-		if p.first || !f.id.less(p.gap) {
-			return fmt.Sprintf("replayed entry %d (message %s, %s) came before any truncated notice", i+1, f.key, f.id)
-		}
-	}
-	return fmt.Sprintf("no truncated notice among the %d frames replayed", len(frames))
 }

@@ -55,20 +55,11 @@ func TestSentinelPrimaryKilled(t *testing.T) {
 	for _, v := range foVariants {
 		t.Run(v.name, func(t *testing.T) {
 			lab := netlab.New(t)
-			sn := startSentinelNet(t, lab)
-			run := startFailoverRun(t, lab, "sentinel, primary killed, "+v.name, merge(v.env, map[string]string{
-				"REDIS_ADDRS": sn.addrs(), "REDIS_SENTINEL_MASTER": sentinelMaster,
-			}))
+			sn, run := startSentinelRun(t, lab, "sentinel, primary killed, "+v.name, v.env)
 			run.pause(foWarm)
 			run.mark("primary killed")
 			sn.primary.kill()
-			pollFor(t, "the sentinels to promote the replica", foRecover, func() string {
-				if m := sn.master(); m != sn.replica.addr() {
-					return "the sentinels name " + m
-				}
-				return ""
-			})
-			run.promoted()
+			sn.awaitPromotion(t, run)
 			sn.primary.argv = append(sn.primary.argv, "--replicaof", sn.replica.h.Addr().String(), strconv.Itoa(redisPort))
 			sn.primary.start()
 			pollFor(t, "the old primary to sync as a replica", foRecover, func() string {
@@ -95,23 +86,14 @@ func TestSentinelPrimaryPartitioned(t *testing.T) {
 	for _, v := range foVariants {
 		t.Run(v.name, func(t *testing.T) {
 			lab := netlab.New(t)
-			sn := startSentinelNet(t, lab)
-			run := startFailoverRun(t, lab, "sentinel, primary partitioned, "+v.name, merge(v.env, map[string]string{
-				"REDIS_ADDRS": sn.addrs(), "REDIS_SENTINEL_MASTER": sentinelMaster,
-			}))
+			sn, run := startSentinelRun(t, lab, "sentinel, primary partitioned, "+v.name, v.env)
 			run.pause(foWarm)
 			others := append([]*redisProc{sn.replica}, sn.sentinels...)
 			for _, o := range others {
 				lab.Partition(sn.primary.h, o.h)
 			}
 			run.mark("primary partitioned")
-			pollFor(t, "the sentinels to promote the replica", foRecover, func() string {
-				if m := sn.master(); m != sn.replica.addr() {
-					return "the sentinels name " + m
-				}
-				return ""
-			})
-			run.promoted()
+			sn.awaitPromotion(t, run)
 			switched := run.waitClients(sn.replica, sn.primary, 10*time.Second)
 			run.mark(switched)
 			for _, o := range others {
@@ -128,6 +110,30 @@ func TestSentinelPrimaryPartitioned(t *testing.T) {
 			run.finish(v.noAckedLoss)
 		})
 	}
+}
+
+// startSentinelRun starts the Sentinel network on lab and the traffic of
+// a scenario, its gateways with env and the sentinels to ask.
+func startSentinelRun(t *testing.T, lab *netlab.Lab, scenario string, env map[string]string) (*sentinelNet, *failoverRun) {
+	t.Helper()
+	sn := startSentinelNet(t, lab)
+	run := startFailoverRun(t, lab, scenario, merge(env, map[string]string{
+		"REDIS_ADDRS": sn.addrs(), "REDIS_SENTINEL_MASTER": sentinelMaster,
+	}))
+	return sn, run
+}
+
+// awaitPromotion waits for the sentinels to name the replica the primary
+// and marks it in run.
+func (sn *sentinelNet) awaitPromotion(t *testing.T, run *failoverRun) {
+	t.Helper()
+	pollFor(t, "the sentinels to promote the replica", foRecover, func() string {
+		if m := sn.master(); m != sn.replica.addr() {
+			return "the sentinels name " + m
+		}
+		return ""
+	})
+	run.promoted()
 }
 
 // TestClusterMasterKilled: on a Redis Cluster of three masters with a
@@ -437,7 +443,7 @@ func (r *failoverRun) finish(noAckedLoss bool) {
 	wg.Wait()
 	r.rec.resumes = results
 
-	c := r.rec.check(prefixed{t, r.name + ": "}, noAckedLoss)
+	c := r.rec.check(prefixed{t, r.name + ": "}, promises{noAckedLoss: noAckedLoss})
 	t.Logf("%s: %.1f s of traffic; sent %d: acked %d (lost %d, %d of them sent after the promotion), unavailable %d, unconfirmed %d (stored %d); "+
 		"stored %d (truncated notices %d); delivered live %d (not in the store %d), stored but not delivered %d, truncated notices live %d; "+
 		"ID reuse %d, messages under two IDs %d; longest ack gap %.1f s; resumes that must announce a loss %d (silent %d); steps: %s",

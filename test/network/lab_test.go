@@ -269,31 +269,16 @@ func (w *wsClient) recv(t *testing.T, timeout time.Duration) string {
 	}
 }
 
-// presenceOf returns the member count of a presence frame.
-func presenceOf(t *testing.T, text string) int {
-	t.Helper()
+// parsePresence returns the member count of a presence frame
+// ({"presence":{"members":N}}); ok is false for any other frame.
+func parsePresence(text string) (n int, ok bool) {
 	var f struct {
 		Presence *struct {
 			Members int `json:"members"`
 		} `json:"presence"`
 	}
 	if err := json.Unmarshal([]byte(text), &f); err != nil || f.Presence == nil {
-		t.Fatalf("not a presence frame: %s", text)
+		return 0, false
 	}
-	return f.Presence.Members
-}
-
-// waitPresence reads w's messages until a presence frame says n members.
-func waitPresence(t *testing.T, w *wsClient, n int, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			t.Fatalf("presence never said %d members within %v", n, within)
-		}
-		if m := w.recv(t, left); strings.Contains(m, `"presence"`) && presenceOf(t, m) == n {
-			return
-		}
-	}
+	return f.Presence.Members, true
 }

@@ -3,10 +3,9 @@
 package network
 
 import (
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,9 +15,12 @@ import (
 // TestConformanceWithLatency: two gateways on their own hosts reach Redis
 // through 1 ms ± 0.2 ms each way and their clients reach them through
 // 20 ms ± 5 ms (fault proxies: this kernel has no netem). Ten members, five
-// on each gateway, each send 100 messages at once into one room: every
-// member receives every other member's 100 messages, each sender's in its
-// order, and never its own; so does a member that only listens.
+// on each gateway, send one message each (both gateways are then
+// subscribed), then 100 more each at once into one room, with ack=1 and a
+// cid each. Checked from the record (failoverRecord.check, liveRun): every
+// message is acked once; every member gets every other member's messages,
+// each once, each sender's in its order, and never its own; so does a
+// member that only listens.
 func TestConformanceWithLatency(t *testing.T) {
 	lab := netlab.New(t)
 	redisHost, clients := lab.Host("redis"), lab.Host("clients")
@@ -36,53 +38,32 @@ func TestConformanceWithLatency(t *testing.T) {
 		entries = append(entries, clients.StartProxy(t, 0, addr, 20*time.Millisecond, 5*time.Millisecond).Addr())
 	}
 	const senders, each = 10, 100
-	var members []*wsClient
-	for s := range senders {
-		members = append(members, dialWS(t, clients, entries[s%2], "/ws/chat/lat/"))
+	run := newLiveRun(senders)
+	for k := range senders {
+		run.addSender(t, clients, entries[k%2], "/ws/chat/lat/?ack=1&ids=1", k%2)
 	}
-	listener := dialWS(t, clients, entries[1], "/ws/chat/lat/")
-	// A message through both gateways first: both are subscribed.
-	members[0].send(t, `{"username":"0","message":"ready"}`)
-	for _, m := range append(members[1:], listener) {
-		if got := m.recv(t, 10*time.Second); !strings.Contains(got, `"ready"`) {
-			t.Fatalf("first message: got %s", got)
-		}
+	run.addMember(t, clients, entries[1], "/ws/chat/lat/?ids=1", 1)
+	// A message from each sender through both gateways first: both are
+	// subscribed.
+	for k := range senders {
+		run.send(k, 1)
 	}
-	for s, m := range members {
+	waitFor(t, "every first message to be acked and delivered", 10*time.Second, run.rec.hasFirst)
+	var sending sync.WaitGroup
+	for k := range senders {
+		sending.Add(1)
 		go func() {
-			for k := range each {
-				_ = m.write(textFrame(fmt.Sprintf(`{"username":"%d","message":%d}`, s, k)))
+			defer sending.Done()
+			for n := 2; n <= 1+each; n++ {
+				if !run.send(k, n) {
+					return
+				}
 			}
 		}()
 	}
-	for r, m := range append(members, listener) {
-		next := make([]int, senders)
-		want := senders * each
-		if r < senders {
-			want -= each // not its own
-		}
-		for range want {
-			var f struct {
-				Username string `json:"username"`
-				Message  int    `json:"message"`
-			}
-			text := m.recv(t, 30*time.Second)
-			if err := json.Unmarshal([]byte(text), &f); err != nil {
-				t.Fatalf("member %d: frame %s", r, text)
-			}
-			s, err := strconv.Atoi(f.Username)
-			if err != nil || s < 0 || s >= senders {
-				t.Fatalf("member %d: message from unknown sender %q", r, f.Username)
-			}
-			if s == r {
-				t.Fatalf("member %d received its own message %d", r, f.Message)
-			}
-			if f.Message != next[s] {
-				t.Fatalf("member %d: sender %d's message %d, want %d (lost or out of order)", r, s, f.Message, next[s])
-			}
-			next[s]++
-		}
-	}
+	sending.Wait()
+	c := run.finish(t, 30*time.Second, promises{allAcked: true, allDelivered: true})
+	t.Logf("%d senders, 1+%d messages each, to %d members: %s", senders, each, senders+1, c.live())
 }
 
 // TestRedisResetMidRoundTrip: the connections between a gateway and Redis
