@@ -133,7 +133,7 @@ type Redis struct {
 	// as presence last read it: it sets the pacing window.
 	activePeers atomic.Int32
 	// primary, behind Sentinel, is the address of the server the shared
-	// client reaches: the primary (redis_primary.go). Nil until known.
+	// client reaches: the primary (redis_watch.go). Nil until known.
 	primary atomic.Pointer[string]
 	// lastPublish is when (unix ms) a pump of this node last published:
 	// presence tells the other nodes whether this one is active.
@@ -212,10 +212,8 @@ func NewRedis(cfg RedisConfig, h Handler, logger *slog.Logger) (*Redis, error) {
 	e.presence = newPresence(cfg, e.node)
 	e.running.Add(1)
 	go e.runPresence(ctx)
-	if cfg.SentinelMaster != "" {
-		e.running.Add(1)
-		go e.watchPrimary(ctx)
-	}
+	e.running.Add(1)
+	go e.watch(ctx)
 	return e, nil
 }
 

@@ -261,13 +261,15 @@ func (p *pump) waitRetry(ctx context.Context) bool {
 	until := time.Now().Add(policy.Wait(p.failures - 1))
 	down := fmt.Errorf("%w: Redis does not answer; retrying", ErrUnavailable)
 	p.refuse(down)
+	p.waiting.Store(true)
+	defer p.waiting.Store(false)
 	for time.Now().Before(until) {
 		p.w.sleep(until)
 		if p.stopped() || ctx.Err() != nil {
 			return false
 		}
 		if p.retryNow.Swap(false) {
-			break // the sentinels named a new primary: try it at once
+			break // a new primary, or the shard answers again: try at once
 		}
 		for {
 			select {

@@ -93,12 +93,14 @@ type pump struct {
 	// server is the address of the Redis server the connection reaches
 	// (CLIENT INFO's laddr=), and primarySeen the engine's record of the
 	// primary when it connected: behind Sentinel, a pump whose server is
-	// no longer the primary reconnects (redis_primary.go).
+	// no longer the primary reconnects (redis_watch.go).
 	server      string
 	primarySeen *string
-	// retryNow, set by watchPrimary when the primary moved, ends a wait
-	// before a retry (waitRetry).
+	// retryNow, set by the engine's watch (the primary moved, or the
+	// shard answers again), ends a wait before a retry (waitRetry);
+	// waiting says that the pump is in such a wait (redis_watch.go).
 	retryNow atomic.Bool
+	waiting  atomic.Bool
 	// moved: the pump's connection reaches another server than the one
 	// before (a failover); the next full read raises every room ahead
 	// (redis_rollback.go).

@@ -30,10 +30,10 @@ import (
 // A failover can also leave two primaries taking writes for a while: the
 // old one partitioned from the sentinels but not from every gateway.
 // Gateways move to the new primary at different times (each within
-// primaryCheck of learning it, redis_primary.go), and the IDs each
+// watchEvery of learning it, redis_watch.go), and the IDs each
 // primary hands out meanwhile come from the same clock. So a pump whose
 // connection reaches another server than before (moved) raises every
-// room it holds ahead of the new server's clock by 2 × primaryCheck +
+// room it holds ahead of the new server's clock by 2 × watchEvery +
 // REDIS_TIMEOUT before it publishes: what the new primary hands out lies
 // past anything the old one can hand out to a gateway that has not moved
 // yet. For those seconds a room's IDs run ahead of the clock (the
@@ -144,7 +144,7 @@ func (e *Redis) raise(ctx context.Context, do doer, s *redisShard, checks []*red
 	var rooms []*redisRoom
 	var cmds []rueidis.Completed
 	s.mu.Lock()
-	ahead := strconv.FormatInt((2*primaryCheck + e.cfg.Timeout).Milliseconds(), 10)
+	ahead := strconv.FormatInt((2*watchEvery + e.cfg.Timeout).Milliseconds(), 10)
 	for _, r := range checks {
 		if s.rooms[r.key] != r || r.raise.IsZero() && !r.ahead {
 			continue
