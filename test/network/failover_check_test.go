@@ -42,6 +42,15 @@ func (c failoverCounts) live() string {
 		c.sent, c.acked, c.unavailable, c.unconfirmed, c.delivered, c.undelivered, c.late, c.slowest.Round(time.Millisecond))
 }
 
+// withStore formats the counts of a run that reads the store back and
+// loses nothing from it (promises.storeIntact): its answers, what the
+// store holds, the live deliveries and the longest wait for an ack.
+func (c failoverCounts) withStore() string {
+	return fmt.Sprintf("sent %d: acked %d, unavailable %d, unconfirmed %d (stored %d of them); stored %d; delivered live %d, slowest %v; longest ack gap %v",
+		c.sent, c.acked, c.unavailable, c.unconfirmed, c.unconfirmedStored, c.stored, c.delivered,
+		c.slowest.Round(time.Millisecond), c.ackGap.Round(time.Millisecond))
+}
+
 // promises are what a run promises beyond what check always checks. The
 // zero value promises nothing more.
 type promises struct {
@@ -57,6 +66,17 @@ type promises struct {
 	// within bounds each live delivery: it comes at most this long after
 	// its message was sent. Zero means no bound.
 	within time.Duration
+	// storeIntact: the store loses nothing it took (one Redis, never
+	// restarted, no stream trimmed): no acked message is lost (as
+	// noAckedLoss), every live delivery is of a message the store holds,
+	// and no truncated notice comes, live or replayed, so none excuses a
+	// stored message a member missed. Acked or unconfirmed, a stored
+	// message then reaches every member once, and only a stored one
+	// does. A liveOnly record is checked for the notices only.
+	storeIntact bool
+	// lastAcked: each sender's last message is acked: the engine
+	// recovered from the fault before the traffic ended.
+	lastAcked bool
 }
 
 // reporter is what the checker reports violations to: the test, or in
@@ -100,7 +120,11 @@ func (e *errLimit) summary() {
 //     was not sent;
 //   - unavailable ⇒ never stored, never delivered live;
 //   - acked ⇒ stored once with the acked ID, or lost (counted; with
-//     p.noAckedLoss, as when the gateways wait for a replica, an error);
+//     p.noAckedLoss, as when the gateways wait for a replica, or
+//     p.storeIntact, an error);
+//   - with p.storeIntact: every live delivery is of a stored message, and
+//     no truncated notice comes, live or replayed;
+//   - with p.lastAcked: each sender's last message is acked;
 //   - nothing stored twice, nor anything not sent; each room's store in
 //     each of its senders' send order;
 //   - each member gets each sender's messages in send order, none twice,
@@ -153,6 +177,9 @@ func (r *failoverRecord) check(t reporter, p promises) failoverCounts {
 		for _, f := range frames {
 			if f.trunc != nil {
 				c.storedTruncated++
+				if p.storeIntact {
+					e.errorf("truncated notice", "the replay of room %d got a notice %s, yet the store lost nothing", room, f.trunc)
+				}
 				continue
 			}
 			c.stored++
@@ -191,6 +218,9 @@ func (r *failoverRecord) check(t reporter, p promises) failoverCounts {
 			if f.trunc != nil {
 				c.liveTruncated++
 				truncs = append(truncs, *f.trunc)
+				if p.storeIntact {
+					e.errorf("truncated notice", "the %s got a notice %s, yet the store lost nothing", m.name, f.trunc)
+				}
 				continue
 			}
 			c.delivered++
@@ -212,6 +242,9 @@ func (r *failoverRecord) check(t reporter, p promises) failoverCounts {
 			last[f.key.sender] = max(last[f.key.sender], f.key.n)
 			if !r.liveOnly && inStore[m.room][f.id] != f.key {
 				c.deliveredLost++
+				if p.storeIntact {
+					e.errorf("delivered, not stored", "the %s got message %s (%s), which the store does not hold", m.name, f.key, f.id)
+				}
 			}
 			if !f.at.IsZero() {
 				took := f.at.Sub(r.sentAt[f.key.sender][f.key.n-1])
@@ -298,7 +331,7 @@ func (r *failoverRecord) check(t reporter, p promises) failoverCounts {
 					if !r.promoted.IsZero() && at.After(r.promoted) {
 						c.ackedLostLate++
 					}
-					if p.noAckedLoss {
+					if p.noAckedLoss || p.storeIntact {
 						e.errorf("acked, lost", "message %s acked as %s is not in the store after the failover", key, a.id)
 					}
 				case ids[0] != a.id:
@@ -316,6 +349,14 @@ func (r *failoverRecord) check(t reporter, p promises) failoverCounts {
 				}
 			default:
 				e.errorf("answers", "message %s answered %q, want ack, unavailable or unconfirmed", key, a.kind)
+			}
+		}
+	}
+	if p.lastAcked {
+		for k, sent := range r.sentAt {
+			key := msgKey{k, len(sent)}
+			if as := r.answers[key]; len(sent) > 0 && (len(as) == 0 || as[0].kind != "ack") {
+				e.errorf("last not acked", "message %s, sender %d's last, answered %v, want ack: the engine did not recover", key, k, as)
 			}
 		}
 	}

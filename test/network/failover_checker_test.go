@@ -54,7 +54,8 @@ func without(frames []roomFrame, key msgKey) []roomFrame {
 // losses are announced.
 func TestFailoverChecker(t *testing.T) {
 	lost := msgKey{1, 3} // the last message: ID 106-0
-	every := promises{noAckedLoss: true, allAcked: true, allDelivered: true, within: time.Second}
+	every := promises{noAckedLoss: true, allAcked: true, allDelivered: true, within: time.Second, storeIntact: true, lastAcked: true}
+	notice := roomFrame{trunc: &truncation{since: streamID{103, 0}, from: streamID{105, 0}, hasFrom: true}}
 	cases := []struct {
 		name    string
 		promise promises
@@ -124,6 +125,38 @@ func TestFailoverChecker(t *testing.T) {
 		{"late delivery", promises{within: time.Second}, func(r *failoverRecord) {
 			r.members[0].frames[1].at = r.members[0].frames[1].at.Add(2 * time.Second)
 		}, "late delivery"},
+		{"acked, lost, store intact", promises{storeIntact: true}, func(r *failoverRecord) {
+			r.stored[0] = without(r.stored[0], lost)
+			r.members[0].frames = without(r.members[0].frames, lost)
+		}, "acked, lost"},
+		{"unconfirmed, delivered, not stored, counted", promises{}, func(r *failoverRecord) {
+			r.answers[lost] = []foAnswer{{kind: "unconfirmed"}}
+			r.stored[0] = without(r.stored[0], lost)
+		}, ""},
+		{"unconfirmed, delivered, not stored, store intact", promises{storeIntact: true}, func(r *failoverRecord) {
+			r.answers[lost] = []foAnswer{{kind: "unconfirmed"}}
+			r.stored[0] = without(r.stored[0], lost)
+		}, "delivered, not stored"},
+		{"unconfirmed, neither stored nor delivered, store intact", promises{storeIntact: true}, func(r *failoverRecord) {
+			r.answers[lost] = []foAnswer{{kind: "unconfirmed"}}
+			r.stored[0] = without(r.stored[0], lost)
+			r.members[0].frames = without(r.members[0].frames, lost)
+		}, ""},
+		{"truncated notice live, store intact", promises{storeIntact: true}, func(r *failoverRecord) {
+			r.members[0].frames = append(r.members[0].frames, notice)
+		}, "truncated notice"},
+		{"truncated notice replayed, store intact", promises{storeIntact: true}, func(r *failoverRecord) {
+			r.stored[0] = append([]roomFrame{notice}, r.stored[0]...)
+		}, "truncated notice"},
+		{"last not acked", promises{lastAcked: true}, func(r *failoverRecord) {
+			r.answers[lost] = []foAnswer{{kind: "unconfirmed"}}
+		}, "last not acked"},
+		{"last unanswered", promises{lastAcked: true}, func(r *failoverRecord) { delete(r.answers, lost) }, "last not acked"},
+		{"earlier not acked, last acked", promises{lastAcked: true}, func(r *failoverRecord) {
+			r.answers[msgKey{0, 2}] = []foAnswer{{kind: "unavailable"}}
+			r.stored[0] = without(r.stored[0], msgKey{0, 2})
+			r.members[0].frames = without(r.members[0].frames, msgKey{0, 2})
+		}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,5 +188,44 @@ func TestResumePlans(t *testing.T) {
 	want := []string{"since=101-0 gap=102-0 first=false", "since=105-0 gap=106-0 first=false", "since=106-0 gap=106-0 first=true"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plans %q, want %q", got, want)
+	}
+}
+
+// TestRecordComplete: a liveRun waits until every message is answered
+// and every member got each stored message of its room but its own, or,
+// without the store (liveOnly), as many as the others sent.
+func TestRecordComplete(t *testing.T) {
+	cases := []struct {
+		name   string
+		change func(r *failoverRecord)
+		want   bool
+	}{
+		{"all in", func(*failoverRecord) {}, true},
+		{"unanswered", func(r *failoverRecord) { delete(r.answers, msgKey{0, 2}) }, false},
+		{"stored, not yet delivered", func(r *failoverRecord) {
+			r.members[0].frames = without(r.members[0].frames, msgKey{1, 2})
+		}, false},
+		{"not stored, not delivered", func(r *failoverRecord) {
+			r.stored[0] = without(r.stored[0], msgKey{1, 2})
+			r.members[0].frames = without(r.members[0].frames, msgKey{1, 2})
+		}, true},
+		{"own message not delivered", func(r *failoverRecord) {
+			r.members[0].self = 1
+			r.members[0].frames = without(without(without(r.members[0].frames, msgKey{1, 1}), msgKey{1, 2}), msgKey{1, 3})
+		}, true},
+		{"live only, all in", func(r *failoverRecord) { r.liveOnly, r.stored[0] = true, nil }, true},
+		{"live only, one missing", func(r *failoverRecord) {
+			r.liveOnly, r.stored[0] = true, nil
+			r.members[0].frames = without(r.members[0].frames, msgKey{1, 2})
+		}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := cleanRecord()
+			tc.change(r)
+			if got := r.complete(); got != tc.want {
+				t.Errorf("complete() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -69,9 +69,12 @@ func TestConformanceWithLatency(t *testing.T) {
 // TestRedisResetMidRoundTrip: the connections between a gateway and Redis
 // (through 1 ms ± 0.2 ms) are reset, RST mid-stream, five times while a
 // client sends 20 messages a second with ack=1 and a cid each. Checked
-// from the record (history.check): one answer per message, nothing
-// answered unavailable stored, every acked message stored and delivered
-// once, in order; and the last message is acked: the gateway reconnects.
+// from the record (failoverRecord.check, liveRun with the store read
+// back; promises storeIntact and lastAcked): one answer per message,
+// nothing answered unavailable stored, every acked message stored once
+// with its ID and delivered once, an unconfirmed one stored at most once
+// and delivered only if stored, all in order; and the last message, 2.5 s
+// after the last reset, is acked: the gateway reconnects.
 func TestRedisResetMidRoundTrip(t *testing.T) {
 	lab := netlab.New(t)
 	redisHost, gw, clients := lab.Host("redis"), lab.Host("gateway"), lab.Host("clients")
@@ -83,32 +86,21 @@ func TestRedisResetMidRoundTrip(t *testing.T) {
 		"IP_REDIS":      gw.Addr().String(),
 		"PORT_REDIS":    strings.TrimPrefix(toRedis.Addr(), gw.Addr().String()+":"),
 	})
-	sender := dialWS(t, clients, addr, "/ws/chat/reset/?ack=1&ids=1")
-	member := dialWS(t, clients, addr, "/ws/chat/reset/?ids=1")
-	h := newHistory()
-	done := make(chan struct{}, 2)
-	go func() { h.readAnswers(sender); done <- struct{}{} }()
-	go func() { h.readDeliveries(member); done <- struct{}{} }()
+	run := newLiveRun(1)
+	run.addSender(t, clients, addr, "/ws/chat/reset/?ack=1&ids=1", 0)
+	run.addMember(t, clients, addr, "/ws/chat/reset/?ids=1", 0)
+	run.readStore(clients, addr, "reset")
 
 	const messages = 200 // 10 s at 20 a second; a reset every 1.5 s from the 2nd
 	for n := 1; n <= messages; n++ {
 		if n%30 == 0 && n <= 150 {
 			toRedis.Reset()
 		}
-		h.sent(n)
-		sender.send(t, fmt.Sprintf(`{"username":"s","message":"m%d","cid":"c%d"}`, n, n))
+		if !run.send(0, n) {
+			break
+		}
 		time.Sleep(sendEvery)
 	}
-	waitFor(t, "every message to be answered", 15*time.Second, h.allAnswered)
-	stored := replayRoom(t, clients, addr, "reset")
-	sender.c.Close()
-	member.c.Close()
-	<-done
-	<-done
-	c := h.check(t, stored)
-	t.Logf("sent %d through 5 resets: acked %d, unavailable %d, unconfirmed %d (stored %d of them); delivered live %d",
-		c.sent, c.acked, c.unavailable, c.unconfirmed, c.unconfirmedStored, c.delivered)
-	if last := h.lastAnswer(); last != "ack" {
-		t.Errorf("the last message, 2.5 s after the last reset, was answered %q: the gateway did not reconnect", last)
-	}
+	c := run.finish(t, 15*time.Second, promises{storeIntact: true, lastAcked: true})
+	t.Logf("through 5 resets: %s", c.withStore())
 }

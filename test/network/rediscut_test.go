@@ -3,8 +3,6 @@
 package network
 
 import (
-	"encoding/json"
-	"fmt"
 	"os/exec"
 	"strings"
 	"sync"
@@ -28,13 +26,15 @@ const (
 
 // TestGatewayCutOffFromRedis: the gateway loses Redis (a partition: no
 // FIN, packets dropped) for 10 s while a client sends 20 messages a
-// second with ack=1 and a cid each. Checked from a per-message record
-// (history.check): every message gets exactly one answer; none answered
-// unavailable is stored; every acked message is stored once and reaches
-// the room's live member once; an unconfirmed one is stored at most once;
-// what is stored is in send order; /readyz says 503 within readyWithin
-// and 200 again after the heal; and a client resuming with since= gets
-// every stored message once.
+// second with ack=1 and a cid each. Checked from the record
+// (failoverRecord.check, liveRun with the store read back; promises
+// storeIntact and lastAcked): every message gets exactly one answer; none
+// answered unavailable is stored or delivered; every acked message is
+// stored once, with its ID, and reaches the room's live member once; an
+// unconfirmed one is stored at most once, and delivered only if stored;
+// what is stored and delivered is in send order; the last message, after
+// the heal, is acked; /readyz says 503 within readyWithin of the cut and
+// 200 again after the heal; and the run sees both sides of the cut.
 func TestGatewayCutOffFromRedis(t *testing.T) {
 	lab := netlab.New(t)
 	redisHost, gw, clients := lab.Host("redis"), lab.Host("gateway"), lab.Host("clients")
@@ -45,14 +45,10 @@ func TestGatewayCutOffFromRedis(t *testing.T) {
 		"IP_REDIS":      redisHost.Addr().String(),
 		"PORT_REDIS":    strings.TrimPrefix(redisAddr, redisHost.Addr().String()+":"),
 	})
-	sender := dialWS(t, clients, addr, "/ws/chat/cut/?ack=1&ids=1")
-	member := dialWS(t, clients, addr, "/ws/chat/cut/?ids=1")
-
-	h := newHistory()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); h.readAnswers(sender) }()
-	go func() { defer wg.Done(); h.readDeliveries(member) }()
+	run := newLiveRun(1)
+	run.addSender(t, clients, addr, "/ws/chat/cut/?ack=1&ids=1", 0)
+	run.addMember(t, clients, addr, "/ws/chat/cut/?ids=1", 0)
+	run.readStore(clients, addr, "cut")
 
 	ready := readyzWatch(clients, addr)
 	start := time.Now()
@@ -78,31 +74,22 @@ func TestGatewayCutOffFromRedis(t *testing.T) {
 			phase, healAt = after, time.Now()
 			ready.mark("heal")
 		}
-		h.sent(n)
-		sender.send(t, fmt.Sprintf(`{"username":"s","message":"m%d","cid":"c%d"}`, n, n))
+		if !run.send(0, n) {
+			break
+		}
 		time.Sleep(sendEvery)
 	}
-	// Every message answered; then what the store holds, read back.
-	waitFor(t, "every message to be answered", 15*time.Second, h.allAnswered)
-	stored := replayRoom(t, clients, addr, "cut")
-	sender.c.Close()
-	member.c.Close()
-	wg.Wait()
+	c := run.finish(t, 15*time.Second, promises{storeIntact: true, lastAcked: true})
 	ready.stop()
 
-	counts := h.check(t, stored)
-	t.Logf("sent %d: acked %d, unavailable %d, unconfirmed %d (stored %d of them); stored %d; delivered live %d",
-		counts.sent, counts.acked, counts.unavailable, counts.unconfirmed, counts.unconfirmedStored, len(stored), counts.delivered)
+	t.Logf("cut off from Redis for %v: %s", cutFor, c.withStore())
 	downAfter, upAfter := ready.transitions(t)
 	t.Logf("/readyz 503 %v after the cut, 200 again %v after the heal", downAfter.Round(time.Millisecond), upAfter.Round(time.Millisecond))
 	if downAfter > readyWithin {
 		t.Errorf("/readyz said 503 %v after the cut, want within %v", downAfter, readyWithin)
 	}
-	if last := h.lastAnswer(); last != "ack" {
-		t.Errorf("the last message, %v after the heal, was answered %q: delivery did not resume", afterHeal, last)
-	}
-	if counts.acked == 0 || counts.unavailable+counts.unconfirmed == 0 {
-		t.Errorf("the run did not exercise both sides of the cut: %+v", counts)
+	if c.acked == 0 || c.unavailable+c.unconfirmed == 0 {
+		t.Errorf("the run did not exercise both sides of the cut: %d acked, %d unavailable, %d unconfirmed", c.acked, c.unavailable, c.unconfirmed)
 	}
 }
 
@@ -145,30 +132,6 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 			t.Fatalf("timed out after %v waiting for %s", within, what)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// replayRoom joins room with since=0 and returns the message numbers it
-// replays, in order, with their IDs.
-func replayRoom(t *testing.T, h *netlab.Host, addr, room string) []stored {
-	t.Helper()
-	c := dialWS(t, h, addr, "/ws/chat/"+room+"/?ids=1&since=0")
-	defer c.c.Close()
-	var out []stored
-	for {
-		select {
-		case m, ok := <-c.msgs:
-			if !ok {
-				t.Fatal("the replaying connection closed")
-			}
-			var f chatFrame
-			if err := json.Unmarshal([]byte(m), &f); err != nil || f.ID == "" {
-				t.Fatalf("replay frame %s: want a chat message with an id", m)
-			}
-			out = append(out, stored{n: f.number(t), id: f.ID})
-		case <-time.After(2 * time.Second): // the replay is over: the room is quiet
-			return out
-		}
 	}
 }
 
