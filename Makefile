@@ -32,11 +32,11 @@ run:
 # end-to-end tests under the race detector, the network tests (root), the deploy files against their
 # schemas, the chat page in headless Chromium, short fuzz runs, and a
 # small load smoke run that asserts zero loss. On a machine that has run it
-# before it takes about 3-5 min (2 cores); the first run on a new machine
+# before it takes about 9 min (2 cores; 3 of them the network tests); the first run on a new machine
 # also installs chromium (about 25 Debian packages, without recommends,
 # ~30 s) and the pinned npm packages, downloads the Go modules and compiles
 # everything, the race and fuzz builds and k8s.io/api included: about
-# 13 min. Installs are quiet: their output goes to a log printed only on
+# 17 min. Installs are quiet: their output goes to a log printed only on
 # failure. Each step's message says how long it takes.
 test: deps check unit network deploy-check browser fuzz smoke loadtest-ci
 
