@@ -207,8 +207,9 @@ func (e *Redis) verify(ctx context.Context, do doer, s *redisShard, checks []*re
 		}
 		r.check = false
 		if r.gen != gens[i] || r.last != lasts[i] {
-			// Subscribe or Unsubscribe changed the room after XINFO ran:
-			// its answer may predate the room's stop. Check again later.
+			// Subscribe or Unsubscribe changed the room, or its cursor
+			// moved, after XINFO ran: the answer may predate them. Check
+			// again later.
 			r.check = true
 			continue
 		}
